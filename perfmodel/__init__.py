@@ -1,0 +1,32 @@
+"""perfmodel: analytical LLM inference performance on GPUs and multicore CPUs.
+
+    import perfmodel as pm
+    model, dev = pm.load_model("llama-3-8b"), pm.load_device("h100-sxm")
+    est = pm.estimate(model, dev, pm.Workload(batch=8, prompt_len=2048, gen_len=256))
+    print(est.summary()); est.ops  # DataFrame: one row per op with flops, bytes, time, bound
+
+Pipeline: ModelSpec + Workload --lower--> operator graph --cost on a Device--> metrics, per-op table.
+"""
+
+from .api import Estimate, estimate, load_device, load_model
+from .device import Device, detect_local
+from .dtypes import DType
+from .efficiency import Efficiency, load_profile
+from .errors import CapacityError, PerfmodelError
+from .estimate import Workload
+from .graph import Op, OpKind, Pass, lower
+from .hf import load_hf_config
+from .model import ModelSpec
+
+
+def sweep(scenarios, **kw):
+    """Estimate every row of a DataFrame of scenarios; see perfmodel.sweep.sweep."""
+    from .sweep import sweep as _sweep
+
+    return _sweep(scenarios, **kw)
+
+
+__all__ = ["CapacityError", "DType", "Device", "Efficiency", "Estimate", "ModelSpec", "Op", "OpKind", "Pass",
+           "PerfmodelError", "Workload", "detect_local", "estimate", "load_device", "load_hf_config", "load_model",
+           "load_profile", "lower", "sweep"]
+__version__ = "0.1.0"

@@ -1,0 +1,229 @@
+"""The public API: load a model and a device, estimate a workload, read the result."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from .catalog import find, read_toml, validation_message
+from .device import Device, detect_local
+from .efficiency import Efficiency, load_profile
+from .errors import CapacityError, PerfmodelError
+from .estimate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors
+from .hf import load_hf_config
+from .model import ModelSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def load_model(name: str | Path | ModelSpec) -> ModelSpec:
+    """A catalog id or alias (`llama-3-8b`), a spec file (`.toml`), or a Hugging Face `config.json` (file or folder).
+
+    >>> load_model("llama-2-7b").params_total()
+    6738415616
+    """
+    if isinstance(name, ModelSpec):
+        return name
+    path = Path(name)
+    if path.suffix == ".json" or path.is_dir():
+        return load_hf_config(path)
+    if path.suffix != ".toml":
+        path = find("models", str(name))
+    data = read_toml(path)
+    data.setdefault("id", path.stem)
+    try:
+        return ModelSpec(**data)
+    except ValidationError as e:
+        raise PerfmodelError(validation_message(path, e)) from None
+
+
+def load_device(name: str | Path | Device) -> Device:
+    """A catalog id or alias (`h100-sxm`), a spec file (`.toml`), or `local` for this machine's CPU."""
+    if isinstance(name, Device):
+        return name
+    if str(name).lower() == "local":
+        return detect_local()
+    path = Path(name)
+    if path.suffix != ".toml":
+        path = find("hardware", str(name))
+    data = read_toml(path)
+    data.setdefault("id", path.stem)
+    try:
+        return Device(**data)
+    except ValidationError as e:
+        raise PerfmodelError(validation_message(path, e)) from None
+
+
+def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | None = None, *,
+             efficiency: Efficiency | str | Path | None = None, ignore_capacity: bool = False, **kw: Any) -> "Estimate":
+    """Estimate TTFT, TPOT, tokens/s and memory of `workload` (or of Workload(**kw)) for a model on a device.
+
+    >>> est = estimate("llama-2-7b", "a100-80gb-sxm", batch=1, prompt_len=512, gen_len=128)
+    >>> round(est.tpot_s * 1e3, 1)  # ms per output token
+    """
+    m, d = load_model(model), load_device(device)
+    wl = workload or Workload(**kw)
+    if wl.gen_len is None:
+        wl = wl.model_copy(update={"gen_len": default_gen(m)})
+    eff = load_profile(efficiency) if isinstance(efficiency, (str, Path)) else efficiency
+    one = np.ones(1)
+    err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
+    if err:
+        raise PerfmodelError(err)
+    ev = evaluate(m, d, wl, eff, one * wl.batch, one * wl.prompt_len, one * wl.gen_len)
+    if ev.memory.fits is not None and not bool(ev.memory.fits[0]) and not ignore_capacity:
+        raise CapacityError(capacity_message(m, d, wl, _first(ev.memory), wl.prompt_len, wl.gen_len))
+    return Estimate(ev)
+
+
+def _first(mem):
+    from .memory import Memory
+
+    return Memory(float(mem.weights_bytes[0]), float(mem.kv_cache_bytes[0]), float(mem.activation_bytes[0]),
+                  mem.capacity_bytes)
+
+
+def _num(x: Any) -> float | None:
+    v = float(np.asarray(x).reshape(-1)[0])
+    return None if math.isnan(v) else v
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The result of one estimate: metrics as attributes, `ops` as a DataFrame, `summary()` as text."""
+
+    ev: Evaluation
+
+    def __getattr__(self, name: str) -> Any:
+        metrics = self.__dict__["ev"].metrics
+        if name in metrics:
+            return _num(metrics[name])
+        raise AttributeError(name)
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.ev.model
+
+    @property
+    def device(self) -> Device:
+        return self.ev.device
+
+    @property
+    def workload(self) -> Workload:
+        return self.ev.workload
+
+    @property
+    def memory(self) -> dict[str, Any]:
+        mem = self.ev.memory
+        fits = mem.fits
+        return dict(
+            weights_bytes=_num(mem.weights_bytes),
+            kv_cache_bytes=_num(mem.kv_cache_bytes),
+            activation_bytes=_num(mem.activation_bytes),
+            total_bytes=_num(mem.total_bytes),
+            capacity_bytes=mem.capacity_bytes,
+            fits=None if fits is None else bool(np.asarray(fits).reshape(-1)[0]),
+        )
+
+    def phase(self, name: str) -> dict[str, Any]:
+        ph = self.ev.prefill if name == "prefill" else self.ev.decode
+        time = ph.total("time_s")
+        ev = self.ev
+        return dict(
+            time_s=_num(time),
+            steps=int(ph.steps[0]),
+            flops=_num(ph.total("flops")),
+            bytes=_num(ph.total("bytes") if False else ph.total("resident_bytes") + ph.total("act_in_bytes")
+                       + ph.total("act_out_bytes")),
+            mfu=_num(ev.utilisation(ph.total("flops"), time, "flops")),
+            mbu=_num(ev.utilisation(ph.total("resident_bytes"), time, "bytes")),
+            bound=str(ph.bound()[0]),
+        )
+
+    @cached_property
+    def ops(self) -> "pd.DataFrame":
+        """One row per op and phase: FLOPs, bytes by kind, time split, what bounds it. Totals over the phase."""
+        import pandas as pd
+
+        rows = []
+        for phase, ph in (("prefill", self.ev.prefill), ("decode", self.ev.decode)):
+            for op, c in zip(ph.ops, ph.costs):
+                r = {"phase": phase, "name": op.name, "kind": op.kind.value, "dtype": op.dtype.value,
+                     "unit": c["unit"], "precision": c["precision"], "count": op.count}
+                for k in ("flops", "weight_bytes", "act_in_bytes", "act_out_bytes", "kv_read_bytes", "kv_write_bytes",
+                          "comm_bytes", "compute_s", "memory_s", "comm_s", "overhead_s", "time_s"):
+                    r[k] = _num(c[k]) or 0.0
+                moved = r["weight_bytes"] + r["act_in_bytes"] + r["act_out_bytes"] + r["kv_read_bytes"] + r["kv_write_bytes"]
+                r["bytes"] = moved
+                r["intensity_flops_per_byte"] = r["flops"] / moved if moved else math.inf
+                comp = _num(c["compute_bound_s"]) or 0.0
+                body = r["time_s"] - r["overhead_s"] - r["comm_s"]
+                if op.kind.value == "comm":
+                    r["bound"] = "comm"
+                elif r["overhead_s"] > body:
+                    r["bound"] = "overhead"
+                else:
+                    r["bound"] = "compute" if comp >= body - comp else "memory"
+                rows.append(r)
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` object. Keys named in the CLI contract are stable; new keys may be added."""
+        wl, m = self.workload, self.model
+        out = {
+            "model": m.id,
+            "hardware": self.device.id,
+            "batch": wl.batch,
+            "prompt_len": wl.prompt_len,
+            "gen_len": wl.gen_len,
+        }
+        out.update({k: _num(v) for k, v in self.ev.metrics.items()})
+        out["params"] = {"total": m.params_total(), "active": m.params_active()}
+        out["memory"] = self.memory
+        out["phases"] = {"prefill": self.phase("prefill"), "decode": self.phase("decode")}
+        out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value, "tp": wl.tp,
+                         "pp": wl.pp, "attention": wl.attention, "devices": wl.tp * wl.pp,
+                         "efficiency": self.ev.mach.eff.model_dump()}
+        return out
+
+    def summary(self) -> str:
+        """A short readable table."""
+        d = self.to_dict()
+        gb = 1e9
+        mem = d["memory"]
+
+        def ms(x: float | None) -> str:
+            return "-" if x is None else f"{x * 1e3:,.2f} ms"
+
+        def rate(x: float | None) -> str:
+            return "-" if x is None else f"{x:,.1f} tok/s"
+
+        pre, dec = d["phases"]["prefill"], d["phases"]["decode"]
+        cap = "unknown" if mem["capacity_bytes"] is None else f"{mem['capacity_bytes'] / gb:.1f} GB"
+        fits = {True: "fits", False: "DOES NOT FIT", None: "capacity unknown"}[mem["fits"]]
+        c = d["config"]
+        lines = [
+            f"{self.model.name or self.model.id} on {self.device.name}",
+            f"  batch {d['batch']}, prompt {d['prompt_len']}, generate {d['gen_len']}; weights {c['weights']}, "
+            f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}, {c['attention']} attention",
+            "",
+            f"  {'TTFT':<26}{ms(d['ttft_s']):>16}   ({pre['bound']}-bound)",
+            f"  {'TPOT (mean decode step)':<26}{ms(d['tpot_s']):>16}   ({dec['bound']}-bound)",
+            f"  {'decode tokens/s per seq':<26}{rate(d['decode_tokens_per_s']):>16}",
+            f"  {'prefill tokens/s':<26}{rate(d['prefill_tokens_per_s']):>16}",
+            f"  {'throughput (batch, e2e)':<26}{rate(d['throughput_tokens_per_s']):>16}",
+            f"  {'end-to-end latency':<26}{ms(d['e2e_latency_s']):>16}",
+            f"  {'MFU / MBU':<26}{d['mfu'] * 100:>8.1f} % / {d['mbu'] * 100:.1f} %",
+            "",
+            f"  memory per device: weights {mem['weights_bytes'] / gb:.2f} GB + KV {mem['kv_cache_bytes'] / gb:.2f} GB"
+            f" + activations {mem['activation_bytes'] / gb:.2f} GB = {mem['total_bytes'] / gb:.2f} GB of {cap} ({fits})",
+            f"  params: {d['params']['total'] / 1e9:.2f} B total, {d['params']['active'] / 1e9:.2f} B active",
+        ]
+        return "\n".join(lines)

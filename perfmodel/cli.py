@@ -1,0 +1,228 @@
+"""Command line: `perfmodel estimate | list | show | sweep`. User errors print one paragraph and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from .errors import PerfmodelError
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perfmodel", description="Analytical LLM inference performance on GPUs and CPUs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("estimate", help="TTFT, TPOT, tokens/s and memory of one workload")
+    e.add_argument("--model", required=True, help="catalog id, spec .toml, or Hugging Face config.json / folder")
+    e.add_argument("--hardware", required=True, help="catalog id, device .toml, or 'local'")
+    e.add_argument("--batch", default=1, help="sequences per batch (default 1)")
+    e.add_argument("--prompt", default=512, help="prompt tokens (default 512)")
+    e.add_argument("--gen", default=None, help="generated tokens (default 128; 0 for encoder-only models)")
+    e.add_argument("--weights", default="bf16", help="weight format: fp32 bf16 fp16 fp8 int8 int4 mxfp4 nvfp4 "
+                                                     "q8_0 q6_k q5_k_m q4_k_m q4_0")
+    e.add_argument("--kv", default="bf16", help="KV-cache format (as --weights)")
+    e.add_argument("--act", default="bf16", help="activation/compute format: fp32 bf16 fp16 fp8 int8")
+    e.add_argument("--tp", default=1, help="tensor-parallel degree")
+    e.add_argument("--pp", default=1, help="pipeline-parallel degree")
+    e.add_argument("--attention", default="flash", help="flash (fused) or unfused")
+    e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
+    e.add_argument("--ignore-capacity", action="store_true", help="estimate even if it does not fit in memory")
+    e.add_argument("--ops", action="store_true", help="also print the per-op table")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ls = sub.add_parser("list", help="list catalog models or hardware")
+    ls.add_argument("what", choices=["models", "hardware"])
+    ls.add_argument("--kind", help="hardware kind: gpu, cpu, accelerator")
+    ls.add_argument("--vendor", help="hardware vendor, e.g. nvidia")
+    ls.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="every figure of a catalog entry, with its sources")
+    sh.add_argument("id")
+    sh.add_argument("--json", action="store_true")
+
+    sw = sub.add_parser("sweep", help="estimate every row of a CSV of scenarios")
+    sw.add_argument("input", help="CSV with columns model, hardware[, batch, prompt, gen, weights, kv, act, tp, pp, "
+                                  "attention]")
+    sw.add_argument("-o", "--output", required=True, help="output CSV (written atomically)")
+    sw.add_argument("--profile", default=None)
+    sw.add_argument("--ignore-capacity", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep}[args.command](args)
+    except PerfmodelError as e:
+        print(f"perfmodel: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as e:  # pydantic ValidationError from user input
+        from pydantic import ValidationError
+
+        if isinstance(e, ValidationError):
+            from .sweep import _message
+
+            print(f"perfmodel: error: {_message(e)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+def _estimate(a: argparse.Namespace) -> int:
+    from .api import estimate
+    from .estimate import Workload
+
+    wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act, tp=a.tp,
+                  pp=a.pp, attention=a.attention)
+    est = estimate(a.model, a.hardware, wl, efficiency=a.profile, ignore_capacity=a.ignore_capacity)
+    if a.json:
+        print(json.dumps(_clean(est.to_dict()), indent=2))
+    else:
+        print(est.summary())
+        if a.ops:
+            import pandas as pd
+
+            cols = ["phase", "name", "count", "flops", "bytes", "intensity_flops_per_byte", "time_s", "bound"]
+            with pd.option_context("display.width", 200, "display.max_rows", 500):
+                print()
+                print(est.ops[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    return 0
+
+
+def _clean(x: Any) -> Any:
+    """JSON has no NaN or infinity: write null."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _list(a: argparse.Namespace) -> int:
+    from .api import load_device, load_model
+    from .catalog import device_files, model_files
+
+    rows = []
+    if a.what == "hardware":
+        for f in device_files():
+            d = load_device(f)
+            if (a.kind and d.kind != a.kind.lower()) or (a.vendor and d.vendor != a.vendor.lower()):
+                continue
+            mm = d.main_memory
+            rows.append({"id": d.id, "name": d.name, "kind": d.kind, "vendor": d.vendor, "year": d.year,
+                         "memory_gb": None if mm.capacity_bytes is None else mm.capacity_bytes / 1e9,
+                         "bandwidth_gb_per_s": mm.bandwidth_bytes_per_s / 1e9,
+                         "bf16_tflops": (lambda v: v and v / 1e12)(d.peak_flops_per_s("matrix", "bf16")
+                                                                  or d.peak_flops_per_s("vector", "bf16"))})
+    else:
+        for f in model_files():
+            m = load_model(f)
+            rows.append({"id": m.id, "name": m.name, "arch": m.arch, "params_total": m.params_total(),
+                         "params_active": m.params_active()})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("(none)")
+        return 0
+    keys = list(rows[0])
+    table = [[_fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(t[i]) for t in table)) for i, k in enumerate(keys)]
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    if isinstance(v, int) and v > 10**6:
+        return f"{v / 1e9:.2f}B"
+    return str(v)
+
+
+def _show(a: argparse.Namespace) -> int:
+    from .api import load_device, load_model
+    from .catalog import find
+
+    try:
+        spec: Any = load_device(find("hardware", a.id))
+        extra = {"levels": [lv.__dict__ if hasattr(lv, "__dict__") else
+                            {"name": lv.name, "capacity_bytes": lv.capacity_bytes,
+                             "bandwidth_bytes_per_s": lv.bandwidth_bytes_per_s} for lv in spec.levels],
+                 "peaks_flops_per_s": {f"{u}.{p}": spec.peak_flops_per_s(u, p) for u in ("matrix", "vector")
+                                       for p in ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
+                                       if spec.peak_flops_per_s(u, p)}}
+    except PerfmodelError:
+        try:
+            spec = load_model(find("models", a.id))
+        except PerfmodelError:
+            from .catalog import _index
+            from .errors import unknown_name
+
+            raise unknown_name("id", a.id, list(_index("hardware")) + list(_index("models"))) from None
+        extra = {"params_total": spec.params_total(), "params_active": spec.params_active(),
+                 "param_breakdown": spec.param_breakdown(), "kv_elements_per_token": spec.kv_elements_per_token()}
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data["derived"] = extra
+    if a.json:
+        print(json.dumps(data, indent=2))
+    else:
+        _print_tree(data)
+    return 0
+
+
+def _print_tree(d: Any, indent: int = 0) -> None:
+    pad = "  " * indent
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if isinstance(v, (dict, list)) and v:
+                print(f"{pad}{k}:")
+                _print_tree(v, indent + 1)
+            elif v not in ({}, [], ""):
+                print(f"{pad}{k}: {_fmt(v) if isinstance(v, float) else v}")
+    elif isinstance(d, list):
+        for item in d:
+            if isinstance(item, dict):
+                print(f"{pad}-")
+                _print_tree(item, indent + 1)
+            else:
+                print(f"{pad}- {item}")
+
+
+def _sweep(a: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .sweep import sweep, write_csv_atomic
+
+    try:
+        df = pd.read_csv(a.input, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise PerfmodelError(f"input file {a.input!r} does not exist") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PerfmodelError(f"{a.input}: not a readable CSV: {e}") from None
+    df = df.replace("", float("nan"))
+    res = sweep(df, ignore_capacity=a.ignore_capacity, efficiency=a.profile and _profile(a.profile))
+    write_csv_atomic(res, a.output)
+    bad = res.index[res["error"] != ""]
+    for i in bad:
+        print(f"perfmodel: row {i + 1}: {res.at[i, 'error']}", file=sys.stderr)
+    print(f"{len(res) - len(bad)} of {len(res)} rows estimated; wrote {a.output}", file=sys.stderr)
+    return EXIT_USER_ERROR if len(bad) else 0
+
+
+def _profile(path: str):
+    from .efficiency import load_profile
+
+    return load_profile(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Roofline cost of an operator graph on a device.
+
+Per op: time = max(FLOPs / attainable compute, sum over memory levels of bytes / attainable bandwidth) + overhead;
+communication ops cost a ring collective over the interconnect. Hierarchical: weights and KV cache are served by the
+fastest memory level that holds the whole working set (weights + KV cache + activations, per device); an op's
+activations by the fastest level that holds them (producer-consumer reuse). A level with no sourced bandwidth is
+skipped. Everything is vectorised over scenarios (NumPy arrays).
+
+Decode time is summed exactly over the growing KV cache: within a stretch of contexts where every byte and FLOP count
+is linear in the context c (split at sliding-window sizes), each op costs max(u0 + u1 c, v0 + v1 c), whose sum over
+integer c has a closed form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .device import Device
+from .dtypes import COMPUTE_FALLBACK, DType
+from .efficiency import Efficiency
+from .errors import PerfmodelError
+from .graph import MATRIX_KINDS, Comm, Num, Op, OpKind, Parallel
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A device with efficiencies applied: attainable rates, ready for costing."""
+
+    device: Device
+    eff: Efficiency
+    par: Parallel
+    _peaks: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def levels(self) -> list[tuple[float, float, str]]:
+        """(capacity_bytes, attainable bytes/s, name) for levels with a known bandwidth, fastest first."""
+        out = []
+        for lv in self.device.levels:
+            if lv.bandwidth_bytes_per_s is not None:
+                cap = lv.capacity_bytes if lv.capacity_bytes is not None else np.inf
+                out.append((cap, lv.bandwidth_bytes_per_s * self.eff.memory, lv.name))
+        out[-1] = (np.inf, out[-1][1], out[-1][2])  # main memory serves whatever does not fit above
+        return out
+
+    def bandwidth_for(self, nbytes: Num) -> np.ndarray:
+        """Attainable bandwidth of the fastest level holding `nbytes` (main memory if none does)."""
+        lv = self.levels
+        nbytes = np.asarray(nbytes, dtype=float)
+        conds = [nbytes <= cap for cap, _, _ in lv[:-1]]
+        return np.select(conds, [bw for _, bw, _ in lv[:-1]], default=lv[-1][1]) if conds else np.full_like(
+            nbytes, lv[-1][1])
+
+    def level_name_for(self, nbytes: float) -> str:
+        for cap, _, name in self.levels:
+            if nbytes <= cap:
+                return name
+        return self.levels[-1][2]
+
+    def peak(self, kind: OpKind, dtype: DType) -> tuple[float, str, str]:
+        """(attainable FLOP/s, unit, precision) for an op kind at a dtype, falling back along COMPUTE_FALLBACK."""
+        key = (kind in MATRIX_KINDS, dtype.compute)
+        if key not in self._peaks:
+            self._peaks[key] = _peak(self.device, self.eff, *key)
+        return self._peaks[key]
+
+    @property
+    def overhead_s(self) -> float:
+        if self.eff.op_overhead_s is not None:
+            return self.eff.op_overhead_s
+        return (self.device.op_overhead_us or 0.0) * 1e-6
+
+    def comm_time(self, op: Op) -> Num:
+        n = self.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
+        link = self.device.interconnect
+        if link is None or link.bandwidth_bytes_per_s is None:
+            raise PerfmodelError(
+                f"{self.device.id} has no interconnect bandwidth in its spec, so --tp {self.par.tp} --pp {self.par.pp} "
+                f"cannot be costed; use --tp 1 --pp 1 or add [interconnect] bandwidth_gb_per_s to its file"
+            )
+        bw = link.bandwidth_bytes_per_s * self.eff.interconnect
+        lat = link.latency_us * 1e-6 if link.latency_us else self.eff.interconnect_latency_s
+        if op.comm == Comm.ALL_REDUCE:  # ring: reduce-scatter + all-gather, 2(N-1) steps
+            return 2 * (n - 1) / n * op.comm_bytes / bw + 2 * (n - 1) * lat
+        if op.comm == Comm.ALL_GATHER:
+            return (n - 1) / n * op.comm_bytes / bw + (n - 1) * lat
+        return op.comm_bytes / bw + lat
+
+
+def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tuple[float, str, str]:
+    chain = COMPUTE_FALLBACK[precision]
+    units = (("matrix", eff.matrix), ("vector", eff.vector)) if matrix else (("vector", eff.vector),)
+    for unit, e in units:
+        for p in chain:
+            peak = device.peak_flops_per_s(unit, p)
+            if peak is not None:
+                return peak * e, unit, p
+    raise PerfmodelError(
+        f"{device.id} has no sourced compute figure for {precision} (or {', '.join(chain[1:]) or 'any fallback'}) on "
+        f"its {' or '.join(u for u, _ in units)} units, so this estimate cannot be made; add one to its spec file "
+        f"with its source"
+    )
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Per-instance cost terms of one op (arrays over scenarios)."""
+
+    compute_s: Num
+    memory_s: Num
+    comm_s: Num
+    unit: str
+    precision: str
+
+
+def op_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num) -> Terms:
+    if op.kind == OpKind.COMM:
+        return Terms(0.0, 0.0, mach.comm_time(op), "link", "-")
+    peak, unit, prec = mach.peak(op.kind, op.dtype)
+    return Terms(op.flops / peak, op.resident_bytes / resident_bw + op.act_bytes / act_bw, 0.0, unit, prec)
+
+
+def point_cost(op: Op, t: Terms, overhead_s: float) -> dict[str, Num]:
+    """Costs of one op evaluated at one point (e.g. prefill), counts applied."""
+    if op.kind == OpKind.COMM:
+        time = t.comm_s
+        return dict(compute_s=0.0, memory_s=0.0, comm_s=time * op.count, overhead_s=0.0, time_s=time * op.count,
+                    compute_bound_s=0.0)
+    body = np.maximum(t.compute_s, t.memory_s)
+    return dict(compute_s=t.compute_s * op.count, memory_s=t.memory_s * op.count, comm_s=0.0,
+                overhead_s=overhead_s * op.count, time_s=(body + overhead_s) * op.count,
+                compute_bound_s=np.where(t.compute_s >= t.memory_s, t.compute_s, 0.0) * op.count)
+
+
+def series(m: Num, n: Num, p: Num, q: Num) -> Num:
+    """sum_{c=m..n} (p + q c); zero when n < m."""
+    cnt = np.maximum(np.asarray(n, dtype=float) - m + 1, 0.0)
+    return cnt * (p + q * (m + n) / 2.0)
+
+
+def sum_max_linear(a: Num, b: Num, u0: Num, u1: Num, v0: Num, v1: Num) -> tuple[Num, Num]:
+    """(sum over integer c in [a, b] of max(u, v), sum of u over the c where u >= v), u = u0 + u1 c, v = v0 + v1 c."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d0, d1 = np.asarray(u0 - v0, dtype=float), np.asarray(u1 - v1, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = -d0 / d1
+    # The set where d = d0 + d1 c >= 0 is an interval [lo, hi] of integers.
+    lo = np.where(d1 > 0, np.ceil(root), -np.inf)
+    hi = np.where(d1 < 0, np.floor(root), np.inf)
+    flat = d1 == 0
+    lo = np.where(flat, np.where(d0 >= 0, -np.inf, np.inf), lo)
+    hi = np.where(flat, np.where(d0 >= 0, np.inf, -np.inf), hi)
+    lo, hi = np.maximum(lo, a), np.minimum(hi, b)
+    lo_f, hi_f = np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), hi, -1.0)
+    total = series(a, b, v0, v1) + series(lo_f, hi_f, d0, d1)
+    return total, series(lo_f, hi_f, u0, u1)

@@ -1,0 +1,196 @@
+"""Device specification: one schema for GPUs and multicore CPUs.
+
+Data files keep datasheet units in their keys (`bandwidth_gb_per_s`, `capacity_mib`, `dense_tflops`); everything is
+converted to SI once, here. Where a datasheet gives parts (cores x clock x FLOPs/cycle, channels x MT/s x bus width),
+the file stores the parts and the product is computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from .model import Source
+
+COMPUTE_DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
+_CAPACITY_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "mb": 1e6, "gb": 1e9, "tb": 1e12}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Processor(_Strict):
+    units: PositiveInt = Field(description="SMs / CUs for a GPU, cores for a CPU")
+    unit_name: str = "core"
+    clock_ghz: PositiveFloat | None = Field(None, description="clock of the quoted or derived peaks")
+    threads: PositiveInt | None = None
+    base_clock_ghz: PositiveFloat | None = None
+    all_core_clock_ghz: PositiveFloat | None = None
+    max_clock_ghz: PositiveFloat | None = None
+    simd: str | None = None
+    simd_width_bits: PositiveInt | None = None
+    fma_units_per_core: PositiveInt | None = None
+    tdp_w: PositiveFloat | None = None
+
+    @property
+    def peak_clock_hz(self) -> float | None:
+        """The clock peaks are derived at: the stated one, else all-core turbo, else base (sustained under load)."""
+        ghz = self.clock_ghz or self.all_core_clock_ghz or self.base_clock_ghz
+        return ghz * 1e9 if ghz else None
+
+
+def _check_dtype_keys(table: dict[str, float]) -> dict[str, float]:
+    for k, v in table.items():
+        if k not in COMPUTE_DTYPES:
+            raise ValueError(f"unknown precision {k!r}; allowed: {', '.join(COMPUTE_DTYPES)}")
+        if not v > 0:
+            raise ValueError(f"{k} must be > 0, got {v}")
+    return table
+
+
+class Ceilings(_Strict):
+    """Peaks of one kind of unit (matrix/tensor units or vector/SIMD units), per precision."""
+
+    dense_tflops: dict[str, float] = {}
+    sparse_tflops: dict[str, float] = Field({}, description="2:4 structured sparsity; recorded, never used")
+    flops_per_cycle_per_unit: dict[str, float] = {}
+
+    _keys = field_validator("dense_tflops", "sparse_tflops", "flops_per_cycle_per_unit")(_check_dtype_keys)
+
+
+class Compute(_Strict):
+    matrix: Ceilings = Ceilings()
+    vector: Ceilings = Ceilings()
+
+
+class MemoryLevelSpec(_Strict):
+    name: str
+    capacity_kib: PositiveFloat | None = None
+    capacity_mib: PositiveFloat | None = None
+    capacity_gib: PositiveFloat | None = None
+    capacity_mb: PositiveFloat | None = None
+    capacity_gb: PositiveFloat | None = None
+    capacity_tb: PositiveFloat | None = None
+    capacity_kib_per_unit: PositiveFloat | None = None
+    capacity_mib_per_unit: PositiveFloat | None = None
+    bandwidth_gb_per_s: PositiveFloat | None = None
+    bytes_per_cycle_per_unit: PositiveFloat | None = None
+    channels: PositiveInt | None = None
+    transfer_rate_mt_per_s: PositiveFloat | None = None
+    bus_width_bits: PositiveInt = 64
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _one_capacity(self) -> "MemoryLevelSpec":
+        given = [k for k in type(self).model_fields if k.startswith("capacity_") and getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"memory level {self.name!r} has more than one capacity key: {', '.join(given)}")
+        return self
+
+    def resolve(self, proc: Processor | None) -> "MemoryLevel":
+        units = proc.units if proc else 1
+        capacity = None
+        for key, scale in _CAPACITY_UNITS.items():
+            if getattr(self, f"capacity_{key}", None) is not None:
+                capacity = getattr(self, f"capacity_{key}") * scale
+            if getattr(self, f"capacity_{key}_per_unit", None) is not None:
+                capacity = getattr(self, f"capacity_{key}_per_unit") * scale * units
+        bw = None
+        if self.bandwidth_gb_per_s is not None:
+            bw = self.bandwidth_gb_per_s * 1e9
+        elif self.bytes_per_cycle_per_unit is not None and proc is not None and proc.peak_clock_hz:
+            bw = self.bytes_per_cycle_per_unit * units * proc.peak_clock_hz
+        elif self.channels and self.transfer_rate_mt_per_s:
+            # DRAM peak = channels x transfers/s x bytes per transfer
+            bw = self.channels * self.transfer_rate_mt_per_s * 1e6 * self.bus_width_bits / 8
+        return MemoryLevel(self.name, capacity, bw)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLevel:
+    name: str
+    capacity_bytes: float | None  # None: not sourced
+    bandwidth_bytes_per_s: float | None  # None: not sourced; the level is then not used for residency
+
+
+class Interconnect(_Strict):
+    name: str
+    bandwidth_gb_per_s: PositiveFloat | None = Field(None, description="per direction, per device")
+    latency_us: PositiveFloat | None = None
+    links: PositiveInt | None = None
+    transfer_rate_gt_per_s: PositiveFloat | None = None
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float | None:
+        return self.bandwidth_gb_per_s * 1e9 if self.bandwidth_gb_per_s else None
+
+
+class Device(_Strict):
+    """A GPU, CPU or other accelerator. Memory levels are listed fastest to slowest; the last is main memory."""
+
+    id: str
+    name: str
+    kind: Literal["gpu", "cpu", "accelerator"]
+    vendor: str
+    year: int | None = None
+    aliases: tuple[str, ...] = ()
+    processor: Processor | None = None
+    compute: Compute = Compute()
+    memory: tuple[MemoryLevelSpec, ...] = Field(min_length=1)
+    interconnect: Interconnect | None = None
+    op_overhead_us: float | None = Field(None, ge=0, description="per-kernel overhead, if sourced")
+    sources: tuple[Source, ...] = ()
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Device":
+        for unit in ("matrix", "vector"):
+            if getattr(self.compute, unit).flops_per_cycle_per_unit and (
+                self.processor is None or self.processor.peak_clock_hz is None
+            ):
+                raise ValueError(f"compute.{unit}.flops_per_cycle_per_unit needs [processor] units and a clock")
+        if self.levels[-1].bandwidth_bytes_per_s is None:
+            raise ValueError(f"main memory {self.memory[-1].name!r} needs a bandwidth (bandwidth_gb_per_s or channels)")
+        return self
+
+    @property
+    def levels(self) -> tuple[MemoryLevel, ...]:
+        return tuple(m.resolve(self.processor) for m in self.memory)
+
+    @property
+    def main_memory(self) -> MemoryLevel:
+        return self.levels[-1]
+
+    def peak_flops_per_s(self, unit: Literal["matrix", "vector"], precision: str) -> float | None:
+        """Dense peak of one unit at one precision: derived from parts where given, else as quoted; None if unknown."""
+        c: Ceilings = getattr(self.compute, unit)
+        if precision in c.flops_per_cycle_per_unit:
+            return self.processor.units * self.processor.peak_clock_hz * c.flops_per_cycle_per_unit[precision]
+        if precision in c.dense_tflops:
+            return c.dense_tflops[precision] * 1e12
+        return None
+
+    def quoted_vs_derived(self) -> list[tuple[str, float, float]]:
+        """(unit.precision, quoted, derived) wherever a file gives both, for cross-checking."""
+        out = []
+        for unit in ("matrix", "vector"):
+            c: Ceilings = getattr(self.compute, unit)
+            for p in c.flops_per_cycle_per_unit.keys() & c.dense_tflops.keys():
+                derived = self.processor.units * self.processor.peak_clock_hz * c.flops_per_cycle_per_unit[p]
+                out.append((f"{unit}.{p}", c.dense_tflops[p] * 1e12, derived))
+        return out
+
+
+def detect_local() -> Device:
+    """Describe this machine's CPU from what the OS reports: cores, clock, ISA flags, caches, memory size.
+
+    FLOPs per cycle follow from the SIMD width with two FMA pipes per core (true of x86 cores since Haswell and of
+    recent Arm cores; some AVX-512 parts have one 512-bit pipe, so treat the vector peak as an upper bound). Main-memory
+    bandwidth cannot be read from the OS: it is measured here with a NumPy copy (median of 5), see `measure_copy_bandwidth`.
+    """
+    from . import _local
+
+    return _local.detect()

@@ -1,0 +1,56 @@
+"""Efficiency profiles: the fraction of each datasheet peak that real kernels reach.
+
+Attainable = peak x efficiency. The defaults below come from published achieved fractions; a calibration profile
+(TOML, fitted on a machine) replaces them. Sources:
+- matrix/vector 0.7: llm-analysis README, "How to Set FLOPS and Memory Efficiency": "literature reports ... up to
+  0.7 for inference" (https://github.com/cli99/llm-analysis).
+- GPU memory 0.8: within the band the sources give for decode-sized transfers. Calculon's A100/H100 HBM table gives
+  0.75 for >= 10 MB and 0.90 for >= 100 MB (calculon-ai/calculon systems/a100_80g.json, "MB_efficiency"); llm-analysis
+  calls 0.9 "an aggressive target for memory efficiencies".
+- CPU memory 0.7: STREAM triad reaches 67-78 % of the DDR4/LPDDR4 wire rate in TI's measurements (SPRACV1B,
+  SPRAD45A); server DDR5 figures were not found, so calibrate (perfmodel calibrate) for a CPU you care about.
+- interconnect 0.8: NCCL maintainer, NVIDIA/nccl#1054: "Roughly, the app-level bandwidth is 80% of the peak
+  bandwidth"; 10 us per collective step: Calculon systems/h100_80g_nvl8.json at commit 71f6435 ("latency": 0.00001).
+- per-op overhead 0: assumes an engine that hides launch latency (CUDA graphs, fused decode loops). Eager PyTorch pays
+  more: LLMCompass's calibrated A100 overheads are 21 us per matmul, 12 us per softmax, 45 us per layernorm/GELU
+  (PrincetonUniversity/LLMCompass hardware_model/compute_module.py); set op_overhead_s to model that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import PerfmodelError
+
+
+class Efficiency(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    matrix: float = Field(0.7, gt=0, le=1, description="fraction of matrix-unit peak")
+    vector: float = Field(0.7, gt=0, le=1, description="fraction of vector-unit peak")
+    memory: float = Field(0.8, gt=0, le=1, description="fraction of each memory level's bandwidth")
+    interconnect: float = Field(0.8, gt=0, le=1, description="fraction of link bandwidth")
+    interconnect_latency_s: float = Field(10e-6, ge=0, description="per ring step, when the device gives none")
+    op_overhead_s: float | None = Field(None, ge=0, description="per kernel; None: the device's, else 0")
+    source: str = "defaults (perfmodel.efficiency)"
+
+
+DEFAULTS = {"gpu": Efficiency(), "accelerator": Efficiency(), "cpu": Efficiency(memory=0.7)}
+
+
+def default_for(kind: str) -> Efficiency:
+    return DEFAULTS[kind]
+
+
+def load_profile(path: str | Path) -> Efficiency:
+    """Load an efficiency profile from a TOML file (keys as in Efficiency)."""
+    from .catalog import read_toml, validation_message
+
+    data = read_toml(Path(path))
+    data.setdefault("source", str(path))
+    try:
+        return Efficiency(**data)
+    except ValidationError as e:
+        raise PerfmodelError(validation_message(path, e)) from None

@@ -1,0 +1,313 @@
+"""Estimate: the metrics of one workload (or a vector of them) on one device.
+
+One core, `evaluate`, works on NumPy arrays of batch/prompt/gen; `estimate` wraps a single scenario and `sweep`
+groups many.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .cost import Machine, Terms, op_terms, point_cost, series, sum_max_linear
+from .device import Device
+from .dtypes import DType
+from .efficiency import Efficiency, default_for
+from .errors import CapacityError, PerfmodelError
+from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Pass, Precision, lower
+from .memory import Memory, footprint, weight_bytes, kv_bytes
+from .model import ModelSpec
+
+_ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
+
+
+class Workload(BaseModel):
+    """What is run: batch of sequences, prompt and generated lengths, number formats, parallelism, attention kernel.
+
+    >>> Workload(batch=8, prompt_len=2048, gen_len=256, weights="int4")
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch: int = Field(1, description="sequences processed together")
+    prompt_len: int = Field(512, description="prompt tokens per sequence")
+    gen_len: int | None = Field(None, description="generated tokens per sequence (default 128; 0 for encoders)")
+    weights: DType = DType.BF16
+    kv: DType = DType.BF16
+    act: DType = DType.BF16
+    tp: int = 1
+    pp: int = 1
+    attention: Literal["flash", "unfused"] = "flash"
+
+    @field_validator("batch", "prompt_len", "tp", "pp", mode="before")
+    @classmethod
+    def _positive(cls, v: Any, info) -> int:
+        return _int_at_least(v, 1, info.field_name)
+
+    @field_validator("gen_len", mode="before")
+    @classmethod
+    def _nonneg(cls, v: Any) -> int | None:
+        return None if v is None else _int_at_least(v, 0, "gen_len")
+
+    @field_validator("weights", "kv", "act", mode="before")
+    @classmethod
+    def _dtype(cls, v: Any, info) -> DType:
+        d = DType.parse(v, field=info.field_name)
+        if info.field_name == "act" and d.value not in _ACT_DTYPES:
+            raise PerfmodelError(f"act must be one of: {', '.join(_ACT_DTYPES)}; got {d.value!r}")
+        return d
+
+    @field_validator("attention", mode="before")
+    @classmethod
+    def _attention(cls, v: Any) -> str:
+        if v not in ("flash", "unfused"):
+            raise PerfmodelError(f"attention must be 'flash' or 'unfused'; got {v!r}")
+        return v
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.weights, self.kv, self.act)
+
+    @property
+    def parallel(self) -> Parallel:
+        return Parallel(self.tp, self.pp)
+
+
+def _int_at_least(v: Any, lo: int, name: str) -> int:
+    try:
+        f = float(v)
+        ok = f == int(f)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or int(f) < lo:
+        raise PerfmodelError(f"{name} must be an integer >= {lo}; got {v!r}")
+    return int(f)
+
+
+def default_gen(model: ModelSpec) -> int:
+    return 0 if model.arch == "encoder" else 128
+
+
+def check(model: ModelSpec, wl: Workload) -> None:
+    """Errors that concern the whole combination of model and configuration."""
+    if model.n_heads % wl.tp:
+        raise PerfmodelError(f"tp must divide n_heads ({model.n_heads}) of {model.id}; got {wl.tp}")
+    if wl.pp > model.n_layers:
+        raise PerfmodelError(f"pp must be at most n_layers ({model.n_layers}) of {model.id}; got {wl.pp}")
+
+
+def row_errors(model: ModelSpec, prompt: np.ndarray, gen: np.ndarray) -> np.ndarray:
+    """Per-scenario errors ('' where fine): generation on an encoder, a context longer than the model's."""
+    errs = np.full(np.shape(prompt), "", dtype=object)
+    if model.arch == "encoder":
+        errs[gen > 0] = f"{model.id} is an encoder-only model and generates no tokens: use gen 0"
+    if model.max_seq_len is not None:
+        longest = prompt + (gen if model.arch == "decoder" else 0)
+        for i in np.flatnonzero((longest > model.max_seq_len) & (errs == "")):
+            errs[i] = (f"prompt + gen = {int(longest[i])} exceeds the context length of {model.id} "
+                       f"({model.max_seq_len} tokens, max_position_embeddings)")
+    return errs
+
+
+@dataclass
+class PhaseCost:
+    """Per-op costs of one phase, totals over the phase (every decode step summed)."""
+
+    ops: list[Op]
+    costs: list[dict[str, Any]]
+    steps: np.ndarray
+
+    def total(self, key: str) -> np.ndarray:
+        return sum((np.asarray(c[key], dtype=float) for c in self.costs), np.zeros_like(self.steps))
+
+    def bound(self) -> np.ndarray:
+        """The resource that took most of the phase's time: compute, memory, comm or overhead."""
+        comp = self.total("compute_bound_s")
+        body = self.total("time_s") - self.total("overhead_s") - self.total("comm_s")
+        table = np.stack([comp, body - comp, self.total("comm_s"), self.total("overhead_s")])
+        labels = np.array(["compute", "memory", "comm", "overhead"])
+        return np.where(self.total("time_s") > 0, labels[np.argmax(table, axis=0)], "-")
+
+
+@dataclass
+class Evaluation:
+    model: ModelSpec
+    device: Device
+    workload: Workload
+    mach: Machine
+    batch: np.ndarray
+    prompt: np.ndarray
+    gen: np.ndarray
+    memory: Memory
+    prefill: PhaseCost
+    decode: PhaseCost
+
+    @cached_property
+    def metrics(self) -> dict[str, np.ndarray]:
+        b, p, g = self.batch, self.prompt, self.gen
+        ttft = self.prefill.total("time_s")
+        dec = self.decode.total("time_s")
+        steps = self.decode.steps
+        e2e = ttft + dec
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tpot = np.where(steps > 0, dec / steps, np.nan)
+            out = dict(
+                ttft_s=ttft,
+                tpot_s=tpot,
+                decode_tokens_per_s=np.where(steps > 0, steps / dec, np.nan),
+                prefill_tokens_per_s=b * p / ttft,
+                throughput_tokens_per_s=b * g / e2e,
+                e2e_latency_s=e2e,
+            )
+        flops = self.prefill.total("flops") + self.decode.total("flops")
+        moved = self.prefill.total("resident_bytes") + self.decode.total("resident_bytes")
+        out["mfu"] = self.utilisation(flops, e2e, "flops")
+        out["mbu"] = self.utilisation(moved, e2e, "bytes")
+        return out
+
+    def utilisation(self, amount: np.ndarray, time: np.ndarray, what: str) -> np.ndarray:
+        """MFU: model FLOPs / (time x matrix peak); MBU: weight + KV bytes / (time x bandwidth of the level that holds
+        them). Peaks are datasheet (efficiency 1), per device, averaged over the pp stages that run in turn."""
+        dev, pp = self.device, self.workload.pp
+        if what == "flops":
+            peak = self.mach.peak(OpKind.MATMUL, self.workload.act)[0] / self.mach.eff.matrix
+        else:
+            peak = self.mach.bandwidth_for(self.memory.total_bytes) / self.mach.eff.memory
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(time > 0, amount / (time * peak * pp), 0.0)
+
+
+def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, batch: np.ndarray,
+             prompt: np.ndarray, gen: np.ndarray) -> Evaluation:
+    """Cost every op of prefill and decode for arrays of (batch, prompt, gen) sharing one model, device and config."""
+    batch, prompt, gen = (np.asarray(x, dtype=float) for x in (batch, prompt, gen))
+    check(model, wl)
+    prec, par, fused = wl.precision, wl.parallel, wl.attention == "flash"
+    mach = Machine(device, eff or default_for(device.kind), par)
+
+    # Prefill: the prompt, and the first generated token's logits (all positions' logits when nothing is generated).
+    logits = np.where(gen > 0, 1.0, prompt)
+    if model.arch == "decoder":
+        passes = [Pass("decoder", batch, prompt, prompt, logits=logits)]
+    elif model.arch == "encoder":
+        passes = [Pass("encoder", batch, prompt, prompt)]
+    else:
+        passes = [Pass("encoder", batch, prompt, prompt),
+                  Pass("decoder", batch, 1.0, 1.0, cross_len=prompt, logits=1.0)]
+    pre_ops = tuple(op for ps in passes for op in lower(model, ps, prec, par, fused))
+    mem = footprint(model, device, prec, par, batch, prompt, gen, pre_ops)
+    resident_bw = mach.bandwidth_for(mem.total_bytes)
+    oh = mach.overhead_s
+
+    pre_costs = []
+    for op in pre_ops:
+        t = op_terms(op, mach, resident_bw, mach.bandwidth_for(op.act_bytes))
+        pre_costs.append(_with_quantities(point_cost(op, t, oh), op, t, {f: getattr(op, f) for f in NUMERIC_FIELDS}))
+    prefill = PhaseCost(list(pre_ops), pre_costs, np.ones_like(batch))
+
+    # Decode: steps 1..gen-1, each one token per sequence over a context that grows by one per step.
+    if model.arch == "encoder":
+        return Evaluation(model, device, wl, mach, batch, prompt, gen, mem, prefill,
+                          PhaseCost([], [], np.zeros_like(batch)))
+    if model.arch == "decoder":
+        first, last, cross = prompt + 1, prompt + gen - 1, 0.0
+    else:
+        first, last, cross = np.full_like(batch, 2.0), gen, prompt
+    steps = np.maximum(last - first + 1, 0.0)
+    breaks = sorted({model.sliding_window} if model.sliding_window and any(s for s, _ in model.layer_kinds()) else set())
+    edges = [0.0, *map(float, breaks), math.inf]
+    dec_ops: list[Op] = []
+    dec_costs: list[dict[str, Any]] = []
+    for k in range(len(edges) - 1):
+        lo = np.maximum(first, edges[k] + 1)
+        hi = np.minimum(last, edges[k + 1])
+        x1 = max(edges[k], 1.0)
+        g1 = lower(model, Pass("decoder", batch, 1.0, x1, cross_len=cross, logits=1.0), prec, par, fused)
+        g2 = lower(model, Pass("decoder", batch, 1.0, x1 + 1, cross_len=cross, logits=1.0), prec, par, fused)
+        for i, (o1, o2) in enumerate(zip(g1, g2)):
+            c = _segment_cost(o1, o2, x1, lo, hi, mach, resident_bw, oh)
+            if k == 0:
+                dec_ops.append(o1)
+                dec_costs.append(c)
+            else:
+                dec_costs[i] = {key: (v + c[key] if key not in ("unit", "precision") else v)
+                                for key, v in dec_costs[i].items()}
+    decode = PhaseCost(dec_ops, dec_costs, steps)
+    return Evaluation(model, device, wl, mach, batch, prompt, gen, mem, prefill, decode)
+
+
+def _with_quantities(cost: dict, op: Op, t: Terms, q: dict) -> dict:
+    cost.update({f: q[f] * op.count for f in NUMERIC_FIELDS})
+    cost["resident_bytes"] = (q["weight_bytes"] + q["kv_read_bytes"] + q["kv_write_bytes"]) * op.count
+    cost["unit"], cost["precision"] = t.unit, t.precision
+    return cost
+
+
+def _segment_cost(o1: Op, o2: Op, x1: float, lo: np.ndarray, hi: np.ndarray, mach: Machine, resident_bw: np.ndarray,
+                  oh: float) -> dict[str, Any]:
+    """Costs of one op summed over decode contexts c in [lo, hi], where its quantities are linear in c."""
+    act_end = o1.act_bytes + (o2.act_bytes - o1.act_bytes) * (np.maximum(hi, lo) - x1)
+    act_bw = mach.bandwidth_for(act_end)
+    t1, t2 = op_terms(o1, mach, resident_bw, act_bw), op_terms(o2, mach, resident_bw, act_bw)
+    n = np.maximum(hi - lo + 1, 0.0)
+
+    def lin(a1: Any, a2: Any) -> np.ndarray:  # sum over c of a(c), a linear through (x1, a1), (x1 + 1, a2)
+        slope = np.asarray(a2, dtype=float) - a1
+        return series(lo, hi, a1 - slope * x1, slope) * o1.count
+
+    q = {f: lin(getattr(o1, f), getattr(o2, f)) for f in NUMERIC_FIELDS}
+    if o1.kind == OpKind.COMM:
+        comm = lin(t1.comm_s, t2.comm_s)
+        cost = dict(compute_s=0.0, memory_s=0.0, comm_s=comm, overhead_s=0.0, time_s=comm, compute_bound_s=0.0)
+    else:
+        us, vs = np.asarray(t2.compute_s) - t1.compute_s, np.asarray(t2.memory_s) - t1.memory_s
+        body, comp = sum_max_linear(lo, hi, t1.compute_s - us * x1, us, t1.memory_s - vs * x1, vs)
+        cost = dict(compute_s=lin(t1.compute_s, t2.compute_s), memory_s=lin(t1.memory_s, t2.memory_s), comm_s=0.0,
+                    overhead_s=oh * n * o1.count, time_s=(body + oh * n) * o1.count, compute_bound_s=comp * o1.count)
+    cost.update(q)
+    cost["resident_bytes"] = q["weight_bytes"] + q["kv_read_bytes"] + q["kv_write_bytes"]
+    cost["unit"], cost["precision"] = t1.unit, t1.precision
+    return cost
+
+
+def capacity_advice(model: ModelSpec, device: Device, wl: Workload, mem: Memory, prompt: float, gen: float) -> str:
+    """What would fit: the largest batch, a tp degree, or a narrower weight format."""
+    cap = mem.capacity_bytes
+    hints = []
+    per_seq = (float(mem.kv_cache_bytes) + float(mem.activation_bytes)) / wl.batch
+    room = cap - float(mem.weights_bytes)
+    if room > per_seq:
+        hints.append(f"--batch {int(room // per_seq)} (the largest batch that fits)")
+    else:
+        for tp in (2, 4, 8, 16, 32, 64):
+            if model.n_heads % tp == 0 and tp > wl.tp:
+                par = Parallel(tp, wl.pp)
+                need = weight_bytes(model, wl.precision, par) + float(
+                    kv_bytes(model, wl.precision, par, wl.batch, prompt, gen)) + float(mem.activation_bytes) / tp * wl.tp
+                if need <= cap:
+                    hints.append(f"--tp {tp}")
+                    break
+        for fmt in (DType.FP8, DType.INT4):
+            if fmt.bits < wl.weights.bits:
+                prec = Precision(fmt, wl.kv, wl.act)
+                need = weight_bytes(model, prec, wl.parallel) + float(mem.kv_cache_bytes) + float(mem.activation_bytes)
+                if need <= cap:
+                    hints.append(f"--weights {fmt.value}")
+                    break
+    return "Would fit: " + " or ".join(hints) + "." if hints else "No batch, tp degree up to 64 or weight format tried fits."
+
+
+def capacity_message(model: ModelSpec, device: Device, wl: Workload, mem: Memory, prompt: float, gen: float) -> str:
+    gb = 1e9
+    return (
+        f"{model.id} does not fit on {device.id}: it needs {float(mem.total_bytes) / gb:.1f} GB per device "
+        f"(weights {float(mem.weights_bytes) / gb:.1f} GB, KV cache {float(mem.kv_cache_bytes) / gb:.1f} GB, "
+        f"activations {float(mem.activation_bytes) / gb:.2f} GB) but has {mem.capacity_bytes / gb:.1f} GB. "
+        f"{capacity_advice(model, device, wl, mem, prompt, gen)} Pass --ignore-capacity to compute anyway."
+    )

@@ -1,0 +1,328 @@
+"""Lowering: model spec + one forward pass -> operator graph.
+
+Prefill and decode are the same code: a pass is `q_len` new tokens per sequence attending over `kv_len` positions
+(prefill: q_len = kv_len = prompt; decode: q_len = 1, kv_len = context). Sizes may be NumPy arrays, so one lowering
+serves a whole sweep. Every op is per device (tensor-parallel shards) and per instance; `count` repeats it.
+
+Conventions: a multiply-add is 2 FLOPs. Bytes are what an op reads and writes in memory, split by what they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Literal, Union
+
+import numpy as np
+
+from .dtypes import DType
+from .model import ModelSpec
+
+Num = Union[float, np.ndarray]
+
+
+class OpKind(str, Enum):
+    MATMUL = "matmul"
+    ATTENTION = "attention"
+    ELEMENTWISE = "elementwise"
+    NORM = "norm"
+    EMBEDDING = "embedding"
+    COMM = "comm"
+
+
+MATRIX_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
+
+
+class Comm(str, Enum):
+    ALL_REDUCE = "all_reduce"
+    ALL_GATHER = "all_gather"
+    P2P = "p2p"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    name: str
+    kind: OpKind
+    dtype: DType
+    flops: Num = 0.0
+    weight_bytes: Num = 0.0
+    act_in_bytes: Num = 0.0
+    act_out_bytes: Num = 0.0
+    kv_read_bytes: Num = 0.0
+    kv_write_bytes: Num = 0.0
+    comm_bytes: Num = 0.0
+    count: int = 1
+    comm: Comm | None = None
+
+    @property
+    def act_bytes(self) -> Num:
+        return self.act_in_bytes + self.act_out_bytes
+
+    @property
+    def resident_bytes(self) -> Num:
+        """Bytes of long-lived state: weights and KV cache."""
+        return self.weight_bytes + self.kv_read_bytes + self.kv_write_bytes
+
+    @property
+    def bytes(self) -> Num:
+        return self.resident_bytes + self.act_bytes
+
+
+NUMERIC_FIELDS = tuple(f.name for f in fields(Op) if f.name not in ("name", "kind", "dtype", "count", "comm"))
+
+# FLOPs per element of the vector ops (conventions, stated once).
+NORM_FLOPS = {"rmsnorm": 4, "layernorm": 7}  # rms: x^2, sum, x*r, *g; ln: sum, -mean, ^2, sum, *r, *g, +b
+ACT_FLOPS = {"silu": 4, "gelu": 8, "gelu_tanh": 8, "relu": 1}  # silu: exp, +1, /, *; gelu(tanh): ~8 ops
+ROPE_FLOPS = 3  # x*cos + rotate(x)*sin
+SOFTMAX_FLOPS = 5  # max, -, exp, sum, /
+
+
+@dataclass(frozen=True, slots=True)
+class Precision:
+    weights: DType = DType.BF16
+    kv: DType = DType.BF16
+    act: DType = DType.BF16
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel:
+    tp: int = 1
+    pp: int = 1
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One forward pass of a stack. `logits` is the number of positions per sequence fed to the LM head."""
+
+    stack: Literal["decoder", "encoder"]
+    batch: Num
+    q_len: Num
+    kv_len: Num
+    cross_len: Num = 0.0
+    logits: Num = 0.0
+    embed: bool = True
+
+
+def causal_pairs(q_len: Num, kv_len: Num, window: float = math.inf) -> Num:
+    """Query-key pairs when q_len new tokens follow kv_len - q_len cached ones, each attending to at most `window`
+    positions (itself included): sum over positions j in (kv - q, kv] of min(j, window)."""
+
+    def s(n: Num) -> Num:  # sum_{j=1..n} min(j, w)
+        n = np.maximum(n, 0.0)
+        if math.isinf(window):
+            return n * (n + 1) / 2
+        return np.where(n <= window, n * (n + 1) / 2, window * (window + 1) / 2 + (n - window) * window)
+
+    return s(kv_len) - s(kv_len - q_len)
+
+
+def expected_experts(tokens: Num, n_experts: int, k: int) -> Num:
+    """Distinct experts touched when each of `tokens` tokens picks k of n experts, routing assumed uniform:
+    E * (1 - (1 - k/E)^T)."""
+    return n_experts * (1.0 - (1.0 - k / n_experts) ** np.asarray(tokens, dtype=float))
+
+
+class _Builder:
+    def __init__(self, model: ModelSpec, prec: Precision, par: Parallel, fused: bool):
+        self.m, self.prec, self.par, self.fused = model, prec, par, fused
+        self.w, self.a, self.kvb = prec.weights.bytes, prec.act.bytes, prec.kv.bytes
+        self.ops: list[Op] = []
+
+    def add(self, name: str, kind: OpKind, count: int, dtype: DType | None = None, **q: Num) -> None:
+        if count > 0:
+            self.ops.append(Op(name, kind, dtype or self.prec.act, count=count, **q))
+
+    def matmul(self, name: str, tokens: Num, k: float, n: float, count: int, *, bias: bool = False,
+               full_input: bool = True, weight_rows: Num | None = None, w_count: Num = 1.0) -> None:
+        """(tokens, k) @ (k, n). `full_input`: column-parallel layers read the whole input on every TP rank."""
+        self.add(
+            name, OpKind.MATMUL, count,
+            flops=2.0 * tokens * k * n + (tokens * n if bias else 0.0),
+            weight_bytes=w_count * (k * n * self.w + (n * self.a if bias else 0.0)),
+            act_in_bytes=tokens * k * self.a,
+            act_out_bytes=tokens * n * self.a,
+        )
+
+    def norm(self, name: str, tokens: Num, width: float, count: int) -> None:
+        wb = (2 if self.m.norm == "layernorm" else 1) * width * self.a
+        self.add(name, OpKind.NORM, count, flops=NORM_FLOPS[self.m.norm] * tokens * width, weight_bytes=wb,
+                 act_in_bytes=tokens * width * self.a, act_out_bytes=tokens * width * self.a)
+
+    def elementwise(self, name: str, elems: Num, flops_per: float, count: int, n_in: int = 1) -> None:
+        self.add(name, OpKind.ELEMENTWISE, count, flops=flops_per * elems,
+                 act_in_bytes=n_in * elems * self.a, act_out_bytes=elems * self.a)
+
+    def comm(self, name: str, kind: Comm, nbytes: Num, count: int) -> None:
+        self.add(name, OpKind.COMM, count, comm=kind, comm_bytes=nbytes)
+
+
+def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool = True) -> tuple[Op, ...]:
+    """The operator graph of one pass, per device. See the module docstring for conventions."""
+    b = _Builder(model, prec, par, fused)
+    m, tp = model, par.tp
+    d, T = m.d_model, p.batch * p.q_len
+    prefix = "encoder." if (p.stack == "encoder" and m.arch == "encoder_decoder") else ""
+
+    if p.embed:
+        rows = T * (1 + (m.position == "learned") + (m.token_types > 0))
+        b.add(prefix + "embed", OpKind.EMBEDDING, 1, weight_bytes=rows * d * b.w / tp, act_out_bytes=T * d * b.a)
+        if tp > 1:  # vocab-parallel embedding: partial rows summed across ranks
+            b.comm(prefix + "embed.all_reduce", Comm.ALL_REDUCE, T * d * b.a, 1)
+        if m.embedding_norm:
+            b.norm(prefix + "embed.norm", T, d, 1)
+
+    if p.stack == "encoder":
+        n_layers = m.n_encoder_layers if m.arch == "encoder_decoder" else m.n_layers
+        kinds = {(False, False): n_layers}
+    else:
+        kinds = m.layer_kinds()
+    for (sliding, moe), n in kinds.items():
+        tag = prefix + "layers" + (".sliding" if sliding and len(kinds) > 1 else "") + (".moe" if moe and
+                                                                                          len(kinds) > 1 else "")
+        _layer(b, tag, p, n, sliding, moe)
+
+    if p.stack == "encoder" and m.arch == "encoder_decoder":
+        b.norm(prefix + "final_norm", T, d, 1)
+        # Cross-attention K/V of every decoder layer, computed once from the encoder output and cached.
+        shape = m.attention_shape()
+        kv_dev = math.ceil(shape.n_kv_heads / tp) * shape.qk_dim * 2
+        b.matmul("decoder.layers.cross_kv", T, d, kv_dev, m.n_layers)
+        last = b.ops[-1]
+        b.ops[-1] = Op(last.name, last.kind, last.dtype, last.flops, last.weight_bytes, last.act_in_bytes, 0.0,
+                       0.0, T * kv_dev * b.kvb, count=last.count)
+        return tuple(b.ops)
+
+    b.norm(prefix + "final_norm", T, d, 1 if m.final_norm else 0)
+    if m.pooler and p.stack == "encoder":
+        b.matmul("pooler", p.batch, d, d, 1, bias=True)
+    heads = p.batch * p.logits
+    if np.any(np.asarray(heads) > 0):
+        b.matmul(prefix + "lm_head", heads, d, m.vocab_size / tp, 1)
+        if tp > 1:
+            b.comm(prefix + "lm_head.all_gather", Comm.ALL_GATHER, heads * m.vocab_size * b.a, 1)
+    if par.pp > 1:
+        b.comm(prefix + "pp.send", Comm.P2P, T * d * b.a, par.pp - 1)
+    return tuple(b.ops)
+
+
+def _layer(b: _Builder, tag: str, p: Pass, n: int, sliding: bool, moe: bool) -> None:
+    m, tp, d = b.m, b.par.tp, b.m.d_model
+    T = p.batch * p.q_len
+    window = float(m.sliding_window) if sliding else math.inf
+    norms = 2 if p.stack == "encoder" and m.arch == "encoder_decoder" else m.norms_per_layer
+    b.norm(tag + ".norm", T, d, n * norms)
+    _attention_block(b, tag + ".attn", p, n, window, cached=p.stack == "decoder", kv_len=p.kv_len)
+    if p.stack == "decoder" and m.arch == "encoder_decoder":
+        _attention_block(b, tag + ".cross", p, n, math.inf, cached=True, kv_len=p.cross_len, cross=True)
+    _mlp_block(b, tag, p, n, moe)
+
+
+def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cached: bool, kv_len: Num,
+                     cross: bool = False) -> None:
+    m, tp, d = b.m, b.par.tp, b.m.d_model
+    T, batch, q = p.batch * p.q_len, p.batch, p.q_len
+    shape = m.attention_shape()
+    h = m.n_heads / tp
+    kv_heads = math.ceil(shape.n_kv_heads / tp)  # KV heads are replicated when fewer than TP ranks
+    kv_elems = shape.kv_elems if shape.shared_kv else 2 * kv_heads * m.dim_head
+
+    # Projections producing Q (and the new K/V) ---------------------------------------------------------------------
+    if m.is_mla:
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        if m.q_lora_rank:
+            b.matmul(tag + ".q_a", T, d, m.q_lora_rank, n)
+            b.norm(tag + ".q_a_norm", T, m.q_lora_rank, n)
+            b.matmul(tag + ".q_b", T, m.q_lora_rank, h * qk, n)
+        else:
+            b.matmul(tag + ".q", T, d, h * qk, n)
+        b.matmul(tag + ".kv_a", T, d, m.kv_lora_rank + m.qk_rope_head_dim, n)
+        b.norm(tag + ".kv_a_norm", T, m.kv_lora_rank, n)
+        b.elementwise(tag + ".rope", T * (h + 1) * m.qk_rope_head_dim, ROPE_FLOPS, n)
+        # Absorbed up-projections (DeepSeek-V3 inference/model.py, attn_impl="absorb"): q_nope -> latent per head.
+        b.matmul(tag + ".q_absorb", T * h, m.qk_nope_head_dim, m.kv_lora_rank, n, w_count=h)
+    else:
+        hd = m.dim_head
+        if cross:  # cross-attention: only Q is projected per step; K/V come from the cached encoder output
+            b.matmul(tag + ".q", T, d, h * hd, n, bias=m.qkv_bias)
+        else:
+            b.matmul(tag + ".qkv", T, d, (h + 2 * kv_heads) * hd, n, bias=m.qkv_bias)
+        if m.qk_norm:
+            b.norm(tag + ".qk_norm", T * (h + kv_heads), hd, n)
+        if m.position == "rope" and not cross:
+            b.elementwise(tag + ".rope", T * (h + kv_heads) * hd * m.rope_fraction, ROPE_FLOPS, n)
+
+    # Attention proper ---------------------------------------------------------------------------------------------
+    if p.stack == "encoder":
+        pairs = q * kv_len  # bidirectional
+        keys = kv_len
+    elif cross:
+        pairs, keys = q * kv_len, kv_len
+    else:
+        pairs = causal_pairs(q, kv_len, window)
+        keys = np.minimum(kv_len, q + window - 1) if math.isfinite(window) else kv_len
+    k_bytes = b.kvb if cached else b.a
+    kv_read = batch * keys * kv_elems * k_bytes
+    kv_write = 0.0 if (cross or not cached) else T * kv_elems * b.kvb
+    act_in = T * h * shape.qk_dim * b.a
+    act_out = T * h * shape.v_dim * b.a
+    if not cached:  # encoder: K/V are activations, not a cache
+        act_in, kv_read = act_in + kv_read, 0.0
+    if b.fused:
+        b.add(tag + ".attention", OpKind.ATTENTION, n, flops=2.0 * batch * pairs * h * (shape.qk_dim + shape.v_dim),
+              act_in_bytes=act_in, act_out_bytes=act_out, kv_read_bytes=kv_read, kv_write_bytes=kv_write)
+    else:
+        # Unfused (eager) attention materialises the full (B, H, q, keys) score matrix, masked but computed.
+        full = batch * q * keys * h
+        k_share = shape.qk_dim / (shape.qk_dim + shape.v_dim) if not shape.shared_kv else 1.0
+        v_share = 1.0 - k_share if not shape.shared_kv else shape.v_dim / shape.qk_dim
+        b.add(tag + ".scores", OpKind.MATMUL, n, flops=2.0 * full * shape.qk_dim, act_in_bytes=act_in,
+              act_out_bytes=full * b.a, kv_read_bytes=kv_read * k_share, kv_write_bytes=kv_write)
+        b.add(tag + ".softmax", OpKind.ELEMENTWISE, n, flops=SOFTMAX_FLOPS * full, act_in_bytes=full * b.a,
+              act_out_bytes=full * b.a)
+        b.add(tag + ".context", OpKind.MATMUL, n, flops=2.0 * full * shape.v_dim, act_in_bytes=full * b.a,
+              act_out_bytes=act_out, kv_read_bytes=kv_read * v_share)
+
+    # Output projection --------------------------------------------------------------------------------------------
+    if m.is_mla:
+        b.matmul(tag + ".v_absorb", T * h, m.kv_lora_rank, m.v_head_dim, n, w_count=h)
+        b.matmul(tag + ".o", T, h * m.v_head_dim, d, n, bias=m.out_bias)
+    else:
+        b.matmul(tag + ".o", T, h * m.dim_head, d, n, bias=m.out_bias)
+    if tp > 1:
+        b.comm(tag + ".all_reduce", Comm.ALL_REDUCE, T * d * b.a, n)
+    b.elementwise(tag + ".residual", T * d, 1, n, n_in=2)
+
+
+def _mlp_block(b: _Builder, tag: str, p: Pass, n: int, moe: bool) -> None:
+    m, tp, d = b.m, b.par.tp, b.m.d_model
+    T = p.batch * p.q_len
+    n_in = 2 if m.gated_mlp else 1
+    act_flops = ACT_FLOPS[m.activation] + (1 if m.gated_mlp else 0)
+
+    def dense(name: str, d_ff: float, tokens: Num, experts: Num = 1.0) -> None:
+        width = d_ff / tp
+        b.matmul(name + ".up", tokens, d, n_in * width, n, bias=m.mlp_bias, w_count=experts)
+        b.elementwise(name + ".act", tokens * width, act_flops, n, n_in=n_in)
+        b.matmul(name + ".down", tokens, width, d, n, bias=m.mlp_bias, w_count=experts)
+
+    if moe:
+        e, k = m.n_experts, m.experts_per_token
+        b.matmul(tag + ".moe.router", T, d, e, n, bias=m.router_bias)
+        dense(tag + ".moe.experts", m.expert_d_ff, T * k, experts=expected_experts(T, e, k))
+        if m.shared_d_ff:
+            dense(tag + ".moe.shared", m.shared_d_ff, T)
+    else:
+        dense(tag + ".mlp", m.d_ff, T)
+    if tp > 1:
+        b.comm(tag + ".mlp.all_reduce", Comm.ALL_REDUCE, T * d * b.a, n)
+    b.elementwise(tag + ".mlp.residual", T * d, 1, n, n_in=2)
+
+
+def totals(ops: tuple[Op, ...]) -> dict[str, Num]:
+    """Sum of every numeric field over the graph, counts applied."""
+    return {f: sum(getattr(o, f) * o.count for o in ops) for f in NUMERIC_FIELDS}

@@ -1,0 +1,81 @@
+"""Memory per device: weights, KV cache, peak activations, against the device's main-memory capacity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .device import Device
+from .graph import Num, Op, Parallel, Precision
+from .model import ModelSpec
+
+_LAYER_PARTS = ("attention", "norms", "mlp", "router", "shared_experts", "experts", "encoder", "cross_attention")
+
+
+@dataclass(frozen=True)
+class Memory:
+    weights_bytes: Num
+    kv_cache_bytes: Num
+    activation_bytes: Num
+    capacity_bytes: float | None
+
+    @property
+    def total_bytes(self) -> Num:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+    @property
+    def fits(self) -> Num | None:
+        return None if self.capacity_bytes is None else self.total_bytes <= self.capacity_bytes
+
+
+def weight_bytes(model: ModelSpec, prec: Precision, par: Parallel) -> float:
+    """Weights on the busiest device: layers split over pp stages (the first stage also holds the embedding, the last
+    the LM head), every matrix split over tp ranks. Norm weights are kept at the activation precision."""
+    parts = model.param_breakdown()
+    norms = parts.get("norms", 0)
+    layer = sum(v for k, v in parts.items() if k in _LAYER_PARTS) - norms
+    n_layers = model.n_layers + model.n_encoder_layers
+    share = math.ceil(n_layers / par.pp) / n_layers
+    ends = [parts.get("embedding", 0), parts.get("lm_head", 0) + parts.get("pooler", 0)]
+    edge = sum(ends) if par.pp == 1 else max(ends)
+    edge += parts.get("relative_position", 0)
+    matrices = (layer * share + edge) * prec.weights.bytes / par.tp
+    return matrices + norms * share * prec.act.bytes
+
+
+def kv_bytes(model: ModelSpec, prec: Precision, par: Parallel, batch: Num, prompt: Num, gen: Num) -> Num:
+    """KV cache on the busiest device at the end of generation (prompt + gen tokens; windowed layers keep at most
+    the window; encoder-decoder models cache generated tokens for self-attention and the prompt for cross-attention)."""
+    if model.arch == "encoder":
+        return np.zeros_like(np.asarray(batch, dtype=float))
+    shape = model.attention_shape()
+    elems = shape.kv_elems if shape.shared_kv else 2 * math.ceil(shape.n_kv_heads / par.tp) * model.dim_head
+    share = math.ceil(model.n_layers / par.pp) / model.n_layers
+    if model.arch == "encoder_decoder":
+        per_layer_tokens = model.n_layers * (gen + prompt)
+    else:
+        per_layer_tokens = 0.0
+        for (sliding, _), n in model.layer_kinds().items():
+            tokens = prompt + gen
+            per_layer_tokens = per_layer_tokens + n * (np.minimum(tokens, model.sliding_window) if sliding else tokens)
+    return batch * per_layer_tokens * share * elems * prec.kv.bytes
+
+
+def activation_bytes(ops: tuple[Op, ...]) -> Num:
+    """Peak live activations: the largest op's inputs and outputs (inference frees intermediates as it goes)."""
+    peak = 0.0
+    for op in ops:
+        peak = np.maximum(peak, op.act_bytes)
+    return peak
+
+
+def footprint(model: ModelSpec, device: Device, prec: Precision, par: Parallel, batch: Num, prompt: Num, gen: Num,
+              prefill_ops: tuple[Op, ...]) -> Memory:
+    return Memory(
+        weights_bytes=np.full_like(np.asarray(batch, dtype=float), weight_bytes(model, prec, par)),
+        kv_cache_bytes=kv_bytes(model, prec, par, batch, prompt, gen),
+        activation_bytes=np.broadcast_to(activation_bytes(prefill_ops), np.shape(batch)).astype(float),
+        capacity_bytes=device.main_memory.capacity_bytes,
+    )

@@ -1,0 +1,132 @@
+"""Sweeps: many scenarios at once. Rows sharing a model, device and configuration are evaluated together as NumPy
+arrays, so 10,000 rows cost a few vectorised evaluations, not 10,000 Python loops."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import PerfmodelError
+from .estimate import Workload, capacity_message, default_gen, evaluate, row_errors
+from .memory import Memory
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+INPUT_COLUMNS = ("model", "hardware", "batch", "prompt", "gen", "weights", "kv", "act", "tp", "pp", "attention")
+DEFAULTS = {"batch": 1, "prompt": 512, "gen": np.nan, "weights": "bf16", "kv": "bf16", "act": "bf16", "tp": 1,
+            "pp": 1, "attention": "flash"}
+METRICS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "throughput_tokens_per_s",
+           "e2e_latency_s", "mfu", "mbu")
+MEMORY = ("weights_bytes", "kv_cache_bytes", "activation_bytes", "total_bytes", "capacity_bytes", "fits")
+_GROUP = ("model", "hardware", "weights", "kv", "act", "tp", "pp", "attention")
+
+
+def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficiency=None) -> "pd.DataFrame":
+    """Estimate every row of `scenarios` (columns as in INPUT_COLUMNS; model and hardware required).
+
+    Returns the input with metric columns, memory columns, the bound of each phase and an `error` column; a bad row
+    gets its message there (row numbers count data rows from 1) and the other rows are still computed.
+    """
+    import pandas as pd
+
+    from .api import load_device, load_model
+
+    df = scenarios.copy().reset_index(drop=True)
+    unknown = [c for c in df.columns if c not in INPUT_COLUMNS]
+    if unknown:
+        raise PerfmodelError(f"unknown sweep column(s) {', '.join(unknown)}; allowed: {', '.join(INPUT_COLUMNS)}")
+    for col in ("model", "hardware"):
+        if col not in df.columns:
+            raise PerfmodelError(f"a sweep needs a `{col}` column; columns allowed: {', '.join(INPUT_COLUMNS)}")
+    for col, default in DEFAULTS.items():
+        if col not in df.columns:
+            df[col] = default
+        df[col] = df[col].where(df[col].notna() & (df[col].astype(str).str.strip() != ""), default)
+    n = len(df)
+    out = {c: np.full(n, np.nan) for c in METRICS + MEMORY}
+    bounds = {"prefill_bound": np.full(n, "", dtype=object), "decode_bound": np.full(n, "", dtype=object)}
+    errors = np.full(n, "", dtype=object)
+
+    nums = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) for c in ("batch", "prompt", "gen")}
+    for c, lo in (("batch", 1), ("prompt", 1), ("gen", 0)):
+        v = nums[c]
+        bad = ~((v == np.round(v)) & (v >= lo)) & ~(np.isnan(v) & (c == "gen") & df[c].isna().to_numpy())
+        for i in np.flatnonzero(bad & (errors == "")):
+            errors[i] = f"{c} must be an integer >= {lo}; got {df.at[i, c]!r}"
+
+    keys = df[list(_GROUP)].astype(str)
+    models, devices = {}, {}
+    for key, idx in keys.groupby(list(_GROUP), sort=False).indices.items():
+        idx = idx[errors[idx] == ""]
+        if not len(idx):
+            continue
+        cfg = dict(zip(_GROUP, key))
+        try:
+            if cfg["model"] not in models:
+                models[cfg["model"]] = load_model(cfg["model"])
+            if cfg["hardware"] not in devices:
+                devices[cfg["hardware"]] = load_device(cfg["hardware"])
+            m, d = models[cfg["model"]], devices[cfg["hardware"]]
+            wl = Workload(weights=cfg["weights"], kv=cfg["kv"], act=cfg["act"], tp=cfg["tp"], pp=cfg["pp"],
+                          attention=cfg["attention"], gen_len=0)
+        except (PerfmodelError, ValueError) as e:
+            errors[idx] = _message(e)
+            continue
+        gen = np.where(np.isnan(nums["gen"][idx]), default_gen(m), nums["gen"][idx])
+        batch, prompt = nums["batch"][idx], nums["prompt"][idx]
+        errs = row_errors(m, prompt, gen)
+        ok = errs == ""
+        errors[idx[~ok]] = errs[~ok]
+        idx, batch, prompt, gen = idx[ok], batch[ok], prompt[ok], gen[ok]
+        if not len(idx):
+            continue
+        try:
+            ev = evaluate(m, d, wl, efficiency, batch, prompt, gen)
+        except PerfmodelError as e:
+            errors[idx] = _message(e)
+            continue
+        mem = ev.memory
+        fits = mem.fits if mem.fits is not None else np.ones(len(idx), dtype=bool)
+        keep = np.ones(len(idx), dtype=bool) if ignore_capacity else np.asarray(fits, dtype=bool)
+        for j in np.flatnonzero(~keep):
+            one = Memory(mem.weights_bytes[j], mem.kv_cache_bytes[j], mem.activation_bytes[j], mem.capacity_bytes)
+            wl_j = wl.model_copy(update={"batch": int(batch[j]), "prompt_len": int(prompt[j]), "gen_len": int(gen[j])})
+            errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
+        for c, v in ev.metrics.items():
+            out[c][idx[keep]] = np.asarray(v)[keep]
+        for c in MEMORY:
+            v = {"total_bytes": mem.total_bytes, "capacity_bytes": mem.capacity_bytes, "fits": fits}.get(
+                c, getattr(mem, c, None))
+            out[c][idx] = np.broadcast_to(np.asarray(v if v is not None else np.nan, dtype=float), len(idx))
+        bounds["prefill_bound"][idx[keep]] = ev.prefill.bound()[keep]
+        bounds["decode_bound"][idx[keep]] = np.where(ev.decode.steps > 0, ev.decode.bound(), "-")[keep]
+        df.loc[idx, "gen"] = gen
+    res = df.assign(**out, **bounds, error=errors)
+    res["fits"] = res["fits"].map({1.0: True, 0.0: False})
+    return res
+
+
+def _message(e: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        return "; ".join(str(x.get("ctx", {}).get("error", x["msg"])) for x in e.errors())
+    return str(e)
+
+
+def write_csv_atomic(df: "pd.DataFrame", path: str | Path) -> None:
+    """Write to a temporary file beside `path`, then rename: an existing file is never left half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
