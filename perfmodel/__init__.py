@@ -17,13 +17,7 @@ from .estimate import Workload
 from .graph import Op, OpKind, Pass, lower
 from .hf import load_hf_config
 from .model import ModelSpec
-
-
-def sweep(scenarios, **kw):
-    """Estimate every row of a DataFrame of scenarios; see perfmodel.sweep.sweep."""
-    from .sweep import sweep as _sweep
-
-    return _sweep(scenarios, **kw)
+from .scenarios import sweep
 
 
 __all__ = ["CapacityError", "DType", "Device", "Efficiency", "Estimate", "ModelSpec", "Op", "OpKind", "Pass",

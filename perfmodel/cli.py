@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from pydantic import ValidationError
 
         if isinstance(e, ValidationError):
-            from .sweep import _message
+            from .scenarios import _message
 
             print(f"perfmodel: error: {_message(e)}", file=sys.stderr)
             return EXIT_USER_ERROR
@@ -151,15 +151,18 @@ def _fmt(v: Any) -> str:
 def _show(a: argparse.Namespace) -> int:
     from .api import load_device, load_model
     from .catalog import find
+    from .device import COMPUTE_DTYPES
 
     try:
         spec: Any = load_device(find("hardware", a.id))
-        extra = {"levels": [lv.__dict__ if hasattr(lv, "__dict__") else
-                            {"name": lv.name, "capacity_bytes": lv.capacity_bytes,
-                             "bandwidth_bytes_per_s": lv.bandwidth_bytes_per_s} for lv in spec.levels],
-                 "peaks_flops_per_s": {f"{u}.{p}": spec.peak_flops_per_s(u, p) for u in ("matrix", "vector")
-                                       for p in ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
-                                       if spec.peak_flops_per_s(u, p)}}
+        extra = {
+            "memory_levels": [{"name": lv.name,
+                               "capacity_gb": None if lv.capacity_bytes is None else lv.capacity_bytes / 1e9,
+                               "bandwidth_gb_per_s": None if lv.bandwidth_bytes_per_s is None
+                               else lv.bandwidth_bytes_per_s / 1e9} for lv in spec.levels],
+            "peak_tflops": {f"{u}.{p}": spec.peak_flops_per_s(u, p) / 1e12 for u in ("matrix", "vector")
+                            for p in COMPUTE_DTYPES if spec.peak_flops_per_s(u, p)},
+        }
     except PerfmodelError:
         try:
             spec = load_model(find("models", a.id))
@@ -186,8 +189,8 @@ def _print_tree(d: Any, indent: int = 0) -> None:
             if isinstance(v, (dict, list)) and v:
                 print(f"{pad}{k}:")
                 _print_tree(v, indent + 1)
-            elif v not in ({}, [], ""):
-                print(f"{pad}{k}: {_fmt(v) if isinstance(v, float) else v}")
+            elif v not in ({}, [], "", None):
+                print(f"{pad}{k}: {f'{v:.6g}' if isinstance(v, float) else v}")
     elif isinstance(d, list):
         for item in d:
             if isinstance(item, dict):
@@ -200,7 +203,7 @@ def _print_tree(d: Any, indent: int = 0) -> None:
 def _sweep(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .sweep import sweep, write_csv_atomic
+    from .scenarios import sweep, write_csv_atomic
 
     try:
         df = pd.read_csv(a.input, dtype=str, keep_default_na=False)

@@ -59,6 +59,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         for i in np.flatnonzero(bad & (errors == "")):
             errors[i] = f"{c} must be an integer >= {lo}; got {df.at[i, c]!r}"
 
+    gen_filled = np.full(n, None, dtype=object)
     keys = df[list(_GROUP)].astype(str)
     models, devices = {}, {}
     for key, idx in keys.groupby(list(_GROUP), sort=False).indices.items():
@@ -105,7 +106,8 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             out[c][idx] = np.broadcast_to(np.asarray(v if v is not None else np.nan, dtype=float), len(idx))
         bounds["prefill_bound"][idx[keep]] = ev.prefill.bound()[keep]
         bounds["decode_bound"][idx[keep]] = np.where(ev.decode.steps > 0, ev.decode.bound(), "-")[keep]
-        df.loc[idx, "gen"] = gen
+        gen_filled[idx] = gen
+    df["gen"] = np.where(gen_filled != None, gen_filled, df["gen"].astype(object))  # noqa: E711 (defaults filled)
     res = df.assign(**out, **bounds, error=errors)
     res["fits"] = res["fits"].map({1.0: True, 0.0: False})
     return res
