@@ -79,15 +79,8 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
         raise PerfmodelError(err)
     ev = evaluate(m, d, wl, eff, one * wl.batch, one * wl.prompt_len, one * wl.gen_len)
     if ev.memory.fits is not None and not bool(ev.memory.fits[0]) and not ignore_capacity:
-        raise CapacityError(capacity_message(m, d, wl, _first(ev.memory), wl.prompt_len, wl.gen_len))
+        raise CapacityError(capacity_message(m, d, wl, ev.memory.at(0), wl.prompt_len, wl.gen_len))
     return Estimate(ev)
-
-
-def _first(mem):
-    from .memory import Memory
-
-    return Memory(float(mem.weights_bytes[0]), float(mem.kv_cache_bytes[0]), float(mem.activation_bytes[0]),
-                  mem.capacity_bytes)
 
 
 def _num(x: Any) -> float | None:
@@ -140,8 +133,7 @@ class Estimate:
             time_s=_num(time),
             steps=int(ph.steps[0]),
             flops=_num(ph.total("flops")),
-            bytes=_num(ph.total("bytes") if False else ph.total("resident_bytes") + ph.total("act_in_bytes")
-                       + ph.total("act_out_bytes")),
+            bytes=_num(ph.total("resident_bytes") + ph.total("act_in_bytes") + ph.total("act_out_bytes")),
             mfu=_num(ev.utilisation(ph.total("flops"), time, "flops")),
             mbu=_num(ev.utilisation(ph.total("resident_bytes"), time, "bytes")),
             bound=str(ph.bound()[0]),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +18,7 @@ from .cost import Machine, Terms, op_terms, point_cost, series, sum_max_linear
 from .device import Device
 from .dtypes import DType
 from .efficiency import Efficiency, default_for
-from .errors import CapacityError, PerfmodelError
+from .errors import PerfmodelError
 from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Pass, Precision, lower
 from .memory import Memory, footprint, weight_bytes, kv_bytes
 from .model import ModelSpec
@@ -174,7 +173,7 @@ class Evaluation:
     def utilisation(self, amount: np.ndarray, time: np.ndarray, what: str) -> np.ndarray:
         """MFU: model FLOPs / (time x matrix peak); MBU: weight + KV bytes / (time x bandwidth of the level that holds
         them). Peaks are datasheet (efficiency 1), per device, averaged over the pp stages that run in turn."""
-        dev, pp = self.device, self.workload.pp
+        pp = self.workload.pp
         if what == "flops":
             peak = self.mach.peak(OpKind.MATMUL, self.workload.act)[0] / self.mach.eff.matrix
         else:

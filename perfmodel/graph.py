@@ -211,7 +211,7 @@ def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool
 
 
 def _layer(b: _Builder, tag: str, p: Pass, n: int, sliding: bool, moe: bool) -> None:
-    m, tp, d = b.m, b.par.tp, b.m.d_model
+    m, d = b.m, b.m.d_model
     T = p.batch * p.q_len
     window = float(m.sliding_window) if sliding else math.inf
     norms = 2 if p.stack == "encoder" and m.arch == "encoder_decoder" else m.norms_per_layer

@@ -25,6 +25,12 @@ class Memory:
     def total_bytes(self) -> Num:
         return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
 
+    def at(self, i: int) -> "Memory":
+        """Scenario i of a vectorised result, as scalars."""
+        pick = lambda x: float(np.asarray(x).reshape(-1)[i])  # noqa: E731
+        return Memory(pick(self.weights_bytes), pick(self.kv_cache_bytes), pick(self.activation_bytes),
+                      self.capacity_bytes)
+
     @property
     def fits(self) -> Num | None:
         return None if self.capacity_bytes is None else self.total_bytes <= self.capacity_bytes

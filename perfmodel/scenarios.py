@@ -12,7 +12,6 @@ import numpy as np
 
 from .errors import PerfmodelError
 from .estimate import Workload, capacity_message, default_gen, evaluate, row_errors
-from .memory import Memory
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,7 +94,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         fits = mem.fits if mem.fits is not None else np.ones(len(idx), dtype=bool)
         keep = np.ones(len(idx), dtype=bool) if ignore_capacity else np.asarray(fits, dtype=bool)
         for j in np.flatnonzero(~keep):
-            one = Memory(mem.weights_bytes[j], mem.kv_cache_bytes[j], mem.activation_bytes[j], mem.capacity_bytes)
+            one = mem.at(j)
             wl_j = wl.model_copy(update={"batch": int(batch[j]), "prompt_len": int(prompt[j]), "gen_len": int(gen[j])})
             errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
         for c, v in ev.metrics.items():

@@ -1,12 +1,10 @@
-import math
-
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import perfmodel as pm
-from perfmodel.cost import Machine, op_terms, point_cost, sum_max_linear
+from perfmodel.cost import op_terms, point_cost, sum_max_linear
 from perfmodel.efficiency import Efficiency
 from perfmodel.graph import Parallel, Pass, lower
 
