@@ -34,14 +34,7 @@ def load_model(name: str | Path | ModelSpec) -> ModelSpec:
     path = Path(name)
     if path.suffix == ".json" or path.is_dir():
         return load_hf_config(path)
-    if path.suffix != ".toml":
-        path = find("models", str(name))
-    data = read_toml(path)
-    data.setdefault("id", path.stem)
-    try:
-        return ModelSpec(**data)
-    except ValidationError as e:
-        raise PerfmodelError(validation_message(path, e)) from None
+    return _from_toml(path if path.suffix == ".toml" else find("models", str(name)), ModelSpec)
 
 
 def load_device(name: str | Path | Device) -> Device:
@@ -51,12 +44,15 @@ def load_device(name: str | Path | Device) -> Device:
     if str(name).lower() == "local":
         return detect_local()
     path = Path(name)
-    if path.suffix != ".toml":
-        path = find("hardware", str(name))
+    return _from_toml(path if path.suffix == ".toml" else find("hardware", str(name)), Device)
+
+
+def _from_toml(path: Path, cls: type) -> Any:
+    """Validate a spec file into `cls`; the file name is the id unless the file says otherwise."""
     data = read_toml(path)
     data.setdefault("id", path.stem)
     try:
-        return Device(**data)
+        return cls(**data)
     except ValidationError as e:
         raise PerfmodelError(validation_message(path, e)) from None
 

@@ -102,6 +102,18 @@ def _sliding_pattern(cfg: Config) -> int:
     return int(_get(cfg, "sliding_window_pattern", default=1))
 
 
+def _core(cfg: Config) -> Config:
+    """The dimensions most families name the standard way (LlamaConfig and its descendants, BERT, NeoX, DeepSeek)."""
+    return dict(
+        n_layers=cfg["num_hidden_layers"],
+        d_model=cfg["hidden_size"],
+        n_heads=cfg["num_attention_heads"],
+        d_ff=cfg["intermediate_size"],
+        vocab_size=cfg["vocab_size"],
+        max_seq_len=cfg.get("max_position_embeddings"),
+    )
+
+
 def _llama(cfg: Config) -> Config:
     """LLaMA 1/2/3.x, Mistral, Mixtral, Qwen2/3 (dense and MoE), Phi-3/4: RMSNorm, gated SiLU MLP, RoPE."""
     heads = cfg["num_attention_heads"]
@@ -113,14 +125,9 @@ def _llama(cfg: Config) -> Config:
         pattern = _sliding_pattern(cfg)
         window = window if pattern else None
     return dict(
-        n_layers=cfg["num_hidden_layers"],
-        d_model=cfg["hidden_size"],
-        n_heads=heads,
+        **_core(cfg),
         n_kv_heads=_get(cfg, "num_key_value_heads", default=heads),
         head_dim=cfg.get("head_dim"),
-        d_ff=cfg["intermediate_size"],
-        vocab_size=cfg["vocab_size"],
-        max_seq_len=cfg.get("max_position_embeddings"),
         activation=_act(cfg.get("hidden_act")),
         qkv_bias=bool(cfg.get("attention_bias", False)),
         out_bias=bool(cfg.get("attention_bias", False)) and cfg.get("model_type") == "llama",
@@ -209,12 +216,7 @@ def _gpt2(cfg: Config) -> Config:
 def _gpt_neox(cfg: Config) -> Config:
     # GPT-NeoX/Pythia: LayerNorm with bias, biased linears, two norms per layer (parallel residual), untied embed_out.
     return dict(
-        n_layers=cfg["num_hidden_layers"],
-        d_model=cfg["hidden_size"],
-        n_heads=cfg["num_attention_heads"],
-        d_ff=cfg["intermediate_size"],
-        vocab_size=cfg["vocab_size"],
-        max_seq_len=cfg.get("max_position_embeddings"),
+        **_core(cfg),
         norm="layernorm",
         activation=_act(cfg.get("hidden_act", "gelu")),
         gated_mlp=False,
@@ -292,13 +294,7 @@ def _opt(cfg: Config) -> Config:
 def _deepseek(cfg: Config) -> Config:
     """DeepSeek-V2/V3: MLA attention, shared + routed experts, leading dense layers. MTP layers are not counted."""
     return dict(
-        n_layers=cfg["num_hidden_layers"],
-        d_model=cfg["hidden_size"],
-        n_heads=cfg["num_attention_heads"],
-        n_kv_heads=cfg["num_attention_heads"],
-        d_ff=cfg["intermediate_size"],
-        vocab_size=cfg["vocab_size"],
-        max_seq_len=cfg.get("max_position_embeddings"),
+        **_core(cfg),
         activation=_act(cfg.get("hidden_act")),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         n_experts=cfg["n_routed_experts"],
@@ -331,13 +327,8 @@ def _gpt_oss(cfg: Config) -> Config:
 def _bert(cfg: Config) -> Config:
     # BertModel: word + position + token-type embeddings, embedding LayerNorm, post-LN blocks, pooler.
     return dict(
+        **_core(cfg),
         arch="encoder",
-        n_layers=cfg["num_hidden_layers"],
-        d_model=cfg["hidden_size"],
-        n_heads=cfg["num_attention_heads"],
-        d_ff=cfg["intermediate_size"],
-        vocab_size=cfg["vocab_size"],
-        max_seq_len=cfg["max_position_embeddings"],
         norm="layernorm",
         norms_per_layer=2,
         activation=_act(cfg.get("hidden_act", "gelu")),
