@@ -69,6 +69,36 @@ def validation_message(path: Path | str, err: ValidationError) -> str:
     return f"{path}: " + "; ".join(parts)
 
 
+def hardware_rows() -> list[dict[str, Any]]:
+    """One summary row per catalog device (what `perfmodel list hardware` prints)."""
+    from .api import load_device
+
+    rows = []
+    for f in device_files():
+        d = load_device(f)
+        mm = d.main_memory
+        peak = d.peak_flops_per_s("matrix", "bf16") or d.peak_flops_per_s("vector", "bf16")
+        fp32 = d.peak_flops_per_s("vector", "fp32")
+        rows.append({"id": d.id, "name": d.name, "kind": d.kind, "vendor": d.vendor, "year": d.year,
+                     "memory_gb": None if mm.capacity_bytes is None else mm.capacity_bytes / 1e9,
+                     "bandwidth_gb_per_s": mm.bandwidth_bytes_per_s / 1e9,
+                     "bf16_tflops": peak / 1e12 if peak else None,
+                     "fp32_vector_tflops": fp32 / 1e12 if fp32 else None})
+    return sorted(rows, key=lambda r: (r["kind"], r["vendor"], r["year"] or 0, r["id"]))
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """One summary row per catalog model (what `perfmodel list models` prints)."""
+    from .api import load_model
+
+    rows = []
+    for f in model_files():
+        m = load_model(f)
+        rows.append({"id": m.id, "name": m.name, "arch": m.arch, "params_total": m.params_total(),
+                     "params_active": m.params_active()})
+    return sorted(rows, key=lambda r: r["id"])
+
+
 @lru_cache(maxsize=4)
 def _index(kind: str) -> dict[str, Path]:
     """Map ids and aliases (lowercase) to files. File stems are ids; aliases need the file parsed."""

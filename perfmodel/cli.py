@@ -39,11 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["models", "hardware"])
     ls.add_argument("--kind", help="hardware kind: gpu, cpu, accelerator")
     ls.add_argument("--vendor", help="hardware vendor, e.g. nvidia")
+    ls.add_argument("--year", help="launch year, or a range: 2020 or 2015-2020")
+    ls.add_argument("--arch", help="model architecture: decoder, encoder, encoder_decoder")
     ls.add_argument("--json", action="store_true")
 
     sh = sub.add_parser("show", help="every figure of a catalog entry, with its sources")
     sh.add_argument("id")
     sh.add_argument("--json", action="store_true")
+    sh.add_argument("--raw", action="store_true", help="print the data file itself, with its per-figure comments")
 
     sw = sub.add_parser("sweep", help="estimate every row of a CSV of scenarios")
     sw.add_argument("input", help="CSV with columns model, hardware[, batch, prompt, gen, weights, kv, act, tp, pp, "
@@ -61,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except PerfmodelError as e:
         print(f"perfmodel: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # pydantic ValidationError from user input
         from pydantic import ValidationError
 
@@ -103,26 +111,15 @@ def _clean(x: Any) -> Any:
 
 
 def _list(a: argparse.Namespace) -> int:
-    from .api import load_device, load_model
-    from .catalog import device_files, model_files
+    from .catalog import hardware_rows, model_rows
 
-    rows = []
     if a.what == "hardware":
-        for f in device_files():
-            d = load_device(f)
-            if (a.kind and d.kind != a.kind.lower()) or (a.vendor and d.vendor != a.vendor.lower()):
-                continue
-            mm = d.main_memory
-            rows.append({"id": d.id, "name": d.name, "kind": d.kind, "vendor": d.vendor, "year": d.year,
-                         "memory_gb": None if mm.capacity_bytes is None else mm.capacity_bytes / 1e9,
-                         "bandwidth_gb_per_s": mm.bandwidth_bytes_per_s / 1e9,
-                         "bf16_tflops": (lambda v: v and v / 1e12)(d.peak_flops_per_s("matrix", "bf16")
-                                                                  or d.peak_flops_per_s("vector", "bf16"))})
+        years = _year_range(a.year)
+        rows = [r for r in hardware_rows()
+                if (not a.kind or r["kind"] == a.kind.lower()) and (not a.vendor or r["vendor"] == a.vendor.lower())
+                and (years is None or (r["year"] is not None and years[0] <= r["year"] <= years[1]))]
     else:
-        for f in model_files():
-            m = load_model(f)
-            rows.append({"id": m.id, "name": m.name, "arch": m.arch, "params_total": m.params_total(),
-                         "params_active": m.params_active()})
+        rows = [r for r in model_rows() if not a.arch or r["arch"] == a.arch]
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -135,7 +132,18 @@ def _list(a: argparse.Namespace) -> int:
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
     for t in table:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+    print(f"({len(rows)} {'devices' if a.what == 'hardware' else 'models'})")
     return 0
+
+
+def _year_range(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        lo, _, hi = text.partition("-")
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise PerfmodelError(f"--year must be a year or a range like 2015-2020; got {text!r}") from None
 
 
 def _fmt(v: Any) -> str:
@@ -153,6 +161,13 @@ def _show(a: argparse.Namespace) -> int:
     from .catalog import find
     from .device import COMPUTE_DTYPES
 
+    if a.raw:
+        for kind in ("hardware", "models"):
+            try:
+                print(find(kind, a.id).read_text(), end="")
+                return 0
+            except PerfmodelError:
+                continue
     try:
         spec: Any = load_device(find("hardware", a.id))
         extra = {

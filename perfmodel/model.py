@@ -7,6 +7,7 @@ Families differ by fields, never by code: GPT-2 style (LayerNorm, GELU, learned 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,13 +22,43 @@ class Source(BaseModel):
     note: str = ""
 
 
+def parse_count(v: "float | int | str") -> tuple[float, float]:
+    """(value, half a unit of its last published digit): "7.3B" -> (7.3e9, 0.05e9); 6738415616 -> (6738415616, 0.5)."""
+    if isinstance(v, (int, float)):
+        return float(v), 0.5
+    m = re.fullmatch(r"\s*([0-9][0-9_,]*)(?:\.([0-9]+))?\s*([KMBT]?)\s*", str(v), flags=re.I)
+    if not m:
+        raise ValueError(f"a parameter count must be a number or like '7.3B', '110M'; got {v!r}")
+    whole, frac, unit = m.group(1).replace(",", "").replace("_", ""), m.group(2) or "", m.group(3).upper()
+    scale = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[unit]
+    return float(f"{whole}.{frac or 0}") * scale, 0.5 * 10 ** -len(frac) * scale
+
+
 class PublishedParams(BaseModel):
-    """Parameter counts as published (model card, paper), to check the computed counts against."""
+    """Parameter counts as published (model card, paper), to check the computed counts against. Write them as
+    published: an exact integer, or a rounded figure such as "7.24B" (its rounding is part of the check)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    total: float
-    active: float | None = None
+    total: float | str
+    active: float | str | None = None
+    active_includes_embedding: bool = Field(
+        True, description="False where the publisher counts active parameters without the input embedding table "
+                          "(DeepSeek, OpenAI gpt-oss)")
     source: str = ""
+
+    def matches(self, spec: "ModelSpec", rel: float) -> list[str]:
+        """Mismatches (empty when the computed counts agree with the published ones within `rel`)."""
+        out = []
+        active = spec.params_active() - (0 if self.active_includes_embedding else spec.vocab_size * spec.d_model)
+        for what, computed, published in (("total", spec.params_total(), self.total), ("active", active, self.active)):
+            if published is None:
+                continue
+            value, half_unit = parse_count(published)
+            # a figure published to d digits may be rounded (+- half a unit) or truncated (up to a unit below)
+            low, high = value - max(rel * value, half_unit), value + max(rel * value, 2 * half_unit)
+            if not low <= computed < high:
+                out.append(f"{what} {computed:,} vs published {published!r}")
+        return out
 
 
 class ModelSpec(BaseModel):

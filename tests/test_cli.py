@@ -108,6 +108,8 @@ def test_show(capsys):
     assert code == 0 and "sources:" in out and "bandwidth_gb_per_s: 3350" in out and "bf16: 989.4" in out
     code, out, _ = run(capsys, "show", "llama-3-8b", "--json")
     assert json.loads(out)["derived"]["params_total"] == 8_030_261_248
+    code, out, _ = run(capsys, "show", "h100", "--raw")
+    assert code == 0 and out.startswith("#") or 'id = "h100-sxm"' in out
     code, _, err = run(capsys, "show", "llama-3-8c")
     assert code == 2 and "Did you mean 'llama-3-8b'" in err
 
