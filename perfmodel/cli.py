@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default="bf16", help="weight format: fp32 bf16 fp16 fp8 int8 int4 mxfp4 nvfp4 "
                                                      "q8_0 q6_k q5_k_m q4_k_m q4_0")
     e.add_argument("--kv", default="bf16", help="KV-cache format (as --weights)")
-    e.add_argument("--act", default="bf16", help="activation/compute format: fp32 bf16 fp16 fp8 int8")
+    e.add_argument("--act", default="bf16", help="activation/compute format: fp32 bf16 fp16 fp8 int8 mxfp4 nvfp4")
     e.add_argument("--tp", default=1, help="tensor-parallel degree")
     e.add_argument("--pp", default=1, help="pipeline-parallel degree")
     e.add_argument("--attention", default="flash", help="flash (fused) or unfused")

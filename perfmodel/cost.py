@@ -92,6 +92,12 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tupl
     chain = COMPUTE_FALLBACK[precision]
     units = (("matrix", eff.matrix), ("vector", eff.vector)) if matrix else (("vector", eff.vector),)
     for unit, e in units:
+        if unit == "vector" and matrix and not _may_use_vector_for_matmul(device, precision):
+            raise PerfmodelError(
+                f"{device.id} has matrix units but no sourced matrix figure for {precision} (or "
+                f"{', '.join(chain[1:]) or 'a wider precision'}); its vector rate would understate it badly. Add the "
+                f"figure with its source, or use another --act precision"
+            )
         for p in chain:
             peak = device.peak_flops_per_s(unit, p)
             if peak is not None:
@@ -101,6 +107,12 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tupl
         f"its {' or '.join(u for u, _ in units)} units, so this estimate cannot be made; add one to its spec file "
         f"with its source"
     )
+
+
+def _may_use_vector_for_matmul(device: Device, precision: str) -> bool:
+    """CPUs run any GEMM on their SIMD units, and fp32 GEMMs run on GPU vector units (tensor cores do TF32, not
+    FP32); narrower GEMMs fall back only on devices declared without matrix units (e.g. Apple GPUs)."""
+    return device.kind == "cpu" or precision == "fp32" or not device.compute.matrix_units
 
 
 @dataclass(frozen=True)

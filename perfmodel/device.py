@@ -64,6 +64,9 @@ class Ceilings(_Strict):
 class Compute(_Strict):
     matrix: Ceilings = Ceilings()
     vector: Ceilings = Ceilings()
+    matrix_units: bool = Field(
+        True, description="false: the device has no matrix/tensor units, so matmuls run on its vector units. A GPU "
+                          "with matrix units but no sourced figure at a precision cannot fall back to its vector rate")
 
 
 class MemoryLevelSpec(_Strict):
@@ -118,14 +121,28 @@ class MemoryLevel:
 
 class Interconnect(_Strict):
     name: str
-    bandwidth_gb_per_s: PositiveFloat | None = Field(None, description="per direction, per device")
+    bandwidth_gb_per_s: PositiveFloat | None = Field(None, description="per direction, per device (all links)")
+    link_bandwidth_gb_per_s: PositiveFloat | None = Field(None, description="per direction, per link")
     latency_us: PositiveFloat | None = None
     links: PositiveInt | None = None
     transfer_rate_gt_per_s: PositiveFloat | None = None
 
+    @model_validator(mode="after")
+    def _one_bandwidth(self) -> "Interconnect":
+        if self.bandwidth_gb_per_s and self.link_bandwidth_gb_per_s:
+            raise ValueError("give bandwidth_gb_per_s (per device) or link_bandwidth_gb_per_s with links, not both")
+        if self.link_bandwidth_gb_per_s and not self.links:
+            raise ValueError("link_bandwidth_gb_per_s needs links (the device's bandwidth is links x per-link)")
+        return self
+
     @property
     def bandwidth_bytes_per_s(self) -> float | None:
-        return self.bandwidth_gb_per_s * 1e9 if self.bandwidth_gb_per_s else None
+        """Per direction, per device: as given, or links x per-link bandwidth."""
+        if self.bandwidth_gb_per_s:
+            return self.bandwidth_gb_per_s * 1e9
+        if self.link_bandwidth_gb_per_s:
+            return self.link_bandwidth_gb_per_s * self.links * 1e9
+        return None
 
 
 class Device(_Strict):

@@ -23,7 +23,7 @@ from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Pass, Precision, lower
 from .memory import Memory, footprint, weight_bytes, kv_bytes
 from .model import ModelSpec
 
-_ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
+_ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "mxfp4", "nvfp4")
 
 
 class Workload(BaseModel):
