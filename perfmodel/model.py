@@ -59,7 +59,7 @@ class PublishedParams(BaseModel):
             if published is None:
                 continue
             value, half_unit = parse_count(published)
-            # a figure published to d digits may be rounded (+- half a unit) or truncated (up to a unit below)
+            # a figure published to d digits may be rounded (+- half a unit) or truncated (true count up to a unit above)
             low, high = value - max(rel * value, half_unit), value + max(rel * value, 2 * half_unit)
             if not low <= computed < high:
                 out.append(f"{what} {computed:,} vs published {published!r}")
