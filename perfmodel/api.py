@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from .catalog import find, read_toml, validation_message
 from .device import Device, detect_local
-from .efficiency import Efficiency, load_profile
+from .efficiency import Efficiency
 from .errors import CapacityError, PerfmodelError
 from .estimate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors
 from .hf import load_hf_config
@@ -68,7 +68,16 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     wl = workload or Workload(**kw)
     if wl.gen_len is None:
         wl = wl.model_copy(update={"gen_len": default_gen(m)})
-    eff = load_profile(efficiency) if isinstance(efficiency, (str, Path)) else efficiency
+    if isinstance(efficiency, (str, Path)):
+        from .calibration.profile import read_profile
+
+        eff = read_profile(efficiency, device_id=d.id)
+    elif efficiency is None and d.id == "local":
+        from .calibration.profile import auto_profile
+
+        eff = auto_profile("local")  # this machine's calibration, when one was made here
+    else:
+        eff = efficiency
     one = np.ones(1)
     err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
     if err:

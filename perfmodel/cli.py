@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--json", action="store_true")
     sh.add_argument("--raw", action="store_true", help="print the data file itself, with its per-figure comments")
 
+    ca = sub.add_parser("calibrate", help="measure this machine's kernels and fit an efficiency profile")
+    speed = ca.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="the short suite (default; under 2 minutes here)")
+    speed.add_argument("--full", action="store_true", help="the full suite (under 10 minutes here)")
+    ca.add_argument("--backend", default="numpy", help="numpy (default) or torch")
+    ca.add_argument("--threads", default=None, help="threads to pin (default: all)")
+    ca.add_argument("-o", "--output", default=None, help="profile path (default: the local profile that estimates "
+                                                         "on --hardware local use)")
+    ca.add_argument("--no-progress", action="store_true")
+
     sw = sub.add_parser("sweep", help="estimate every row of a CSV of scenarios")
     sw.add_argument("input", help="CSV with columns model, hardware[, batch, prompt, gen, weights, kv, act, tp, pp, "
                                   "attention]")
@@ -60,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep}[args.command](args)
+        return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep,
+                "calibrate": _calibrate}[args.command](args)
     except PerfmodelError as e:
         print(f"perfmodel: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -234,6 +245,26 @@ def _sweep(a: argparse.Namespace) -> int:
         print(f"perfmodel: row {i + 1}: {res.at[i, 'error']}", file=sys.stderr)
     print(f"{len(res) - len(bad)} of {len(res)} rows estimated; wrote {a.output}", file=sys.stderr)
     return EXIT_USER_ERROR if len(bad) else 0
+
+
+def _calibrate(a: argparse.Namespace) -> int:
+    from .calibration import calibrate
+
+    threads = None
+    if a.threads is not None:
+        from .estimate import _int_at_least
+
+        threads = _int_at_least(a.threads, 1, "--threads")
+    eff, df, path = calibrate(backend=a.backend, mode="full" if a.full else "quick", threads=threads,
+                              output=a.output, progress=not a.no_progress)
+    print(f"profile written to {path} (raw measurements: {path.with_suffix('.csv')})")
+    print(f"  {len(df)} kernels, backend {a.backend}, {int(df.threads.iloc[0])} threads")
+    for name, bw in eff.level_bandwidth_bytes_per_s.items():
+        print(f"  {name:<8} {bw / 1e9:8.1f} GB/s")
+    for key, rate in sorted(eff.rate_flops_per_s.items()):
+        print(f"  {key:<18} {rate / 1e9:8.1f} GFLOP/s   {eff.memory_fraction[key]:6.2f} x level bandwidth   "
+              f"{eff.overhead_by_class_s[key] * 1e6:7.1f} us per call")
+    return 0
 
 
 def _profile(path: str):

@@ -23,6 +23,19 @@ from .efficiency import Efficiency
 from .errors import PerfmodelError
 from .graph import MATRIX_KINDS, Comm, Num, Op, OpKind, Parallel
 
+IDEAL = Efficiency(matrix=1, vector=1, memory=1, interconnect=1)
+# Kernel classes of a calibration profile, per op kind; elementwise ops split by role (op name suffix).
+CLASS_OF_KIND = {OpKind.MATMUL: "gemm", OpKind.ATTENTION: "attention", OpKind.ELEMENTWISE: "elementwise",
+                 OpKind.EMBEDDING: "elementwise", OpKind.NORM: "norm", OpKind.COMM: "comm"}
+_ROLE_CLASS = {"act": "activation", "softmax": "softmax"}
+
+
+def op_class(op: Op) -> str:
+    """The calibration class an op is costed with: gemm, attention, elementwise, activation, softmax or norm."""
+    if op.kind == OpKind.ELEMENTWISE:
+        return _ROLE_CLASS.get(op.name.rsplit(".", 1)[-1], "elementwise")
+    return CLASS_OF_KIND[op.kind]
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -35,12 +48,17 @@ class Machine:
 
     @property
     def levels(self) -> list[tuple[float, float, str]]:
-        """(capacity_bytes, attainable bytes/s, name) for levels with a known bandwidth, fastest first."""
+        """(capacity_bytes, attainable bytes/s, name) for levels with a known bandwidth, fastest first: calibrated
+        where a profile measured the level, else datasheet x memory efficiency."""
         out = []
+        measured = self.eff.level_bandwidth_bytes_per_s
         for lv in self.device.levels:
-            if lv.bandwidth_bytes_per_s is not None:
+            bw = measured.get(lv.name)
+            if bw is None and lv.bandwidth_bytes_per_s is not None:
+                bw = lv.bandwidth_bytes_per_s * self.eff.memory
+            if bw is not None:
                 cap = lv.capacity_bytes if lv.capacity_bytes is not None else np.inf
-                out.append((cap, lv.bandwidth_bytes_per_s * self.eff.memory, lv.name))
+                out.append((cap, bw, lv.name))
         out[-1] = (np.inf, out[-1][1], out[-1][2])  # main memory serves whatever does not fit above
         return out
 
@@ -52,18 +70,62 @@ class Machine:
         return np.select(conds, [bw for _, bw, _ in lv[:-1]], default=lv[-1][1]) if conds else np.full_like(
             nbytes, lv[-1][1])
 
+    def datasheet_bandwidth(self, nbytes: Num) -> np.ndarray:
+        """Datasheet bandwidth (no efficiency) of the level holding `nbytes`, for MBU; measured where the datasheet
+        has none."""
+        ideal = Machine(self.device, IDEAL.model_copy(update={"level_bandwidth_bytes_per_s": {
+            k: v for k, v in self.eff.level_bandwidth_bytes_per_s.items()
+            if next((lv.bandwidth_bytes_per_s for lv in self.device.levels if lv.name == k), None) is None}}),
+            self.par)
+        return ideal.bandwidth_for(nbytes)
+
     def level_name_for(self, nbytes: float) -> str:
         for cap, _, name in self.levels:
             if nbytes <= cap:
                 return name
         return self.levels[-1][2]
 
-    def peak(self, kind: OpKind, dtype: DType) -> tuple[float, str, str]:
-        """(attainable FLOP/s, unit, precision) for an op kind at a dtype, falling back along COMPUTE_FALLBACK."""
-        key = (kind in MATRIX_KINDS, dtype.compute)
+    def peak(self, kind: OpKind, dtype: DType, cls: str | None = None) -> tuple[float, str, str]:
+        """(attainable FLOP/s, unit, precision) for an op kind at a dtype: the calibrated rate of its class where a
+        profile has one (along COMPUTE_FALLBACK), else datasheet peak x efficiency."""
+        key = (kind, dtype.compute, cls)
         if key not in self._peaks:
-            self._peaks[key] = _peak(self.device, self.eff, *key)
+            cal = self.calibrated_key(kind, dtype, cls)
+            if cal is not None:
+                self._peaks[key] = (self.eff.rate_flops_per_s[cal], "calibrated", cal.split(".")[1])
+            else:
+                self._peaks[key] = _peak(self.device, self.eff, kind in MATRIX_KINDS, dtype.compute)
         return self._peaks[key]
+
+    def datasheet_peak(self, kind: OpKind, dtype: DType) -> float:
+        """Datasheet peak (no efficiency) for MFU; the calibrated rate where the datasheet has none."""
+        try:
+            return _peak(self.device, IDEAL, kind in MATRIX_KINDS, dtype.compute)[0]
+        except PerfmodelError:
+            return self.peak(kind, dtype)[0]
+
+    def calibrated_key(self, kind: OpKind, dtype: DType, cls: str | None = None) -> str | None:
+        rates = self.eff.rate_flops_per_s
+        if not rates:
+            return None
+        cls = cls or CLASS_OF_KIND[kind]
+        classes = (cls,) + {"attention": ("gemm",), "activation": ("elementwise",), "softmax": ("elementwise",)}.get(
+            cls, ())
+        for cls in classes:
+            for p in COMPUTE_FALLBACK[dtype.compute]:
+                if f"{cls}.{p}" in rates:
+                    return f"{cls}.{p}"
+        return None
+
+    def memory_fraction(self, kind: OpKind, dtype: DType, cls: str | None = None) -> float:
+        key = self.calibrated_key(kind, dtype, cls)
+        return self.eff.memory_fraction.get(key, 1.0) if key else 1.0
+
+    def overhead_for(self, kind: OpKind, dtype: DType, cls: str | None = None) -> float:
+        key = self.calibrated_key(kind, dtype, cls)
+        if key and key in self.eff.overhead_by_class_s:
+            return self.eff.overhead_by_class_s[key]
+        return self.overhead_s
 
     @property
     def overhead_s(self) -> float:
@@ -124,17 +186,22 @@ class Terms:
     comm_s: Num
     unit: str
     precision: str
+    overhead_s: float = 0.0
 
 
 def op_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num) -> Terms:
     if op.kind == OpKind.COMM:
         return Terms(0.0, 0.0, mach.comm_time(op), "link", "-")
-    peak, unit, prec = mach.peak(op.kind, op.dtype)
-    return Terms(op.flops / peak, op.resident_bytes / resident_bw + op.act_bytes / act_bw, 0.0, unit, prec)
+    cls = op_class(op)
+    peak, unit, prec = mach.peak(op.kind, op.dtype, cls)
+    frac = mach.memory_fraction(op.kind, op.dtype, cls)
+    memory = (op.resident_bytes / resident_bw + op.act_bytes / act_bw) / frac
+    return Terms(op.flops / peak, memory, 0.0, unit, prec, mach.overhead_for(op.kind, op.dtype, cls))
 
 
-def point_cost(op: Op, t: Terms, overhead_s: float) -> dict[str, Num]:
+def point_cost(op: Op, t: Terms) -> dict[str, Num]:
     """Costs of one op evaluated at one point (e.g. prefill), counts applied."""
+    overhead_s = t.overhead_s
     if op.kind == OpKind.COMM:
         time = t.comm_s
         return dict(compute_s=0.0, memory_s=0.0, comm_s=time * op.count, overhead_s=0.0, time_s=time * op.count,

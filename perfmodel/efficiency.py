@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import PerfmodelError
 
 
 class Efficiency(BaseModel):
@@ -36,6 +35,21 @@ class Efficiency(BaseModel):
     op_overhead_s: float | None = Field(None, ge=0, description="per kernel; None: the device's, else 0")
     source: str = "defaults (perfmodel.efficiency)"
 
+    # Calibrated values (perfmodel calibrate). Where present they replace peak x fraction. Keys of the per-class
+    # tables are "<class>.<precision>", class one of gemm, attention, elementwise, norm (see CLASS_OF_KIND).
+    level_bandwidth_bytes_per_s: dict[str, float] = Field({}, description="attained bandwidth per memory level name")
+    rate_flops_per_s: dict[str, float] = Field({}, description="attained compute rate per class and precision")
+    memory_fraction: dict[str, float] = Field({}, description="fraction of the level's bandwidth a class reaches")
+    overhead_by_class_s: dict[str, float] = Field({}, description="per-call overhead per class and precision")
+    device_id: str | None = Field(None, description="the device a calibrated profile describes ('local' or an id)")
+    host: dict[str, str | int | float] = Field({}, description="where and how the profile was measured")
+    created: str = ""
+    raw_sha256: str = Field("", description="checksum of the raw measurements saved beside the profile")
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.rate_flops_per_s or self.level_bandwidth_bytes_per_s)
+
 
 DEFAULTS = {"gpu": Efficiency(), "accelerator": Efficiency(), "cpu": Efficiency(memory=0.7)}
 
@@ -45,12 +59,8 @@ def default_for(kind: str) -> Efficiency:
 
 
 def load_profile(path: str | Path) -> Efficiency:
-    """Load an efficiency profile from a TOML file (keys as in Efficiency)."""
-    from .catalog import read_toml, validation_message
+    """Load an efficiency profile from a TOML file (keys as in Efficiency); calibrated profiles are checked for
+    corruption and for having been measured on this machine (perfmodel.calibration.profile.read_profile)."""
+    from .calibration.profile import read_profile
 
-    data = read_toml(Path(path))
-    data.setdefault("source", str(path))
-    try:
-        return Efficiency(**data)
-    except ValidationError as e:
-        raise PerfmodelError(validation_message(path, e)) from None
+    return read_profile(path)

@@ -175,9 +175,9 @@ class Evaluation:
         them). Peaks are datasheet (efficiency 1), per device, averaged over the pp stages that run in turn."""
         pp = self.workload.pp
         if what == "flops":
-            peak = self.mach.peak(OpKind.MATMUL, self.workload.act)[0] / self.mach.eff.matrix
+            peak = self.mach.datasheet_peak(OpKind.MATMUL, self.workload.act)
         else:
-            peak = self.mach.bandwidth_for(self.memory.total_bytes) / self.mach.eff.memory
+            peak = self.mach.datasheet_bandwidth(self.memory.total_bytes)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(time > 0, amount / (time * peak * pp), 0.0)
 
@@ -202,12 +202,11 @@ def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | N
     pre_ops = tuple(op for ps in passes for op in lower(model, ps, prec, par, fused))
     mem = footprint(model, device, prec, par, batch, prompt, gen, pre_ops)
     resident_bw = mach.bandwidth_for(mem.total_bytes)
-    oh = mach.overhead_s
 
     pre_costs = []
     for op in pre_ops:
         t = op_terms(op, mach, resident_bw, mach.bandwidth_for(op.act_bytes))
-        pre_costs.append(_with_quantities(point_cost(op, t, oh), op, t, {f: getattr(op, f) for f in NUMERIC_FIELDS}))
+        pre_costs.append(_with_quantities(point_cost(op, t), op, t, {f: getattr(op, f) for f in NUMERIC_FIELDS}))
     prefill = PhaseCost(list(pre_ops), pre_costs, np.ones_like(batch))
 
     # Decode: steps 1..gen-1, each one token per sequence over a context that grows by one per step.
@@ -230,7 +229,7 @@ def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | N
         g1 = lower(model, Pass("decoder", batch, 1.0, x1, cross_len=cross, logits=1.0), prec, par, fused)
         g2 = lower(model, Pass("decoder", batch, 1.0, x1 + 1, cross_len=cross, logits=1.0), prec, par, fused)
         for i, (o1, o2) in enumerate(zip(g1, g2)):
-            c = _segment_cost(o1, o2, x1, lo, hi, mach, resident_bw, oh)
+            c = _segment_cost(o1, o2, x1, lo, hi, mach, resident_bw)
             if k == 0:
                 dec_ops.append(o1)
                 dec_costs.append(c)
@@ -248,13 +247,14 @@ def _with_quantities(cost: dict, op: Op, t: Terms, q: dict) -> dict:
     return cost
 
 
-def _segment_cost(o1: Op, o2: Op, x1: float, lo: np.ndarray, hi: np.ndarray, mach: Machine, resident_bw: np.ndarray,
-                  oh: float) -> dict[str, Any]:
+def _segment_cost(o1: Op, o2: Op, x1: float, lo: np.ndarray, hi: np.ndarray, mach: Machine,
+                  resident_bw: np.ndarray) -> dict[str, Any]:
     """Costs of one op summed over decode contexts c in [lo, hi], where its quantities are linear in c."""
     act_end = o1.act_bytes + (o2.act_bytes - o1.act_bytes) * (np.maximum(hi, lo) - x1)
     act_bw = mach.bandwidth_for(act_end)
     t1, t2 = op_terms(o1, mach, resident_bw, act_bw), op_terms(o2, mach, resident_bw, act_bw)
     n = np.maximum(hi - lo + 1, 0.0)
+    oh = t1.overhead_s
 
     def lin(a1: Any, a2: Any) -> np.ndarray:  # sum over c of a(c), a linear through (x1, a1), (x1 + 1, a2)
         slope = np.asarray(a2, dtype=float) - a1

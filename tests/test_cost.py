@@ -52,7 +52,7 @@ def test_decode_sum_equals_step_by_step():
         for op in lower(m, Pass("decoder", float(b), 1.0, float(c), logits=1.0), est.workload.precision,
                         Parallel()):
             t = op_terms(op, mach, res_bw, mach.bandwidth_for(op.act_bytes))
-            total += np.sum(point_cost(op, t, mach.overhead_s)["time_s"])
+            total += np.sum(point_cost(op, t)["time_s"])
     assert est.ev.decode.total("time_s")[0] == pytest.approx(total, rel=1e-9)
     assert est.tpot_s == pytest.approx(total / (g - 1), rel=1e-9)
 

@@ -1,0 +1,161 @@
+"""Fit the efficiencies the cost model uses from measured kernels.
+
+Memory levels: per level, the bandwidth the add stream reaches on working sets that level holds.
+Kernel classes: per (class, precision), the saturating roofline the cost model evaluates,
+
+    t = t0 + max(FLOPs / R, bytes / (e x BW_level(working set)))
+
+with a per-call overhead t0, an attained compute rate R, and e, the fraction of the level's streaming bandwidth the
+class reaches. Time is linear in the work above t0, so attained throughput saturates with size. Parameters are fitted
+in log space (relative error) with a small Nelder-Mead search; no SciPy needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Levels = Sequence[tuple[str, float]]  # (name, capacity bytes), fastest first
+
+
+def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 0.5, iters: int = 400,
+                tol: float = 1e-10) -> np.ndarray:
+    """Minimise f from x0 (a plain Nelder-Mead simplex)."""
+    n = len(x0)
+    simplex = [np.asarray(x0, dtype=float)] + [np.asarray(x0, dtype=float) + step * np.eye(n)[i] for i in range(n)]
+    values = [f(x) for x in simplex]
+    for _ in range(iters):
+        order = np.argsort(values)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if abs(values[-1] - values[0]) < tol:
+            break
+        centroid = np.mean(simplex[:-1], axis=0)
+        worst = simplex[-1]
+        xr = centroid + (centroid - worst)
+        fr = f(xr)
+        if fr < values[0]:
+            xe = centroid + 2 * (centroid - worst)
+            fe = f(xe)
+            simplex[-1], values[-1] = (xe, fe) if fe < fr else (xr, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = xr, fr
+        else:
+            xc = centroid + 0.5 * (worst - centroid)
+            fc = f(xc)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = xc, fc
+            else:
+                best = simplex[0]
+                simplex = [best] + [best + 0.5 * (x - best) for x in simplex[1:]]
+                values = [values[0]] + [f(x) for x in simplex[1:]]
+    return simplex[int(np.argmin(values))]
+
+
+def level_of(working_set: np.ndarray, levels: Levels) -> np.ndarray:
+    """Name of the fastest level holding each working set (the last level holds everything else)."""
+    names = np.array([n for n, _ in levels], dtype=object)
+    idx = np.full(len(working_set), len(levels) - 1)
+    for i in range(len(levels) - 2, -1, -1):
+        idx = np.where(np.asarray(working_set) <= levels[i][1], i, idx)
+    return names[idx]
+
+
+class Calibrator:
+    """Fit a profile from measurements (a DataFrame as `perfmodel.calibration.run_suite` returns).
+
+    >>> cal = Calibrator(levels=[("L2", 1 << 20), ("DRAM", 16e9)]).fit(measurements)
+    >>> cal.bandwidth_, cal.rate_, cal.overhead_
+    """
+
+    def __init__(self, levels: Levels):
+        self.levels = list(levels)
+
+    def fit(self, df: "pd.DataFrame") -> "Calibrator":
+        streams = df[df.cls.str.startswith("stream.")]
+        if streams.empty:
+            raise ValueError("no stream measurements to fit memory bandwidth from")
+        adds = streams[streams.cls == "stream.add"]
+        self.stream_overhead_s_, self.bandwidth_ = self._fit_levels(adds if len(adds) else streams)
+        # levels without their own streams (too small to time) inherit the next slower level's bandwidth
+        known = [n for n, _ in self.levels if n in self.bandwidth_]
+        if not known:
+            raise ValueError("no stream measurements to fit memory bandwidth from")
+        order = [n for n, _ in self.levels]
+        for name in reversed(order):
+            if name not in self.bandwidth_:
+                slower = [n for n in known if order.index(n) > order.index(name)]
+                self.bandwidth_[name] = self.bandwidth_[slower[0]] if slower else self.bandwidth_[known[-1]]
+        self.bandwidth_ = {n: self.bandwidth_[n] for n in order}
+        self.rate_: dict[str, float] = {}
+        self.mem_eff_: dict[str, float] = {}
+        self.overhead_: dict[str, float] = {}
+        kernels = df[df.cls != "stream.add"]
+        for (cls, dt), rows in kernels.groupby(["cls", "dtype"]):
+            t0, rate, eff = self._fit_class(rows)
+            key = f"{cls}.{dt}"
+            self.rate_[key], self.mem_eff_[key], self.overhead_[key] = rate, eff, t0
+        return self
+
+    def _fit_levels(self, rows: "pd.DataFrame") -> tuple[float, dict[str, float]]:
+        """t = t0 + bytes / BW_level on the add stream (a = b + c, STREAM's triad without the scalar): one shared
+        per-call overhead and one bandwidth per level, by least squares on relative error over calls that take at
+        least twice the shortest one (shorter ones are mostly overhead). A level the noise leaves unidentified
+        (a non-positive slope) gets the median of what its calls reached beyond t0. Copy and read (a reduction) are
+        fitted as kernel classes like the others."""
+        t, b = rows.time_s.to_numpy(), rows.bytes.to_numpy()
+        lv = level_of(rows.working_set.to_numpy(), self.levels)
+        use = t >= 2 * t.min()
+        names = [n for n, _ in self.levels if (use & (lv == n)).any()]
+        if not names:
+            raise ValueError("every stream measurement was too short to measure bandwidth")
+        a = np.column_stack([np.ones(use.sum())] + [np.where(lv[use] == n, b[use], 0.0) for n in names])
+        coef, *_ = np.linalg.lstsq(a / t[use, None], np.ones(use.sum()), rcond=None)
+        t0 = min(max(float(coef[0]), 0.0), float(t.min()))
+        bw = {}
+        for i, n in enumerate(names):
+            here = use & (lv == n)
+            inv = coef[i + 1]
+            bw[n] = float(1.0 / inv) if inv > 0 else float(np.median(b[here] / np.maximum(t[here] - t0, 1e-12)))
+        return t0, bw
+
+    def _bw(self, working_set: np.ndarray) -> np.ndarray:
+        return np.array([self.bandwidth_[n] for n in level_of(working_set, self.levels)])
+
+    def _fit_class(self, rows: "pd.DataFrame") -> tuple[float, float, float]:
+        f, b, t = rows.flops.to_numpy(), rows.bytes.to_numpy(), rows.time_s.to_numpy()
+        bw = self._bw(rows.working_set.to_numpy())
+        logt = np.log(t)
+
+        def predict(p: np.ndarray) -> np.ndarray:
+            t0, rate, eff = np.exp(p)
+            return t0 + np.maximum(f / rate, b / (eff * bw))
+
+        def loss(p: np.ndarray) -> float:
+            return float(np.mean((np.log(predict(p)) - logt) ** 2))
+
+        x0 = np.log([max(0.5 * t.min(), 1e-9), max(np.max(f / t), 1.0), max(np.max(b / (t * bw)), 1e-6)])
+        best = nelder_mead(loss, x0)
+        best = nelder_mead(loss, best, step=0.1)  # restart: Nelder-Mead stalls easily in 3-D
+        t0, rate, eff = np.exp(best)
+        # A side that never binds in the data is not identified: cap it where it still never binds (4x the best
+        # observed), so profiles hold readable numbers instead of arbitrary huge ones.
+        rate = min(rate, 4 * float(np.max(f / t))) if np.any(f > 0) else rate
+        eff = min(eff, 4 * float(np.max(b / (t * bw))))
+        return float(t0), float(rate), float(eff)
+
+    def predict(self, df: "pd.DataFrame") -> np.ndarray:
+        """Predicted seconds per call for each measurement row."""
+        out = np.empty(len(df))
+        for i, (cls, dt, f, b, ws) in enumerate(zip(df.cls, df.dtype, df.flops, df.bytes, df.working_set)):
+            bw = self._bw(np.array([ws]))[0]
+            if cls == "stream.add":
+                out[i] = self.stream_overhead_s_ + b / bw
+            else:
+                key = f"{cls}.{dt}"
+                out[i] = self.overhead_[key] + max(f / self.rate_[key], b / (self.mem_eff_[key] * bw))
+        return out

@@ -1,0 +1,132 @@
+"""Calibration: the fit recovers what synthetic data was generated with; profiles round-trip and refuse corruption."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import perfmodel as pm
+from perfmodel.calibration import Calibrator, level_of, read_profile, run_suite, write_profile
+from perfmodel.calibration.profile import host_fingerprint, to_toml
+from perfmodel.cost import Machine
+from perfmodel.graph import OpKind, Parallel
+
+LEVELS = [("L2", 1 * 2**20), ("L3", 32 * 2**20), ("DRAM", 64e9)]
+TRUE_BW = {"L2": 80e9, "L3": 40e9, "DRAM": 15e9}
+TRUE = {"gemm.fp32": (8e-6, 120e9, 0.9), "norm.fp32": (20e-6, 3e9, 0.5), "elementwise.fp32": (2e-6, 50e9, 0.8)}
+
+
+def synthetic(noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """Measurements generated from known level bandwidths and (t0, R, e) per class."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ws in np.geomspace(64e3, 1e9, 14):  # add streams: 3 arrays, bytes = working set
+        t = 1e-6 + ws / TRUE_BW[level_of(np.array([ws]), LEVELS)[0]]
+        rows.append(("stream.add", f"add {ws:.0f}", "fp32", ws / 12, ws, ws, t))
+    for key, (t0, rate, eff) in TRUE.items():
+        cls = key.split(".")[0]
+        for f, b in zip(np.geomspace(1e5, 1e11, 12), np.geomspace(1e4, 5e8, 12)[::-1]):  # mix of both bounds
+            bw = TRUE_BW[level_of(np.array([b]), LEVELS)[0]]
+            t = t0 + max(f / rate, b / (eff * bw))
+            rows.append((cls, f"{cls} {f:.0f}", "fp32", f, b, b, t))
+    df = pd.DataFrame(rows, columns=["cls", "name", "dtype", "flops", "bytes", "working_set", "time_s"])
+    df["time_s"] *= np.exp(noise * rng.standard_normal(len(df)))
+    return df
+
+
+def test_fit_recovers_the_generating_parameters():
+    cal = Calibrator(LEVELS).fit(synthetic())
+    for level, bw in TRUE_BW.items():
+        assert cal.bandwidth_[level] == pytest.approx(bw, rel=0.02)
+    for key, (t0, rate, eff) in TRUE.items():
+        assert cal.rate_[key] == pytest.approx(rate, rel=0.02), key
+        assert cal.mem_eff_[key] == pytest.approx(eff, rel=0.02), key
+        assert cal.overhead_[key] == pytest.approx(t0, rel=0.1, abs=2e-7), key
+
+
+def test_fit_with_noise_predicts_within_the_noise():
+    df = synthetic(noise=0.05, seed=1)
+    cal = Calibrator(LEVELS).fit(df)
+    err = np.abs(cal.predict(df) / df.time_s - 1)
+    assert np.median(err) < 0.06
+
+
+def test_profile_round_trip_and_refusals(tmp_path):
+    cal = Calibrator(LEVELS).fit(synthetic())
+    eff = pm.Efficiency(level_bandwidth_bytes_per_s=cal.bandwidth_, rate_flops_per_s=cal.rate_,
+                        memory_fraction=cal.mem_eff_, overhead_by_class_s=cal.overhead_, device_id="local",
+                        host=host_fingerprint())
+    path = write_profile(tmp_path / "p.toml", eff, "a,b\n1,2\n")
+    back = read_profile(path, device_id="local")
+    assert back.rate_flops_per_s == pytest.approx(eff.rate_flops_per_s)
+    assert back.level_bandwidth_bytes_per_s == pytest.approx(eff.level_bandwidth_bytes_per_s)
+    assert back.raw_sha256 and back.created
+    assert (tmp_path / "p.csv").read_text() == "a,b\n1,2\n"
+    with pytest.raises(pm.PerfmodelError, match="measured for 'local', not 'h100-sxm'"):
+        read_profile(path, device_id="h100-sxm")
+    (tmp_path / "p.csv").write_text("a,b\n1,3\n")  # edited raw data
+    with pytest.raises(pm.PerfmodelError, match="do not match the checksum"):
+        read_profile(path)
+    (tmp_path / "p.csv").write_text("a,b\n1,2\n")
+    foreign = eff.model_copy(update={"host": {**host_fingerprint(), "cpu_model": "Some Other CPU"}})
+    write_profile(tmp_path / "f.toml", foreign, "x\n")
+    with pytest.raises(pm.PerfmodelError, match="measured on another machine"):
+        read_profile(tmp_path / "f.toml")
+    (tmp_path / "c.toml").write_text(to_toml(eff)[:-40])  # truncated
+    with pytest.raises(pm.PerfmodelError, match="corrupt"):
+        read_profile(tmp_path / "c.toml")
+
+
+def test_writing_a_profile_never_leaves_half_a_file(tmp_path, monkeypatch):
+    path = tmp_path / "p.toml"
+    path.write_text("precious = 1\n")
+    import perfmodel.calibration.profile as prof
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prof.os, "replace", boom)
+    with pytest.raises(OSError):
+        write_profile(path, pm.Efficiency(), "x\n")
+    assert path.read_text() == "precious = 1\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cost_model_uses_calibrated_rates():
+    d = pm.load_device("xeon-8480plus")
+    eff = pm.Efficiency(rate_flops_per_s={"gemm.fp32": 1e12}, memory_fraction={"gemm.fp32": 0.5},
+                        overhead_by_class_s={"gemm.fp32": 7e-6}, level_bandwidth_bytes_per_s={"DDR5": 200e9})
+    mach = Machine(d, eff, Parallel())
+    assert mach.peak(OpKind.MATMUL, pm.DType.BF16)[:2] == (1e12, "calibrated")  # bf16 falls back to fp32's class
+    assert mach.memory_fraction(OpKind.MATMUL, pm.DType.FP32) == 0.5
+    assert mach.overhead_for(OpKind.MATMUL, pm.DType.FP32) == 7e-6
+    assert float(mach.bandwidth_for(1e12)) == 200e9  # measured main memory, no further efficiency
+    # llama-2-7b fp32 decode step: (6,738,415,616 - 131,072,000 embedding - 266,240 norm) x 4 bytes = 26.43 GB of
+    # matrices at 0.5 x 200 GB/s = 0.26428 s, plus 7 us for each of 4 x 32 + 1 matmul calls = 0.9 ms; the rest
+    # (norms, KV, activations: uncalibrated classes) is small
+    est = pm.estimate("llama-2-7b", d, batch=1, prompt_len=64, gen_len=2, weights="fp32", act="fp32", kv="fp32",
+                      efficiency=eff)
+    assert est.tpot_s == pytest.approx(26_428_309_504 / 100e9 + 129 * 7e-6, rel=0.005)
+    assert 0 <= est.mfu <= 1 and 0 <= est.mbu <= 1
+
+
+def test_run_suite_small():
+    df = run_suite("numpy", "quick", progress=False,
+                   kernels_filter=lambda k: k.name in ("add 64 KiB", "gemm 128x128x128", "add 16384"))
+    assert set(df.name) == {"add 64 KiB", "gemm 128x128x128", "add 16384"}
+    assert (df.time_s > 0).all() and (df.repeats >= 5).all()
+
+
+def test_calibrate_cli_errors(capsys):
+    from perfmodel.cli import main
+
+    assert main(["calibrate", "--backend", "jax"]) == 2
+    assert "--backend must be one of: numpy, torch" in capsys.readouterr().err
+    assert main(["estimate", "--model", "gpt2", "--hardware", "h100", "--profile", "/nonexistent.toml"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_run_suite_small_torch():
+    pytest.importorskip("torch")
+    df = run_suite("torch", "quick", progress=False,
+                   kernels_filter=lambda k: k.name in ("gemm 128x128x128", "sdpa h8 s128 d64") and k.dtype == "fp32")
+    assert set(df.name) == {"gemm 128x128x128", "sdpa h8 s128 d64"} and (df.time_s > 0).all()
