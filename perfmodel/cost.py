@@ -104,13 +104,14 @@ class Machine:
         except PerfmodelError:
             return self.peak(kind, dtype)[0]
 
-    def calibrated_key(self, kind: OpKind, dtype: DType, cls: str | None = None) -> str | None:
+    def calibrated_key(self, kind: OpKind, dtype: DType, cls: str | None = None, strict: bool = False) -> str | None:
+        """The profile key ("<class>.<precision>") an op is costed with, or None; `strict`: no fallback class."""
         rates = self.eff.rate_flops_per_s
         if not rates:
             return None
         cls = cls or CLASS_OF_KIND[kind]
-        classes = (cls,) + {"attention": ("gemm",), "activation": ("elementwise",), "softmax": ("elementwise",)}.get(
-            cls, ())
+        classes = (cls,) + (() if strict else {"attention": ("gemm",), "activation": ("elementwise",),
+                                               "softmax": ("elementwise",), "gemv": ("gemm",)}.get(cls, ()))
         for cls in classes:
             for p in COMPUTE_FALLBACK[dtype.compute]:
                 if f"{cls}.{p}" in rates:
@@ -193,7 +194,23 @@ def op_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num) -> Terms:
     if op.kind == OpKind.COMM:
         return Terms(0.0, 0.0, mach.comm_time(op), "link", "-")
     cls = op_class(op)
+    t = _class_terms(op, mach, resident_bw, act_bw, cls)
+    if cls == "gemm" and mach.calibrated_key(op.kind, op.dtype, "gemv", strict=True):
+        # single-row products run a GEMV kernel with its own calibrated profile
+        v = _class_terms(op, mach, resident_bw, act_bw, "gemv")
+        one = np.asarray(op.rows) <= 1
+        return Terms(np.where(one, v.compute_s, t.compute_s), np.where(one, v.memory_s, t.memory_s), 0.0, t.unit,
+                     t.precision, np.where(one, v.overhead_s, t.overhead_s))
+    return t
+
+
+def _class_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num, cls: str) -> Terms:
     peak, unit, prec = mach.peak(op.kind, op.dtype, cls)
+    key = mach.calibrated_key(op.kind, op.dtype, cls)
+    half = mach.eff.rows_half.get(key, 0.0) if key else 0.0
+    if half:  # GEMM rate saturates with the number of rows: rate(m) = rate x m / (m + half)
+        rows = np.maximum(np.asarray(op.rows, dtype=float), 1.0)
+        peak = peak * rows / (rows + half)
     frac = mach.memory_fraction(op.kind, op.dtype, cls)
     memory = (op.resident_bytes / resident_bw + op.act_bytes / act_bw) / frac
     return Terms(op.flops / peak, memory, 0.0, unit, prec, mach.overhead_for(op.kind, op.dtype, cls))

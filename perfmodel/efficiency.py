@@ -41,6 +41,8 @@ class Efficiency(BaseModel):
     rate_flops_per_s: dict[str, float] = Field({}, description="attained compute rate per class and precision")
     memory_fraction: dict[str, float] = Field({}, description="fraction of the level's bandwidth a class reaches")
     overhead_by_class_s: dict[str, float] = Field({}, description="per-call overhead per class and precision")
+    rows_half: dict[str, float] = Field({}, description="GEMM rows at which the rate reaches half its maximum: "
+                                                        "rate(m) = rate x m / (m + rows_half)")
     device_id: str | None = Field(None, description="the device a calibrated profile describes ('local' or an id)")
     host: dict[str, str | int | float] = Field({}, description="where and how the profile was measured")
     created: str = ""

@@ -54,6 +54,7 @@ class Op:
     comm_bytes: Num = 0.0
     count: int = 1
     comm: Comm | None = None
+    rows: Num = 0.0  # matmuls: the M dimension (tokens, or tokens x heads), which sets GEMM efficiency
 
     @property
     def act_bytes(self) -> Num:
@@ -69,7 +70,7 @@ class Op:
         return self.resident_bytes + self.act_bytes
 
 
-NUMERIC_FIELDS = tuple(f.name for f in fields(Op) if f.name not in ("name", "kind", "dtype", "count", "comm"))
+NUMERIC_FIELDS = tuple(f.name for f in fields(Op) if f.name not in ("name", "kind", "dtype", "count", "comm", "rows"))
 
 # FLOPs per element of the vector ops (conventions, stated once).
 NORM_FLOPS = {"rmsnorm": 4, "layernorm": 7}  # rms: x^2, sum, x*r, *g; ln: sum, -mean, ^2, sum, *r, *g, +b
@@ -146,6 +147,7 @@ class _Builder:
             weight_bytes=w_count * (k * n * self.w + (n * self.a if bias else 0.0)),
             act_in_bytes=tokens * k * self.a,
             act_out_bytes=tokens * n * self.a,
+            rows=tokens,
         )
 
     def norm(self, name: str, tokens: Num, width: float, count: int) -> None:
@@ -194,7 +196,7 @@ def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool
         b.matmul("decoder.layers.cross_kv", T, d, kv_dev, m.n_layers)
         last = b.ops[-1]
         b.ops[-1] = Op(last.name, last.kind, last.dtype, last.flops, last.weight_bytes, last.act_in_bytes, 0.0,
-                       0.0, T * kv_dev * b.kvb, count=last.count)
+                       0.0, T * kv_dev * b.kvb, count=last.count, rows=last.rows)
         return tuple(b.ops)
 
     b.norm(prefix + "final_norm", T, d, 1 if m.final_norm else 0)

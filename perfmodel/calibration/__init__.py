@@ -70,7 +70,8 @@ def run_suite(backend: str = "numpy", mode: str = "quick", threads: int | None =
     for k in ks:
         t, reps = time_kernel(b, k, m, llc_bytes)
         rows.append({"backend": b.name, "cls": k.cls, "name": k.name, "dtype": k.dtype, "flops": k.flops,
-                     "bytes": k.bytes, "working_set": k.working_set, "time_s": t, "repeats": reps, "threads": n})
+                     "bytes": k.bytes, "working_set": k.working_set, "rows": k.rows, "time_s": t, "repeats": reps,
+                     "threads": n})
         bar.step(k.name)
     return pd.DataFrame(rows)
 
@@ -85,6 +86,7 @@ def profile_from(cal: Calibrator, device_id: str, backend_name: str, versions: d
         rate_flops_per_s=cal.rate_,
         memory_fraction=cal.mem_eff_,
         overhead_by_class_s=cal.overhead_,
+        rows_half=cal.rows_half_,
         device_id=device_id,
         host=host,
     )

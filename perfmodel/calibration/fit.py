@@ -94,11 +94,14 @@ class Calibrator:
         self.rate_: dict[str, float] = {}
         self.mem_eff_: dict[str, float] = {}
         self.overhead_: dict[str, float] = {}
+        self.rows_half_: dict[str, float] = {}
         kernels = df[df.cls != "stream.add"]
         for (cls, dt), rows in kernels.groupby(["cls", "dtype"]):
-            t0, rate, eff = self._fit_class(rows)
             key = f"{cls}.{dt}"
+            t0, rate, eff, half = self._fit_class(rows, saturate_rows=cls == "gemm")
             self.rate_[key], self.mem_eff_[key], self.overhead_[key] = rate, eff, t0
+            if half:
+                self.rows_half_[key] = half
         return self
 
     def _fit_levels(self, rows: "pd.DataFrame") -> tuple[float, dict[str, float]]:
@@ -126,36 +129,61 @@ class Calibrator:
     def _bw(self, working_set: np.ndarray) -> np.ndarray:
         return np.array([self.bandwidth_[n] for n in level_of(working_set, self.levels)])
 
-    def _fit_class(self, rows: "pd.DataFrame") -> tuple[float, float, float]:
+    def _fit_class(self, rows: "pd.DataFrame", saturate_rows: bool = False) -> tuple[float, float, float, float]:
+        """(t0, rate, memory fraction, rows_half); rows_half is 0 unless the rate saturates with GEMM rows:
+        rate(m) = rate x m / (m + rows_half)."""
         f, b, t = rows.flops.to_numpy(), rows.bytes.to_numpy(), rows.time_s.to_numpy()
+        m = rows["rows"].to_numpy() if "rows" in rows else np.zeros_like(t)
         bw = self._bw(rows.working_set.to_numpy())
         logt = np.log(t)
+        saturate_rows = saturate_rows and np.all(m >= 1)
+
+        # GEMMs with several rows: rate(m) saturates with m and the memory fraction is pinned at 1 (both would
+        # explain small-m slowness equally well, so fitting both is unstable; single-row GEMV is its own class).
+        def unpack(p: np.ndarray) -> tuple[float, float, float, float]:
+            if saturate_rows:
+                return float(np.exp(p[0])), float(np.exp(p[1])), 1.0, float(np.exp(p[2]))
+            return float(np.exp(p[0])), float(np.exp(p[1])), float(np.exp(p[2])), 0.0
 
         def predict(p: np.ndarray) -> np.ndarray:
-            t0, rate, eff = np.exp(p)
+            t0, rate, eff, half = unpack(p)
+            if saturate_rows:
+                rate = rate * m / (m + half)
             return t0 + np.maximum(f / rate, b / (eff * bw))
 
         def loss(p: np.ndarray) -> float:
             return float(np.mean((np.log(predict(p)) - logt) ** 2))
 
-        x0 = np.log([max(0.5 * t.min(), 1e-9), max(np.max(f / t), 1.0), max(np.max(b / (t * bw)), 1e-6)])
-        best = nelder_mead(loss, x0)
-        best = nelder_mead(loss, best, step=0.1)  # restart: Nelder-Mead stalls easily in 3-D
-        t0, rate, eff = np.exp(best)
-        # A side that never binds in the data is not identified: cap it where it still never binds (4x the best
-        # observed), so profiles hold readable numbers instead of arbitrary huge ones.
-        rate = min(rate, 4 * float(np.max(f / t))) if np.any(f > 0) else rate
-        eff = min(eff, 4 * float(np.max(b / (t * bw))))
-        return float(t0), float(rate), float(eff)
+        x0 = [max(0.5 * t.min(), 1e-9), max(np.max(f / t), 1.0)]
+        x0.append(8.0 if saturate_rows else max(np.max(b / (t * bw)), 1e-6))
+        best = nelder_mead(loss, np.log(x0))
+        best = nelder_mead(loss, best, step=0.1)  # restart: Nelder-Mead stalls easily
+        t0, rate, eff, half = unpack(best)
+        # A side that never binds in the data is not identified by it. Compute: cap the rate where it still never
+        # binds (4x the best observed), so profiles hold readable numbers. Memory: assume the class streams at the
+        # level's full measured bandwidth (fraction 1) unless the data showed it binding lower; e.g. prefill SDPA
+        # never binds on memory, and a low guess would make decode attention (all KV, few FLOPs) far too slow.
+        if saturate_rows:
+            return t0, rate, eff, half
+        if not np.any(b / (eff * bw) >= f / rate):
+            eff = max(eff, 1.0)
+        if not np.any(f / rate >= b / (eff * bw)):
+            rate = min(rate, 4 * float(np.max(f / t))) if np.any(f > 0) else rate
+        eff = min(eff, 4 * float(np.max(b / (t * bw)))) if np.any(b / (eff * bw) >= f / rate) else eff
+        return t0, rate, eff, half
 
     def predict(self, df: "pd.DataFrame") -> np.ndarray:
         """Predicted seconds per call for each measurement row."""
         out = np.empty(len(df))
+        m_all = df["rows"].to_numpy() if "rows" in df else np.zeros(len(df))
         for i, (cls, dt, f, b, ws) in enumerate(zip(df.cls, df.dtype, df.flops, df.bytes, df.working_set)):
             bw = self._bw(np.array([ws]))[0]
             if cls == "stream.add":
                 out[i] = self.stream_overhead_s_ + b / bw
             else:
                 key = f"{cls}.{dt}"
-                out[i] = self.overhead_[key] + max(f / self.rate_[key], b / (self.mem_eff_[key] * bw))
+                rate = self.rate_[key]
+                if key in self.rows_half_:
+                    rate *= m_all[i] / (m_all[i] + self.rows_half_[key])
+                out[i] = self.overhead_[key] + max(f / rate, b / (self.mem_eff_[key] * bw))
         return out

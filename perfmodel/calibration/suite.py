@@ -32,6 +32,7 @@ class Kernel:
     bytes: float  # bytes a kernel must move at least (inputs read once, outputs written once)
     working_set: float  # bytes touched per call (decides which memory level serves it)
     build: Callable[[int], Runner]  # build(copies) -> runner cycling over `copies` independent buffer sets
+    rows: float = 0.0  # GEMM M dimension
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,8 @@ class TorchBackend(Backend):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
+    # Allocating ops, as frameworks call them: Torch's `out=` variants can take slower paths (bf16 matmul with
+    # out= ran ~30x slower than nn.Linear on an AVX2 CPU).
     def copy(self, a, b):
         return lambda: b.copy_(a)
 
@@ -220,34 +223,39 @@ class TorchBackend(Backend):
         return lambda: a.sum()
 
     def add(self, a, b, out):
+        return lambda: a + b
+
+    def add_stream(self, a, b, out):
+        # in place: a fresh DRAM-sized result page-faults on every call (6-12 GB/s here instead of ~28), and the
+        # streams are there to measure the memory levels, not the allocator
         return lambda: self.torch.add(a, b, out=out)
 
-    add_stream = add
-
     def mul(self, a, b, out):
-        return lambda: self.torch.mul(a, b, out=out)
+        return lambda: a * b
 
     def matmul(self, a, b, out):
-        return lambda: self.torch.matmul(a, b, out=out)
+        # as model layers run it: F.linear against an (n, k) weight (bf16 `a @ b` took a ~20x slower path on CPU)
+        w, f = b.t().contiguous(), self.torch.nn.functional.linear
+        return lambda: f(a, w)
 
     def silu(self, x, out):
         f = self.torch.nn.functional.silu
-        return lambda: out.copy_(f(x))
+        return lambda: f(x)
 
     def gelu(self, x, out):
         f = self.torch.nn.functional.gelu
-        return lambda: out.copy_(f(x, approximate="tanh"))
+        return lambda: f(x, approximate="tanh")
 
     def softmax(self, x, out):
-        return lambda: self.torch.softmax(x, dim=-1, out=out)
+        return lambda: self.torch.softmax(x, dim=-1)
 
     def rmsnorm(self, x, g, out):
         f = self.torch.nn.functional.rms_norm
-        return lambda: out.copy_(f(x, (x.shape[-1],), g, 1e-6))
+        return lambda: f(x, (x.shape[-1],), g, 1e-6)
 
     def layernorm(self, x, g, out):
         f = self.torch.nn.functional.layer_norm
-        return lambda: out.copy_(f(x, (x.shape[-1],), g, g, 1e-5))
+        return lambda: f(x, (x.shape[-1],), g, g, 1e-5)
 
     def attention(self, q, k, v):
         f = self.torch.nn.functional.scaled_dot_product_attention
@@ -271,9 +279,9 @@ def kernels(backend: Backend, mode: Mode) -> list[Kernel]:
     out: list[Kernel] = []
     B = backend
 
-    def add(cls, name, dtype, flops, nbytes, ws, make):
+    def add(cls, name, dtype, flops, nbytes, ws, make, rows=0.0):
         out.append(Kernel(cls, name, dtype, float(flops), float(nbytes), float(ws),
-                          lambda copies, make=make: _cycling(B, make, copies)))
+                          lambda copies, make=make: _cycling(B, make, copies), float(rows)))
 
     # Memory streams over working sets from L1 to DRAM, fp32 elements.
     for kib in mode.stream_kib:
@@ -291,9 +299,9 @@ def kernels(backend: Backend, mode: Mode) -> list[Kernel]:
         shapes = [(s, s, s) for s in mode.gemm_sizes] + list(mode.prefill_shapes) + list(DECODE_SHAPES)
         for m, k, n in shapes:
             nbytes = (m * k + k * n + m * n) * it
-            add("gemm", f"gemm {m}x{k}x{n}", dt, 2 * m * k * n, nbytes, nbytes,
+            add("gemv" if m == 1 else "gemm", f"gemm {m}x{k}x{n}", dt, 2 * m * k * n, nbytes, nbytes,
                 lambda m=m, k=k, n=n, dt=dt: B.matmul(B.array((m, k), dt), B.array((k, n), dt),
-                                                      B.array((m, n), dt)))
+                                                      B.array((m, n), dt)), rows=m)
         for n in mode.elem_sizes:
             add("elementwise", f"add {n}", dt, n, 3 * n * it, 3 * n * it,
                 lambda n=n, dt=dt: B.add(B.array((n,), dt), B.array((n,), dt), B.array((n,), dt)))
