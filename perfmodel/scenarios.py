@@ -3,13 +3,12 @@ arrays, so 10,000 rows cost a few vectorised evaluations, not 10,000 Python loop
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._io import atomic_write_text
 from .errors import PerfmodelError
 from .estimate import Workload, capacity_message, default_gen, evaluate, row_errors
 
@@ -121,13 +120,5 @@ def _message(e: Exception) -> str:
 
 
 def write_csv_atomic(df: "pd.DataFrame", path: str | Path) -> None:
-    """Write to a temporary file beside `path`, then rename: an existing file is never left half-written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the CSV atomically: an existing file is never left half-written."""
+    atomic_write_text(path, df.to_csv(index=False))

@@ -79,12 +79,12 @@ def test_profile_round_trip_and_refusals(tmp_path):
 def test_writing_a_profile_never_leaves_half_a_file(tmp_path, monkeypatch):
     path = tmp_path / "p.toml"
     path.write_text("precious = 1\n")
-    import perfmodel.calibration.profile as prof
+    import perfmodel._io as io
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(prof.os, "replace", boom)
+    monkeypatch.setattr(io.os, "replace", boom)
     with pytest.raises(OSError):
         write_profile(path, pm.Efficiency(), "x\n")
     assert path.read_text() == "precious = 1\n"

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from .._io import atomic_write_text
 from ..efficiency import Efficiency
 from ..errors import PerfmodelError
 
@@ -66,26 +66,14 @@ def to_toml(eff: Efficiency) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_profile(path: str | Path, eff: Efficiency, raw_csv: str) -> Path:
     """Write the profile and its raw measurements (same name, .csv) atomically; returns the profile path."""
     path = Path(path)
     digest = hashlib.sha256(raw_csv.encode()).hexdigest()
     eff = eff.model_copy(update={"raw_sha256": digest,
                                  "created": eff.created or datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    _atomic_write(path.with_suffix(".csv"), raw_csv)
-    _atomic_write(path, to_toml(eff))
+    atomic_write_text(path.with_suffix(".csv"), raw_csv)
+    atomic_write_text(path, to_toml(eff))
     return path
 
 
