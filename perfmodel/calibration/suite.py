@@ -58,7 +58,8 @@ FULL = Mode("full", 7, 0.15, 200, 0.5, 5, (64, 128, 256, 512, 768, 1024, 1536, 2
             (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144),
             (2**12, 2**14, 2**16, 2**18, 2**20, 2**21, 2**22, 2**23), (64, 128, 256, 512, 1024, 2048))
 DECODE_SHAPES = ((1, 2048, 2048), (1, 4096, 4096), (4, 2048, 8192), (16, 4096, 4096), (64, 2048, 2048),
-                 (1, 1024, 2816), (8, 2816, 1024))
+                 (1, 1024, 2816), (8, 2816, 1024), (4, 1024, 4096), (16, 2816, 1024), (2, 2048, 2048),
+                 (32, 1024, 1024))
 
 _ITEMSIZE = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
 PARALLEL_STREAM_BYTES = 8 * 2**20
@@ -259,7 +260,8 @@ class TorchBackend(Backend):
 
     def attention(self, q, k, v):
         f = self.torch.nn.functional.scaled_dot_product_attention
-        return lambda: f(q, k, v, is_causal=True)
+        causal = q.shape[-2] > 1  # prefill: causal over the prompt; decode: one query over the whole cache
+        return lambda: f(q, k, v, is_causal=causal)
 
 
 def _cycling(backend: Backend, make: Callable[[], Runner], copies: int) -> Runner:
@@ -330,6 +332,12 @@ def kernels(backend: Backend, mode: Mode) -> list[Kernel]:
                 add("attention", f"sdpa h{h} s{s} d{hd}", dt, 2 * pairs * h * 2 * hd, nbytes, nbytes,
                     lambda s=s, dt=dt: B.attention(B.array((1, h, s, hd), dt), B.array((1, h, s, hd), dt),
                                                    B.array((1, h, s, hd), dt)))
+                for b in (1, 8):  # decode: one new query per sequence over s cached keys and values
+                    nbytes = b * h * (2 * s + 2) * hd * it
+                    add("attention", f"sdpa decode b{b} h{h} kv{s} d{hd}", dt, 2 * b * s * h * 2 * hd, nbytes,
+                        nbytes, lambda s=s, b=b, dt=dt: B.attention(B.array((b, h, 1, hd), dt),
+                                                                    B.array((b, h, s, hd), dt),
+                                                                    B.array((b, h, s, hd), dt)))
     return out
 
 
