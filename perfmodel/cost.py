@@ -44,40 +44,51 @@ class Machine:
     device: Device
     eff: Efficiency
     par: Parallel
-    _peaks: dict = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def _memo(self, key: tuple, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _level_table(self, datasheet: bool) -> list[tuple[float, float, str]]:
+        """(capacity_bytes, bytes/s, name) for levels with a known bandwidth, fastest first. Attainable: calibrated
+        where a profile measured the level, else datasheet x memory efficiency. Datasheet: as specified, measured
+        where the datasheet gives none."""
+
+        def make() -> list[tuple[float, float, str]]:
+            out = []
+            measured = self.eff.level_bandwidth_bytes_per_s
+            for lv in self.device.levels:
+                spec = lv.bandwidth_bytes_per_s
+                if datasheet:
+                    bw = spec if spec is not None else measured.get(lv.name)
+                else:
+                    bw = measured.get(lv.name, spec * self.eff.memory if spec is not None else None)
+                if bw is not None:
+                    cap = lv.capacity_bytes if lv.capacity_bytes is not None else np.inf
+                    out.append((cap, bw, lv.name))
+            out[-1] = (np.inf, out[-1][1], out[-1][2])  # main memory serves whatever does not fit above
+            return out
+
+        return self._memo(("levels", datasheet), make)
 
     @property
     def levels(self) -> list[tuple[float, float, str]]:
-        """(capacity_bytes, attainable bytes/s, name) for levels with a known bandwidth, fastest first: calibrated
-        where a profile measured the level, else datasheet x memory efficiency."""
-        out = []
-        measured = self.eff.level_bandwidth_bytes_per_s
-        for lv in self.device.levels:
-            bw = measured.get(lv.name)
-            if bw is None and lv.bandwidth_bytes_per_s is not None:
-                bw = lv.bandwidth_bytes_per_s * self.eff.memory
-            if bw is not None:
-                cap = lv.capacity_bytes if lv.capacity_bytes is not None else np.inf
-                out.append((cap, bw, lv.name))
-        out[-1] = (np.inf, out[-1][1], out[-1][2])  # main memory serves whatever does not fit above
-        return out
+        """Attainable level table; see _level_table."""
+        return self._level_table(datasheet=False)
 
-    def bandwidth_for(self, nbytes: Num) -> np.ndarray:
-        """Attainable bandwidth of the fastest level holding `nbytes` (main memory if none does)."""
-        lv = self.levels
+    def bandwidth_for(self, nbytes: Num, datasheet: bool = False) -> np.ndarray:
+        """Bandwidth of the fastest level holding `nbytes` (main memory if none does): attainable, or the
+        datasheet's (for MBU)."""
+        lv = self._level_table(datasheet)
         nbytes = np.asarray(nbytes, dtype=float)
         conds = [nbytes <= cap for cap, _, _ in lv[:-1]]
         return np.select(conds, [bw for _, bw, _ in lv[:-1]], default=lv[-1][1]) if conds else np.full_like(
             nbytes, lv[-1][1])
 
     def datasheet_bandwidth(self, nbytes: Num) -> np.ndarray:
-        """Datasheet bandwidth (no efficiency) of the level holding `nbytes`, for MBU; measured where the datasheet
-        has none."""
-        ideal = Machine(self.device, IDEAL.model_copy(update={"level_bandwidth_bytes_per_s": {
-            k: v for k, v in self.eff.level_bandwidth_bytes_per_s.items()
-            if next((lv.bandwidth_bytes_per_s for lv in self.device.levels if lv.name == k), None) is None}}),
-            self.par)
-        return ideal.bandwidth_for(nbytes)
+        return self.bandwidth_for(nbytes, datasheet=True)
 
     def level_name_for(self, nbytes: float) -> str:
         for cap, _, name in self.levels:
@@ -88,14 +99,13 @@ class Machine:
     def peak(self, kind: OpKind, dtype: DType, cls: str | None = None) -> tuple[float, str, str]:
         """(attainable FLOP/s, unit, precision) for an op kind at a dtype: the calibrated rate of its class where a
         profile has one (along COMPUTE_FALLBACK), else datasheet peak x efficiency."""
-        key = (kind, dtype.compute, cls)
-        if key not in self._peaks:
+        def make() -> tuple[float, str, str]:
             cal = self.calibrated_key(kind, dtype, cls)
             if cal is not None:
-                self._peaks[key] = (self.eff.rate_flops_per_s[cal], "calibrated", cal.split(".")[1])
-            else:
-                self._peaks[key] = _peak(self.device, self.eff, kind in MATRIX_KINDS, dtype.compute)
-        return self._peaks[key]
+                return self.eff.rate_flops_per_s[cal], "calibrated", cal.split(".")[1]
+            return _peak(self.device, self.eff, kind in MATRIX_KINDS, dtype.compute)
+
+        return self._memo(("peak", kind, dtype.compute, cls), make)
 
     def datasheet_peak(self, kind: OpKind, dtype: DType) -> float:
         """Datasheet peak (no efficiency) for MFU; the calibrated rate where the datasheet has none."""
@@ -110,13 +120,17 @@ class Machine:
         if not rates:
             return None
         cls = cls or CLASS_OF_KIND[kind]
-        classes = (cls,) + (() if strict else {"attention": ("gemm",), "activation": ("elementwise",),
-                                               "softmax": ("elementwise",), "gemv": ("gemm",)}.get(cls, ()))
-        for cls in classes:
-            for p in COMPUTE_FALLBACK[dtype.compute]:
-                if f"{cls}.{p}" in rates:
-                    return f"{cls}.{p}"
-        return None
+
+        def make() -> str | None:
+            classes = (cls,) + (() if strict else {"attention": ("gemm",), "activation": ("elementwise",),
+                                                   "softmax": ("elementwise",), "gemv": ("gemm",)}.get(cls, ()))
+            for c in classes:
+                for p in COMPUTE_FALLBACK[dtype.compute]:
+                    if f"{c}.{p}" in rates:
+                        return f"{c}.{p}"
+            return None
+
+        return self._memo(("key", cls, dtype.compute, strict), make)
 
     def memory_fraction(self, kind: OpKind, dtype: DType, cls: str | None = None) -> float:
         key = self.calibrated_key(kind, dtype, cls)

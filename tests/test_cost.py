@@ -4,11 +4,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import perfmodel as pm
-from perfmodel.cost import op_terms, point_cost, sum_max_linear
-from perfmodel.efficiency import Efficiency
+from perfmodel.cost import IDEAL, op_terms, point_cost, sum_max_linear
 from perfmodel.graph import Parallel, Pass, lower
 
-IDEAL = Efficiency(matrix=1, vector=1, memory=1, interconnect=1)
 
 
 GRID = st.integers(-64, 64).map(lambda k: k / 16)  # exact in binary, so the brute force has no rounding ties
