@@ -157,7 +157,8 @@ def main() -> None:
     levels = [(lv.name, lv.capacity_bytes or float("inf")) for lv in dev.levels]
     print(f"machine: {dev.name}, {dev.processor.units} cores; backend {a.backend}, mode {a.mode}")
     t0 = time.perf_counter()
-    df = run_suite(a.backend, a.mode, llc_bytes=max(c for _, c in levels[:-1]))
+    backend = make_backend(a.backend)
+    df = run_suite(backend, a.mode, llc_bytes=max(c for _, c in levels[:-1]))
     print(f"suite: {len(df)} kernels in {time.perf_counter() - t0:.0f} s")
     _, kd = kernel_level(df, levels)
     held = kd[kd.held_out]
@@ -168,8 +169,7 @@ def main() -> None:
     if a.no_e2e or a.backend != "torch":
         return
     cal = Calibrator(levels).fit(df)
-    b = make_backend(a.backend)
-    profile = profile_from(cal, "local", a.backend, b.versions(), int(df.threads.iloc[0]), a.mode)
+    profile = profile_from(cal, "local", a.backend, backend.versions(), int(df.threads.iloc[0]), a.mode)
     print("end to end (plain-Torch Llama-architecture model, %.0fM params, random weights):"
           % (SPEC.params_total() / 1e6))
     e2e = end_to_end(profile, a.dtypes.split(","))

@@ -54,12 +54,13 @@ def pin_threads(backend, threads: int | None) -> int:
     return n
 
 
-def run_suite(backend: str = "numpy", mode: str = "quick", threads: int | None = None, llc_bytes: float = 32 * 2**20,
+def run_suite(backend="numpy", mode: str = "quick", threads: int | None = None, llc_bytes: float = 32 * 2**20,
               progress: bool = True, device: str = "cpu", kernels_filter=None) -> "pd.DataFrame":
-    """Time every kernel of the suite; one row per kernel (class, shape, dtype, FLOPs, bytes, working set, time)."""
+    """Time every kernel of the suite; one row per kernel (class, shape, dtype, FLOPs, bytes, working set, time).
+    `backend`: "numpy", "torch", or a backend object from make_backend."""
     import pandas as pd
 
-    b = make_backend(backend, device)
+    b = make_backend(backend, device) if isinstance(backend, str) else backend
     m = QUICK if mode == "quick" else FULL
     n = pin_threads(b, threads)
     ks = kernels(b, m)
@@ -100,9 +101,9 @@ def calibrate(backend: str = "numpy", mode: str = "quick", threads: int | None =
     dev = detect_local()
     levels = [(lv.name, lv.capacity_bytes or float("inf")) for lv in dev.levels]
     llc = max((c for n, c in levels[:-1]), default=32 * 2**20)
-    df = run_suite(backend, mode, threads, llc_bytes=llc, progress=progress)
-    cal = Calibrator(levels).fit(df)
     b = make_backend(backend)
+    df = run_suite(b, mode, threads, llc_bytes=llc, progress=progress)
+    cal = Calibrator(levels).fit(df)
     eff = profile_from(cal, "local", backend, b.versions(), int(df.threads.iloc[0]), mode)
     buf = io.StringIO()
     df.assign(predicted_s=cal.predict(df)).to_csv(buf, index=False)
