@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                                                      "q8_0 q6_k q5_k_m q4_k_m q4_0")
     e.add_argument("--kv", default="bf16", help="KV-cache format (as --weights)")
     e.add_argument("--act", default="bf16", help="activation/compute format: fp32 bf16 fp16 fp8 int8 mxfp4 nvfp4")
+    e.add_argument("--gemm", default=None, help="compute format of the weight GEMMs when not --act (e.g. int8: "
+                                                "llama.cpp's MMQ kernels on quantised weights)")
     e.add_argument("--tp", default=1, help="tensor-parallel degree")
     e.add_argument("--pp", default=1, help="pipeline-parallel degree")
     e.add_argument("--attention", default="flash", help="flash (fused) or unfused")
@@ -106,8 +108,8 @@ def _estimate(a: argparse.Namespace) -> int:
     from .api import estimate
     from .estimate import Workload
 
-    wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act, tp=a.tp,
-                  pp=a.pp, attention=a.attention)
+    wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act, gemm=a.gemm,
+                  tp=a.tp, pp=a.pp, attention=a.attention)
     eff: Any = a.profile
     if a.engine:
         from .api import load_device

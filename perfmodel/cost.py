@@ -82,7 +82,13 @@ class Machine:
                 if bw is not None:
                     cap = lv.capacity_bytes if lv.capacity_bytes is not None else np.inf
                     out.append((cap, bw, lv.name))
-            out[-1] = (np.inf, out[-1][1], out[-1][2])  # main memory serves whatever does not fit above
+            cap_bw, name = out[-1][1], out[-1][2]
+            proc, per_unit = self.device.processor, self.eff.unit_bytes_per_cycle
+            if not datasheet and per_unit and proc and proc.peak_clock_hz and name not in measured:
+                # kernels that keep too few loads in flight per SM/core cannot reach a bandwidth whose
+                # latency x bandwidth product exceeds what the units hold (Little's law)
+                cap_bw = min(cap_bw, per_unit * proc.units * proc.peak_clock_hz)
+            out[-1] = (np.inf, cap_bw, name)  # main memory serves whatever does not fit above
             return out
 
         return self._memo(("levels", datasheet), make)
@@ -189,8 +195,10 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tupl
                 f"figure with its source, or use another --act precision"
             )
         for p in chain:
-            peak = device.peak_flops_per_s(unit, p)
+            peak = device.peak_flops_per_s(unit, p, half_accumulate=eff.half_accumulate)
             if peak is not None:
+                if unit == "matrix" and device.compute.async_mma:
+                    e = e * eff.sync_mma_fraction
                 return peak * e, unit, p
     raise PerfmodelError(
         f"{device.id} has no sourced compute figure for {precision} (or {', '.join(chain[1:]) or 'any fallback'}) on "
@@ -227,7 +235,7 @@ def op_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num) -> Terms:
         # single-row products run a GEMV kernel, and one query per sequence a decode-attention kernel, each with
         # its own calibrated profile
         v = _class_terms(op, mach, resident_bw, act_bw, one_row)
-        one = np.asarray(op.rows) <= 1
+        one = np.asarray(op.rows) <= 1 + 1e-9  # MoE: tokens / expected experts, up to rounding
         return Terms(np.where(one, v.compute_s, t.compute_s), np.where(one, v.memory_s, t.memory_s), 0.0, t.unit,
                      t.precision, np.where(one, v.overhead_s, t.overhead_s))
     return t
@@ -243,9 +251,19 @@ def _class_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num, cls: str)
     elif half:  # GEMM rate saturates with the number of rows: rate(m) = rate x m / (m + half)
         rows = np.maximum(np.asarray(op.rows, dtype=float), 1.0)
         peak = peak * rows / (rows + half)
+    half_keys = mach.eff.attention_keys_half
+    if half_keys and op.kind == OpKind.ATTENTION and unit != "calibrated" and np.any(np.asarray(op.keys) > 0):
+        # a fused-attention tile loads its queries, then streams keys: the fixed per-tile work is amortised over
+        # the keys each query sees (short or causal sequences run further from peak)
+        keys = np.maximum(np.asarray(op.keys, dtype=float), 1.0)
+        peak = peak * keys / (keys + half_keys)
     frac = mach.memory_fraction(op.kind, op.dtype, cls)
     memory = (op.resident_bytes / resident_bw + op.act_bytes / act_bw) / frac
     compute = op.flops / peak
+    if unit != "calibrated" and np.any(np.asarray(op.scale_flops) > 0):
+        # vector work serial with the matrix products (block scales of quantised GEMMs)
+        vec = _peak(mach.device, mach.eff, False, "fp32")[0]
+        compute = compute + op.scale_flops / vec
     sfu = mach.device.compute.special_function_tflops
     if sfu and unit != "calibrated" and np.any(np.asarray(op.exp_ops) > 0):
         # softmax's exponentials on the special-function units, in turn with the matrix work (FlashAttention-3:

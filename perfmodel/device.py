@@ -57,8 +57,12 @@ class Ceilings(_Strict):
     dense_tflops: dict[str, float] = {}
     sparse_tflops: dict[str, float] = Field({}, description="2:4 structured sparsity; recorded, never used")
     flops_per_cycle_per_unit: dict[str, float] = {}
+    half_accumulate_dense_tflops: dict[str, float] = Field(
+        {}, description="dense rate with FP16 accumulation, only where it differs from dense_tflops (GeForce parts "
+                        "run FP16/FP8 products with FP32 accumulation at half their FP16-accumulate rate)")
 
-    _keys = field_validator("dense_tflops", "sparse_tflops", "flops_per_cycle_per_unit")(_check_dtype_keys)
+    _keys = field_validator("dense_tflops", "sparse_tflops", "flops_per_cycle_per_unit",
+                            "half_accumulate_dense_tflops")(_check_dtype_keys)
 
 
 class Compute(_Strict):
@@ -67,6 +71,9 @@ class Compute(_Strict):
     matrix_units: bool = Field(
         True, description="false: the device has no matrix/tensor units, so matmuls run on its vector units. A GPU "
                           "with matrix units but no sourced figure at a precision cannot fall back to its vector rate")
+    async_mma: bool = Field(
+        False, description="the matrix peak needs asynchronous warpgroup MMA (Hopper's wgmma); kernels written with "
+                           "the older synchronous MMA instructions (llama.cpp, FlashAttention-2) reach less of it")
     special_function_tflops: PositiveFloat | None = Field(
         None, description="special-function (SFU/MUFU) throughput, tera-ops/s: the exponentials of attention's "
                           "softmax run there, not on the matrix units; when known, attention pays for them too")
@@ -184,9 +191,13 @@ class Device(_Strict):
     def main_memory(self) -> MemoryLevel:
         return self.levels[-1]
 
-    def peak_flops_per_s(self, unit: Literal["matrix", "vector"], precision: str) -> float | None:
-        """Dense peak of one unit at one precision: derived from parts where given, else as quoted; None if unknown."""
+    def peak_flops_per_s(self, unit: Literal["matrix", "vector"], precision: str,
+                         half_accumulate: bool = False) -> float | None:
+        """Dense peak of one unit at one precision: derived from parts where given, else as quoted; None if unknown.
+        `half_accumulate`: the FP16-accumulate rate where the device has a different one."""
         c: Ceilings = getattr(self.compute, unit)
+        if half_accumulate and precision in c.half_accumulate_dense_tflops:
+            return c.half_accumulate_dense_tflops[precision] * 1e12
         if precision in c.flops_per_cycle_per_unit:
             return self.processor.units * self.processor.peak_clock_hz * c.flops_per_cycle_per_unit[precision]
         if precision in c.dense_tflops:

@@ -33,6 +33,26 @@ class Efficiency(BaseModel):
     interconnect: float = Field(0.8, gt=0, le=1, description="fraction of link bandwidth")
     interconnect_latency_s: float = Field(10e-6, ge=0, description="per ring step, when the device gives none")
     op_overhead_s: float | None = Field(None, ge=0, description="per kernel; None: the device's, else 0")
+    step_overhead_s: float = Field(
+        0.0, ge=0, description="fixed host time per forward pass (scheduling, sampling, synchronisation): once per "
+                               "prefill and once per decode step; in the metrics, not in the per-op breakdown")
+    token_overhead_s: float = Field(
+        0.0, ge=0, description="host time per sequence per step (sampling, detokenising, request bookkeeping): it "
+                               "bounds tokens/s of small models served at large batches; in the metrics only")
+    half_accumulate: bool = Field(
+        False, description="the engine's FP16/FP8 GEMMs accumulate in FP16 (llama.cpp's cuBLAS path), so they run at "
+                           "a device's FP16-accumulate rate where it has one")
+    sync_mma_fraction: float = Field(
+        1.0, gt=0, le=1, description="the engine's kernels use synchronous MMA instructions: on devices whose matrix "
+                                     "peak needs asynchronous MMA (Device.compute.async_mma) they reach this fraction "
+                                     "of what they reach elsewhere")
+    attention_keys_half: float = Field(
+        0.0, ge=0, description="keys per query at which fused attention reaches half its matrix rate: each query "
+                               "tile pays a fixed prologue/epilogue, so rate x keys / (keys + this); 0: no such cost")
+    unit_bytes_per_cycle: float | None = Field(
+        None, gt=0, description="most main-memory bytes per cycle one compute unit (SM, CU, core) streams for the "
+                                "engine's kernels: a concurrency ceiling, units x clock x this, on main-memory "
+                                "bandwidth; None: no ceiling")
     source: str = "defaults (perfmodel.efficiency)"
 
     # Calibrated values (perfmodel calibrate). Where present they replace peak x fraction. Keys of the per-class

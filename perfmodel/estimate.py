@@ -40,6 +40,8 @@ class Workload(BaseModel):
     weights: DType = DType.BF16
     kv: DType = DType.BF16
     act: DType = DType.BF16
+    gemm: DType | None = Field(None, description="compute format of the weight GEMMs when not act (e.g. int8: "
+                                                 "llama.cpp's MMQ kernels quantise activations for int8 tensor cores)")
     tp: int = 1
     pp: int = 1
     attention: Literal["flash", "unfused"] = "flash"
@@ -54,12 +56,14 @@ class Workload(BaseModel):
     def _nonneg(cls, v: Any) -> int | None:
         return None if v is None else _int_at_least(v, 0, "gen_len")
 
-    @field_validator("weights", "kv", "act", mode="before")
+    @field_validator("weights", "kv", "act", "gemm", mode="before")
     @classmethod
-    def _dtype(cls, v: Any, info) -> DType:
+    def _dtype(cls, v: Any, info) -> DType | None:
+        if v is None and info.field_name == "gemm":
+            return None
         d = DType.parse(v, field=info.field_name)
-        if info.field_name == "act" and d.value not in _ACT_DTYPES:
-            raise PerfmodelError(f"act must be one of: {', '.join(_ACT_DTYPES)}; got {d.value!r}")
+        if info.field_name in ("act", "gemm") and d.value not in _ACT_DTYPES:
+            raise PerfmodelError(f"{info.field_name} must be one of: {', '.join(_ACT_DTYPES)}; got {d.value!r}")
         return d
 
     @field_validator("attention", mode="before")
@@ -71,7 +75,7 @@ class Workload(BaseModel):
 
     @property
     def precision(self) -> Precision:
-        return Precision(self.weights, self.kv, self.act)
+        return Precision(self.weights, self.kv, self.act, self.gemm)
 
     @property
     def parallel(self) -> Parallel:
@@ -150,9 +154,11 @@ class Evaluation:
     @cached_property
     def metrics(self) -> dict[str, np.ndarray]:
         b, p, g = self.batch, self.prompt, self.gen
-        ttft = self.prefill.total("time_s")
-        dec = self.decode.total("time_s")
         steps = self.decode.steps
+        # host time outside the ops: per forward pass, and per sequence in it
+        host = self.mach.eff.step_overhead_s + b * self.mach.eff.token_overhead_s
+        ttft = self.prefill.total("time_s") + host
+        dec = self.decode.total("time_s") + host * steps
         e2e = ttft + dec
         with np.errstate(divide="ignore", invalid="ignore"):
             tpot = np.where(steps > 0, dec / steps, np.nan)
@@ -294,7 +300,7 @@ def capacity_advice(model: ModelSpec, device: Device, wl: Workload, mem: Memory,
                     break
         for fmt in (DType.FP8, DType.INT4):
             if fmt.bits < wl.weights.bits:
-                prec = Precision(fmt, wl.kv, wl.act)
+                prec = Precision(fmt, wl.kv, wl.act, wl.gemm)
                 need = weight_bytes(model, prec, wl.parallel) + float(mem.kv_cache_bytes) + float(mem.activation_bytes)
                 if need <= cap:
                     hints.append(f"--weights {fmt.value}")

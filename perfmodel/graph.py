@@ -58,6 +58,8 @@ class Op:
     #                  sequence (1 when decoding). Sets which calibrated kernel class (GEMV, decode attention) applies
     variant: str = ""  # norms: rmsnorm|layernorm; activations: silu|gelu|gelu_tanh|relu (calibrated separately)
     exp_ops: Num = 0.0  # exponentials (fused attention's softmax: one per query-key pair and head)
+    scale_flops: Num = 0.0  # vector-unit work beside the matrix work: block scales of quantised GEMMs (llama.cpp MMQ)
+    keys: Num = 0.0  # fused attention: keys each query attends to, on average (sets how full its tile pipeline runs)
 
     @property
     def act_bytes(self) -> Num:
@@ -74,7 +76,7 @@ class Op:
 
 
 NUMERIC_FIELDS = tuple(f.name for f in fields(Op) if f.name not in ("name", "kind", "dtype", "count", "comm", "rows",
-                                                                          "variant"))
+                                                                          "variant", "keys"))
 
 # FLOPs per element of the vector ops (conventions, stated once).
 NORM_FLOPS = {"rmsnorm": 4, "layernorm": 7}  # rms: x^2, sum, x*r, *g; ln: sum, -mean, ^2, sum, *r, *g, +b
@@ -88,6 +90,7 @@ class Precision:
     weights: DType = DType.BF16
     kv: DType = DType.BF16
     act: DType = DType.BF16
+    gemm: DType | None = None  # compute format of the weight GEMMs where it differs from act (llama.cpp MMQ: int8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +147,21 @@ class _Builder:
 
     def matmul(self, name: str, tokens: Num, k: float, n: float, count: int, *, bias: bool = False,
                full_input: bool = True, weight_rows: Num | None = None, w_count: Num = 1.0) -> None:
-        """(tokens, k) @ (k, n). `full_input`: column-parallel layers read the whole input on every TP rank."""
+        """(tokens, k) @ (k, n). `full_input`: column-parallel layers read the whole input on every TP rank.
+        `w_count` weight matrices (MoE experts) share the tokens, so each product has tokens / w_count rows."""
+        flops = 2.0 * tokens * k * n
+        scale = 0.0
+        if self.prec.gemm == DType.INT8 and (self.prec.weights.is_gguf or self.prec.weights == DType.MXFP4):
+            # MMQ: int8 products per 32-wide block of k, then on the vector units two FMAs per output and block (the
+            # weight block's scale and the activation block's; llama.cpp mmq.cuh, vec_dot_q4_0_q8_1 and kin)
+            scale = 4.0 * tokens * n * k / 32
         self.add(
-            name, OpKind.MATMUL, count,
-            flops=2.0 * tokens * k * n + (tokens * n if bias else 0.0),
+            name, OpKind.MATMUL, count, self.prec.gemm,
+            flops=flops + (tokens * n if bias else 0.0), scale_flops=scale,
             weight_bytes=w_count * (k * n * self.w + (n * self.a if bias else 0.0)),
             act_in_bytes=tokens * k * self.a,
             act_out_bytes=tokens * n * self.a,
-            rows=tokens,
+            rows=tokens / np.maximum(w_count, 1.0),
         )
 
     def norm(self, name: str, tokens: Num, width: float, count: int) -> None:
@@ -282,7 +292,7 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
     if b.fused:
         b.add(tag + ".attention", OpKind.ATTENTION, n, flops=2.0 * batch * pairs * h * (shape.qk_dim + shape.v_dim),
               act_in_bytes=act_in, act_out_bytes=act_out, kv_read_bytes=kv_read, kv_write_bytes=kv_write, rows=q,
-              exp_ops=batch * pairs * h)
+              exp_ops=batch * pairs * h, keys=pairs / np.maximum(q, 1.0))
     else:
         # Unfused (eager) attention materialises the full (B, H, q, keys) score matrix, masked but computed.
         full = batch * q * keys * h

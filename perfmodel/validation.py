@@ -36,10 +36,11 @@ CATEGORY = {
     "latency_s": "serving", "throughput_tokens_per_s": "serving", "total_throughput_tokens_per_s": "serving",
     "gemm_tflops": "kernel", "attention_tflops": "kernel", "bandwidth_gb_per_s": "kernel",
 }
-ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel")
+ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel", "fa2")
 ROW_FIELDS = {
     "hardware": str, "hardware_name": str, "model": str, "model_name": str, "engine": str, "software": str,
-    "weights": str, "kv": str, "act": str, "batch": int, "prompt_len": int, "gen_len": int, "tp": int, "pp": int,
+    "weights": str, "kv": str, "act": str, "gemm": str, "batch": int, "prompt_len": int, "gen_len": int, "tp": int,
+    "pp": int,
     "n_devices": int, "metric": str, "value": float, "where": str, "note": str,
     "m": int, "n": int, "k": int, "dtype": str, "seq_len": int, "heads": int, "head_dim": int, "causal": bool,
     "kernel": str, "groups": int,
@@ -190,6 +191,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
     loaded profiles by id (used when fitting). Rows sharing a model, device, formats, parallelism and profile are
     one vectorised evaluation."""
     from .api import load_device as _load_device, load_model
+    from .estimate import Workload
 
     devices: dict[str, Any] = {}
 
@@ -209,8 +211,8 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
             if not hw:
                 skip[i] = "hardware not in the catalog"
                 continue
-            if r["category"] == "kernel":  # single kernels: what a tuned library reaches (the `kernel` profile)
-                kname = engine or "kernel"
+            if r["category"] == "kernel":  # single kernels: what a tuned library reaches (`kernel`, `fa2`, ...)
+                kname = name
                 if kname not in cache:
                     cache[kname] = load_engine(kname)
                 device = load_device(hw)
@@ -224,16 +226,16 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
                 cache[name] = load_engine(name)
             weights = _s(r.get("weights")) or "bf16"
             cfg = (name, hw, mdl, weights, _s(r.get("kv")) or "fp16",
-                   _s(r.get("act")) or _default_act(r["engine"], weights, load_device(hw)),
+                   _s(r.get("act")) or _default_act(r["engine"], weights, load_device(hw)), _s(r.get("gemm")) or None,
                    int(_n(r.get("tp"), 1)), int(_n(r.get("pp"), 1)))
             groups.setdefault(cfg, []).append((i, r))
         except PerfmodelError as e:
             skip[i] = str(e).splitlines()[0][:160]
-    for (name, hw, mdl, weights, kv, act, tp, pp), members in groups.items():
+    for (name, hw, mdl, weights, kv, act, gemm, tp, pp), members in groups.items():
         try:
             model, device = load_model(mdl), load_device(hw)
-            _predict_group(model, device, cache[name].efficiency(device), weights, kv, act, tp, pp, members, out,
-                           skip)
+            wl = Workload(weights=weights, kv=kv, act=act, gemm=gemm, tp=tp, pp=pp)
+            _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip)
         except PerfmodelError as e:
             for i, _ in members:
                 skip[i] = str(e).splitlines()[0][:160]
@@ -276,10 +278,10 @@ def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
     return [(b, prompt, gen)]
 
 
-def _predict_group(model, device, eff, weights, kv, act, tp, pp, members, out, skip) -> None:
-    from .estimate import Workload, evaluate, row_errors
+def _predict_group(model, device, eff, wl, members, out, skip) -> None:
+    from .estimate import evaluate, row_errors
 
-    wl = Workload(weights=weights, kv=kv, act=act, tp=tp, pp=pp)
+    tp, pp = wl.tp, wl.pp
     pts: list[tuple[float, float, float]] = []
     spans = []
     for i, r in members:
@@ -344,7 +346,8 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
         causal = bool(r.get("causal", False))
         flops = 4.0 * s * s * d * h * b / (2 if causal else 1)
         op = Op("attention", OpKind.ATTENTION, dt, flops=flops, act_in_bytes=3 * b * h * s * d * it,
-                act_out_bytes=b * h * s * d * it, rows=s, exp_ops=flops / (4 * d))  # one exp per pair and head
+                act_out_bytes=b * h * s * d * it, rows=s, exp_ops=flops / (4 * d),  # one exp per pair and head
+                keys=(s + 1) / 2 if causal else s)
     bw = float(mach.bandwidth_for(op.bytes))
     t = point_cost(op, op_terms(op, mach, bw, bw))["time_s"]
     return op.flops / float(t) / 1e12

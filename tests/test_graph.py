@@ -127,3 +127,13 @@ def test_arrays_broadcast():
     ops = lower(m, Pass("decoder", batch, 16.0, 16.0, logits=1.0), BF16, Parallel())
     f = totals(ops)["flops"]
     assert f.shape == (3,) and f[1] == pytest.approx(2 * f[0])
+
+
+def test_moe_expert_products_have_the_rows_each_expert_sees():
+    # Mixtral 8x7B, 2 of 8 experts per token. Decode at batch 1: each of the 2 experts touched sees 1 token (a GEMV).
+    # Prefill of 512 tokens: 1,024 expert-token pairs over 8 x (1 - (6/8)^512) = 8 experts -> 128 rows each.
+    m = pm.load_model("mixtral-8x7b")
+    for q, rows in ((1.0, 1.0), (512.0, 128.0)):
+        ops = lower(m, Pass("decoder", 1.0, q, q, logits=1.0), Precision(), Parallel(), True)
+        experts = [o for o in ops if ".moe.experts." in o.name and o.kind == OpKind.MATMUL]
+        assert experts and all(float(o.rows) == pytest.approx(rows) for o in experts)

@@ -3,10 +3,13 @@
     python tools/fit_engines.py            # fit, print the train and test error, write the profiles
     python tools/fit_engines.py --dry-run  # fit and print only
 
-Per engine and device class (gpu, apple, cpu, accelerator) three numbers: the fraction of matrix peak (`matrix`),
-the fraction of memory bandwidth (`memory`) and a per-kernel launch/synchronisation overhead (`op_overhead_s`),
-chosen by coordinate descent over fixed grids to minimise the mean absolute log error on the train rows of that
-engine and class. Test rows are never looked at here; `perfmodel validate` reports them.
+Per engine and device class (gpu, apple, cpu, accelerator) the numbers of GRIDS below, each a term of the cost model
+with a physical reading (perfmodel/efficiency.py): fractions of matrix peak, memory and link bandwidth; a per-kernel
+overhead; host time per forward pass and per sequence; a per-unit concurrency ceiling on main-memory bandwidth; the
+key count at which fused attention reaches half its rate; and, for llama.cpp only, the fraction synchronous MMA
+reaches on Hopper. They are chosen by coordinate descent over fixed grids to minimise the mean absolute log error on
+the train rows of that engine and class; facts written in a profile (half_accumulate) are kept. Test rows are never
+looked at here; `perfmodel validate` reports them.
 """
 
 from __future__ import annotations
@@ -27,9 +30,21 @@ GRIDS = {
     "matrix": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
     "memory": [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
     "op_overhead_s": [0.0, 1e-6, 2e-6, 3e-6, 4e-6, 6e-6, 8e-6, 12e-6, 16e-6, 24e-6, 32e-6, 48e-6],
+    "step_overhead_s": [0.0, 0.25e-3, 0.5e-3, 1e-3, 2e-3, 3e-3, 4e-3, 6e-3, 8e-3],
+    "token_overhead_s": [0.0, 2e-6, 5e-6, 10e-6, 20e-6, 30e-6, 40e-6, 60e-6, 80e-6, 120e-6],
+    "interconnect": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+    "sync_mma_fraction": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+    "attention_keys_half": [0.0, 16.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 2048.0],
+    "unit_bytes_per_cycle": [None, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0],
 }
-START = {"matrix": 0.7, "memory": 0.8, "op_overhead_s": 4e-6}
+START = {"matrix": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0, "token_overhead_s": 0.0,
+         "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0, "unit_bytes_per_cycle": None}
 MIN_ROWS = 4
+KERNEL_ENGINES = ("kernel", "fa2")
+# numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
+# TensorRT-LLM, vLLM and SGLang ship Hopper kernels with wgmma; elsewhere these stay at their neutral START value
+# and a host cost per sequence is told apart from one per pass only where batches exceed 1 (the serving stacks)
+ONLY_FOR = {"sync_mma_fraction": ("llamacpp",), "token_overhead_s": ("trtllm", "vllm")}
 
 
 def loss(rows, engine: str, cls: str, params: dict[str, float]) -> tuple[float, int]:
@@ -44,16 +59,34 @@ def loss(rows, engine: str, cls: str, params: dict[str, float]) -> tuple[float, 
 
 
 def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
-    params = dict(START)
-    best, n = loss(rows, engine, cls, params)
+    """Coordinate descent over the grids. Single-kernel rows fit each number on the rows that measure it: `memory`
+    on the bandwidth rows, the rest on the GEMM and attention rows (with no bandwidth row to fit on, `memory` stays
+    at its sourced default rather than soaking up compute-side misses)."""
+    # facts about the engine written in its profile (e.g. half_accumulate) are kept, not fitted
+    fixed = {k: v for k, v in load_engine(engine).classes.get(cls, {}).items() if k not in GRIDS}
+    params = {**START, **fixed}
+    if engine in KERNEL_ENGINES:
+        bw = rows.metric == "bandwidth_gb_per_s"
+        on = {k: rows[bw] if k == "memory" else rows[~bw] for k in GRIDS}
+    else:
+        on = {k: rows for k in GRIDS}
     for _ in range(2):
         for key, grid in GRIDS.items():
+            sub = on[key].reset_index(drop=True)
+            if sub.empty or engine not in ONLY_FOR.get(key, (engine,)):
+                continue
+            best, _ = loss(sub, engine, cls, params)
             for v in grid:
                 trial = {**params, key: v}
-                val, n2 = loss(rows, engine, cls, trial)
+                val, _ = loss(sub, engine, cls, trial)
                 if val < best - 1e-9:
-                    best, n, params = val, n2, trial
+                    best, params = val, trial
+    best, n = loss(rows, engine, cls, params)
     return params, best, n
+
+
+def _toml(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else repr(float(v))
 
 
 def render(prof: EngineProfile, classes: dict[str, dict[str, float]], fitted: str) -> str:
@@ -61,7 +94,7 @@ def render(prof: EngineProfile, classes: dict[str, dict[str, float]], fitted: st
     lines = [f"id = {q(prof.id)}", f"name = {q(prof.name)}", f"description = {q(prof.description)}",
              f"fitted = {q(fitted)}"]
     for cls, vals in sorted(classes.items()):
-        lines += ["", f"[{cls}]"] + [f"{k} = {float(v)!r}" for k, v in vals.items()]
+        lines += ["", f"[{cls}]"] + [f"{k} = {_toml(v)}" for k, v in vals.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 

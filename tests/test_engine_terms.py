@@ -1,0 +1,109 @@
+"""The cost-model terms that engine profiles switch on: each one changes what it should, by the arithmetic in the
+comment, and nothing else."""
+
+import numpy as np
+import pytest
+
+import perfmodel as pm
+from perfmodel.cost import Machine, op_terms
+from perfmodel.dtypes import DType
+from perfmodel.efficiency import Efficiency
+from perfmodel.estimate import Workload, evaluate
+from perfmodel.graph import Op, OpKind, Parallel, Precision, Pass, lower
+
+IDEAL = Efficiency(matrix=1, vector=1, memory=1, op_overhead_s=0.0)
+
+
+def _main_bw(device: str, **eff) -> float:
+    return float(Machine(pm.load_device(device), IDEAL.model_copy(update=eff), Parallel()).bandwidth_for(1e12))
+
+
+def test_concurrency_ceiling_caps_main_memory_bandwidth():
+    # A100 80GB SXM: 108 SMs x 1.41 GHz x 6 B/cycle = 913.7 GB/s, below its 2,039 GB/s; an RTX 4090's
+    # 128 x 2.52 GHz x 6 = 1,935 GB/s stays above its 1,008 GB/s, so the datasheet rate holds there
+    a100 = pm.load_device("a100-80gb-sxm")
+    want = a100.processor.units * a100.processor.peak_clock_hz * 6
+    assert want == pytest.approx(108 * 1.41e9 * 6, rel=1e-3)
+    assert _main_bw("a100-80gb-sxm", unit_bytes_per_cycle=6.0) == pytest.approx(want)
+    assert _main_bw("a100-80gb-sxm") == pytest.approx(2039e9)
+    assert _main_bw("rtx-4090", unit_bytes_per_cycle=6.0) == pytest.approx(1008e9)
+    # the datasheet table (for MBU) never sees the ceiling
+    m = Machine(a100, IDEAL.model_copy(update={"unit_bytes_per_cycle": 6.0}), Parallel())
+    assert float(m.datasheet_bandwidth(1e12)) == pytest.approx(2039e9)
+
+
+def test_half_accumulate_uses_the_fp16_accumulate_rate_only_where_it_differs():
+    g = pm.load_device("rtx-4090")
+    assert g.peak_flops_per_s("matrix", "fp16") == pytest.approx(165.2e12)
+    assert g.peak_flops_per_s("matrix", "fp16", half_accumulate=True) == pytest.approx(330.3e12)
+    assert g.peak_flops_per_s("matrix", "bf16", half_accumulate=True) == pytest.approx(165.2e12)  # no bf16 entry
+    a = pm.load_device("a100-80gb-sxm")  # datacenter part: one rate
+    assert a.peak_flops_per_s("matrix", "fp16", half_accumulate=True) == a.peak_flops_per_s("matrix", "fp16")
+    half = Machine(g, IDEAL.model_copy(update={"half_accumulate": True}), Parallel())
+    assert half.peak(OpKind.MATMUL, DType.FP16)[0] == pytest.approx(330.3e12)
+
+
+def test_sync_mma_fraction_applies_only_on_devices_that_need_async_mma():
+    eff = IDEAL.model_copy(update={"sync_mma_fraction": 0.5})
+    h100, a100 = pm.load_device("h100-sxm"), pm.load_device("a100-80gb-sxm")
+    assert h100.compute.async_mma and not a100.compute.async_mma
+    assert Machine(h100, eff, Parallel()).peak(OpKind.MATMUL, DType.BF16)[0] == pytest.approx(0.5 * 989.4e12, rel=1e-3)
+    assert Machine(a100, eff, Parallel()).peak(OpKind.MATMUL, DType.BF16)[0] == pytest.approx(312e12)
+    # vector units are not matrix units
+    assert Machine(h100, eff, Parallel()).peak(OpKind.ELEMENTWISE, DType.FP32)[0] == pytest.approx(
+        h100.peak_flops_per_s("vector", "fp32"))
+
+
+def test_attention_rate_grows_with_the_keys_each_query_sees():
+    # A100 (no special-function figure): 1e12 FLOPs at 312 TFLOPS = 3.205 ms; with half-rate at 128 keys,
+    # 128 keys per query run at 1/2 the rate (6.41 ms) and 1152 keys at 1152/1280 = 0.9 of it (3.561 ms)
+    mach = Machine(pm.load_device("a100-80gb-sxm"), IDEAL.model_copy(update={"attention_keys_half": 128.0}),
+                   Parallel())
+
+    def t(keys: float) -> float:
+        op = Op("a", OpKind.ATTENTION, DType.FP16, flops=1e12, act_in_bytes=1.0, rows=1024, keys=keys)
+        return float(op_terms(op, mach, 1e12, 1e12).compute_s)
+
+    assert t(128) == pytest.approx(2 * 1e12 / 312e12, rel=1e-6)
+    assert t(1152) == pytest.approx(1e12 / (312e12 * 0.9), rel=1e-6)
+    # the graph gives fused attention its keys per query: causal prefill of 1024 tokens sees (1024 + 1) / 2 on average
+    m = pm.load_model("llama-3-8b")
+    ops = lower(m, Pass("decoder", 1.0, 1024.0, 1024.0, logits=1.0), Precision(), Parallel(), True)
+    att = next(o for o in ops if o.kind == OpKind.ATTENTION)
+    assert float(att.keys) == pytest.approx(1025 / 2)
+
+
+def test_host_overheads_add_per_pass_and_per_sequence():
+    # step 2 ms per forward pass, 10 us per sequence per pass, at batch 8: TTFT + 2.08 ms, every TPOT + 2.08 ms
+    m, d = pm.load_model("llama-3-8b"), pm.load_device("h100-sxm")
+    wl = Workload(weights="bf16", kv="bf16", act="bf16")
+    args = (np.array([8.0]), np.array([256.0]), np.array([32.0]))
+    base = evaluate(m, d, wl, IDEAL, *args).metrics
+    host = evaluate(m, d, wl, IDEAL.model_copy(update={"step_overhead_s": 2e-3, "token_overhead_s": 10e-6}),
+                    *args).metrics
+    assert host["ttft_s"][0] - base["ttft_s"][0] == pytest.approx(2.08e-3, rel=1e-9)
+    assert host["tpot_s"][0] - base["tpot_s"][0] == pytest.approx(2.08e-3, rel=1e-9)
+
+
+def test_int8_gemms_of_block_quantised_weights_pay_their_block_scales_on_vector_units():
+    # one 512 x 4096 x 4096 product: 2 x 512 x 4096^2 = 1.718e10 int8 ops on the matrix units, and two FMAs per output
+    # per 32-wide block = 4 x 512 x 4096 x 4096 / 32 = 1.074e9 FLOPs on the vector units (flops / 16)
+    m = pm.load_model("llama-3-8b")
+    p = Pass("decoder", 1.0, 512.0, 512.0, logits=1.0)
+    mm = [o for o in lower(m, p, Precision(DType.Q4_0, DType.FP16, DType.FP16, DType.INT8), Parallel(), True)
+          if o.kind == OpKind.MATMUL and o.weight_bytes > 0]
+    assert all(o.dtype == DType.INT8 for o in mm)
+    assert all(float(o.scale_flops) == pytest.approx(float(o.flops) / 16, rel=1e-6) for o in mm)
+    plain = [o for o in lower(m, p, Precision(DType.BF16, DType.BF16, DType.BF16), Parallel(), True)
+             if o.kind == OpKind.MATMUL]
+    assert all(o.dtype == DType.BF16 and o.scale_flops == 0 for o in plain)
+    # on a device the vector term shows: RTX 4090, 1.718e10 ops at 660.6 TOPS + 1.074e9 at 82.6 TFLOPS
+    mach = Machine(pm.load_device("rtx-4090"), IDEAL, Parallel())
+    op = Op("mm", OpKind.MATMUL, DType.INT8, flops=2 * 512 * 4096**2, scale_flops=4 * 512 * 4096**2 / 32, rows=512)
+    assert float(op_terms(op, mach, 1e15, 1e15).compute_s) == pytest.approx(
+        2 * 512 * 4096**2 / 660.6e12 + 4 * 512 * 4096**2 / 32 / 82.6e12, rel=1e-6)
+
+
+def test_gemm_format_defaults_to_act():
+    # a bad --gemm is refused like a bad --act (tests/test_cli.py, test_bad_input_exits_2_with_a_message)
+    assert Workload(gemm="int8").precision.gemm == DType.INT8 and Workload().precision.gemm is None
