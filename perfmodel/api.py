@@ -185,7 +185,8 @@ class Estimate:
         out["params"] = {"total": m.params_total(), "active": m.params_active()}
         out["memory"] = self.memory
         out["phases"] = {"prefill": self.phase("prefill"), "decode": self.phase("decode")}
-        out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value, "tp": wl.tp,
+        out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value,
+                         "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
                          "pp": wl.pp, "attention": wl.attention, "devices": wl.tp * wl.pp,
                          "efficiency": self.ev.mach.eff.model_dump()}
         return out

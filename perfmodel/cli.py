@@ -18,26 +18,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("estimate", help="TTFT, TPOT, tokens/s and memory of one workload")
-    e.add_argument("--model", required=True, help="catalog id, spec .toml, or Hugging Face config.json / folder")
-    e.add_argument("--hardware", required=True, help="catalog id, device .toml, or 'local'")
-    e.add_argument("--batch", default=1, help="sequences per batch (default 1)")
-    e.add_argument("--prompt", default=512, help="prompt tokens (default 512)")
-    e.add_argument("--gen", default=None, help="generated tokens (default 128; 0 for encoder-only models)")
-    e.add_argument("--weights", default="bf16", help="weight format: fp32 bf16 fp16 fp8 int8 int4 mxfp4 nvfp4 "
-                                                     "q8_0 q6_k q5_k_m q4_k_m q4_0")
-    e.add_argument("--kv", default="bf16", help="KV-cache format (as --weights)")
-    e.add_argument("--act", default="bf16", help="activation/compute format: fp32 bf16 fp16 fp8 int8 mxfp4 nvfp4")
-    e.add_argument("--gemm", default=None, help="compute format of the weight GEMMs when not --act (e.g. int8: "
-                                                "llama.cpp's MMQ kernels on quantised weights)")
-    e.add_argument("--tp", default=1, help="tensor-parallel degree")
-    e.add_argument("--pp", default=1, help="pipeline-parallel degree")
-    e.add_argument("--attention", default="flash", help="flash (fused) or unfused")
-    e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
-    e.add_argument("--engine", default=None, help="software-stack profile: ideal, llamacpp, vllm, trtllm, hf "
-                                                  "(efficiencies fitted on published measurements; see README)")
-    e.add_argument("--ignore-capacity", action="store_true", help="estimate even if it does not fit in memory")
+    _workload_args(e)
     e.add_argument("--ops", action="store_true", help="also print the per-op table")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    rp = sub.add_parser("report", help="a shareable report of one workload: self-contained HTML, or Markdown + PNGs")
+    _workload_args(rp)
+    rp.add_argument("-o", "--output", required=True, help="report.html (one self-contained file) or report.md")
+    rp.add_argument("--title", default=None, help="report title (default: model on hardware)")
+
+    pl = sub.add_parser("plot", help="one figure of a workload: roofline, breakdown, memory or batch")
+    pl.add_argument("figure", help="roofline | breakdown | memory | batch")
+    _workload_args(pl)
+    pl.add_argument("-o", "--output", required=True, help="FILE.png or FILE.svg (written atomically)")
+    pl.add_argument("--compare", action="append", default=[], help="roofline: overlay this device's ceilings "
+                                                                    "(repeatable)")
 
     ls = sub.add_parser("list", help="list catalog models or hardware")
     ls.add_argument("what", choices=["models", "hardware"])
@@ -80,11 +75,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _workload_args(e: argparse.ArgumentParser) -> None:
+    """The options that say what is estimated (estimate, report and plot share them)."""
+    e.add_argument("--model", required=True, help="catalog id, spec .toml, or Hugging Face config.json / folder")
+    e.add_argument("--hardware", required=True, help="catalog id, device .toml, or 'local'")
+    e.add_argument("--batch", default=1, help="sequences per batch (default 1)")
+    e.add_argument("--prompt", default=512, help="prompt tokens (default 512)")
+    e.add_argument("--gen", default=None, help="generated tokens (default 128; 0 for encoder-only models)")
+    e.add_argument("--weights", default="bf16", help="weight format: fp32 bf16 fp16 fp8 int8 int4 mxfp4 nvfp4 "
+                                                     "q8_0 q6_k q5_k_m q4_k_m q4_0")
+    e.add_argument("--kv", default="bf16", help="KV-cache format (as --weights)")
+    e.add_argument("--act", default="bf16", help="activation/compute format: fp32 bf16 fp16 fp8 int8 mxfp4 nvfp4")
+    e.add_argument("--gemm", default=None, help="compute format of the weight GEMMs when not --act (e.g. int8: "
+                                                "llama.cpp's MMQ kernels on quantised weights)")
+    e.add_argument("--tp", default=1, help="tensor-parallel degree")
+    e.add_argument("--pp", default=1, help="pipeline-parallel degree")
+    e.add_argument("--attention", default="flash", help="flash (fused) or unfused")
+    e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
+    e.add_argument("--engine", default=None, help="software-stack profile: ideal, llamacpp, vllm, trtllm, hf "
+                                                  "(efficiencies fitted on published measurements; see README)")
+    e.add_argument("--ignore-capacity", action="store_true", help="estimate even if it does not fit in memory")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep,
-                "calibrate": _calibrate, "validate": _validate}[args.command](args)
+        return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep, "calibrate": _calibrate,
+                "validate": _validate, "report": _report, "plot": _plot}[args.command](args)
     except PerfmodelError as e:
         print(f"perfmodel: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -104,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def _estimate(a: argparse.Namespace) -> int:
+def _make_estimate(a: argparse.Namespace):
     from .api import estimate
     from .estimate import Workload
 
-    wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act, gemm=a.gemm,
-                  tp=a.tp, pp=a.pp, attention=a.attention)
+    wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act,
+                  gemm=a.gemm, tp=a.tp, pp=a.pp, attention=a.attention)
     eff: Any = a.profile
     if a.engine:
         from .api import load_device
@@ -118,7 +135,11 @@ def _estimate(a: argparse.Namespace) -> int:
         if a.profile:
             raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
         eff = load_engine(a.engine).efficiency(load_device(a.hardware))
-    est = estimate(a.model, a.hardware, wl, efficiency=eff, ignore_capacity=a.ignore_capacity)
+    return estimate(a.model, a.hardware, wl, efficiency=eff, ignore_capacity=a.ignore_capacity)
+
+
+def _estimate(a: argparse.Namespace) -> int:
+    est = _make_estimate(a)
     if a.json:
         print(json.dumps(_clean(est.to_dict()), indent=2))
     else:
@@ -130,6 +151,25 @@ def _estimate(a: argparse.Namespace) -> int:
             with pd.option_context("display.width", 200, "display.max_rows", 500):
                 print()
                 print(est.ops[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    return 0
+
+
+def _report(a: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(_make_estimate(a), a.output, title=a.title)
+    print(f"wrote {path}")
+    return 0
+
+
+def _plot(a: argparse.Namespace) -> int:
+    from . import plots
+
+    if a.compare and a.figure != "roofline":
+        raise PerfmodelError("--compare applies to the roofline only")
+    est = _make_estimate(a)
+    fig = plots.figure(a.figure, est, **({"compare": a.compare} if a.compare else {}))
+    print(f"wrote {plots.save(fig, a.output)}")
     return 0
 
 

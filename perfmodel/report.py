@@ -1,0 +1,200 @@
+"""A shareable report of one estimate: one self-contained HTML file (figures embedded, no external resources), or
+Markdown with its PNGs beside it. Tables of the metrics, phases and heaviest ops; the roofline, breakdown, memory and
+batch figures; the efficiency profile and assumptions; and the source of every hardware and model figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._io import atomic_write_bytes, atomic_write_text
+from .errors import PerfmodelError
+
+if TYPE_CHECKING:
+    from .api import Estimate
+
+FIGURES = (("roofline", "Roofline"), ("breakdown", "Where the time goes"), ("memory", "Memory"),
+           ("batch", "Latency against throughput"))
+TOP_OPS = 12
+ASSUMPTIONS = (
+    "Each op's time is max(compute, memory) plus a per-op overhead: compute = FLOPs / (peak x efficiency), "
+    "memory = bytes / (bandwidth of the level that holds them x efficiency). Peaks are dense datasheet figures.",
+    "Prefill is one pass over the prompt; decode steps run one token per sequence over a context that grows by one "
+    "per step; TPOT is the mean decode step.",
+    "Memory is per device: weights, the KV cache at the end of generation, and the largest live activation.",
+    "Tensor parallelism pays an all-reduce per attention and MLP block; pipeline parallelism runs its stages in turn "
+    "(no micro-batch overlap).",
+)
+
+
+def _rows(est: "Estimate") -> dict[str, list[tuple[str, str]]]:
+    d = est.to_dict()
+    c, mem = d["config"], d["memory"]
+    gb = 1e9
+
+    def ms(x: Any) -> str:
+        return "-" if x is None else f"{x * 1e3:,.2f} ms"
+
+    def rate(x: Any) -> str:
+        return "-" if x is None else f"{x:,.1f} tok/s"
+
+    cap = "unknown" if mem["capacity_bytes"] is None else f"{mem['capacity_bytes'] / gb:,.1f} GB"
+    fits = {True: "fits", False: "does NOT fit", None: "capacity unknown"}[mem["fits"]]
+    workload = [("model", f"{est.model.name} ({est.model.id})"), ("hardware", f"{est.device.name} ({est.device.id})"),
+                ("batch", str(d["batch"])), ("prompt / generated tokens", f"{d['prompt_len']} / {d['gen_len']}"),
+                ("weights / KV / activations / GEMMs", f"{c['weights']} / {c['kv']} / {c['act']} / {c['gemm']}"),
+                ("tensor / pipeline parallel", f"{c['tp']} / {c['pp']}"), ("attention", c["attention"]),
+                ("parameters", f"{d['params']['total'] / 1e9:,.2f} B total, {d['params']['active'] / 1e9:,.2f} B "
+                               f"active")]
+    pre, dec = d["phases"]["prefill"], d["phases"]["decode"]
+    metrics = [("TTFT", f"{ms(d['ttft_s'])} ({pre['bound']}-bound)"),
+               ("TPOT (mean decode step)", f"{ms(d['tpot_s'])} ({dec['bound']}-bound)"),
+               ("decode tokens/s per sequence", rate(d["decode_tokens_per_s"])),
+               ("prefill tokens/s", rate(d["prefill_tokens_per_s"])),
+               ("throughput (whole batch, end to end)", rate(d["throughput_tokens_per_s"])),
+               ("end-to-end latency", ms(d["e2e_latency_s"])),
+               ("MFU / MBU", f"{d['mfu'] * 100:.1f} % / {d['mbu'] * 100:.1f} %"),
+               ("memory per device", f"{mem['total_bytes'] / gb:,.2f} GB of {cap} ({fits}): weights "
+                                     f"{mem['weights_bytes'] / gb:,.2f}, KV {mem['kv_cache_bytes'] / gb:,.2f}, "
+                                     f"activations {mem['activation_bytes'] / gb:,.2f}")]
+    eff = est.ev.mach.eff
+    shown = {k: v for k, v in eff.model_dump().items()
+             if k not in ("host", "raw_sha256", "created") and v not in ({}, None, "")}
+    profile = [(k, f"{v:g}" if isinstance(v, float) else str(v)) for k, v in shown.items()]
+    return {"workload": workload, "metrics": metrics, "profile": profile}
+
+
+def _phase_table(est: "Estimate") -> tuple[list[str], list[list[str]]]:
+    head = ["phase", "time", "steps", "GFLOP", "GB moved", "MFU", "MBU", "bound"]
+    body = []
+    for name in ("prefill", "decode"):
+        p = est.phase(name)
+        if not p["time_s"]:
+            continue
+        body.append([name, f"{p['time_s'] * 1e3:,.2f} ms", str(p["steps"]), f"{p['flops'] / 1e9:,.1f}",
+                     f"{p['bytes'] / 1e9:,.2f}", f"{p['mfu'] * 100:.1f} %", f"{p['mbu'] * 100:.1f} %", p["bound"]])
+    return head, body
+
+
+def _ops_table(est: "Estimate") -> tuple[list[str], list[list[str]]]:
+    ops = est.ops.sort_values("time_s", ascending=False).head(TOP_OPS)
+    total = float(est.ops.time_s.sum()) or 1.0
+    head = ["phase", "op", "kind", "unit / precision", "FLOP/byte", "time", "share", "bound"]
+    body = [[r.phase, r.name, r.kind, f"{r.unit} / {r.precision}",
+             "-" if r.intensity_flops_per_byte == float("inf") else f"{r.intensity_flops_per_byte:,.1f}",
+             f"{r.time_s * 1e3:,.3f} ms", f"{r.time_s / total * 100:.1f} %", r.bound] for r in ops.itertuples()]
+    return head, body
+
+
+def _sources(est: "Estimate") -> list[tuple[str, str, str, str]]:
+    out = [("hardware", s.title, s.url, "; ".join(x for x in (s.covers, s.note) if x)) for s in est.device.sources]
+    out += [("model", s.title, s.url, "; ".join(x for x in (s.covers, s.note) if x)) for s in est.model.sources]
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _figures(est: "Estimate") -> list[tuple[str, str, bytes]]:
+    from . import plots
+
+    out = []
+    for key, title in FIGURES:
+        try:
+            out.append((key, title, _png(plots.figure(key, est))))
+        except PerfmodelError as e:  # e.g. a device without a compute figure has no roofline
+            out.append((key, f"{title} (not drawn: {e})", b""))
+    return out
+
+
+def write_report(est: "Estimate", path: str | Path, title: str | None = None) -> Path:
+    """Write the report as .html (one self-contained file) or .md (PNGs beside it as <stem>.<figure>.png)."""
+    path = Path(path)
+    fmt = path.suffix.lower()
+    if fmt not in (".html", ".htm", ".md"):
+        raise PerfmodelError(f"-o must end in .html or .md; got {path.name!r}")
+    title = title or f"{est.model.name} on {est.device.name}"
+    figs = _figures(est)
+    if fmt == ".md":
+        names = {}
+        for key, _, data in figs:
+            if data:
+                png = path.with_name(f"{path.stem}.{key}.png")
+                atomic_write_bytes(png, data)
+                names[key] = png.name
+        return atomic_write_text(path, _markdown(est, title, figs, names))
+    return atomic_write_text(path, _html(est, title, figs))
+
+
+def _stamp() -> str:
+    from . import __version__
+
+    return f"perfmodel {__version__}, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+
+
+def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str]) -> str:
+    r = _rows(est)
+
+    def table(head: list[str], body: list[list[str]]) -> str:
+        esc = [[c.replace("|", "\\|") for c in row] for row in body]
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(row) + " |" for row in esc])
+
+    parts = [f"# {title}", "", f"_{_stamp()}_", "", "## Workload", "",
+             table(["", ""], [list(x) for x in r["workload"]]), "", "## Results", "",
+             table(["metric", "value"], [list(x) for x in r["metrics"]]), "", table(*_phase_table(est)), ""]
+    for key, t, _ in figs:
+        parts += [f"## {t}", ""] + ([f"![{t}]({names[key]})", ""] if key in names else [])
+    parts += ["## Heaviest ops", "", table(*_ops_table(est)), "", "## Efficiency profile", "",
+              table(["setting", "value"], [list(x) for x in r["profile"]]), "", "## Assumptions", ""]
+    parts += [f"- {a}" for a in ASSUMPTIONS] + ["", "## Sources", ""]
+    parts += [f"- {what}: [{t}]({u}){' — ' + c if c else ''}" if u else f"- {what}: {t}{' — ' + c if c else ''}"
+              for what, t, u, c in _sources(est)]
+    return "\n".join(parts) + "\n"
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;
+border-bottom:1px solid #ddd;padding-bottom:.2em}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f5f5f5}
+td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto;border:1px solid #eee}
+.stamp{color:#777;font-size:.85em}.grid{display:grid;grid-template-columns:1fr 1fr;gap:1.5em}
+@media(max-width:800px){.grid{grid-template-columns:1fr}}li{margin:.2em 0}"""
+
+
+def _html(est: "Estimate", title: str, figs: list) -> str:
+    r = _rows(est)
+    e = html.escape
+
+    def table(head: list[str] | None, body: list[list[str]] | list[tuple[str, str]]) -> str:
+        h = "<tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>" if head else ""
+        rows = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in body)
+        return f"<table>{h}{rows}</table>"
+
+    out = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>",
+           f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head><body>",
+           f"<h1>{e(title)}</h1><p class=\"stamp\">{e(_stamp())}</p>",
+           "<div class=\"grid\"><div><h2>Workload</h2>", table(None, r["workload"]), "</div>",
+           "<div><h2>Results</h2>", table(None, r["metrics"]), "</div></div>", table(*_phase_table(est))]
+    for key, t, data in figs:
+        out.append(f"<h2>{e(t)}</h2>")
+        if data:
+            b64 = base64.b64encode(data).decode()
+            out.append(f"<img alt=\"{e(t)}\" src=\"data:image/png;base64,{b64}\">")
+    out += ["<h2>Heaviest ops</h2>", table(*_ops_table(est)),
+            "<h2>Efficiency profile</h2>", table(["setting", "value"], r["profile"]),
+            "<h2>Assumptions</h2><ul>", *(f"<li>{e(a)}</li>" for a in ASSUMPTIONS), "</ul>",
+            "<h2>Sources</h2><ul>"]
+    for what, t, u, c in _sources(est):
+        link = f"<a href=\"{e(u)}\">{e(t)}</a>" if u else e(t)
+        out.append(f"<li>{e(what)}: {link}{' — ' + e(c) if c else ''}</li>")
+    out.append("</ul></body></html>")
+    return "\n".join(out) + "\n"
