@@ -34,6 +34,28 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--compare", action="append", default=[], help="roofline: overlay this device's ceilings "
                                                                     "(repeatable)")
 
+    wi = sub.add_parser("whatif", help="a device with changed parameters, sensitivities, the change needed for a "
+                                       "target, and the latency-throughput Pareto front")
+    _workload_args(wi)
+    wi.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                    help="change the device: memory_bandwidth=2 (factors: memory_bandwidth compute matrix vector "
+                         "cache capacity interconnect) or units=112, clock_ghz=3, simd_width_bits=1024, fma_units=4, "
+                         "memory_channels=12, memory_mt_per_s=6400, memory_gb_per_s=1000, matrix_engine=DEVICE")
+    wi.add_argument("--sensitivity", action="store_true", help="elasticity of tokens/s to each parameter")
+    wi.add_argument("--target", type=float, default=None, help="tokens/s to reach (with --metric, --param)")
+    wi.add_argument("--metric", default="decode_tokens_per_s",
+                    help="decode_tokens_per_s (default), prefill_tokens_per_s or throughput_tokens_per_s")
+    wi.add_argument("--param", default="memory_bandwidth", help="what to scale to reach --target (default "
+                                                                "memory_bandwidth)")
+    wi.add_argument("--pareto", action="store_true", help="TPOT against tokens/s over batches 1-1024, the "
+                                                          "non-dominated ones")
+    wi.add_argument("--json", action="store_true")
+
+    tr = sub.add_parser("trends", help="CPU and GPU design trends from the catalog, and LLM demands against them")
+    tr.add_argument("--target", type=float, default=20.0, help="decode tokens/s to project (default 20)")
+    tr.add_argument("-o", "--output", default=None, help="the four-panel figure, .png or .svg")
+    tr.add_argument("--json", action="store_true")
+
     ls = sub.add_parser("list", help="list catalog models or hardware")
     ls.add_argument("what", choices=["models", "hardware"])
     ls.add_argument("--kind", help="hardware kind: gpu, cpu, accelerator")
@@ -101,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep, "calibrate": _calibrate,
-                "validate": _validate, "report": _report, "plot": _plot}[args.command](args)
+                "validate": _validate, "report": _report, "plot": _plot, "whatif": _whatif,
+                "trends": _trends}[args.command](args)
     except PerfmodelError as e:
         print(f"perfmodel: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -170,6 +193,116 @@ def _plot(a: argparse.Namespace) -> int:
     est = _make_estimate(a)
     fig = plots.figure(a.figure, est, **({"compare": a.compare} if a.compare else {}))
     print(f"wrote {plots.save(fig, a.output)}")
+    return 0
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise PerfmodelError(f"--set takes PARAM=VALUE, e.g. memory_bandwidth=2; got {item!r}")
+        key, value = key.strip(), value.strip()
+        if key == "matrix_engine":
+            out[key] = value
+            continue
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise PerfmodelError(f"--set {key} needs a number; got {value!r}") from None
+    return out
+
+
+def _whatif(a: argparse.Namespace) -> int:
+    from . import whatif
+    from .api import load_device
+
+    changes = _parse_set(a.set)
+    base = _make_estimate(a)
+    out: dict[str, Any] = {"base": base.to_dict()}
+    dev = whatif.scaled(load_device(a.hardware), **changes) if changes else base.device
+    if changes:
+        a2 = argparse.Namespace(**{**vars(a), "hardware": dev})
+        est = _make_estimate(a2)
+        out["changed"] = {"set": changes, **est.to_dict()}
+    else:
+        est = base
+    eff = est.ev.mach.eff
+    if a.sensitivity:
+        out["sensitivity"] = whatif.sensitivity(est.model, dev, est.workload, eff).to_dict("records")
+    if a.target is not None:
+        r = whatif.solve(est.model, dev, est.workload, a.target, a.metric, a.param, eff)
+        out["solve"] = {k: v for k, v in r.items() if k != "device"}
+    if a.pareto:
+        out["pareto"] = whatif.pareto(whatif.batch_table(est.model, dev, est.workload, eff)).to_dict("records")
+    if a.json:
+        print(json.dumps(_clean(out), indent=2, default=str))
+        return 0
+    if changes:
+        keys = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "throughput_tokens_per_s")
+        print(f"{base.model.name}: {base.device.name} -> what-if {', '.join(f'{k}={v}' for k, v in changes.items())}")
+        for k in keys:
+            b, c = out["base"][k], out["changed"][k]
+            ratio = f"x{c / b:.3f}" if b and c else "-"
+            print(f"  {k:<26}{_g(b):>14} -> {_g(c):>14}   {ratio}")
+    else:
+        print(base.summary())
+    if a.sensitivity:
+        print("\nelasticity of tokens/s (d ln tokens/s / d ln parameter):")
+        print(f"  {'parameter':<18}{'prefill':>9}{'decode':>9}{'e2e':>9}")
+        for r in out["sensitivity"]:
+            vals = [r.get(k) for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "throughput_tokens_per_s")]
+            cells = "".join(f"{v:9.2f}" if isinstance(v, float) and v == v else f"{'-':>9}" for v in vals)
+            print(f"  {r['parameter']:<18}{cells}  {r.get('note') or ''}")
+    if a.target is not None:
+        s = out["solve"]
+        print(f"\n{s['metric']} {s['now']:,.2f} -> {s['target']:g}: {s['parameter']} x{s['factor']:.3f} "
+              f"(re-estimated: {s['reached']:,.2f})")
+    if a.pareto:
+        print("\nPareto front (batch: TPOT ms, decode tokens/s of the batch):")
+        for r in out["pareto"]:
+            print(f"  {r['batch']:>5}: {r['tpot_s'] * 1e3:9.2f} ms {r['decode_tokens_per_s']:>12,.1f} tok/s  "
+                  f"(GEMMs {r['gemm_bound']}-bound)")
+    return 0
+
+
+def _g(x: Any) -> str:
+    return "-" if x is None else f"{x:,.4g}"
+
+
+def _trends(a: argparse.Namespace) -> int:
+    from . import trends
+
+    h = trends.headline(a.target)
+    if a.output:
+        from .plots import save
+
+        save(trends.figure(a.target), a.output)
+    if a.json:
+        print(json.dumps(_clean(h), indent=2, default=str))
+        return 0
+    print(f"CPU trends over {h['cpus']} catalog CPUs (one socket each; fitted to the best part of each launch year)")
+    print(f"  {'metric':<44}{'per year':>10}{'per 2 yrs':>11}{'doubling':>10}  years")
+    for r in h["cpu_growth"]:
+        print(f"  {r['label']:<44}{r['per_year'] * 100:>9.1f}%{r['per_2y']:>10.2f}x{r['doubling_years']:>9.1f}y"
+              f"  {r['first_year']:.0f}-{r['last_year']:.0f} (n={r['n']}, r2={r['r2']:.2f})")
+    print(f"GPU trends over {h['gpus']} catalog GPUs (best of each year):")
+    for r in h["gpu_growth"]:
+        print(f"  {r['label']:<44}{r['per_year'] * 100:>9.1f}%{r['per_2y']:>10.2f}x{r['doubling_years']:>9.1f}y"
+              f"  {r['first_year']:.0f}-{r['last_year']:.0f} (n={r['n']}, r2={r['r2']:.2f})")
+    print("Published, for comparison:")
+    for r in h["published"]:
+        print(f"  {r['metric']:<44}{r['per_2y']:>21.1f}x  {r['years']}; {r['source']}")
+    c = h["clock_break"]
+    print(f"End of clock scaling: {c['year']:.0f} (clock x{c['before']['per_2y']:.2f} per 2 years before, "
+          f"x{c['after']['per_2y']:.2f} after; {trends.RUPP})")
+    for p in h["projections"]:
+        best = p["best"]
+        print(f"{p['model']} {p['weights']}, batch 1 decode: best socket {best['hardware']} ({best['year']}) "
+              f"{best['value']:.1f} tok/s; trend x{p['growth']['per_2y']:.2f} per 2 years reaches {p['target']:g} "
+              f"tok/s in {p['year']:.0f}. Of that trend bandwidth explains {p['bandwidth_share'] * 100:.0f} %, "
+              f"compute {p['compute_share'] * 100:.0f} % (of prefill's: bandwidth "
+              f"{p['prefill']['bandwidth_share'] * 100:.0f} %, compute {p['prefill']['compute_share'] * 100:.0f} %)")
     return 0
 
 

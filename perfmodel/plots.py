@@ -23,9 +23,6 @@ if TYPE_CHECKING:
 
     from .api import Estimate
     from .device import Device
-    from .efficiency import Efficiency
-    from .estimate import Workload
-    from .model import ModelSpec
 
 KIND_COLORS = {"matmul": "#1f77b4", "attention": "#d62728", "elementwise": "#2ca02c", "norm": "#9467bd",
                "embedding": "#8c564b", "comm": "#7f7f7f"}
@@ -343,34 +340,7 @@ def memory(est: "Estimate") -> "Figure":
 
 # Batch: latency against throughput ------------------------------------------------------------------------------------
 
-def batch_table(model: "ModelSpec | str", device: "Device | str", workload: "Workload",
-                efficiency: "Efficiency | None" = None, batches: Sequence[int] | None = None) -> "Any":
-    """TPOT, decode tokens/s, bound of decode and whether it fits, for each batch size (one vectorised evaluation)."""
-    import pandas as pd
-
-    from .api import load_device, load_model
-    from .estimate import default_gen, evaluate
-
-    m, d = load_model(model), load_device(device)
-    gen = workload.gen_len if workload.gen_len is not None else default_gen(m)
-    b = np.array(batches or [2 ** i for i in range(11)], dtype=float)
-    ev = evaluate(m, d, workload, efficiency, b, np.full_like(b, workload.prompt_len), np.full_like(b, gen))
-    fits = np.ones(len(b), dtype=bool) if ev.memory.fits is None else np.broadcast_to(ev.memory.fits, b.shape)
-    gemm = [(c["compute_s"], c["memory_s"]) for op, c in zip(ev.decode.ops, ev.decode.costs)
-            if op.kind.value == "matmul"]
-    comp = sum((np.asarray(c, dtype=float) for c, _ in gemm), np.zeros_like(b))
-    mem = sum((np.asarray(m, dtype=float) for _, m in gemm), np.zeros_like(b))
-    return pd.DataFrame({"batch": b.astype(int), "tpot_s": ev.metrics["tpot_s"],
-                         "decode_tokens_per_s": b / ev.metrics["tpot_s"], "ttft_s": ev.metrics["ttft_s"],
-                         "bound": ev.decode.bound(), "gemm_bound": np.where(comp >= mem, "compute", "memory"),
-                         "fits": fits})
-
-
-def knee(table: "Any") -> int | None:
-    """The first batch at which decode's weight GEMMs are compute-bound: beyond it a larger batch costs time in
-    proportion and buys little more throughput (attention may still be memory-bound on its KV cache)."""
-    hit = table[table.gemm_bound == "compute"]
-    return int(hit.batch.iloc[0]) if len(hit) else None
+from .whatif import batch_table, knee  # noqa: E402  (re-exported: the batch figure's data)
 
 
 def batch_curve(est: "Estimate", batches: Sequence[int] | None = None) -> "Figure":

@@ -15,20 +15,24 @@ from .estimate import Workload, capacity_message, default_gen, evaluate, row_err
 if TYPE_CHECKING:
     import pandas as pd
 
-INPUT_COLUMNS = ("model", "hardware", "batch", "prompt", "gen", "weights", "kv", "act", "tp", "pp", "attention")
-DEFAULTS = {"batch": 1, "prompt": 512, "gen": np.nan, "weights": "bf16", "kv": "bf16", "act": "bf16", "tp": 1,
-            "pp": 1, "attention": "flash"}
+INPUT_COLUMNS = ("model", "hardware", "batch", "prompt", "gen", "weights", "kv", "act", "gemm", "tp", "pp",
+                 "attention")
+DEFAULTS = {"batch": 1, "prompt": 512, "gen": np.nan, "weights": "bf16", "kv": "bf16", "act": "bf16", "gemm": "",
+            "tp": 1, "pp": 1, "attention": "flash"}
 METRICS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "throughput_tokens_per_s",
            "e2e_latency_s", "mfu", "mbu")
 MEMORY = ("weights_bytes", "kv_cache_bytes", "activation_bytes", "total_bytes", "capacity_bytes", "fits")
-_GROUP = ("model", "hardware", "weights", "kv", "act", "tp", "pp", "attention")
+_GROUP = ("model", "hardware", "weights", "kv", "act", "gemm", "tp", "pp", "attention")
+PROGRESS_ROWS = 50_000  # sweeps at least this long report progress on stderr by default
 
 
-def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficiency=None) -> "pd.DataFrame":
+def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficiency=None,
+          progress: bool | None = None) -> "pd.DataFrame":
     """Estimate every row of `scenarios` (columns as in INPUT_COLUMNS; model and hardware required).
 
     Returns the input with metric columns, memory columns, the bound of each phase and an `error` column; a bad row
-    gets its message there (row numbers count data rows from 1) and the other rows are still computed.
+    gets its message there (row numbers count data rows from 1) and the other rows are still computed. `progress`:
+    a progress line on stderr (default: for sweeps of PROGRESS_ROWS rows or more).
     """
     import pandas as pd
 
@@ -45,6 +49,8 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         if col not in df.columns:
             df[col] = default
         df[col] = df[col].where(df[col].notna() & (df[col].astype(str).str.strip() != ""), default)
+    if "gemm" in scenarios.columns:
+        df["gemm"] = df["gemm"].where(df["gemm"].astype(str).str.strip() != "nan", "")
     n = len(df)
     out = {c: np.full(n, np.nan) for c in METRICS + MEMORY}
     bounds = {"prefill_bound": np.full(n, "", dtype=object), "decode_bound": np.full(n, "", dtype=object)}
@@ -60,7 +66,11 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     gen_filled = np.full(n, None, dtype=object)
     keys = df[list(_GROUP)].astype(str)
     models, devices = {}, {}
-    for key, idx in keys.groupby(list(_GROUP), sort=False).indices.items():
+    groups = keys.groupby(list(_GROUP), sort=False).indices
+    bar = _Progress(n, len(groups)) if (progress if progress is not None else n >= PROGRESS_ROWS) else None
+    for key, idx in groups.items():
+        if bar:
+            bar.step(len(idx))
         idx = idx[errors[idx] == ""]
         if not len(idx):
             continue
@@ -71,8 +81,8 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             if cfg["hardware"] not in devices:
                 devices[cfg["hardware"]] = load_device(cfg["hardware"])
             m, d = models[cfg["model"]], devices[cfg["hardware"]]
-            wl = Workload(weights=cfg["weights"], kv=cfg["kv"], act=cfg["act"], tp=cfg["tp"], pp=cfg["pp"],
-                          attention=cfg["attention"], gen_len=0)
+            wl = Workload(weights=cfg["weights"], kv=cfg["kv"], act=cfg["act"], gemm=cfg["gemm"] or None,
+                          tp=cfg["tp"], pp=cfg["pp"], attention=cfg["attention"], gen_len=0)
         except (PerfmodelError, ValueError) as e:
             errors[idx] = _message(e)
             continue
@@ -105,10 +115,60 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         bounds["prefill_bound"][idx[keep]] = ev.prefill.bound()[keep]
         bounds["decode_bound"][idx[keep]] = np.where(ev.decode.steps > 0, ev.decode.bound(), "-")[keep]
         gen_filled[idx] = gen
+    if bar:
+        bar.done()
     df["gen"] = np.where(gen_filled != None, gen_filled, df["gen"].astype(object))  # noqa: E711 (defaults filled)
     res = df.assign(**out, **bounds, error=errors)
     res["fits"] = res["fits"].map({1.0: True, 0.0: False})
     return res
+
+
+class _Progress:
+    """A one-line progress report on stderr, redrawn at most every half second."""
+
+    def __init__(self, rows: int, groups: int):
+        import time
+
+        self.rows, self.groups, self.done_rows, self.done_groups = rows, groups, 0, 0
+        self.t0 = self.last = time.perf_counter()
+
+    def step(self, rows: int) -> None:
+        import time
+
+        self.done_rows += rows
+        self.done_groups += 1
+        now = time.perf_counter()
+        if now - self.last >= 0.5:
+            self.last = now
+            self._draw(now)
+
+    def _draw(self, now: float, end: str = "") -> None:
+        import sys
+
+        frac = self.done_rows / max(self.rows, 1)
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\rsweep [{bar:<30}] {self.done_rows:,}/{self.rows:,} rows, {self.done_groups}/"
+                         f"{self.groups} configurations, {now - self.t0:.1f} s{end}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        import time
+
+        self._draw(time.perf_counter(), end="\n")
+
+
+def grid(**axes) -> "pd.DataFrame":
+    """Every combination of the given axes as sweep rows: grid(model=[...], hardware=[...], batch=[1, 8, 64], ...).
+    Scalars are held fixed. Columns as in INPUT_COLUMNS."""
+    import itertools
+
+    import pandas as pd
+
+    unknown = [k for k in axes if k not in INPUT_COLUMNS]
+    if unknown:
+        raise PerfmodelError(f"unknown grid axis {', '.join(unknown)}; allowed: {', '.join(INPUT_COLUMNS)}")
+    lists = {k: list(v) if isinstance(v, (list, tuple, range, np.ndarray)) else [v] for k, v in axes.items()}
+    return pd.DataFrame(list(itertools.product(*lists.values())), columns=list(lists))
 
 
 def _message(e: Exception) -> str:
