@@ -187,7 +187,7 @@ class Estimate:
         out["phases"] = {"prefill": self.phase("prefill"), "decode": self.phase("decode")}
         out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
-                         "pp": wl.pp, "attention": wl.attention, "devices": wl.tp * wl.pp,
+                         "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "devices": wl.tp * wl.pp,
                          "efficiency": self.ev.mach.eff.model_dump()}
         return out
 

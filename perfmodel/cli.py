@@ -113,6 +113,8 @@ def _workload_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--tp", default=1, help="tensor-parallel degree")
     e.add_argument("--pp", default=1, help="pipeline-parallel degree")
     e.add_argument("--attention", default="flash", help="flash (fused) or unfused")
+    e.add_argument("--dequant", default="fused", help="fused (quantised weights expanded inside the GEMMs) or "
+                                                      "fp16_copy (an FP16 copy first: llama.cpp CUDA before mid-2024)")
     e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
     e.add_argument("--engine", default=None, help="software-stack profile: ideal, llamacpp, vllm, trtllm, hf "
                                                   "(efficiencies fitted on published measurements; see README)")
@@ -149,7 +151,7 @@ def _make_estimate(a: argparse.Namespace):
     from .estimate import Workload
 
     wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act,
-                  gemm=a.gemm, tp=a.tp, pp=a.pp, attention=a.attention)
+                  gemm=a.gemm, tp=a.tp, pp=a.pp, attention=a.attention, dequant=a.dequant)
     eff: Any = a.profile
     if a.engine:
         from .api import load_device

@@ -271,7 +271,10 @@ def _class_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num, cls: str)
         # fraction of their peak as the matrix units reach of theirs
         eff = peak / mach.datasheet_peak(op.kind, op.dtype)
         compute = compute + op.exp_ops / (sfu * 1e12 * eff)
-    return Terms(compute, memory, 0.0, unit, prec, mach.overhead_for(op.kind, op.dtype, cls))
+    # an op with nothing to do (e.g. a conversion only large batches need) launches no kernel
+    work = np.asarray(op.flops) + np.asarray(op.bytes)
+    overhead = np.where(work > 0, mach.overhead_for(op.kind, op.dtype, cls), 0.0)
+    return Terms(compute, memory, 0.0, unit, prec, overhead if overhead.ndim else float(overhead))
 
 
 def point_cost(op: Op, t: Terms) -> dict[str, Num]:

@@ -45,6 +45,9 @@ class Workload(BaseModel):
     tp: int = 1
     pp: int = 1
     attention: Literal["flash", "unfused"] = "flash"
+    dequant: Literal["fused", "fp16_copy"] = Field(
+        "fused", description="how quantised weights reach the GEMMs: dequantised inside them (fused), or expanded to "
+                             "an FP16 copy first (fp16_copy: llama.cpp's CUDA path before PR #8075, batches over 32)")
 
     @field_validator("batch", "prompt_len", "tp", "pp", mode="before")
     @classmethod
@@ -66,6 +69,13 @@ class Workload(BaseModel):
             raise PerfmodelError(f"{info.field_name} must be one of: {', '.join(_ACT_DTYPES)}; got {d.value!r}")
         return d
 
+    @field_validator("dequant", mode="before")
+    @classmethod
+    def _dequant(cls, v: Any) -> str:
+        if v not in ("fused", "fp16_copy"):
+            raise PerfmodelError(f"dequant must be 'fused' or 'fp16_copy'; got {v!r}")
+        return v
+
     @field_validator("attention", mode="before")
     @classmethod
     def _attention(cls, v: Any) -> str:
@@ -75,7 +85,7 @@ class Workload(BaseModel):
 
     @property
     def precision(self) -> Precision:
-        return Precision(self.weights, self.kv, self.act, self.gemm)
+        return Precision(self.weights, self.kv, self.act, self.gemm, self.dequant)
 
     @property
     def parallel(self) -> Parallel:
@@ -300,7 +310,7 @@ def capacity_advice(model: ModelSpec, device: Device, wl: Workload, mem: Memory,
                     break
         for fmt in (DType.FP8, DType.INT4):
             if fmt.bits < wl.weights.bits:
-                prec = Precision(fmt, wl.kv, wl.act, wl.gemm)
+                prec = Precision(fmt, wl.kv, wl.act, wl.gemm, wl.dequant)
                 need = weight_bytes(model, prec, wl.parallel) + float(mem.kv_cache_bytes) + float(mem.activation_bytes)
                 if need <= cap:
                     hints.append(f"--weights {fmt.value}")

@@ -91,6 +91,7 @@ class Precision:
     kv: DType = DType.BF16
     act: DType = DType.BF16
     gemm: DType | None = None  # compute format of the weight GEMMs where it differs from act (llama.cpp MMQ: int8)
+    dequant: str = "fused"  # fused: quantised weights are expanded inside the GEMM; fp16_copy: into an FP16 copy first
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +156,22 @@ class _Builder:
             # MMQ: int8 products per 32-wide block of k, then on the vector units two FMAs per output and block (the
             # weight block's scale and the activation block's; llama.cpp mmq.cuh, vec_dot_q4_0_q8_1 and kin)
             scale = 4.0 * tokens * n * k / 32
+        fp16_read = 0.0
+        if self.prec.dequant == "fp16_copy" and (self.prec.weights.is_gguf or self.prec.weights == DType.MXFP4):
+            # llama.cpp's CUDA path before PR #8075 (batches over 32 rows): a conversion kernel first writes an FP16
+            # copy of the weights, and cuBLAS reads that copy; once per micro-batch of 512 tokens (llama-bench's
+            # default n_ubatch)
+            t = np.asarray(tokens, dtype=float)
+            passes = np.where(t > 32, np.ceil(t / 512.0), 0.0)
+            elems = k * n * w_count
+            self.add(name + ".to_fp16", OpKind.ELEMENTWISE, count, flops=elems * passes,
+                     act_in_bytes=elems * self.w * passes, act_out_bytes=2.0 * elems * passes)
+            fp16_read = 2.0 * elems * passes
         self.add(
             name, OpKind.MATMUL, count, self.prec.gemm,
             flops=flops + (tokens * n if bias else 0.0), scale_flops=scale,
             weight_bytes=w_count * (k * n * self.w + (n * self.a if bias else 0.0)),
-            act_in_bytes=tokens * k * self.a,
+            act_in_bytes=tokens * k * self.a + fp16_read,
             act_out_bytes=tokens * n * self.a,
             rows=tokens / np.maximum(w_count, 1.0),
         )

@@ -39,8 +39,8 @@ CATEGORY = {
 ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel", "fa2")
 ROW_FIELDS = {
     "hardware": str, "hardware_name": str, "model": str, "model_name": str, "engine": str, "software": str,
-    "weights": str, "kv": str, "act": str, "gemm": str, "batch": int, "prompt_len": int, "gen_len": int, "tp": int,
-    "pp": int,
+    "weights": str, "kv": str, "act": str, "gemm": str, "dequant": str, "attention": str, "batch": int,
+    "prompt_len": int, "gen_len": int, "tp": int, "pp": int,
     "n_devices": int, "metric": str, "value": float, "where": str, "note": str,
     "m": int, "n": int, "k": int, "dtype": str, "seq_len": int, "heads": int, "head_dim": int, "causal": bool,
     "kernel": str, "groups": int,
@@ -227,14 +227,16 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
             weights = _s(r.get("weights")) or "bf16"
             cfg = (name, hw, mdl, weights, _s(r.get("kv")) or "fp16",
                    _s(r.get("act")) or _default_act(r["engine"], weights, load_device(hw)), _s(r.get("gemm")) or None,
-                   int(_n(r.get("tp"), 1)), int(_n(r.get("pp"), 1)))
+                   _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
+                   int(_n(r.get("pp"), 1)))
             groups.setdefault(cfg, []).append((i, r))
         except PerfmodelError as e:
             skip[i] = str(e).splitlines()[0][:160]
-    for (name, hw, mdl, weights, kv, act, gemm, tp, pp), members in groups.items():
+    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp), members in groups.items():
         try:
             model, device = load_model(mdl), load_device(hw)
-            wl = Workload(weights=weights, kv=kv, act=act, gemm=gemm, tp=tp, pp=pp)
+            wl = Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant, attention=attention, tp=tp,
+                          pp=pp)
             _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip)
         except PerfmodelError as e:
             for i, _ in members:

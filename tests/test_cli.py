@@ -75,6 +75,7 @@ def test_encoder_defaults_to_no_generation(capsys):
         (["--model", "gpt2", "--hardware", "l4", "--tp", "2"], "no interconnect bandwidth"),
         (["--model", "gpt2", "--hardware", "h100", "--attention", "fast"], "attention must be 'flash' or 'unfused'"),
         (["--model", "gpt2", "--hardware", "h100", "--gemm", "q4_0"], "gemm must be one of"),
+        (["--model", "gpt2", "--hardware", "h100", "--dequant", "copy"], "dequant must be 'fused' or 'fp16_copy'"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(capsys, argv, needle):

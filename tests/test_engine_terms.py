@@ -107,3 +107,37 @@ def test_int8_gemms_of_block_quantised_weights_pay_their_block_scales_on_vector_
 def test_gemm_format_defaults_to_act():
     # a bad --gemm is refused like a bad --act (tests/test_cli.py, test_bad_input_exits_2_with_a_message)
     assert Workload(gemm="int8").precision.gemm == DType.INT8 and Workload().precision.gemm is None
+
+
+def test_fp16_copy_converts_weights_once_per_micro_batch_of_large_batches_only():
+    # one 4096 x 4096 q4_0 product: 16.8 M weights. The conversion reads the blocks (4.5 bits = 0.5625 B each) and
+    # writes 2 B each; 1,024 tokens are two micro-batches of 512, so twice. 32 tokens or fewer: no conversion.
+    from perfmodel.graph import _Builder
+
+    prec = Precision(DType.Q4_0, DType.FP16, DType.FP16, None, "fp16_copy")
+    b = _Builder(pm.load_model("llama-3-8b"), prec, Parallel(), True)
+    b.matmul("mm", np.array([1.0, 32.0, 1024.0]), 4096, 4096, 1)
+    conv = next(o for o in b.ops if o.name == "mm.to_fp16")
+    elems = 4096 * 4096
+    assert np.allclose(conv.act_in_bytes, [0, 0, 2 * elems * 0.5625])
+    assert np.allclose(conv.act_out_bytes, [0, 0, 2 * 2.0 * elems])
+    # a conversion with nothing to do launches nothing: no per-op overhead where it is empty
+    mach = Machine(pm.load_device("rtx-4090"), IDEAL.model_copy(update={"op_overhead_s": 5e-6}), Parallel())
+    t = op_terms(conv, mach, 1e12, 1e12)
+    assert np.allclose(t.overhead_s, [0, 0, 5e-6])
+    fused = _Builder(pm.load_model("llama-3-8b"), Precision(DType.Q4_0, DType.FP16, DType.FP16), Parallel(), True)
+    fused.matmul("mm", 1024.0, 4096, 4096, 1)
+    assert [o.name for o in fused.ops] == ["mm"]
+
+
+def test_validation_rows_carry_the_attention_and_dequant_of_their_runs():
+    import pandas as pd
+
+    from perfmodel.validation import predict
+
+    row = {"engine": "llamacpp", "hardware": "rtx-4090", "model": "llama-3-8b", "weights": "q4_k_m", "act": "fp16",
+           "metric": "prefill_tokens_per_s", "prompt_len": 4096, "batch": 1, "value": 1.0, "category": "prefill"}
+    df = pd.DataFrame([row, {**row, "attention": "unfused"}, {**row, "dequant": "fp16_copy"}])
+    pred, skip = predict(df, engine="ideal")
+    assert list(skip) == ["", "", ""]
+    assert pred[1] < pred[0] and pred[2] < pred[0]  # materialised scores and an FP16 copy both cost time

@@ -81,7 +81,7 @@ def test_held_out_error_does_not_regress(rows):
     assert list(worse.category) == []
 
 
-REACHED = {"decode median": 9.0, "decode mean": 12.5, "prefill mean": 28.0, "serving mean": 26.5,
+REACHED = {"decode median": 9.5, "decode mean": 12.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 18.0}  # held-out figures of README "Validation" plus a small margin
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
@@ -96,8 +96,8 @@ def _held_out(rows):
             "kernel mean": t.loc[("kernel", "(all)")].mean_ape}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5: held-out prefill (26.0 %) and kernel (16.3 %) means are above the "
-                                       "issue's targets (README, Validation, says where and why)")
+@pytest.mark.xfail(strict=True, reason="issue 5: the held-out kernel mean (16.3 %) is above its 15 % target; README, "
+                                       "Validation, says where and why")
 def test_issue_targets(rows):
     got = _held_out(rows)
     assert {k: round(v, 1) for k, v in got.items() if v > TARGETS[k]} == {}
