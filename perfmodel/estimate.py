@@ -69,18 +69,12 @@ class Workload(BaseModel):
             raise PerfmodelError(f"{info.field_name} must be one of: {', '.join(_ACT_DTYPES)}; got {d.value!r}")
         return d
 
-    @field_validator("dequant", mode="before")
+    @field_validator("attention", "dequant", mode="before")
     @classmethod
-    def _dequant(cls, v: Any) -> str:
-        if v not in ("fused", "fp16_copy"):
-            raise PerfmodelError(f"dequant must be 'fused' or 'fp16_copy'; got {v!r}")
-        return v
-
-    @field_validator("attention", mode="before")
-    @classmethod
-    def _attention(cls, v: Any) -> str:
-        if v not in ("flash", "unfused"):
-            raise PerfmodelError(f"attention must be 'flash' or 'unfused'; got {v!r}")
+    def _choice(cls, v: Any, info) -> str:
+        allowed = {"attention": ("flash", "unfused"), "dequant": ("fused", "fp16_copy")}[info.field_name]
+        if v not in allowed:
+            raise PerfmodelError(f"{info.field_name} must be {' or '.join(map(repr, allowed))}; got {v!r}")
         return v
 
     @property
