@@ -366,10 +366,11 @@ def batch_curve(est: "Estimate", batches: Sequence[int] | None = None) -> "Figur
                 label=f"knee: decode GEMMs compute-bound from batch {k}")
     ax.set(xscale="log", yscale="log", xlabel="decode tokens/s (whole batch)",
            ylabel="TPOT (ms per output token)")
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
-    plain = FuncFormatter(lambda v, _: f"{v:,.4g}")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
     for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(plain)
         axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_title(f"{est.model.name} on {est.device.name}: latency vs throughput, prompt {est.workload.prompt_len}",
