@@ -217,12 +217,11 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def _whatif(a: argparse.Namespace) -> int:
     from . import whatif
-    from .api import load_device
 
     changes = _parse_set(a.set)
     base = _make_estimate(a)
     out: dict[str, Any] = {"base": base.to_dict()}
-    dev = whatif.scaled(load_device(a.hardware), **changes) if changes else base.device
+    dev = whatif.scaled(base.device, **changes) if changes else base.device
     if changes:
         a2 = argparse.Namespace(**{**vars(a), "hardware": dev})
         est = _make_estimate(a2)
@@ -275,11 +274,13 @@ def _g(x: Any) -> str:
 def _trends(a: argparse.Namespace) -> int:
     from . import trends
 
-    h = trends.headline(a.target)
+    table = trends.cpu_table()
+    tokens = trends.cpu_tokens(table=table)
+    h = trends.headline(a.target, table, tokens)
     if a.output:
         from .plots import save
 
-        save(trends.figure(a.target), a.output)
+        save(trends.figure(a.target, table, tokens), a.output)
     if a.json:
         print(json.dumps(_clean(h), indent=2, default=str))
         return 0

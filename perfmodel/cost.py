@@ -249,20 +249,18 @@ def _class_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num, cls: str)
     if table:  # GEMM rate measured at several row counts, interpolated in log(rows)
         peak = rate_at_rows(table, op.rows)
     elif half:  # GEMM rate saturates with the number of rows: rate(m) = rate x m / (m + half)
-        rows = np.maximum(np.asarray(op.rows, dtype=float), 1.0)
-        peak = peak * rows / (rows + half)
+        peak = _saturating(peak, op.rows, half)
     half_keys = mach.eff.attention_keys_half
     if half_keys and op.kind == OpKind.ATTENTION and unit != "calibrated" and np.any(np.asarray(op.keys) > 0):
         # a fused-attention tile loads its queries, then streams keys: the fixed per-tile work is amortised over
         # the keys each query sees (short or causal sequences run further from peak)
-        keys = np.maximum(np.asarray(op.keys, dtype=float), 1.0)
-        peak = peak * keys / (keys + half_keys)
+        peak = _saturating(peak, op.keys, half_keys)
     frac = mach.memory_fraction(op.kind, op.dtype, cls)
     memory = (op.resident_bytes / resident_bw + op.act_bytes / act_bw) / frac
     compute = op.flops / peak
     if unit != "calibrated" and np.any(np.asarray(op.scale_flops) > 0):
         # vector work serial with the matrix products (block scales of quantised GEMMs)
-        vec = _peak(mach.device, mach.eff, False, "fp32")[0]
+        vec = mach._memo(("vector fp32",), lambda: _peak(mach.device, mach.eff, False, "fp32")[0])
         compute = compute + op.scale_flops / vec
     sfu = mach.device.compute.special_function_tflops
     if sfu and unit != "calibrated" and np.any(np.asarray(op.exp_ops) > 0):
@@ -275,6 +273,12 @@ def _class_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num, cls: str)
     work = np.asarray(op.flops) + np.asarray(op.bytes)
     overhead = np.where(work > 0, mach.overhead_for(op.kind, op.dtype, cls), 0.0)
     return Terms(compute, memory, 0.0, unit, prec, overhead if overhead.ndim else float(overhead))
+
+
+def _saturating(rate: Num, x: Num, half: float) -> Num:
+    """rate x / (x + half), x at least 1: a rate that approaches `rate` as x (rows, keys) grows."""
+    x = np.maximum(np.asarray(x, dtype=float), 1.0)
+    return rate * x / (x + half)
 
 
 def point_cost(op: Op, t: Terms) -> dict[str, Num]:

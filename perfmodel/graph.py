@@ -151,13 +151,14 @@ class _Builder:
         """(tokens, k) @ (k, n). `full_input`: column-parallel layers read the whole input on every TP rank.
         `w_count` weight matrices (MoE experts) share the tokens, so each product has tokens / w_count rows."""
         flops = 2.0 * tokens * k * n
+        blocks = self.prec.weights.is_gguf or self.prec.weights == DType.MXFP4  # block-quantised weights
         scale = 0.0
-        if self.prec.gemm == DType.INT8 and (self.prec.weights.is_gguf or self.prec.weights == DType.MXFP4):
+        if self.prec.gemm == DType.INT8 and blocks:
             # MMQ: int8 products per 32-wide block of k, then on the vector units two FMAs per output and block (the
             # weight block's scale and the activation block's; llama.cpp mmq.cuh, vec_dot_q4_0_q8_1 and kin)
             scale = 4.0 * tokens * n * k / 32
         fp16_read = 0.0
-        if self.prec.dequant == "fp16_copy" and (self.prec.weights.is_gguf or self.prec.weights == DType.MXFP4):
+        if self.prec.dequant == "fp16_copy" and blocks:
             # llama.cpp's CUDA path before PR #8075 (batches over 32 rows): a conversion kernel first writes an FP16
             # copy of the weights, and cuBLAS reads that copy; once per micro-batch of 512 tokens (llama-bench's
             # default n_ubatch)

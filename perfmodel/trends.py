@@ -204,6 +204,12 @@ def envelope(table: "pd.DataFrame", col: str) -> "pd.DataFrame":
     return t.loc[t.groupby("year")[col].idxmax()].sort_values("year")
 
 
+def envelope_growth(table: "pd.DataFrame", col: str) -> Growth:
+    """The growth of `col`'s yearly envelope (see `envelope`)."""
+    e = envelope(table, col)
+    return growth(e.year, e[col], col)
+
+
 def cpu_growth(table: "pd.DataFrame | None" = None, since: float | None = None,
                columns: dict[str, str] = TREND_METRICS) -> "pd.DataFrame":
     """Growth rate of each column's yearly envelope over the catalog CPUs (from `since`, if given)."""
@@ -214,9 +220,8 @@ def cpu_growth(table: "pd.DataFrame | None" = None, since: float | None = None,
         t = t[t.year >= since]
     rows = []
     for col, label in columns.items():
-        e = envelope(t, col)
         try:
-            rows.append({"metric": col, "label": label, **growth(e.year, e[col], col).as_dict()})
+            rows.append({"metric": col, "label": label, **envelope_growth(t, col).as_dict()})
         except PerfmodelError:
             continue
     return pd.DataFrame(rows)
@@ -283,49 +288,56 @@ def projection(tokens: "pd.DataFrame", target: float, metric: str = "decode_toke
                since: float = 2010) -> dict[str, Any]:
     """When the trend of the best socket per year (from `since`) reaches `target` tokens/s: the fitted growth, the
     year, and the best measured point so far."""
-    f = envelope(tokens[tokens.year >= since], metric)
-    g = growth(f.year, f[metric], metric)
-    best = f.loc[f[metric].idxmax()]
+    recent = tokens[tokens.year >= since]
+    g = envelope_growth(recent, metric)
+    best = recent.loc[recent[metric].astype(float).idxmax()]
     return {"metric": metric, "target": target, "growth": g, "year": g.year_reaching(target),
             "best": {"hardware": best.hardware, "year": int(best.year), "value": float(best[metric])},
             "reached": bool(best[metric] >= target)}
 
 
-def gap_attribution(model: str, weights: str, hardware: str, metric: str = "decode_tokens_per_s",
+def gap_attribution(model: str, weights: str, hardware: str,
+                    metrics: Sequence[str] = ("decode_tokens_per_s", "prefill_tokens_per_s"),
                     rates: "pd.DataFrame | None" = None, batch: int = 1, prompt: int = 512,
-                    gen: int = 128) -> dict[str, float]:
-    """How much of the tokens/s trend bandwidth and compute explain: elasticities of `metric` to memory bandwidth
-    and to compute on `hardware` (what-if sensitivity) times the catalog's per-year growth of each (DRAM bandwidth,
-    vector fp32 peak per socket). Shares of the sum."""
+                    gen: int = 128) -> dict[str, dict[str, float]]:
+    """How much of each metric's trend bandwidth and compute explain: elasticities of the metric to memory
+    bandwidth and to compute on `hardware` (what-if sensitivity) times the catalog's per-year growth of each (DRAM
+    bandwidth, vector fp32 peak per socket), and their shares of the sum. One entry per metric."""
     from .estimate import Workload
     from .whatif import sensitivity
 
     r = cpu_growth() if rates is None else rates
     g = r.set_index("metric").per_year
-    s = sensitivity(model, hardware, Workload(batch=batch, prompt_len=prompt, gen_len=gen, weights=weights,
-                                              act="bf16"), params=("memory_bandwidth", "compute")).set_index(
-        "parameter")[metric]
-    bw = float(s["memory_bandwidth"]) * math.log1p(float(g["memory_bandwidth_bytes_per_s"]))
-    comp = float(s["compute"]) * math.log1p(float(g["vector_fp32_flops_per_s"]))
-    total = bw + comp
-    return {"elasticity_bandwidth": float(s["memory_bandwidth"]), "elasticity_compute": float(s["compute"]),
-            "bandwidth_per_year": bw, "compute_per_year": comp,
-            "bandwidth_share": bw / total if total else math.nan, "compute_share": comp / total if total else math.nan}
+    sens = sensitivity(model, hardware, Workload(batch=batch, prompt_len=prompt, gen_len=gen, weights=weights,
+                                                 act="bf16"), params=("memory_bandwidth", "compute")).set_index(
+        "parameter")
+    out = {}
+    for metric in metrics:
+        s = sens[metric]
+        bw = float(s["memory_bandwidth"]) * math.log1p(float(g["memory_bandwidth_bytes_per_s"]))
+        comp = float(s["compute"]) * math.log1p(float(g["vector_fp32_flops_per_s"]))
+        total = bw + comp
+        out[metric] = {"elasticity_bandwidth": float(s["memory_bandwidth"]),
+                       "elasticity_compute": float(s["compute"]), "bandwidth_per_year": bw,
+                       "compute_per_year": comp, "bandwidth_share": bw / total if total else math.nan,
+                       "compute_share": comp / total if total else math.nan}
+    return out
 
 
 # Headline and figure --------------------------------------------------------------------------------------------------
 
-def headline(target: float = 20.0) -> dict[str, Any]:
+def headline(target: float = 20.0, table: "pd.DataFrame | None" = None,
+             tokens: "pd.DataFrame | None" = None) -> dict[str, Any]:
     """The numbers `perfmodel trends` prints: growth rates (catalog CPUs and GPUs) beside the published ones, the
-    end of clock scaling, and when the best CPU socket reaches `target` decode tokens/s on the reference models."""
-    t = cpu_table()
+    end of clock scaling, and when the best CPU socket reaches `target` decode tokens/s on the reference models.
+    `table` and `tokens`: cpu_table() and cpu_tokens() when the caller already has them."""
+    t = cpu_table() if table is None else table
     rates = cpu_growth(t)
     brk, before, after = clock_break()
-    tok = cpu_tokens(table=t)
+    tok = cpu_tokens(table=t) if tokens is None else tokens
     gpus = gpu_table()
     out = {"cpu_growth": rates.to_dict("records"),
-           "gpu_growth": [{"label": label, **growth(envelope(gpus, c).year, envelope(gpus, c)[c], c).as_dict()}
-                          for c, label in GPU_METRICS.items()],
+           "gpu_growth": [{"label": label, **envelope_growth(gpus, c).as_dict()} for c, label in GPU_METRICS.items()],
            "published": list(PUBLISHED),
            "clock_break": {"year": brk, "before": before.as_dict(), "after": after.as_dict(), "source": RUPP},
            "projections": [], "cpus": len(t), "gpus": len(gpus)}
@@ -333,8 +345,9 @@ def headline(target: float = 20.0) -> dict[str, Any]:
         sub = tok[(tok.model == m) & (tok.weights == w)]
         p = projection(sub, target)
         last = envelope(sub, "decode_tokens_per_s").iloc[-1]
-        p.update(gap_attribution(m, w, str(last.hardware), rates=rates))
-        pre = gap_attribution(m, w, str(last.hardware), "prefill_tokens_per_s", rates=rates)
+        gap = gap_attribution(m, w, str(last.hardware), rates=rates)
+        p.update(gap["decode_tokens_per_s"])
+        pre = gap["prefill_tokens_per_s"]
         p["prefill"] = {"bandwidth_share": pre["bandwidth_share"], "compute_share": pre["compute_share"]}
         p["model"], p["weights"] = m, w
         p["growth"] = p["growth"].as_dict()
@@ -342,13 +355,14 @@ def headline(target: float = 20.0) -> dict[str, Any]:
     return out
 
 
-def figure(target: float = 20.0) -> "Figure":
+def figure(target: float = 20.0, table: "pd.DataFrame | None" = None,
+           tokens: "pd.DataFrame | None" = None) -> "Figure":
     """Four panels: peaks and bandwidth per socket by year with their fits; machine balance against LLM
     intensities; clock over 50 years with its break point; tokens/s per CPU for the reference models with the trend
     of the best socket and the target."""
     from matplotlib.figure import Figure
 
-    t = cpu_table()
+    t = cpu_table() if table is None else table
     fig = Figure(figsize=(13, 9.5), dpi=100, layout="constrained")
     (a, b), (c, d) = fig.subplots(2, 2)
     yrs = np.linspace(t.year.min(), t.year.max(), 50)
@@ -357,9 +371,8 @@ def figure(target: float = 20.0) -> "Figure":
                               ("memory_bandwidth_bytes_per_s", "DRAM bandwidth (B/s)", "#ff7f0e")):
         ok = np.isfinite(t[col])
         a.scatter(t.year[ok], t[col][ok], s=18, color=color, label=label, alpha=0.8)
-        e = envelope(t, col)
-        if e.year.nunique() >= 3:
-            g = growth(e.year, e[col], col)
+        if envelope(t, col).year.nunique() >= 3:
+            g = envelope_growth(t, col)
             a.plot(yrs, [g.at(y) for y in yrs], color=color, lw=1, ls="--",
                    label=f"  best per year: x{g.per_2y:.2f} per 2 years ({g.first_year:.0f}-{g.last_year:.0f})")
     a.set(yscale="log", xlabel="launch year", title="Per socket: peak compute and DRAM bandwidth")
@@ -395,7 +408,7 @@ def figure(target: float = 20.0) -> "Figure":
     c.set(yscale="log", xlabel="year", ylabel="GHz", title="Clock: the end of frequency scaling")
     c.legend(fontsize=7, loc="lower right")
 
-    tok = cpu_tokens(table=t)
+    tok = cpu_tokens(table=t) if tokens is None else tokens
     colors = {("llama-3-8b", "bf16"): "#1f77b4", ("llama-3-8b", "q4_0"): "#2ca02c"}
     for (m, w), col in colors.items():
         sub = tok[(tok.model == m) & (tok.weights == w)]

@@ -42,13 +42,6 @@ SETTINGS = {
 SENSITIVITY_PARAMS = ("memory_bandwidth", "compute", "units", "clock_ghz", "cache")
 
 
-def _proc_scale(old: dict, new: dict) -> float:
-    u0, u1 = old.get("units") or 1, new.get("units") or 1
-    c0 = old.get("clock_ghz") or old.get("all_core_clock_ghz") or old.get("base_clock_ghz")
-    c1 = new.get("clock_ghz") or new.get("all_core_clock_ghz") or new.get("base_clock_ghz")
-    return (u1 / u0) * ((c1 / c0) if c0 and c1 else 1.0)
-
-
 def scaled(device: "Device | str", name: str | None = None, **changes: Any) -> "Device":
     """A copy of `device` with changed parameters; everything derived from them (CPU peaks = cores x clock x
     FLOPs/cycle, DRAM bandwidth = channels x MT/s x width, per-core cache sizes) is recomputed at load.
@@ -94,7 +87,11 @@ def scaled(device: "Device | str", name: str | None = None, **changes: Any) -> "
             new_proc.pop(k, None)
         new_proc["clock_ghz"] = positive("clock_ghz")
     if proc:
-        f = _proc_scale(proc, new_proc)
+        from .device import Processor
+
+        old_p, new_p = Processor(**proc), Processor(**new_proc)
+        f = (new_p.units / old_p.units) * ((new_p.peak_clock_hz / old_p.peak_clock_hz)
+                                          if old_p.peak_clock_hz and new_p.peak_clock_hz else 1.0)
         if f != 1.0:
             for unit in ("matrix", "vector"):
                 scale_peaks(unit, f, quoted_only=True)
@@ -139,11 +136,8 @@ def scaled(device: "Device | str", name: str | None = None, **changes: Any) -> "
         main.pop("bandwidth_gb_per_s", None)
     if "memory_gb_per_s" in changes:
         main["bandwidth_gb_per_s"] = positive("memory_gb_per_s")
-    if "memory_bandwidth" in changes:
-        bw = dev.main_memory.bandwidth_bytes_per_s if not any(
-            k in changes for k in ("memory_channels", "memory_mt_per_s", "memory_gb_per_s")) else None
-        if bw is None:  # recompute from what was just set
-            bw = Device.model_validate({**d, "memory": mem}).main_memory.bandwidth_bytes_per_s
+    if "memory_bandwidth" in changes:  # a factor on the bandwidth as set so far (channels, MT/s or GB/s)
+        bw = Device.model_validate({**d, "memory": mem}).main_memory.bandwidth_bytes_per_s
         main["bandwidth_gb_per_s"] = bw / 1e9 * positive("memory_bandwidth")
     if "capacity" in changes:
         f = positive("capacity")
