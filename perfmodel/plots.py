@@ -40,7 +40,14 @@ def _figure(w: float, h: float) -> "Figure":
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
 
-def save(fig: "Figure", path: str | Path) -> Path:
+def to_bytes(fig: "Figure", fmt: str = "png", dpi: float = 130) -> bytes:
+    """A figure encoded as PNG (at `dpi`) or SVG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi if fmt == "png" else None)
+    return buf.getvalue()
+
+
+def save(fig: "Figure", path: str | Path, dpi: float = 130) -> Path:
     """Write a figure as .png or .svg, atomically (an existing file is replaced whole or left as it was)."""
     from ._io import atomic_write_bytes
 
@@ -48,9 +55,7 @@ def save(fig: "Figure", path: str | Path) -> Path:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("png", "svg"):
         raise PerfmodelError(f"-o must end in .png or .svg; got {path.name!r}")
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=130 if fmt == "png" else None)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, to_bytes(fig, fmt, dpi))
 
 
 # Roofline -----------------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,19 +96,13 @@ def _sources(est: "Estimate") -> list[tuple[str, str, str, str]]:
     return out
 
 
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
 def _figures(est: "Estimate") -> list[tuple[str, str, bytes]]:
     from . import plots
 
     out = []
     for key, title in FIGURES:
         try:
-            out.append((key, title, _png(plots.figure(key, est))))
+            out.append((key, title, plots.to_bytes(plots.figure(key, est), dpi=110)))
         except PerfmodelError as e:  # e.g. a device without a compute figure has no roofline
             out.append((key, f"{title} (not drawn: {e})", b""))
     return out

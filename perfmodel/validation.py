@@ -386,18 +386,17 @@ def summary(df: "pd.DataFrame") -> "pd.DataFrame":
 
 def plot(df: "pd.DataFrame", path: str | Path) -> Path:
     """Predicted vs measured, log-log, one panel per metric, with the +-20 % band; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from ._io import atomic_write_bytes
+    from .plots import to_bytes
 
     d = df[np.isfinite(df.predicted.astype(float))]
     metrics = [m for m in CATEGORY if (d.metric == m).sum() >= 3]  # one panel per metric: units differ
     cols = min(len(metrics), 4) or 1
     nrow = -(-len(metrics) // cols) or 1
-    fig, axes = plt.subplots(nrow, cols, figsize=(4.0 * cols, 4.0 * nrow), squeeze=False)
+    fig = Figure(figsize=(4.0 * cols, 4.0 * nrow))  # object API: no pyplot state, no backend switch
+    axes = fig.subplots(nrow, cols, squeeze=False)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
     for ax, metric in zip(axes.flat, metrics):
@@ -414,9 +413,4 @@ def plot(df: "pd.DataFrame", path: str | Path) -> Path:
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    return atomic_write_bytes(Path(path), to_bytes(fig, "png", dpi=110))
