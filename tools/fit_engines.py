@@ -47,10 +47,9 @@ KERNEL_ENGINES = ("kernel", "fa2")
 ONLY_FOR = {"sync_mma_fraction": ("llamacpp",), "token_overhead_s": ("trtllm", "vllm")}
 
 
-def loss(rows, engine: str, cls: str, params: dict[str, float]) -> tuple[float, int]:
-    base = load_engine(engine)
-    prof = EngineProfile(engine, base.name, base.description, base.fitted, {**base.classes, cls: params})
-    pred, _ = predict(rows, profiles={engine: prof})
+def loss(rows, base: EngineProfile, cls: str, params: dict[str, float]) -> tuple[float, int]:
+    prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: params})
+    pred, _ = predict(rows, profiles={base.id: prof})
     ok = np.isfinite(pred)
     if not ok.any():
         return float("inf"), 0
@@ -62,8 +61,9 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
     """Coordinate descent over the grids. Single-kernel rows fit each number on the rows that measure it: `memory`
     on the bandwidth rows, the rest on the GEMM and attention rows (with no bandwidth row to fit on, `memory` stays
     at its sourced default rather than soaking up compute-side misses)."""
+    base = load_engine(engine)  # read once: every trial below only swaps this class's numbers
     # facts about the engine written in its profile (e.g. half_accumulate) are kept, not fitted
-    fixed = {k: v for k, v in load_engine(engine).classes.get(cls, {}).items() if k not in GRIDS}
+    fixed = {k: v for k, v in base.classes.get(cls, {}).items() if k not in GRIDS}
     params = {**START, **fixed}
     if engine in KERNEL_ENGINES:
         bw = rows.metric == "bandwidth_gb_per_s"
@@ -75,13 +75,13 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
             sub = on[key].reset_index(drop=True)
             if sub.empty or engine not in ONLY_FOR.get(key, (engine,)):
                 continue
-            best, _ = loss(sub, engine, cls, params)
+            best, _ = loss(sub, base, cls, params)
             for v in grid:
                 trial = {**params, key: v}
-                val, _ = loss(sub, engine, cls, trial)
+                val, _ = loss(sub, base, cls, trial)
                 if val < best - 1e-9:
                     best, params = val, trial
-    best, n = loss(rows, engine, cls, params)
+    best, n = loss(rows, base, cls, params)
     return params, best, n
 
 
