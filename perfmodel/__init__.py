@@ -8,7 +8,7 @@
 Pipeline: ModelSpec + Workload --lower--> operator graph --cost on a Device--> metrics, per-op table.
 """
 
-from .api import Estimate, estimate, load_device, load_model
+from .api import Estimate, device_from_file, estimate, load_device, load_model
 from .device import Device, detect_local
 from .dtypes import DType
 from .efficiency import Efficiency, load_profile
@@ -21,6 +21,6 @@ from .scenarios import sweep
 
 
 __all__ = ["CapacityError", "DType", "Device", "Efficiency", "Estimate", "ModelSpec", "Op", "OpKind", "Pass",
-           "PerfmodelError", "Workload", "detect_local", "estimate", "load_device", "load_hf_config", "load_model",
+           "PerfmodelError", "Workload", "detect_local", "device_from_file", "estimate", "load_device", "load_hf_config", "load_model",
            "load_profile", "lower", "sweep"]
 __version__ = "0.1.0"

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from .catalog import find, read_toml, validation_message
+from .catalog import device_data, find, find_entry, read_toml, validation_message
 from .device import Device, detect_local
 from .efficiency import Efficiency
 from .errors import CapacityError, PerfmodelError
-from .estimate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors
+from .estimate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
+from .bands import TIME_METRICS
 from .hf import load_hf_config
 from .model import ModelSpec
 
@@ -44,7 +45,19 @@ def load_device(name: str | Path | Device) -> Device:
     if str(name).lower() == "local":
         return detect_local()
     path = Path(name)
-    return _from_toml(path if path.suffix == ".toml" else find("hardware", str(name)), Device)
+    if path.suffix == ".toml":
+        return device_from_file(path)
+    return device_from_file(*find_entry("hardware", str(name)))
+
+
+def device_from_file(path: Path, variant: str | None = None) -> Device:
+    """A device file, or one of its [[variants]] (catalog.device_data merges it), validated."""
+    data = device_data(Path(path), variant)
+    try:
+        return Device(**data)
+    except ValidationError as e:
+        where = f"{path} [[variants]] {variant!r}" if variant else path
+        raise PerfmodelError(validation_message(where, e)) from None
 
 
 def _from_toml(path: Path, cls: type) -> Any:
@@ -58,8 +71,11 @@ def _from_toml(path: Path, cls: type) -> Any:
 
 
 def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | None = None, *,
-             efficiency: Efficiency | str | Path | None = None, ignore_capacity: bool = False, **kw: Any) -> "Estimate":
+             efficiency: Efficiency | str | Path | None = None, engine: str | None = None,
+             ignore_capacity: bool = False, **kw: Any) -> "Estimate":
     """Estimate TTFT, TPOT, tokens/s and memory of `workload` (or of Workload(**kw)) for a model on a device.
+    `engine`: a software stack's fitted profile (llamacpp, vllm, trtllm, hf, ideal, ...) when no `efficiency` is
+    given; it also picks the error band the validation residuals of that stack give.
 
     >>> est = estimate("llama-2-7b", "a100-80gb-sxm", batch=1, prompt_len=512, gen_len=128)
     >>> round(est.tpot_s * 1e3, 1)  # ms per output token
@@ -68,7 +84,15 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     wl = workload or Workload(**kw)
     if wl.gen_len is None:
         wl = wl.model_copy(update={"gen_len": default_gen(m)})
-    if isinstance(efficiency, (str, Path)):
+    band_engine = engine or ("calibrated" if efficiency is not None else "default")
+    if engine and efficiency is not None:
+        raise PerfmodelError("give an efficiency profile (a calibration of a machine) or an engine (a software "
+                             "stack), not both")
+    if engine:
+        from .validation import load_engine
+
+        eff = load_engine(engine).efficiency(d)
+    elif isinstance(efficiency, (str, Path)):
         from .calibration.profile import read_profile
 
         eff = read_profile(efficiency, device_id=d.id)
@@ -82,10 +106,16 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
     if err:
         raise PerfmodelError(err)
+    warn = row_warnings(m, one * wl.prompt_len, one * wl.gen_len)[0]
     ev = evaluate(m, d, wl, eff, one * wl.batch, one * wl.prompt_len, one * wl.gen_len)
     if ev.memory.fits is not None and not bool(ev.memory.fits[0]) and not ignore_capacity:
         raise CapacityError(capacity_message(m, d, wl, ev.memory.at(0), wl.prompt_len, wl.gen_len))
-    return Estimate(ev)
+    return Estimate(ev, band_engine, (warn,) if warn else ())
+
+
+def _short(v: float) -> str:
+    """A band end: whole numbers with separators from 100 up, three significant digits below."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
 def _num(x: Any) -> float | None:
@@ -95,9 +125,12 @@ def _num(x: Any) -> float | None:
 
 @dataclass(frozen=True)
 class Estimate:
-    """The result of one estimate: metrics as attributes, `ops` as a DataFrame, `summary()` as text."""
+    """The result of one estimate: metrics as attributes, `ops` as a DataFrame, `summary()` as text, `intervals`
+    (error bands), `provenance` (the device figures it rests on) and `warnings`."""
 
     ev: Evaluation
+    engine: str = "default"
+    notes: tuple[str, ...] = ()
 
     def __getattr__(self, name: str) -> Any:
         metrics = self.__dict__["ev"].metrics
@@ -171,6 +204,59 @@ class Estimate:
                 rows.append(r)
         return pd.DataFrame(rows)
 
+    @cached_property
+    def _used(self) -> dict[str, dict[str, Any]]:
+        from .provenance import used_figures
+
+        return used_figures(self.ev)
+
+    @property
+    def provenance(self) -> dict[str, dict[str, Any]]:
+        """Every device figure this estimate used: its rung (sourced, derived, estimated), value (SI), how it was
+        obtained, and the share of each phase's time it bounds."""
+        out = {}
+        for key, phases in sorted(self._used.items()):
+            fig = self.device.figure(key)
+            if fig is None:
+                continue
+            out[key] = {"rung": fig.rung, "value": fig.value, "note": fig.note,
+                        "bounds": {ph: round(_num(share) or 0.0, 4) for ph, share in phases.items()}}
+        return out
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the user should know: estimated figures (with their rule and the phases they bound), a context
+        beyond the model's, a host link that was not stated."""
+        out = list(self.notes)
+        for key, p in self.provenance.items():
+            if p["rung"] != "estimated":
+                continue
+            where = ", ".join(f"{share * 100:.0f} % of {ph}" for ph, share in p["bounds"].items() if share >= 0.005)
+            out.append(f"{key} is estimated ({p['note']}); it bounds {where or 'under 1 % of the time'}")
+        return out
+
+    @cached_property
+    def intervals(self) -> dict[str, dict[str, Any]]:
+        """Per metric: the empirical 80 % band from held-out validation residuals of this device class, engine and
+        metric family, widened where estimated figures bound the time (perfmodel.bands)."""
+        from .bands import METRIC_CATEGORY, PHASE_OF, band_for, widening
+        from .provenance import estimated_share
+        from .validation import device_class
+
+        share = estimated_share(self.ev, self._used)
+        out = {}
+        for metric, category in METRIC_CATEGORY.items():
+            value = _num(self.ev.metrics[metric])
+            band = band_for(device_class(self.device), self.engine, category)
+            if value is None or band is None:
+                continue
+            s = max(float(share[ph][0]) for ph in PHASE_OF[category])
+            w = float(widening(s))
+            lo, hi = band.apply(value, metric, w)
+            out[metric] = {"low": float(lo), "high": float(hi), "coverage": band.coverage, "rows": band.rows,
+                           "basis": band.basis, "widened": round(w, 4)}
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The `--json` object. Keys named in the CLI contract are stable; new keys may be added."""
         wl, m = self.workload, self.model
@@ -188,7 +274,10 @@ class Estimate:
         out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
                          "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "devices": wl.tp * wl.pp,
-                         "efficiency": self.ev.mach.eff.model_dump()}
+                         "efficiency": self.ev.mach.eff.model_dump(), "engine": self.engine}
+        out["intervals"] = self.intervals
+        out["provenance"] = self.provenance
+        out["warnings"] = self.warnings
         return out
 
     def summary(self) -> str:
@@ -203,6 +292,13 @@ class Estimate:
         def rate(x: float | None) -> str:
             return "-" if x is None else f"{x:,.1f} tok/s"
 
+        def band(metric: str) -> str:
+            iv = d["intervals"].get(metric)
+            if not iv:
+                return ""
+            scale = 1e3 if metric in TIME_METRICS else 1.0
+            return f"   ({iv['coverage'] * 100:.0f} % band {_short(iv['low'] * scale)}-{_short(iv['high'] * scale)})"
+
         pre, dec = d["phases"]["prefill"], d["phases"]["decode"]
         cap = "unknown" if mem["capacity_bytes"] is None else f"{mem['capacity_bytes'] / gb:.1f} GB"
         fits = {True: "fits", False: "DOES NOT FIT", None: "capacity unknown"}[mem["fits"]]
@@ -212,16 +308,38 @@ class Estimate:
             f"  batch {d['batch']}, prompt {d['prompt_len']}, generate {d['gen_len']}; weights {c['weights']}, "
             f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}, {c['attention']} attention",
             "",
-            f"  {'TTFT':<26}{ms(d['ttft_s']):>16}   ({pre['bound']}-bound)",
-            f"  {'TPOT (mean decode step)':<26}{ms(d['tpot_s']):>16}   ({dec['bound']}-bound)",
-            f"  {'decode tokens/s per seq':<26}{rate(d['decode_tokens_per_s']):>16}",
-            f"  {'prefill tokens/s':<26}{rate(d['prefill_tokens_per_s']):>16}",
-            f"  {'throughput (batch, e2e)':<26}{rate(d['throughput_tokens_per_s']):>16}",
-            f"  {'end-to-end latency':<26}{ms(d['e2e_latency_s']):>16}",
+            f"  {'TTFT':<26}{ms(d['ttft_s']):>16}   ({pre['bound']}-bound){band('ttft_s')}",
+            f"  {'TPOT (mean decode step)':<26}{ms(d['tpot_s']):>16}   ({dec['bound']}-bound){band('tpot_s')}",
+            f"  {'decode tokens/s per seq':<26}{rate(d['decode_tokens_per_s']):>16}{band('decode_tokens_per_s')}",
+            f"  {'prefill tokens/s':<26}{rate(d['prefill_tokens_per_s']):>16}{band('prefill_tokens_per_s')}",
+            f"  {'throughput (batch, e2e)':<26}{rate(d['throughput_tokens_per_s']):>16}"
+            f"{band('throughput_tokens_per_s')}",
+            f"  {'end-to-end latency':<26}{ms(d['e2e_latency_s']):>16}{band('e2e_latency_s')}",
             f"  {'MFU / MBU':<26}{d['mfu'] * 100:>8.1f} % / {d['mbu'] * 100:.1f} %",
             "",
             f"  memory per device: weights {mem['weights_bytes'] / gb:.2f} GB + KV {mem['kv_cache_bytes'] / gb:.2f} GB"
             f" + activations {mem['activation_bytes'] / gb:.2f} GB = {mem['total_bytes'] / gb:.2f} GB of {cap} ({fits})",
             f"  params: {d['params']['total'] / 1e9:.2f} B total, {d['params']['active'] / 1e9:.2f} B active",
         ]
+        lines.append(f"  figures: {self._figures_line(d['provenance'])}")
+        if d["intervals"]:
+            basis = {}
+            for iv in d["intervals"].values():
+                basis.setdefault(f"{iv['basis']} ({iv['rows']} rows)", None)
+            lines.append(f"  bands: where 80 % of held-out published measurements of like cases fell against our "
+                         f"prediction: {', '.join(basis)}; coverage checked source by source: perfmodel validate --bands")
+        lines += [f"  warning: {w}" for w in d["warnings"]]
         return "\n".join(lines)
+
+    @staticmethod
+    def _figures_line(prov: dict[str, dict[str, Any]]) -> str:
+        """One line: how many figures are sourced, and which are derived or estimated, with the phases they bound."""
+        parts = {r: [] for r in ("sourced", "derived", "estimated")}
+        for key, p in prov.items():
+            where = "/".join(f"{ph} {share * 100:.0f}%" for ph, share in p["bounds"].items() if share >= 0.005)
+            parts[p["rung"]].append(f"{key}" + (f" ({where})" if where else ""))
+        out = [f"{len(parts['sourced'])} sourced"]
+        for rung in ("derived", "estimated"):
+            if parts[rung]:
+                out.append(f"{rung}: {', '.join(parts[rung])}")
+        return "; ".join(out)

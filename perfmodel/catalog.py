@@ -69,13 +69,146 @@ def validation_message(path: Path | str, err: ValidationError) -> str:
     return f"{path}: " + "; ".join(parts)
 
 
+# Binned variants ------------------------------------------------------------------------------------------------
+# One file describes one chip; the bins of that chip (GPU-core counts, memory sizes, cut-down SKUs) are its
+# [[variants]] entries, each stating only what differs. A variant is the file's data with its entry merged in:
+# tables key by key, memory levels by name, sources appended.
+
+_VARIANT_KEYS = {"id", "name", "aliases", "year", "notes", "processor", "compute", "memory", "interconnect",
+                 "sources", "op_overhead_us"}
+
+
+def device_data(path: Path, variant: str | None = None) -> dict[str, Any]:
+    """The data of a device file, or of one of its [[variants]] merged into it (validated by the caller)."""
+    data = read_toml(path)
+    data.setdefault("id", path.stem)
+    variants = data.pop("variants", [])
+    if not isinstance(variants, list):
+        raise PerfmodelError(f"{path}: `variants` must be a list of tables ([[variants]])")
+    if variant is None or variant == data["id"]:
+        return data
+    for i, v in enumerate(variants, 1):
+        if not isinstance(v, dict) or "id" not in v:
+            raise PerfmodelError(f"{path}: [[variants]] entry {i} needs an `id`")
+        if v["id"] != variant:
+            continue
+        unknown = sorted(set(v) - _VARIANT_KEYS)
+        if unknown:
+            raise PerfmodelError(f"{path}: [[variants]] entry {v['id']!r}: unknown key(s) {', '.join(unknown)}; "
+                                 f"allowed: {', '.join(sorted(_VARIANT_KEYS))}")
+        return _merge_variant(data, v)
+    raise PerfmodelError(f"{path}: no [[variants]] entry with id {variant!r}")
+
+
+def _merge_variant(base: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
+    out = {k: val for k, val in base.items()}
+    out["variant_of"] = base["id"]
+    out["aliases"] = list(v.get("aliases", []))
+    for key in ("id", "name", "year", "op_overhead_us"):
+        if key in v:
+            out[key] = v[key]
+    out["notes"] = v.get("notes", "") or (f"A bin of {base['id']} ({base.get('name', '')}); what is not stated here "
+                                           f"is the parent's.")
+    for key in ("processor", "compute", "interconnect"):
+        if key in v:
+            out[key] = _deep_merge(base.get(key) or {}, v[key])
+    if "memory" in v:
+        levels = [dict(m) for m in base.get("memory", [])]
+        names = [m.get("name") for m in levels]
+        for m in v["memory"]:
+            if m.get("name") in names:
+                i = names.index(m["name"])
+                merged = {k: val for k, val in levels[i].items()
+                          if not (k.startswith("capacity_") and any(n.startswith("capacity_") for n in m))}
+                if any(k in m for k in ("bandwidth_gb_per_s", "channels", "transfer_rate_mt_per_s",
+                                        "bytes_per_cycle_per_unit")):
+                    merged = {k: val for k, val in merged.items() if k not in (
+                        "bandwidth_gb_per_s", "channels", "transfer_rate_mt_per_s", "bytes_per_cycle_per_unit")}
+                levels[i] = {**merged, **m}
+            else:
+                raise PerfmodelError(f"[[variants]] {v['id']!r}: memory level {m.get('name')!r} is not one of the "
+                                     f"parent's ({', '.join(map(str, names))})")
+        out["memory"] = levels
+    out["sources"] = list(base.get("sources", [])) + list(v.get("sources", []))
+    _inherit_peaks(base, v, out)
+    return out
+
+
+def _inherit_peaks(base: dict[str, Any], v: dict[str, Any], out: dict[str, Any]) -> None:
+    """A bin with other units or clock keeps the parent's per-unit, per-cycle rate: the parent's quoted peaks become
+    FLOPs per cycle per unit (peak / (units x clock)), so the bin's peak is derived at its own units and clock."""
+    bp, op = base.get("processor") or {}, out.get("processor") or {}
+
+    def clock(p: dict[str, Any]) -> float | None:
+        return p.get("clock_ghz") or p.get("all_core_clock_ghz") or p.get("base_clock_ghz")
+
+    if not bp or (bp.get("units") == op.get("units") and clock(bp) == clock(op)):
+        return
+    units, ghz = bp.get("units"), clock(bp)
+    if not units or not ghz:
+        return
+    restated = (v.get("compute") or {})
+    inherited = {}
+    compute = {k: dict(val) if isinstance(val, dict) else val for k, val in (out.get("compute") or {}).items()}
+    for unit in ("matrix", "vector"):
+        c = {k: dict(val) if isinstance(val, dict) else val for k, val in (compute.get(unit) or {}).items()}
+        own = (restated.get(unit) or {}).get("dense_tflops", {})
+        per_cycle = dict(c.get("flops_per_cycle_per_unit", {}))
+        for p, tflops in dict(c.get("dense_tflops", {})).items():
+            if p in own or p in per_cycle:
+                continue
+            per_cycle[p] = tflops * 1e12 / (units * ghz * 1e9)
+            c["dense_tflops"].pop(p)
+            inherited[f"compute.{unit}.{p}"] = (
+                f"parent {base['id']}: {tflops:g} TFLOPS at {units} units x {ghz:g} GHz = {per_cycle[p]:.4g} FLOPs/"
+                f"cycle/unit, at this bin's units x clock")
+        for p in (c.get("half_accumulate_dense_tflops") or {}).copy():
+            if p not in ((restated.get(unit) or {}).get("half_accumulate_dense_tflops") or {}):
+                scale = (op.get("units") or units) * (clock(op) or ghz) / (units * ghz)
+                c["half_accumulate_dense_tflops"][p] = c["half_accumulate_dense_tflops"][p] * scale
+        if per_cycle:
+            c["flops_per_cycle_per_unit"] = per_cycle
+        compute[unit] = c
+    out["compute"] = compute
+    out["inherited"] = inherited
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+    return out
+
+
+def device_entries() -> list[tuple[str, Path, str | None]]:
+    """(id, file, variant id or None) for every catalog device, variants included."""
+    out = []
+    for f in device_files():
+        data = read_toml(f)
+        base = str(data.get("id", f.stem))
+        out.append((base, f, None))
+        for v in data.get("variants", []) if isinstance(data.get("variants"), list) else []:
+            if isinstance(v, dict) and "id" in v:
+                out.append((str(v["id"]), f, str(v["id"])))
+    return out
+
+
+def catalog_devices() -> list[Any]:
+    """Every catalog device, variants included, validated (cached per process)."""
+    return list(_catalog_devices())
+
+
+@lru_cache(maxsize=1)
+def _catalog_devices() -> tuple[Any, ...]:
+    from .api import device_from_file
+
+    return tuple(device_from_file(f, v) for _, f, v in device_entries())
+
+
 def hardware_rows() -> list[dict[str, Any]]:
     """One summary row per catalog device (what `perfmodel list hardware` prints)."""
-    from .api import load_device
-
     rows = []
-    for f in device_files():
-        d = load_device(f)
+    for d in catalog_devices():
         mm = d.main_memory
         peak = d.peak_flops_per_s("matrix", "bf16") or d.peak_flops_per_s("vector", "bf16")
         fp32 = d.peak_flops_per_s("vector", "fp32")
@@ -100,25 +233,36 @@ def model_rows() -> list[dict[str, Any]]:
 
 
 @lru_cache(maxsize=4)
-def _index(kind: str) -> dict[str, Path]:
-    """Map ids and aliases (lowercase) to files. File stems are ids; aliases need the file parsed."""
+def _index(kind: str) -> dict[str, tuple[Path, str | None]]:
+    """Map ids and aliases (lowercase) to (file, variant id or None). File stems are ids; aliases and variants need
+    the file parsed."""
     files = device_files() if kind == "hardware" else model_files()
-    index: dict[str, Path] = {}
+    index: dict[str, tuple[Path, str | None]] = {}
     for f in files:
         data = read_toml(f)
         for name in [data.get("id", f.stem), *data.get("aliases", ())]:
-            index.setdefault(str(name).lower(), f)
+            index.setdefault(str(name).lower(), (f, None))
+        for v in data.get("variants", []) if kind == "hardware" and isinstance(data.get("variants"), list) else []:
+            if isinstance(v, dict) and "id" in v:
+                for name in [v["id"], *v.get("aliases", ())]:
+                    index.setdefault(str(name).lower(), (f, str(v["id"])))
     return index
 
 
 def find(kind: str, name: str) -> Path:
     """Path of the catalog file for an id or alias; a clear error with suggestions otherwise."""
+    return find_entry(kind, name)[0]
+
+
+def find_entry(kind: str, name: str) -> tuple[Path, str | None]:
+    """(file, variant id or None) of the catalog entry for an id or alias; a clear error with suggestions."""
     key = name.strip().lower()
     sub = "hardware_specs" if kind == "hardware" else "workloads/models"
     for root in data_roots():  # fast path: the id is the file name
-        hits = list((root / sub).rglob(f"{key}.toml")) if (root / sub).is_dir() else []
+        hits = [h for h in (root / sub).rglob(f"{key}.toml") if "families" not in h.parts] if (
+            root / sub).is_dir() else []
         if hits:
-            return hits[0]
+            return hits[0], None
     index = _index(kind)
     if key in index:
         return index[key]

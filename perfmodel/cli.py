@@ -86,13 +86,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="rows to report (default test: the held-out rows no profile was fitted on)")
     va.add_argument("-o", "--output", default=None, help="CSV of every row with its prediction (atomic)")
     va.add_argument("--plot", default=None, help="predicted-vs-measured PNG, log-log with the ±20 %% band")
+    va.add_argument("--bands", action="store_true", help="also the error bands' leave-one-source-out coverage: how "
+                                                         "often a band fitted without a row's source contains it")
     va.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     sw = sub.add_parser("sweep", help="estimate every row of a CSV of scenarios")
-    sw.add_argument("input", help="CSV with columns model, hardware[, batch, prompt, gen, weights, kv, act, tp, pp, "
-                                  "attention]")
+    sw.add_argument("input", help="CSV with columns model, hardware[, batch, prompt, gen, weights, kv, act, gemm, tp, "
+                                  "pp, attention, engine]")
     sw.add_argument("-o", "--output", required=True, help="output CSV (written atomically)")
-    sw.add_argument("--profile", default=None)
+    sw.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration) for every row")
+    sw.add_argument("--engine", default=None, help="software-stack profile for rows whose `engine` cell is empty "
+                                                   "(each row's profile is applied to its own device)")
     sw.add_argument("--ignore-capacity", action="store_true")
     return p
 
@@ -152,15 +156,10 @@ def _make_estimate(a: argparse.Namespace):
 
     wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act,
                   gemm=a.gemm, tp=a.tp, pp=a.pp, attention=a.attention, dequant=a.dequant)
-    eff: Any = a.profile
-    if a.engine:
-        from .api import load_device
-        from .validation import load_engine
-
-        if a.profile:
-            raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
-        eff = load_engine(a.engine).efficiency(load_device(a.hardware))
-    return estimate(a.model, a.hardware, wl, efficiency=eff, ignore_capacity=a.ignore_capacity)
+    if a.engine and a.profile:
+        raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
+    return estimate(a.model, a.hardware, wl, efficiency=a.profile, engine=a.engine,
+                    ignore_capacity=a.ignore_capacity)
 
 
 def _estimate(a: argparse.Namespace) -> int:
@@ -435,7 +434,11 @@ def _sweep(a: argparse.Namespace) -> int:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PerfmodelError(f"{a.input}: not a readable CSV: {e}") from None
     df = df.replace("", float("nan"))
-    res = sweep(df, ignore_capacity=a.ignore_capacity, efficiency=a.profile and _profile(a.profile))
+    if a.engine:
+        from .validation import load_engine
+
+        load_engine(a.engine)  # a wrong name fails before any work
+    res = sweep(df, ignore_capacity=a.ignore_capacity, efficiency=a.profile and _profile(a.profile), engine=a.engine)
     write_csv_atomic(res, a.output)
     bad = res.index[res["error"] != ""]
     for i in bad:
@@ -472,9 +475,8 @@ def _profile(path: str):
 
 
 def _short_reason(msg: str) -> str:
-    for key, short in (("not in the catalog", None), ("compute figure", "a device lacks a sourced compute figure"),
-                       ("matrix figure", "a device lacks a sourced compute figure"),
-                       ("context length", "longer than the model's context"), ("does not fit", "does not fit")):
+    for key, short in (("not in the catalog", None), ("no rule derives", "no rule gives a device figure"),
+                       ("does not fit", "does not fit")):
         if key in msg:
             return short or msg
     return msg[:60]
@@ -483,7 +485,7 @@ def _short_reason(msg: str) -> str:
 def _validate(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from .validation import load_engine, load_rows, plot, predict, summary
+    from .validation import coverage, load_engine, load_rows, plot, predict, summary
 
     if a.engine:
         load_engine(a.engine)  # a wrong name fails before any work
@@ -495,6 +497,13 @@ def _validate(a: argparse.Namespace) -> int:
     rows["error_pct"] = (rows.predicted / rows.value - 1) * 100
     table = summary(rows)
     done = int(np.isfinite(rows.predicted.astype(float)).sum())
+    known = rows[(rows.skipped == "") | ~rows.skipped.str.contains("not in the catalog")]
+    cov = coverage(known)
+    bands = None
+    if a.bands:
+        from .bands import loso_coverage, residuals
+
+        bands = loso_coverage(residuals(load_rows()))
     if a.output:
         from .scenarios import write_csv_atomic
 
@@ -503,7 +512,8 @@ def _validate(a: argparse.Namespace) -> int:
         plot(rows, a.plot)
     if a.json:
         print(json.dumps({"split": a.split, "engine": a.engine or "per row", "rows": len(rows), "predicted": done,
-                          "summary": table.to_dict("records")}, indent=2, default=float))
+                          "coverage": cov.to_dict("records"), "summary": table.to_dict("records"),
+                          "bands": None if bands is None else bands.to_dict("records")}, indent=2, default=float))
         return 0
     print(f"validation: {len(rows)} published measurements ({a.split} split), {done} predicted; engine profile: "
           f"{a.engine or 'each row its own'}; baseline: pure roofline (ideal)")
@@ -512,6 +522,15 @@ def _validate(a: argparse.Namespace) -> int:
     for r in table.itertuples():
         print(f"{r.category:<9} {r.metric:<30} {r.rows:5d} {r.median_ape:9.1f} {r.mean_ape:8.1f}   "
               f"{r.baseline_median_ape:10.1f} / {r.baseline_mean_ape:9.1f}   {r.worst_ape:.0f}% {r.worst_row}")
+    print("coverage: rows predicted of those whose model and device are in the catalog")
+    for r in cov.itertuples():
+        print(f"  {r.category:<9} {r.predicted:5d} of {r.known:5d}  ({r.coverage * 100:.1f} %)")
+    if bands is not None:
+        print("error bands (nominal 80 %), leave-one-source-out over held-out rows (width: high end / low end):")
+        print(f"  {'engine':<11} {'category':<9} {'rows':>5} {'sources':>8} {'coverage':>9} {'median width':>13}")
+        for r in bands.itertuples():
+            print(f"  {r.engine:<11} {r.category:<9} {r.rows:5d} {r.sources:8d} {r.coverage * 100:8.1f}% "
+                  f"{r.median_width:12.2f}x")
     skipped = rows[rows.skipped != ""]
     if len(skipped):
         reasons = skipped.skipped.map(_short_reason).value_counts()

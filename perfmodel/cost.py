@@ -170,13 +170,9 @@ class Machine:
     def comm_time(self, op: Op) -> Num:
         n = self.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
         link = self.device.interconnect
-        if link is None or link.bandwidth_bytes_per_s is None:
-            raise PerfmodelError(
-                f"{self.device.id} has no interconnect bandwidth in its spec, so --tp {self.par.tp} --pp {self.par.pp} "
-                f"cannot be costed; use --tp 1 --pp 1 or add [interconnect] bandwidth_gb_per_s to its file"
-            )
-        bw = link.bandwidth_bytes_per_s * self.eff.interconnect
-        lat = link.latency_us * 1e-6 if link.latency_us else self.eff.interconnect_latency_s
+        # sourced, derived from the PCIe generation and lanes, or estimated from the launch year (provenance)
+        bw = self.device.figure("interconnect.bandwidth").value * self.eff.interconnect
+        lat = link.latency_us * 1e-6 if link is not None and link.latency_us else self.eff.interconnect_latency_s
         if op.comm == Comm.ALL_REDUCE:  # ring: reduce-scatter + all-gather, 2(N-1) steps
             return 2 * (n - 1) / n * op.comm_bytes / bw + 2 * (n - 1) * lat
         if op.comm == Comm.ALL_GATHER:
@@ -189,21 +185,20 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tupl
     units = (("matrix", eff.matrix), ("vector", eff.vector)) if matrix else (("vector", eff.vector),)
     for unit, e in units:
         if unit == "vector" and matrix and not _may_use_vector_for_matmul(device, precision):
-            raise PerfmodelError(
-                f"{device.id} has matrix units but no sourced matrix figure for {precision} (or "
-                f"{', '.join(chain[1:]) or 'a wider precision'}); its vector rate would understate it badly. Add the "
-                f"figure with its source, or use another --act precision"
-            )
+            continue  # the ladder already gave the matrix unit its vector rate as a stated lower bound, if any
         for p in chain:
             peak = device.peak_flops_per_s(unit, p, half_accumulate=eff.half_accumulate)
             if peak is not None:
                 if unit == "matrix" and device.compute.async_mma:
                     e = e * eff.sync_mma_fraction
                 return peak * e, unit, p
+    unit = units[0][0]
     raise PerfmodelError(
-        f"{device.id} has no sourced compute figure for {precision} (or {', '.join(chain[1:]) or 'any fallback'}) on "
-        f"its {' or '.join(u for u, _ in units)} units, so this estimate cannot be made; add one to its spec file "
-        f"with its source"
+        f"{device.id} has no figure for {unit} {precision} (or {', '.join(chain[1:]) or 'any fallback'}) and no rule "
+        f"derives or estimates one: its file gives neither the peak nor its parts, and no sibling of its family "
+        f"({device.family or 'none stated'}) does. Supply it in a spec file: compute.{unit}.dense_tflops.{precision} "
+        f"(with its source), or [processor] units and clock_ghz with compute.{unit}.flops_per_cycle_per_unit."
+        f"{precision}, or a `family` whose siblings give it"
     )
 
 

@@ -7,12 +7,17 @@ the file stores the parts and the product is computed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from .model import Source
+
+if TYPE_CHECKING:
+    from .provenance import Figure
 
 COMPUTE_DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
 _CAPACITY_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "mb": 1e6, "gb": 1e9, "tb": 1e12}
@@ -136,9 +141,15 @@ class Interconnect(_Strict):
     latency_us: PositiveFloat | None = None
     links: PositiveInt | None = None
     transfer_rate_gt_per_s: PositiveFloat | None = None
+    pcie_generation: PositiveInt | None = Field(None, description="host link PCIe generation: with pcie_lanes, the "
+                                                                  "bandwidth is derived from the PCI-SIG rate")
+    pcie_lanes: PositiveInt | None = Field(None, description="host link PCIe lanes (e.g. 16)")
 
     @model_validator(mode="after")
     def _one_bandwidth(self) -> "Interconnect":
+        if self.pcie_generation is not None and self.pcie_generation not in PCIE_GT_PER_S:
+            raise ValueError(f"pcie_generation must be one of {', '.join(map(str, PCIE_GT_PER_S))}; got "
+                             f"{self.pcie_generation}")
         if self.bandwidth_gb_per_s and self.link_bandwidth_gb_per_s:
             raise ValueError("give bandwidth_gb_per_s (per device) or link_bandwidth_gb_per_s with links, not both")
         if self.link_bandwidth_gb_per_s and not self.links:
@@ -147,12 +158,38 @@ class Interconnect(_Strict):
 
     @property
     def bandwidth_bytes_per_s(self) -> float | None:
-        """Per direction, per device: as given, or links x per-link bandwidth."""
+        """Per direction, per device: as given, links x per-link bandwidth, or derived from the PCIe generation and
+        lanes (stated, or read from a name like "PCIe 4.0 x16")."""
         if self.bandwidth_gb_per_s:
             return self.bandwidth_gb_per_s * 1e9
         if self.link_bandwidth_gb_per_s:
             return self.link_bandwidth_gb_per_s * self.links * 1e9
-        return None
+        gen_lanes = self.pcie
+        return pcie_bytes_per_s(*gen_lanes) if gen_lanes else None
+
+    @property
+    def pcie(self) -> tuple[int, int] | None:
+        """(generation, lanes) of a PCIe link: the stated keys, else parsed from the name ("PCIe 4.0 x16")."""
+        if self.pcie_generation and self.pcie_lanes:
+            return self.pcie_generation, self.pcie_lanes
+        m = re.search(r"pci-?e(?:xpress)?\s*(?:gen\s*)?([1-6])(?:\.0)?\s*x\s*(\d+)", self.name, flags=re.I)
+        return (int(m.group(1)), int(m.group(2))) if m and int(m.group(1)) in PCIE_GT_PER_S else None
+
+
+# PCI Express per-lane signalling rate (GT/s) and line-code efficiency per generation, PCI-SIG ("PCI Express Base
+# Specification" revisions 1.0-6.0; the rates and encodings as PCI-SIG tabulates them at
+# https://pcisig.com/specifications and in its FAQ https://pcisig.com/faq): 8b/10b for 1.x-2.x, 128b/130b for
+# 3.0-5.0; 6.0 signals PAM4 at 64 GT/s in 256-byte FLITs of which 242 bytes carry data (FEC and CRC the rest).
+PCIE_GT_PER_S = {1: 2.5, 2: 5.0, 3: 8.0, 4: 16.0, 5: 32.0, 6: 64.0}
+PCIE_ENCODING = {1: 8 / 10, 2: 8 / 10, 3: 128 / 130, 4: 128 / 130, 5: 128 / 130, 6: 242 / 256}
+# First products shipping each generation (for devices that state no host link): PCIe 3.0 (2012: Ivy Bridge,
+# Radeon HD 7970), 4.0 (2019: Zen 2 / Radeon RX 5700), 5.0 (2022: Alder Lake, H100 PCIe), 6.0 (2025: Blackwell Ultra)
+PCIE_FIRST_YEAR = {3: 2012, 4: 2019, 5: 2022, 6: 2025}
+
+
+def pcie_bytes_per_s(generation: int, lanes: int) -> float:
+    """Per direction: lanes x GT/s x encoding efficiency / 8 bits (PCIe 4.0 x16: 16 x 16e9 x 128/130 / 8 = 31.5 GB/s)."""
+    return lanes * PCIE_GT_PER_S[generation] * 1e9 * PCIE_ENCODING[generation] / 8
 
 
 class Device(_Strict):
@@ -168,6 +205,12 @@ class Device(_Strict):
     compute: Compute = Compute()
     memory: tuple[MemoryLevelSpec, ...] = Field(min_length=1)
     interconnect: Interconnect | None = None
+    family: str | None = Field(None, description="microarchitecture whose per-unit, per-cycle rates its members share "
+                                                 "(e.g. nvidia-ga10x): a missing figure is estimated from siblings")
+    variant_of: str | None = Field(None, description="the id of the file's own SKU, for a binned variant (set by the "
+                                                     "catalog when it applies a [[variants]] entry)")
+    inherited: dict[str, str] = Field({}, description="figures a variant derives from its parent, with how (set by "
+                                                      "the catalog)")
     op_overhead_us: float | None = Field(None, ge=0, description="per-kernel overhead, if sourced")
     sources: tuple[Source, ...] = ()
     notes: str = ""
@@ -175,10 +218,9 @@ class Device(_Strict):
     @model_validator(mode="after")
     def _check(self) -> "Device":
         for unit in ("matrix", "vector"):
-            if getattr(self.compute, unit).flops_per_cycle_per_unit and (
-                self.processor is None or self.processor.peak_clock_hz is None
-            ):
-                raise ValueError(f"compute.{unit}.flops_per_cycle_per_unit needs [processor] units and a clock")
+            if getattr(self.compute, unit).flops_per_cycle_per_unit and self.processor is None:
+                raise ValueError(f"compute.{unit}.flops_per_cycle_per_unit needs [processor] units (and a clock, "
+                                 f"which is estimated from the family when not given)")
         if self.levels[-1].bandwidth_bytes_per_s is None:
             raise ValueError(f"main memory {self.memory[-1].name!r} needs a bandwidth (bandwidth_gb_per_s or channels)")
         return self
@@ -193,25 +235,37 @@ class Device(_Strict):
 
     def peak_flops_per_s(self, unit: Literal["matrix", "vector"], precision: str,
                          half_accumulate: bool = False) -> float | None:
-        """Dense peak of one unit at one precision: derived from parts where given, else as quoted; None if unknown.
+        """Dense peak of one unit at one precision, from the provenance ladder (sourced, else derived from parts,
+        else estimated by a stated rule; see perfmodel.provenance); None if no rule applies.
         `half_accumulate`: the FP16-accumulate rate where the device has a different one."""
         c: Ceilings = getattr(self.compute, unit)
         if half_accumulate and precision in c.half_accumulate_dense_tflops:
             return c.half_accumulate_dense_tflops[precision] * 1e12
-        if precision in c.flops_per_cycle_per_unit:
-            return self.processor.units * self.processor.peak_clock_hz * c.flops_per_cycle_per_unit[precision]
-        if precision in c.dense_tflops:
-            return c.dense_tflops[precision] * 1e12
-        return None
+        fig = self.figure(f"compute.{unit}.{precision}")
+        return fig.value if fig else None
+
+    def figure(self, key: str) -> "Figure | None":
+        """One figure with its rung (sourced, derived, estimated) and note: `compute.<unit>.<precision>`,
+        `processor.clock`, `memory.<level>.bandwidth`, `memory.<level>.capacity`, `interconnect.bandwidth`."""
+        return self.figures.get(key)
+
+    @cached_property
+    def figures(self) -> "dict[str, Figure]":
+        """Every figure the ladder resolves for this device (perfmodel.provenance.resolve)."""
+        from .provenance import resolve
+
+        return resolve(self)
 
     def quoted_vs_derived(self) -> list[tuple[str, float, float]]:
         """(unit.precision, quoted, derived) wherever a file gives both, for cross-checking."""
         out = []
+        clock = self.processor.peak_clock_hz if self.processor else None
         for unit in ("matrix", "vector"):
             c: Ceilings = getattr(self.compute, unit)
             for p in c.flops_per_cycle_per_unit.keys() & c.dense_tflops.keys():
-                derived = self.processor.units * self.processor.peak_clock_hz * c.flops_per_cycle_per_unit[p]
-                out.append((f"{unit}.{p}", c.dense_tflops[p] * 1e12, derived))
+                if clock:
+                    derived = self.processor.units * clock * c.flops_per_cycle_per_unit[p]
+                    out.append((f"{unit}.{p}", c.dense_tflops[p] * 1e12, derived))
         return out
 
 

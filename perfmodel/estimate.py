@@ -110,16 +110,24 @@ def check(model: ModelSpec, wl: Workload) -> None:
 
 
 def row_errors(model: ModelSpec, prompt: np.ndarray, gen: np.ndarray) -> np.ndarray:
-    """Per-scenario errors ('' where fine): generation on an encoder, a context longer than the model's."""
+    """Per-scenario errors ('' where fine): only what cannot happen, generation on an encoder-only model."""
     errs = np.full(np.shape(prompt), "", dtype=object)
     if model.arch == "encoder":
-        errs[gen > 0] = f"{model.id} is an encoder-only model and generates no tokens: use gen 0"
-    if model.max_seq_len is not None:
-        longest = prompt + (gen if model.arch == "decoder" else 0)
-        for i in np.flatnonzero((longest > model.max_seq_len) & (errs == "")):
-            errs[i] = (f"prompt + gen = {int(longest[i])} exceeds the context length of {model.id} "
-                       f"({model.max_seq_len} tokens, max_position_embeddings)")
+        errs[np.asarray(gen) > 0] = f"{model.id} is an encoder-only model and generates no tokens: use gen 0"
     return errs
+
+
+def row_warnings(model: ModelSpec, prompt: np.ndarray, gen: np.ndarray) -> np.ndarray:
+    """Per-scenario warnings ('' where none): a context longer than the model was trained for is estimated (engines
+    run such lengths: llama-bench and TensorRT-LLM tables do), with a warning that quality is another matter."""
+    warns = np.full(np.shape(prompt), "", dtype=object)
+    if model.max_seq_len is not None:
+        longest = np.asarray(prompt) + (np.asarray(gen) if model.arch == "decoder" else 0)
+        for i in np.flatnonzero(longest > model.max_seq_len):
+            warns[i] = (f"prompt + gen = {int(longest[i])} exceeds the context length of {model.id} "
+                        f"({model.max_seq_len} tokens, max_position_embeddings): estimated anyway, as engines run it; "
+                        f"the model's output quality there is not what it was trained for")
+    return warns
 
 
 @dataclass

@@ -10,33 +10,39 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .errors import PerfmodelError
-from .estimate import Workload, capacity_message, default_gen, evaluate, row_errors
+from .estimate import Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 
 if TYPE_CHECKING:
     import pandas as pd
 
 INPUT_COLUMNS = ("model", "hardware", "batch", "prompt", "gen", "weights", "kv", "act", "gemm", "tp", "pp",
-                 "attention")
+                 "attention", "engine")
 DEFAULTS = {"batch": 1, "prompt": 512, "gen": np.nan, "weights": "bf16", "kv": "bf16", "act": "bf16", "gemm": "",
-            "tp": 1, "pp": 1, "attention": "flash"}
+            "tp": 1, "pp": 1, "attention": "flash", "engine": ""}
 METRICS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "throughput_tokens_per_s",
            "e2e_latency_s", "mfu", "mbu")
 MEMORY = ("weights_bytes", "kv_cache_bytes", "activation_bytes", "total_bytes", "capacity_bytes", "fits")
-_GROUP = ("model", "hardware", "weights", "kv", "act", "gemm", "tp", "pp", "attention")
+_GROUP = ("model", "hardware", "weights", "kv", "act", "gemm", "tp", "pp", "attention", "engine")
 PROGRESS_ROWS = 50_000  # sweeps at least this long report progress on stderr by default
 
 
-def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficiency=None,
+def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficiency=None, engine: str | None = None,
           progress: bool | None = None) -> "pd.DataFrame":
     """Estimate every row of `scenarios` (columns as in INPUT_COLUMNS; model and hardware required).
 
-    Returns the input with metric columns, memory columns, the bound of each phase and an `error` column; a bad row
-    gets its message there (row numbers count data rows from 1) and the other rows are still computed. `progress`:
-    a progress line on stderr (default: for sweeps of PROGRESS_ROWS rows or more).
+    Returns the input with metric columns, their 80 % bands (`<metric>_low`, `<metric>_high`, see perfmodel.bands),
+    memory columns, the bound of each phase, a `warning` and an `error` column; a bad row gets its message there
+    (row numbers count data rows from 1) and the other rows are still computed. `engine` (or an `engine` column,
+    which takes precedence row by row): each row's software-stack profile applied to its own device, as
+    `estimate --engine` does. `progress`: a progress line on stderr (default: for sweeps of PROGRESS_ROWS rows or
+    more).
     """
     import pandas as pd
 
     from .api import load_device, load_model
+    from .bands import METRIC_CATEGORY, PHASE_OF, band_for, widening
+    from .provenance import estimated_share
+    from .validation import device_class, load_engine
 
     df = scenarios.copy().reset_index(drop=True)
     unknown = [c for c in df.columns if c not in INPUT_COLUMNS]
@@ -45,14 +51,21 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     for col in ("model", "hardware"):
         if col not in df.columns:
             raise PerfmodelError(f"a sweep needs a `{col}` column; columns allowed: {', '.join(INPUT_COLUMNS)}")
-    for col, default in DEFAULTS.items():
+    if engine and efficiency is not None:
+        raise PerfmodelError("give an efficiency profile or an engine for a sweep, not both")
+    for col, default in {**DEFAULTS, "engine": engine or ""}.items():
         if col not in df.columns:
             df[col] = default
         df[col] = df[col].where(df[col].notna() & (df[col].astype(str).str.strip() != ""), default)
-    if "gemm" in scenarios.columns:
-        df["gemm"] = df["gemm"].where(df["gemm"].astype(str).str.strip() != "nan", "")
+    for col in ("gemm", "engine"):
+        if col in scenarios.columns:
+            df[col] = df[col].where(df[col].astype(str).str.strip() != "nan", "")
+    if engine:
+        df["engine"] = df["engine"].where(df["engine"].astype(str).str.strip() != "", engine)
     n = len(df)
-    out = {c: np.full(n, np.nan) for c in METRICS + MEMORY}
+    band_cols = tuple(f"{m}_{end}" for m in METRIC_CATEGORY for end in ("low", "high"))
+    out = {c: np.full(n, np.nan) for c in METRICS + MEMORY + band_cols}
+    warnings = np.full(n, "", dtype=object)
     bounds = {"prefill_bound": np.full(n, "", dtype=object), "decode_bound": np.full(n, "", dtype=object)}
     errors = np.full(n, "", dtype=object)
 
@@ -81,6 +94,10 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             if cfg["hardware"] not in devices:
                 devices[cfg["hardware"]] = load_device(cfg["hardware"])
             m, d = models[cfg["model"]], devices[cfg["hardware"]]
+            eng = cfg["engine"] or None
+            if eng and efficiency is not None:
+                raise PerfmodelError("a row names an engine but the sweep was given an efficiency profile: give one")
+            eff = load_engine(eng).efficiency(d) if eng else efficiency
             wl = Workload(weights=cfg["weights"], kv=cfg["kv"], act=cfg["act"], gemm=cfg["gemm"] or None,
                           tp=cfg["tp"], pp=cfg["pp"], attention=cfg["attention"], gen_len=0)
         except (PerfmodelError, ValueError) as e:
@@ -91,11 +108,12 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         errs = row_errors(m, prompt, gen)
         ok = errs == ""
         errors[idx[~ok]] = errs[~ok]
+        warnings[idx] = row_warnings(m, prompt, gen)
         idx, batch, prompt, gen = idx[ok], batch[ok], prompt[ok], gen[ok]
         if not len(idx):
             continue
         try:
-            ev = evaluate(m, d, wl, efficiency, batch, prompt, gen)
+            ev = evaluate(m, d, wl, eff, batch, prompt, gen)
         except PerfmodelError as e:
             errors[idx] = _message(e)
             continue
@@ -108,6 +126,16 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
         for c, v in ev.metrics.items():
             out[c][idx[keep]] = np.asarray(v)[keep]
+        share = estimated_share(ev)
+        band_engine = eng or ("calibrated" if efficiency is not None else "default")
+        for metric, category in METRIC_CATEGORY.items():
+            band = band_for(device_class(d), band_engine, category)
+            if band is None:
+                continue
+            w = widening(np.maximum.reduce([share[ph] for ph in PHASE_OF[category]]))
+            lo, hi = band.apply(np.asarray(ev.metrics[metric], dtype=float), metric, w)
+            out[f"{metric}_low"][idx[keep]] = np.broadcast_to(lo, len(idx))[keep]
+            out[f"{metric}_high"][idx[keep]] = np.broadcast_to(hi, len(idx))[keep]
         for c in MEMORY:
             v = {"total_bytes": mem.total_bytes, "capacity_bytes": mem.capacity_bytes, "fits": fits}.get(
                 c, getattr(mem, c, None))
@@ -118,7 +146,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     if bar:
         bar.done()
     df["gen"] = np.where(gen_filled != None, gen_filled, df["gen"].astype(object))  # noqa: E711 (defaults filled)
-    res = df.assign(**out, **bounds, error=errors)
+    res = df.assign(**out, **bounds, warning=warnings, error=errors)
     res["fits"] = res["fits"].map({1.0: True, 0.0: False})
     return res
 

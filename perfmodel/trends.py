@@ -61,12 +61,10 @@ def cpu_table(include_undated: bool = False) -> "pd.DataFrame":
     """One row per catalog CPU (one socket): the figures trends are fitted on. Values a spec does not give are NaN."""
     import pandas as pd
 
-    from .api import load_device
-    from .catalog import device_files
+    from .catalog import catalog_devices
 
     rows = []
-    for f in device_files():
-        d = load_device(f)
+    for d in catalog_devices():
         if d.kind != "cpu" or (d.year is None and not include_undated):
             continue
         p = d.processor
@@ -93,12 +91,10 @@ def gpu_table() -> "pd.DataFrame":
     """One row per dated catalog GPU: dense matrix peak (bf16, else fp16), memory bandwidth, balance, capacity."""
     import pandas as pd
 
-    from .api import load_device
-    from .catalog import device_files
+    from .catalog import catalog_devices
 
     rows = []
-    for f in device_files():
-        d = load_device(f)
+    for d in catalog_devices():
         if d.kind != "gpu" or d.year is None:
             continue
         peak = d.peak_flops_per_s("matrix", "bf16") or d.peak_flops_per_s("matrix", "fp16") or math.nan

@@ -141,6 +141,8 @@ class EngineProfile:
         from .efficiency import Efficiency, default_for
 
         base = default_for(device.kind)
+        if self.id == "default":
+            return base
         if self.id == "ideal":
             return Efficiency(matrix=1, vector=1, memory=1, interconnect=1, op_overhead_s=0.0,
                               source="ideal: datasheet peaks, no overheads")
@@ -168,10 +170,14 @@ def load_engine(name: str) -> EngineProfile:
     if name == "ideal":
         return EngineProfile("ideal", "Pure roofline", "Datasheet peaks, efficiency 1, no per-op overhead (what "
                              "LLM-Viewer computes).", "nothing fitted", {})
+    if name == "default":
+        return EngineProfile("default", "Literature efficiencies", "The defaults of perfmodel.efficiency (published "
+                             "achieved fractions), what an estimate without --engine or --profile uses.",
+                             "nothing fitted", {})
     files = {p.stem: p for p in engine_files()}
     if name not in files:
-        allowed = ["ideal", *files]
-        raise PerfmodelError(f"--engine must be one of: {', '.join(allowed)}; got {name!r}."
+        allowed = ["ideal", "default", *files]
+        raise PerfmodelError(f"engine must be one of: {', '.join(allowed)}; got {name!r}."
                              f"{did_you_mean(name, allowed)}")
     data = read_toml(files[name])
     classes = {k: v for k, v in data.items() if isinstance(v, dict)}
@@ -179,7 +185,7 @@ def load_engine(name: str) -> EngineProfile:
 
 
 def engine_ids() -> list[str]:
-    return ["ideal", *(p.stem for p in engine_files())]
+    return ["ideal", "default", *(p.stem for p in engine_files())]
 
 
 # Prediction -------------------------------------------------------------------------------------------------------
@@ -360,6 +366,20 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
 def errors(df: "pd.DataFrame", col: str) -> np.ndarray:
     """Absolute percentage error of `col` against the measured value."""
     return np.abs(df[col].to_numpy(dtype=float) / df["value"].to_numpy(dtype=float) - 1.0) * 100.0
+
+
+def coverage(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Per category: rows whose model and device are in the catalog (`known`), how many got a prediction, and the
+    fraction."""
+    import pandas as pd
+
+    ok = np.isfinite(df.predicted.astype(float))
+    out = [{"category": "ALL", "known": len(df), "predicted": int(ok.sum())}]
+    for cat, g in df.groupby("category"):
+        out.append({"category": cat, "known": len(g), "predicted": int(np.isfinite(g.predicted.astype(float)).sum())})
+    res = pd.DataFrame(out)
+    res["coverage"] = res.predicted / res.known.clip(lower=1)
+    return res
 
 
 def summary(df: "pd.DataFrame") -> "pd.DataFrame":

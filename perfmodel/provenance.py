@@ -1,0 +1,366 @@
+"""The provenance ladder: every device figure is sourced, derived or estimated, and says which and how.
+
+- **sourced**: the spec file gives the figure itself (datasheet, whitepaper, vendor page; its [[sources]] cite it).
+- **derived**: computed from sourced parts by a stated formula: units x clock x FLOPs per cycle per unit, channels
+  x transfer rate x bus width, PCIe lanes x rate x encoding, a binned variant's parent rate at its own units and
+  clock, a CPU's SIMD lanes x 2 (FMA) x FMA pipes.
+- **estimated**: a stated rule from siblings or the family, used only where no sourced or derived figure exists:
+  1. family ratio: a sibling of the same microarchitecture (`family`) gives both this precision and one this device
+     has; the device's own figure is scaled by the siblings' median ratio (e.g. bf16 from fp4 on GB20x parts);
+  2. family rate: the siblings' median FLOPs per cycle per unit, at this device's units and clock;
+  3. clock: a missing clock is the family's median clock (or a CPU's max turbo, an upper bound);
+  4. CPU FMA pipes: two per core when the file does not say (x86 cores since Haswell, recent Arm cores);
+  5. kind ratio: a device with matrix peaks and no vector figure gets the median vector/matrix ratio of the
+     catalog's devices of its kind;
+  6. matrix lower bound: a device with matrix units but no matrix figure at a precision runs at its vector rate
+     there, a lower bound, said as such;
+  7. host link: a device that states no interconnect is given the PCIe generation current at its launch, x16.
+Only when no rule applies is a figure missing, and the estimate that needs it stops with a message naming it and
+the keys that would supply it.
+
+An estimated figure widens the error band of the metrics it bounds (perfmodel.bands): by ESTIMATE_UNCERTAINTY
+times the share of the phase's time that the figure bounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .device import Device
+
+RUNGS = ("sourced", "derived", "estimated")
+COMPUTE_KEYS = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
+# Bits per element of the SIMD lane for a CPU's vector peak: lanes = SIMD width / bits.
+_LANE_BITS = {"fp64": 64, "fp32": 32}
+# SIMD register width of an ISA extension named in `processor.simd` (Intel SDM vol. 1 ch. 10-15; Arm NEON: 128-bit
+# registers, Arm ARM A1.4). SVE widths vary by core and must be stated.
+SIMD_WIDTH_BITS = {"avx-512": 512, "avx512": 512, "avx10": 512, "avx2": 256, "avx": 256, "sse": 128, "neon": 128,
+                   "asimd": 128}
+# Two FMA pipes per core: Intel since Haswell (optimization reference manual, "two FMA units"), AMD since Zen 2,
+# Arm Neoverse V1/V2 (4 x 128-bit) and N1 (2 x 128-bit); the older/in-order cores differ, so this is an estimate.
+DEFAULT_FMA_UNITS = 2
+# Relative uncertainty of an estimated figure, used to widen error bands: the median |error| of the family rules
+# when they are applied to catalog figures that are sourced (leave-one-device-out over the catalog), measured by
+# benchmarks/ladder_accuracy.py and rounded up. Unit: fraction of the figure. Bounds: 0-1.
+ESTIMATE_UNCERTAINTY = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One device figure in SI units, with its rung on the ladder and how it was obtained."""
+
+    key: str
+    value: float
+    rung: str
+    note: str
+
+
+def resolve(device: "Device") -> dict[str, Figure]:
+    """Every figure of `device`: its own (sourced and derived), then the estimation rules for what is missing."""
+    figs = own_figures(device, use_family=True)
+    _family_rules(device, figs)
+    _kind_vector_rule(device, figs)
+    _matrix_lower_bound(device, figs)
+    _interconnect_rule(device, figs)
+    return figs
+
+
+def own_figures(device: "Device", use_family: bool = False) -> dict[str, Figure]:
+    """The figures a device file gives or derives by itself (no sibling or catalog rule; `use_family`: a missing
+    clock may be the family's)."""
+    figs: dict[str, Figure] = {}
+    proc = device.processor
+    clock = _clock(device, use_family)
+    if clock:
+        figs["processor.clock"] = clock
+    for unit in ("matrix", "vector"):
+        c = getattr(device.compute, unit)
+        for p in COMPUTE_KEYS:
+            key = f"compute.{unit}.{p}"
+            quoted = c.dense_tflops.get(p)
+            per_cycle = c.flops_per_cycle_per_unit.get(p)
+            if per_cycle is not None and proc is not None and clock is not None:
+                value = proc.units * clock.value * per_cycle
+                formula = (f"{proc.units} {proc.unit_name}s x {clock.value / 1e9:g} GHz x {per_cycle:g} FLOPs/cycle "
+                           f"= {value / 1e12:.4g} TFLOPS")
+                if quoted is not None:
+                    figs[key] = Figure(key, value, "sourced", f"{_cite(device, 'compute')}: {quoted:g} TFLOPS quoted; "
+                                                              f"{formula}")
+                elif key in device.inherited:
+                    figs[key] = Figure(key, value, _worst("derived", clock.rung), device.inherited[key])
+                else:
+                    figs[key] = Figure(key, value, _worst("derived", clock.rung), f"{formula} ({clock.rung} clock)")
+            elif quoted is not None:
+                figs[key] = Figure(key, quoted * 1e12, "sourced", _cite(device, "compute"))
+    if device.kind == "cpu" and proc is not None and clock is not None:
+        width = proc.simd_width_bits or _simd_width(proc.simd)
+        for p, bits in _LANE_BITS.items():
+            key = f"compute.vector.{p}"
+            if key in figs or not width:
+                continue
+            fma = proc.fma_units_per_core or DEFAULT_FMA_UNITS
+            value = proc.units * clock.value * fma * (width // bits) * 2
+            rung = "derived" if proc.fma_units_per_core else "estimated"
+            rung = _worst(rung, clock.rung)
+            how = (f"{proc.units} cores x {clock.value / 1e9:g} GHz x {fma} FMA pipes"
+                   f"{'' if proc.fma_units_per_core else ' (assumed: two per core, the x86/Arm norm since 2013)'} x "
+                   f"{width // bits} {p} lanes ({width}-bit SIMD) x 2 FLOPs")
+            figs[key] = Figure(key, value, rung, how)
+    for spec, lv in zip(device.memory, device.levels):
+        if lv.bandwidth_bytes_per_s is not None:
+            key = f"memory.{lv.name}.bandwidth"
+            if spec.bandwidth_gb_per_s is not None:
+                figs[key] = Figure(key, lv.bandwidth_bytes_per_s, "sourced", _cite(device, "memory"))
+            elif spec.bytes_per_cycle_per_unit is not None:
+                figs[key] = Figure(key, lv.bandwidth_bytes_per_s, _worst("derived", clock.rung if clock else "derived"),
+                                   f"{spec.bytes_per_cycle_per_unit:g} B/cycle x {proc.units} units x clock")
+            else:
+                figs[key] = Figure(key, lv.bandwidth_bytes_per_s, "derived",
+                                   f"{spec.channels} channel(s) x {spec.transfer_rate_mt_per_s:g} MT/s x "
+                                   f"{spec.bus_width_bits} bits / 8 = {lv.bandwidth_bytes_per_s / 1e9:.4g} GB/s")
+        if lv.capacity_bytes is not None:
+            key = f"memory.{lv.name}.capacity"
+            figs[key] = Figure(key, lv.capacity_bytes, "sourced", _cite(device, "memory"))
+    link = device.interconnect
+    if link is not None and link.bandwidth_bytes_per_s is not None:
+        key = "interconnect.bandwidth"
+        if link.bandwidth_gb_per_s or link.link_bandwidth_gb_per_s:
+            figs[key] = Figure(key, link.bandwidth_bytes_per_s, "sourced", _cite(device, "interconnect"))
+        else:
+            gen, lanes = link.pcie
+            figs[key] = Figure(key, link.bandwidth_bytes_per_s, "derived",
+                               f"PCIe {gen}.0 x{lanes}: {lanes} lanes x {_gt(gen):g} GT/s x encoding / 8 = "
+                               f"{link.bandwidth_bytes_per_s / 1e9:.3g} GB/s per direction (PCI-SIG rates)")
+    return figs
+
+
+def _clock(device: "Device", use_family: bool) -> Figure | None:
+    p = device.processor
+    if p is None:
+        return None
+    if p.peak_clock_hz:
+        which = "clock_ghz" if p.clock_ghz else ("all-core turbo" if p.all_core_clock_ghz else "base clock")
+        return Figure("processor.clock", p.peak_clock_hz, "sourced", f"{which}: {_cite(device, 'processor')}")
+    if p.max_clock_ghz:
+        return Figure("processor.clock", p.max_clock_ghz * 1e9, "estimated",
+                      "max turbo clock (no all-core or base clock given): an upper bound under load")
+    sib = _siblings(device) if use_family else []
+    clocks = [f["processor.clock"].value for _, f in sib if "processor.clock" in f
+              and f["processor.clock"].rung != "estimated"]
+    if clocks:
+        v = statistics.median(clocks)
+        return Figure("processor.clock", v, "estimated",
+                      f"median clock of {len(clocks)} {device.family} sibling(s): {v / 1e9:.4g} GHz")
+    return None
+
+
+def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
+    sib = _siblings(device)
+    if not sib:
+        return
+    proc, clock = device.processor, figs.get("processor.clock")
+    for unit in ("matrix", "vector"):
+        for p in COMPUTE_KEYS:
+            key = f"compute.{unit}.{p}"
+            if key in figs:
+                continue
+            # 1. ratio to a figure this device has, as its siblings have both
+            best = None
+            for q in ("bf16", "fp16", "fp32", "fp8", "int8", "fp4", "tf32"):
+                own = figs.get(f"compute.{unit}.{q}")
+                if own is None or own.rung == "estimated":
+                    continue
+                ratios = [f[key].value / f[f"compute.{unit}.{q}"].value for _, f in sib
+                          if key in f and f"compute.{unit}.{q}" in f]
+                if ratios:
+                    r = statistics.median(ratios)
+                    best = Figure(key, own.value * r, "estimated",
+                                  f"{q} x {r:.3g}: the {p}/{q} ratio of {len(ratios)} {device.family} sibling(s)")
+                    break
+            # 2. the siblings' rate per unit per cycle, at this device's units and clock
+            if best is None and proc is not None and clock is not None:
+                rates = [f[key].value / (d.processor.units * f["processor.clock"].value) for d, f in sib
+                         if key in f and d.processor is not None and "processor.clock" in f]
+                if rates:
+                    r = statistics.median(rates)
+                    best = Figure(key, r * proc.units * clock.value, "estimated",
+                                  f"{r:.4g} FLOPs/cycle/{proc.unit_name} (median of {len(rates)} {device.family} "
+                                  f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)")
+            if best is not None:
+                figs[key] = best
+
+
+def _kind_vector_rule(device: "Device", figs: dict[str, Figure]) -> None:
+    """A device with matrix peaks but no vector figure (e.g. a TPU file): vector fp32 from the catalog's median
+    vector-fp32 / matrix-bf16 ratio over devices of its kind that give both."""
+    if any(k.startswith("compute.vector.") for k in figs):
+        return
+    mat = figs.get("compute.matrix.bf16") or figs.get("compute.matrix.fp16")
+    if mat is None:
+        return
+    ratios = _kind_ratios(device.kind) or _kind_ratios("gpu")
+    if ratios:
+        r = statistics.median(ratios)
+        figs["compute.vector.fp32"] = Figure(
+            "compute.vector.fp32", mat.value * r, "estimated",
+            f"matrix {mat.key.rsplit('.', 1)[1]} x {r:.3g}: median vector-fp32/matrix-16-bit ratio of {len(ratios)} "
+            f"catalog devices with matrix units that give both")
+
+
+def _matrix_lower_bound(device: "Device", figs: dict[str, Figure]) -> None:
+    """Matrix units with no figure at a 16-bit precision: the vector rate there (a lower bound), said as such."""
+    if device.kind == "cpu" or not device.compute.matrix_units:
+        return
+    for p in ("bf16", "fp16"):
+        key = f"compute.matrix.{p}"
+        if key in figs or any(f"compute.matrix.{q}" in figs for q in ("bf16", "fp16")):
+            continue
+        for q in (p, "fp16", "bf16", "fp32"):
+            vec = figs.get(f"compute.vector.{q}")
+            if vec is not None:
+                figs[key] = Figure(key, vec.value, "estimated",
+                                   f"no matrix-unit figure: the vector {q} rate, a lower bound (matrix units are "
+                                   f"usually several times faster)")
+                break
+
+
+def _interconnect_rule(device: "Device", figs: dict[str, Figure]) -> None:
+    if "interconnect.bandwidth" in figs:
+        return
+    from .device import PCIE_FIRST_YEAR, pcie_bytes_per_s
+
+    year = device.year or 2019
+    gen = max((g for g, y in PCIE_FIRST_YEAR.items() if y <= year), default=3)
+    figs["interconnect.bandwidth"] = Figure(
+        "interconnect.bandwidth", pcie_bytes_per_s(gen, 16), "estimated",
+        f"no host link stated: PCIe {gen}.0 x16 (the generation current in {year}), "
+        f"{pcie_bytes_per_s(gen, 16) / 1e9:.3g} GB/s per direction")
+
+
+# Catalog look-ups (cached per process) ---------------------------------------------------------------------------
+
+def _siblings(device: "Device") -> list[tuple[Any, dict[str, Figure]]]:
+    if not device.family:
+        return []
+    # base entries only: a file's bins inherit its per-unit rates and would count the same chip twice
+    return [(d, f) for d, f in _family_members(device.family) if d.id != device.id and d.variant_of is None]
+
+
+@lru_cache(maxsize=None)
+def _family_members(family: str) -> tuple[tuple[Any, dict[str, Figure]], ...]:
+    from .catalog import catalog_devices
+
+    return tuple((d, _trusted(own_figures(d))) for d in catalog_devices() if d.family == family)
+
+
+@lru_cache(maxsize=None)
+def _kind_ratios(kind: str) -> tuple[float, ...]:
+    from .catalog import catalog_devices
+
+    out = []
+    for d in catalog_devices():
+        if d.kind != kind:
+            continue
+        f = _trusted(own_figures(d))
+        mat = f.get("compute.matrix.bf16") or f.get("compute.matrix.fp16")
+        vec = f.get("compute.vector.fp32")
+        if mat and vec:
+            out.append(vec.value / mat.value)
+    return tuple(out)
+
+
+def _trusted(figs: dict[str, Figure]) -> dict[str, Figure]:
+    """Sourced and derived figures only: estimates are never the basis of other estimates."""
+    return {k: f for k, f in figs.items() if f.rung != "estimated"}
+
+
+def _worst(a: str, b: str) -> str:
+    return max(a, b, key=RUNGS.index)
+
+
+def _gt(gen: int) -> float:
+    from .device import PCIE_GT_PER_S
+
+    return PCIE_GT_PER_S[gen]
+
+
+def _simd_width(simd: str | None) -> int | None:
+    if not simd:
+        return None
+    s = simd.lower().replace(" ", "")
+    for name, width in SIMD_WIDTH_BITS.items():
+        if name in s:
+            return width
+    return None
+
+
+_TOPIC_WORDS = {
+    "compute": ("tflops", "tops", "peak", "tensor", "compute", "flops", "fma", "simd", "avx", "amx", "matrix"),
+    "memory": ("bandwidth", "memory", "hbm", "gddr", "ddr", "lpddr", "gb/s", "channel"),
+    "interconnect": ("nvlink", "interconnect", "pcie", "link", "infinity fabric", "ici"),
+    "processor": ("clock", "ghz", "mhz", "frequency", "boost", "processor", "cores", "sm"),
+}
+
+
+def _cite(device: "Device", topic: str) -> str:
+    """The source a figure of `topic` most likely comes from: the first whose `covers` names the topic."""
+    words = _TOPIC_WORDS[topic]
+    for s in device.sources:
+        if any(w in s.covers.lower() for w in words):
+            return _title(s)
+    return _title(device.sources[0]) if device.sources else "the spec file (no [[sources]] entry)"
+
+
+def _title(s: Any) -> str:
+    secondary = " (secondary source)" if "secondary" in (s.note + s.covers + s.title).lower() else ""
+    return f"{s.title}{secondary}"
+
+
+def used_figures(ev: Any) -> dict[str, dict[str, Any]]:
+    """Which device figures an evaluation leaned on, and per phase the share of its time each figure bounds, per
+    scenario (arrays): compute figures, the compute-bound time of the ops that ran on that unit and precision;
+    main-memory bandwidth, the memory-bound time; the interconnect, the communication time.
+    {figure key: {phase: share array}}."""
+    import numpy as np
+
+    out: dict[str, dict[str, Any]] = {}
+    main = f"memory.{ev.device.levels[-1].name}.bandwidth"
+    for phase, ph in (("prefill", ev.prefill), ("decode", ev.decode)):
+        if not ph.ops:
+            continue
+        total = np.asarray(ph.total("time_s"), dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(total > 0, 1.0 / total, 0.0)
+
+        def add(key: str, seconds: Any) -> None:
+            share = np.asarray(seconds, dtype=float) * inv
+            out.setdefault(key, {})[phase] = out.get(key, {}).get(phase, 0.0) + share
+
+        for op, c in zip(ph.ops, ph.costs):
+            comp = np.asarray(c["compute_bound_s"], dtype=float)
+            if c["unit"] == "link":
+                add("interconnect.bandwidth", c["comm_s"])
+                continue
+            if c["unit"] in ("matrix", "vector"):
+                add(f"compute.{c['unit']}.{c['precision']}", comp)
+            add(main, np.maximum(np.asarray(c["time_s"], dtype=float) - comp - np.asarray(c["overhead_s"]), 0.0))
+    return out
+
+
+def estimated_share(ev: Any, used: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per phase, the share of its time (per scenario) bound by figures that are estimated, not sourced or
+    derived."""
+    import numpy as np
+
+    used = used if used is not None else used_figures(ev)
+    out: dict[str, Any] = {"prefill": np.zeros(len(ev.batch)), "decode": np.zeros(len(ev.batch))}
+    for key, phases in used.items():
+        fig = ev.device.figure(key)
+        if fig is not None and fig.rung == "estimated":
+            for phase, share in phases.items():
+                out[phase] = out[phase] + share
+    return out
