@@ -240,10 +240,10 @@ class Estimate:
         """Per metric: the empirical 80 % band from held-out validation residuals of this device class, engine and
         metric family, widened where estimated figures bound the time (perfmodel.bands)."""
         from .bands import METRIC_CATEGORY, PHASE_OF, band_for, widening
-        from .provenance import estimated_share
+        from .provenance import widening_log
         from .validation import device_class
 
-        share = estimated_share(self.ev, self._used)
+        share = widening_log(self.ev, self._used)
         out = {}
         for metric, category in METRIC_CATEGORY.items():
             value = _num(self.ev.metrics[metric])

@@ -8,8 +8,8 @@ category), then (category) when a group has fewer than MIN_ROWS rows. An estimat
 the fitted engines, every row for `default` (literature efficiencies) and `ideal` (datasheet peaks).
 
 An estimate that leans on an estimated device figure (perfmodel.provenance) has its band widened: both ends move
-out by the factor (1 + ESTIMATE_UNCERTAINTY) ** share, share being the part of the phase's time that estimated
-figures bound.
+out by the factor product over estimated figures of (1 + u) ** share, u the figure's rule uncertainty
+(provenance.RULE_UNCERTAINTY) and share the part of the phase's time it bounds.
 
 The table is data, workloads/bands.toml, written by tools/fit_bands.py; its empirical coverage (how often
 the band of a row, fitted without that row's source, contains the measured value) is in docs/validation.md.
@@ -118,11 +118,9 @@ def _table() -> list[dict[str, Any]]:
     return []
 
 
-def widening(shares: Any) -> Any:
-    """(1 + ESTIMATE_UNCERTAINTY) ** share: the factor an estimated figure bounding `share` of a phase widens by."""
-    from .provenance import ESTIMATE_UNCERTAINTY
-
-    return (1.0 + ESTIMATE_UNCERTAINTY) ** np.clip(np.asarray(shares, dtype=float), 0.0, 1.0)
+def widening(log_factor: Any) -> Any:
+    """exp(sum of share x ln(1 + u)) (provenance.widening_log): the factor both band ends move out by."""
+    return np.exp(np.asarray(log_factor, dtype=float))
 
 
 def write_table(entries: list[dict[str, Any]], path: Path, header: str) -> Path:

@@ -367,6 +367,7 @@ def _show(a: argparse.Namespace) -> int:
     from .api import load_device, load_model
     from .catalog import find
     from .device import COMPUTE_DTYPES
+    from .model import ModelSpec
 
     if a.raw:
         for kind in ("hardware", "models"):
@@ -376,7 +377,7 @@ def _show(a: argparse.Namespace) -> int:
             except PerfmodelError:
                 continue
     try:
-        spec: Any = load_device(find("hardware", a.id))
+        spec: Any = load_device(a.id) if a.id.lower() != "local" else load_device("local")
         extra = {
             "memory_levels": [{"name": lv.name,
                                "capacity_gb": None if lv.capacity_bytes is None else lv.capacity_bytes / 1e9,
@@ -385,6 +386,7 @@ def _show(a: argparse.Namespace) -> int:
             "peak_tflops": {f"{u}.{p}": spec.peak_flops_per_s(u, p) / 1e12 for u in ("matrix", "vector")
                             for p in COMPUTE_DTYPES if spec.peak_flops_per_s(u, p)},
         }
+        figures = {k: {"rung": f.rung, "value": f.value, "note": f.note} for k, f in spec.figures.items()}
     except PerfmodelError:
         try:
             spec = load_model(find("models", a.id))
@@ -397,11 +399,34 @@ def _show(a: argparse.Namespace) -> int:
                  "param_breakdown": spec.param_breakdown(), "kv_elements_per_token": spec.kv_elements_per_token()}
     data = spec.model_dump(mode="json", exclude_none=True)
     data["derived"] = extra
+    if isinstance(spec, ModelSpec):
+        figures = None
+    else:
+        data["figures"] = figures
     if a.json:
         print(json.dumps(data, indent=2))
     else:
-        _print_tree(data)
+        _print_tree({k: v for k, v in data.items() if k != "figures"})
+        if figures:
+            _print_figures(figures)
     return 0
+
+
+_FIGURE_UNITS = {"compute": (1e12, "TFLOPS"), "memory.bandwidth": (1e9, "GB/s"), "memory.capacity": (1e9, "GB"),
+                 "interconnect": (1e9, "GB/s"), "processor": (1e9, "GHz")}
+
+
+def _print_figures(figures: dict[str, dict[str, Any]]) -> None:
+    """The provenance ladder: each figure with its rung and its source or derivation."""
+    print("figures (sourced: as the sources give it; derived: computed from sourced parts; estimated: a stated "
+          "rule from siblings or the family):")
+    width = max(len(k) for k in figures)
+    for key, f in figures.items():
+        kind = key.split(".")[0] if not key.startswith("memory.") else "memory." + key.rsplit(".", 1)[1]
+        scale, unit = _FIGURE_UNITS.get(kind, (1.0, ""))
+        if kind == "memory.capacity" and f["value"] < 1e9:
+            scale, unit = 2**20, "MiB"
+        print(f"  {key:<{width}}  {f['value'] / scale:>10.4g} {unit:<6} {f['rung']:<9}  {f['note']}")
 
 
 def _print_tree(d: Any, indent: int = 0) -> None:

@@ -18,8 +18,9 @@
 Only when no rule applies is a figure missing, and the estimate that needs it stops with a message naming it and
 the keys that would supply it.
 
-An estimated figure widens the error band of the metrics it bounds (perfmodel.bands): by ESTIMATE_UNCERTAINTY
-times the share of the phase's time that the figure bounds.
+An estimated figure widens the error band of the metrics it bounds (perfmodel.bands): both ends move out by
+(1 + u) ** share, u the rule's uncertainty (RULE_UNCERTAINTY) and share the part of the phase's time the figure
+bounds.
 """
 
 from __future__ import annotations
@@ -40,23 +41,35 @@ _LANE_BITS = {"fp64": 64, "fp32": 32}
 # registers, Arm ARM A1.4). SVE widths vary by core and must be stated.
 SIMD_WIDTH_BITS = {"avx-512": 512, "avx512": 512, "avx10": 512, "avx2": 256, "avx": 256, "sse": 128, "neon": 128,
                    "asimd": 128}
-# Two FMA pipes per core: Intel since Haswell (optimization reference manual, "two FMA units"), AMD since Zen 2,
-# Arm Neoverse V1/V2 (4 x 128-bit) and N1 (2 x 128-bit); the older/in-order cores differ, so this is an estimate.
-DEFAULT_FMA_UNITS = 2
-# Relative uncertainty of an estimated figure, used to widen error bands: the median |error| of the family rules
-# when they are applied to catalog figures that are sourced (leave-one-device-out over the catalog), measured by
-# benchmarks/ladder_accuracy.py and rounded up. Unit: fraction of the figure. Bounds: 0-1.
-ESTIMATE_UNCERTAINTY = 0.25
+# FMA pipes per core when a CPU file does not say: two where the ISA has FMA (AVX2/AVX-512: Intel since Haswell,
+# "two FMA units" in the optimization reference manual, AMD since Zen 2; Arm v8 NEON/SVE cores: Neoverse N1 2 x
+# 128-bit, V1/V2 4 x 128-bit count as two of the stated width), else one add and one multiply pipe, which peak like
+# one FMA pipe (SSE/AVX cores before 2013). Older SSE cores with 64-bit datapaths reach half that: an estimate.
+FMA_ISAS = ("avx2", "avx-512", "avx512", "avx10", "neon", "asimd", "sve")
+# Relative uncertainty u of each estimation rule, a fraction of the figure (bounds 0 to 1; 1 means "could be off by
+# 2x"), used to widen error bands. Measured by benchmarks/ladder_accuracy.py: each rule re-estimates catalog figures
+# that are sourced or derived, left out one at a time; u is the 80th percentile of |estimate / figure - 1|, rounded
+# up to the next 0.05 (the printout gives the figures). The matrix lower bound and the host-link rule are said to be
+# off by 2x or more, so u = 1.
+RULE_UNCERTAINTY = {"family-ratio": 0.05, "family-rate": 0.05, "family-clock": 0.2, "max-turbo-clock": 0.3,
+                    "cpu-fma": 1.0, "kind-ratio": 1.0, "matrix-lower-bound": 1.0, "host-link": 1.0}
 
 
 @dataclass(frozen=True, slots=True)
 class Figure:
-    """One device figure in SI units, with its rung on the ladder and how it was obtained."""
+    """One device figure in SI units, with its rung on the ladder, how it was obtained, and for an estimate the rule
+    (a key of RULE_UNCERTAINTY; an estimate that rests on an estimated clock names the clock's rule)."""
 
     key: str
     value: float
     rung: str
     note: str
+    rule: str = ""
+
+    @property
+    def uncertainty(self) -> float:
+        """The relative uncertainty u of an estimated figure (0 for sourced and derived ones)."""
+        return RULE_UNCERTAINTY.get(self.rule, 0.0) if self.rung == "estimated" else 0.0
 
 
 def resolve(device: "Device") -> dict[str, Figure]:
@@ -91,9 +104,10 @@ def own_figures(device: "Device", use_family: bool = False) -> dict[str, Figure]
                     figs[key] = Figure(key, value, "sourced", f"{_cite(device, 'compute')}: {quoted:g} TFLOPS quoted; "
                                                               f"{formula}")
                 elif key in device.inherited:
-                    figs[key] = Figure(key, value, _worst("derived", clock.rung), device.inherited[key])
+                    figs[key] = Figure(key, value, _worst("derived", clock.rung), device.inherited[key], clock.rule)
                 else:
-                    figs[key] = Figure(key, value, _worst("derived", clock.rung), f"{formula} ({clock.rung} clock)")
+                    figs[key] = Figure(key, value, _worst("derived", clock.rung), f"{formula} ({clock.rung} clock)",
+                                       clock.rule)
             elif quoted is not None:
                 figs[key] = Figure(key, quoted * 1e12, "sourced", _cite(device, "compute"))
     if device.kind == "cpu" and proc is not None and clock is not None:
@@ -102,14 +116,17 @@ def own_figures(device: "Device", use_family: bool = False) -> dict[str, Figure]
             key = f"compute.vector.{p}"
             if key in figs or not width:
                 continue
-            fma = proc.fma_units_per_core or DEFAULT_FMA_UNITS
+            has_fma = any(isa in (proc.simd or "").lower().replace(" ", "") for isa in FMA_ISAS) or width >= 512
+            fma = proc.fma_units_per_core or (2 if has_fma else 1)
             value = proc.units * clock.value * fma * (width // bits) * 2
             rung = "derived" if proc.fma_units_per_core else "estimated"
-            rung = _worst(rung, clock.rung)
+            assumed = (" (assumed: two FMA pipes per core on an FMA ISA)" if has_fma else
+                       " (assumed: one add and one multiply pipe, no FMA in the ISA)")
             how = (f"{proc.units} cores x {clock.value / 1e9:g} GHz x {fma} FMA pipes"
-                   f"{'' if proc.fma_units_per_core else ' (assumed: two per core, the x86/Arm norm since 2013)'} x "
-                   f"{width // bits} {p} lanes ({width}-bit SIMD) x 2 FLOPs")
-            figs[key] = Figure(key, value, rung, how)
+                   f"{'' if proc.fma_units_per_core else assumed} x {width // bits} {p} lanes ({width}-bit SIMD) x 2 "
+                   f"FLOPs")
+            rule = "cpu-fma" if not proc.fma_units_per_core else clock.rule
+            figs[key] = Figure(key, value, _worst(rung, clock.rung), how, rule if rung == "estimated" else clock.rule)
     for spec, lv in zip(device.memory, device.levels):
         if lv.bandwidth_bytes_per_s is not None:
             key = f"memory.{lv.name}.bandwidth"
@@ -117,7 +134,8 @@ def own_figures(device: "Device", use_family: bool = False) -> dict[str, Figure]
                 figs[key] = Figure(key, lv.bandwidth_bytes_per_s, "sourced", _cite(device, "memory"))
             elif spec.bytes_per_cycle_per_unit is not None:
                 figs[key] = Figure(key, lv.bandwidth_bytes_per_s, _worst("derived", clock.rung if clock else "derived"),
-                                   f"{spec.bytes_per_cycle_per_unit:g} B/cycle x {proc.units} units x clock")
+                                   f"{spec.bytes_per_cycle_per_unit:g} B/cycle x {proc.units} units x clock",
+                                   clock.rule if clock else "")
             else:
                 figs[key] = Figure(key, lv.bandwidth_bytes_per_s, "derived",
                                    f"{spec.channels} channel(s) x {spec.transfer_rate_mt_per_s:g} MT/s x "
@@ -147,14 +165,14 @@ def _clock(device: "Device", use_family: bool) -> Figure | None:
         return Figure("processor.clock", p.peak_clock_hz, "sourced", f"{which}: {_cite(device, 'processor')}")
     if p.max_clock_ghz:
         return Figure("processor.clock", p.max_clock_ghz * 1e9, "estimated",
-                      "max turbo clock (no all-core or base clock given): an upper bound under load")
+                      "max turbo clock (no all-core or base clock given): an upper bound under load", "max-turbo-clock")
     sib = _siblings(device) if use_family else []
     clocks = [f["processor.clock"].value for _, f in sib if "processor.clock" in f
               and f["processor.clock"].rung != "estimated"]
     if clocks:
         v = statistics.median(clocks)
         return Figure("processor.clock", v, "estimated",
-                      f"median clock of {len(clocks)} {device.family} sibling(s): {v / 1e9:.4g} GHz")
+                      f"median clock of {len(clocks)} {device.family} sibling(s): {v / 1e9:.4g} GHz", "family-clock")
     return None
 
 
@@ -179,7 +197,8 @@ def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
                 if ratios:
                     r = statistics.median(ratios)
                     best = Figure(key, own.value * r, "estimated",
-                                  f"{q} x {r:.3g}: the {p}/{q} ratio of {len(ratios)} {device.family} sibling(s)")
+                                  f"{q} x {r:.3g}: the {p}/{q} ratio of {len(ratios)} {device.family} sibling(s)",
+                                  "family-ratio")
                     break
             # 2. the siblings' rate per unit per cycle, at this device's units and clock
             if best is None and proc is not None and clock is not None:
@@ -187,9 +206,10 @@ def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
                          if key in f and d.processor is not None and "processor.clock" in f]
                 if rates:
                     r = statistics.median(rates)
+                    rule = max("family-rate", clock.rule or "family-rate", key=RULE_UNCERTAINTY.get)
                     best = Figure(key, r * proc.units * clock.value, "estimated",
                                   f"{r:.4g} FLOPs/cycle/{proc.unit_name} (median of {len(rates)} {device.family} "
-                                  f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)")
+                                  f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
             if best is not None:
                 figs[key] = best
 
@@ -208,7 +228,7 @@ def _kind_vector_rule(device: "Device", figs: dict[str, Figure]) -> None:
         figs["compute.vector.fp32"] = Figure(
             "compute.vector.fp32", mat.value * r, "estimated",
             f"matrix {mat.key.rsplit('.', 1)[1]} x {r:.3g}: median vector-fp32/matrix-16-bit ratio of {len(ratios)} "
-            f"catalog devices with matrix units that give both")
+            f"catalog devices with matrix units that give both", "kind-ratio")
 
 
 def _matrix_lower_bound(device: "Device", figs: dict[str, Figure]) -> None:
@@ -224,7 +244,7 @@ def _matrix_lower_bound(device: "Device", figs: dict[str, Figure]) -> None:
             if vec is not None:
                 figs[key] = Figure(key, vec.value, "estimated",
                                    f"no matrix-unit figure: the vector {q} rate, a lower bound (matrix units are "
-                                   f"usually several times faster)")
+                                   f"usually several times faster)", "matrix-lower-bound")
                 break
 
 
@@ -238,7 +258,7 @@ def _interconnect_rule(device: "Device", figs: dict[str, Figure]) -> None:
     figs["interconnect.bandwidth"] = Figure(
         "interconnect.bandwidth", pcie_bytes_per_s(gen, 16), "estimated",
         f"no host link stated: PCIe {gen}.0 x16 (the generation current in {year}), "
-        f"{pcie_bytes_per_s(gen, 16) / 1e9:.3g} GB/s per direction")
+        f"{pcie_bytes_per_s(gen, 16) / 1e9:.3g} GB/s per direction", "host-link")
 
 
 # Catalog look-ups (cached per process) ---------------------------------------------------------------------------
@@ -351,9 +371,11 @@ def used_figures(ev: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def estimated_share(ev: Any, used: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Per phase, the share of its time (per scenario) bound by figures that are estimated, not sourced or
-    derived."""
+def widening_log(ev: Any, used: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per phase and scenario, sum over the estimated figures of share x ln(1 + u): the log of the factor by which
+    the error band widens (perfmodel.bands.widening)."""
+    import math
+
     import numpy as np
 
     used = used if used is not None else used_figures(ev)
@@ -362,5 +384,5 @@ def estimated_share(ev: Any, used: dict[str, dict[str, Any]] | None = None) -> d
         fig = ev.device.figure(key)
         if fig is not None and fig.rung == "estimated":
             for phase, share in phases.items():
-                out[phase] = out[phase] + share
+                out[phase] = out[phase] + np.clip(share, 0.0, 1.0) * math.log1p(fig.uncertainty)
     return out

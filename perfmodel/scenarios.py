@@ -41,7 +41,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
 
     from .api import load_device, load_model
     from .bands import METRIC_CATEGORY, PHASE_OF, band_for, widening
-    from .provenance import estimated_share
+    from .provenance import widening_log
     from .validation import device_class, load_engine
 
     df = scenarios.copy().reset_index(drop=True)
@@ -126,7 +126,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
         for c, v in ev.metrics.items():
             out[c][idx[keep]] = np.asarray(v)[keep]
-        share = estimated_share(ev)
+        share = widening_log(ev)
         band_engine = eng or ("calibrated" if efficiency is not None else "default")
         for metric, category in METRIC_CATEGORY.items():
             band = band_for(device_class(d), band_engine, category)

@@ -34,3 +34,40 @@ def test_sweep_capacity_rows_flagged():
     res = pm.sweep(df)
     assert "does not fit" in res.loc[0, "error"] and np.isnan(res.loc[0, "tpot_s"])
     assert res.loc[1, "error"] == "" and res.loc[1, "tpot_s"] > 0
+
+
+def test_sweep_engine_column_matches_estimate_engine_row_by_row():
+    rows = [("llama-3-8b", "rtx-4090", 1, 512, 128, "q4_0", "llamacpp"),
+            ("llama-3-8b", "m1-max-32c", 1, 512, 128, "q4_0", "llamacpp"),
+            ("llama-3-8b", "h100-sxm", 8, 1024, 256, "bf16", "vllm"),
+            ("llama-3-8b", "h100-sxm", 8, 1024, 256, "bf16", "trtllm"),
+            ("llama-3-8b", "xeon-8480plus", 1, 128, 32, "bf16", "")]
+    df = pd.DataFrame(rows, columns=["model", "hardware", "batch", "prompt", "gen", "weights", "engine"])
+    res = pm.sweep(df)
+    assert (res.error == "").all(), res.error.tolist()
+    for i, (m, h, b, p, g, w, e) in enumerate(rows):
+        est = pm.estimate(m, h, batch=b, prompt_len=p, gen_len=g, weights=w, engine=e or None)
+        for key in ("ttft_s", "tpot_s", "decode_tokens_per_s", "throughput_tokens_per_s"):
+            assert res.loc[i, key] == pytest.approx(getattr(est, key), rel=1e-9), (h, e, key)
+        for metric, iv in est.intervals.items():
+            assert res.loc[i, f"{metric}_low"] == pytest.approx(iv["low"], rel=1e-9), (h, e, metric)
+            assert res.loc[i, f"{metric}_high"] == pytest.approx(iv["high"], rel=1e-9), (h, e, metric)
+    # the same device with and without an engine profile differ (the profile is applied per row)
+    assert res.loc[2, "tpot_s"] != pytest.approx(res.loc[3, "tpot_s"], rel=1e-6)
+
+
+def test_sweep_engine_default_fills_empty_cells_and_bad_engine_is_a_row_error():
+    df = pd.DataFrame({"model": ["llama-3-8b"] * 3, "hardware": ["rtx-4090"] * 3, "weights": ["q4_0"] * 3,
+                       "engine": ["", "nosuch", "vllm"]})
+    res = pm.sweep(df, engine="llamacpp")
+    assert res.loc[0, "engine"] == "llamacpp"
+    assert res.loc[0, "tpot_s"] == pytest.approx(pm.estimate("llama-3-8b", "rtx-4090", weights="q4_0",
+                                                             engine="llamacpp").tpot_s, rel=1e-9)
+    assert "engine must be one of" in res.loc[1, "error"] and np.isnan(res.loc[1, "tpot_s"])
+    assert res.loc[2, "error"] == "" and res.loc[2, "tpot_s"] > 0
+
+
+def test_sweep_warns_past_the_context_and_still_computes():
+    res = pm.sweep(pd.DataFrame({"model": ["gpt2", "gpt2"], "hardware": ["h100"] * 2, "prompt": [2000, 100]}))
+    assert "exceeds the context length" in res.loc[0, "warning"] and res.loc[0, "tpot_s"] > 0
+    assert res.loc[1, "warning"] == ""
