@@ -75,7 +75,7 @@ def validation_message(path: Path | str, err: ValidationError) -> str:
 # tables key by key, memory levels by name, sources appended.
 
 _VARIANT_KEYS = {"id", "name", "aliases", "year", "notes", "processor", "compute", "memory", "interconnect",
-                 "sources", "op_overhead_us"}
+                 "sources", "op_overhead_us", "unset"}
 
 
 def device_data(path: Path, variant: str | None = None) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def device_data(path: Path, variant: str | None = None) -> dict[str, Any]:
 
 
 def _merge_variant(base: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
-    out = {k: val for k, val in base.items()}
+    out = {k: _copy(val) for k, val in base.items()}
     out["variant_of"] = base["id"]
     out["aliases"] = list(v.get("aliases", []))
     for key in ("id", "name", "year", "op_overhead_us"):
@@ -131,7 +131,35 @@ def _merge_variant(base: dict[str, Any], v: dict[str, Any]) -> dict[str, Any]:
         out["memory"] = levels
     out["sources"] = list(base.get("sources", [])) + list(v.get("sources", []))
     _inherit_peaks(base, v, out)
+    for path in v.get("unset", []):
+        _unset(out, str(path), v["id"])
     return out
+
+
+def _unset(data: dict[str, Any], path: str, variant: str) -> None:
+    """Drop a figure a bin does not share with its parent and no source gives for the bin: `processor.max_clock_ghz`,
+    `interconnect`, `compute.matrix.dense_tflops.fp64`, `memory.L3` (a whole level) or `memory.L3.capacity_mib`."""
+    parts = path.split(".")
+    if parts[0] == "memory" and len(parts) >= 2:
+        levels = data.get("memory", [])
+        names = [m.get("name") for m in levels]
+        if parts[1] not in names:
+            raise PerfmodelError(f"[[variants]] {variant!r}: unset {path!r}: no memory level {parts[1]!r} (levels: "
+                                 f"{', '.join(map(str, names))})")
+        i = names.index(parts[1])
+        if len(parts) == 2:
+            data["memory"] = levels[:i] + levels[i + 1:]
+        else:
+            levels[i] = {k: val for k, val in levels[i].items() if k != parts[2]}
+        return
+    node = data
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise PerfmodelError(f"[[variants]] {variant!r}: unset {path!r}: the parent has no {part!r}")
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise PerfmodelError(f"[[variants]] {variant!r}: unset {path!r}: the parent gives no such figure")
+    node.pop(parts[-1])
 
 
 def _inherit_peaks(base: dict[str, Any], v: dict[str, Any], out: dict[str, Any]) -> None:
@@ -155,13 +183,20 @@ def _inherit_peaks(base: dict[str, Any], v: dict[str, Any], out: dict[str, Any])
         own = (restated.get(unit) or {}).get("dense_tflops", {})
         per_cycle = dict(c.get("flops_per_cycle_per_unit", {}))
         for p, tflops in dict(c.get("dense_tflops", {})).items():
-            if p in own or p in per_cycle:
+            if p in own:
+                continue
+            c["dense_tflops"].pop(p)  # the parent's quoted peak is not this bin's
+            if p in per_cycle:
+                inherited[f"compute.{unit}.{p}"] = (
+                    f"parent {base['id']}'s {per_cycle[p]:g} FLOPs/cycle/unit at this bin's units x clock")
                 continue
             per_cycle[p] = tflops * 1e12 / (units * ghz * 1e9)
-            c["dense_tflops"].pop(p)
             inherited[f"compute.{unit}.{p}"] = (
                 f"parent {base['id']}: {tflops:g} TFLOPS at {units} units x {ghz:g} GHz = {per_cycle[p]:.4g} FLOPs/"
                 f"cycle/unit, at this bin's units x clock")
+        for p in list((c.get("sparse_tflops") or {})):
+            if p not in ((restated.get(unit) or {}).get("sparse_tflops") or {}):
+                c["sparse_tflops"].pop(p)  # recorded per SKU only; never used
         for p in (c.get("half_accumulate_dense_tflops") or {}).copy():
             if p not in ((restated.get(unit) or {}).get("half_accumulate_dense_tflops") or {}):
                 scale = (op.get("units") or units) * (clock(op) or ghz) / (units * ghz)
@@ -171,6 +206,14 @@ def _inherit_peaks(base: dict[str, Any], v: dict[str, Any], out: dict[str, Any])
         compute[unit] = c
     out["compute"] = compute
     out["inherited"] = inherited
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -210,13 +253,17 @@ def hardware_rows() -> list[dict[str, Any]]:
     rows = []
     for d in catalog_devices():
         mm = d.main_memory
-        peak = d.peak_flops_per_s("matrix", "bf16") or d.peak_flops_per_s("vector", "bf16")
-        fp32 = d.peak_flops_per_s("vector", "fp32")
+        bf16 = d.figure("compute.matrix.bf16") or d.figure("compute.vector.bf16")
+        fp32 = d.figure("compute.vector.fp32")
+        bw = d.figure(f"memory.{mm.name}.bandwidth")
         rows.append({"id": d.id, "name": d.name, "kind": d.kind, "vendor": d.vendor, "year": d.year,
+                     "family": d.family, "variant_of": d.variant_of,
                      "memory_gb": None if mm.capacity_bytes is None else mm.capacity_bytes / 1e9,
                      "bandwidth_gb_per_s": mm.bandwidth_bytes_per_s / 1e9,
-                     "bf16_tflops": peak / 1e12 if peak else None,
-                     "fp32_vector_tflops": fp32 / 1e12 if fp32 else None})
+                     "bandwidth_rung": bw.rung if bw else None,
+                     "bf16_tflops": bf16.value / 1e12 if bf16 else None, "bf16_rung": bf16.rung if bf16 else None,
+                     "fp32_vector_tflops": fp32.value / 1e12 if fp32 else None,
+                     "fp32_rung": fp32.rung if fp32 else None})
     return sorted(rows, key=lambda r: (r["kind"], r["vendor"], r["year"] or 0, r["id"]))
 
 

@@ -333,13 +333,16 @@ def _list(a: argparse.Namespace) -> int:
     if not rows:
         print("(none)")
         return 0
-    keys = list(rows[0])
-    table = [[_fmt(r[k]) for k in keys] for r in rows]
+    keys = [k for k in rows[0] if not k.endswith("_rung") and k != "variant_of"]
+    mark = {"derived": " d", "estimated": " e"}
+    table = [[_fmt(r[k]) + mark.get(r.get(k.replace("_tflops", "").replace("_gb_per_s", "").replace(
+        "fp32_vector", "fp32") + "_rung"), "") for k in keys] for r in rows]
     widths = [max(len(k), *(len(t[i]) for t in table)) for i, k in enumerate(keys)]
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
     for t in table:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
-    print(f"({len(rows)} {'devices' if a.what == 'hardware' else 'models'})")
+    note = "; d: derived from sourced parts, e: estimated (perfmodel show ID says how)" if a.what == "hardware" else ""
+    print(f"({len(rows)} {'devices' if a.what == 'hardware' else 'models'}{note})")
     return 0
 
 

@@ -177,15 +177,21 @@ def _clock(device: "Device", use_family: bool) -> Figure | None:
 
 
 def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
-    sib = _siblings(device)
-    if not sib:
+    everyone = _siblings(device)
+    if not everyone:
         return
+    # GeForce parts run FP16/FP8 products with FP32 accumulation at half their FP16-accumulate rate (and list that
+    # rate apart); professional and datacentre parts of the same die do not: siblings of the device's own kind first
+    half = bool(device.compute.matrix.half_accumulate_dense_tflops)
+    alike = [(d, f) for d, f in everyone if bool(d.compute.matrix.half_accumulate_dense_tflops) == half]
     proc, clock = device.processor, figs.get("processor.clock")
     for unit in ("matrix", "vector"):
         for p in COMPUTE_KEYS:
             key = f"compute.{unit}.{p}"
-            if key in figs:
-                continue
+            if key in figs and (figs[key].rung != "estimated" or figs[key].uncertainty <= RULE_UNCERTAINTY[
+                    "family-rate"]):
+                continue  # an estimate from a looser rule (a CPU's assumed FMA pipes) gives way to the family's
+            sib = alike if any(key in f for _, f in alike) else everyone
             # 1. ratio to a figure this device has, as its siblings have both
             best = None
             for q in ("bf16", "fp16", "fp32", "fp8", "int8", "fp4", "tf32"):
@@ -210,7 +216,7 @@ def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
                     best = Figure(key, r * proc.units * clock.value, "estimated",
                                   f"{r:.4g} FLOPs/cycle/{proc.unit_name} (median of {len(rates)} {device.family} "
                                   f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
-            if best is not None:
+            if best is not None and (key not in figs or best.uncertainty < figs[key].uncertainty):
                 figs[key] = best
 
 
@@ -254,10 +260,11 @@ def _interconnect_rule(device: "Device", figs: dict[str, Figure]) -> None:
     from .device import PCIE_FIRST_YEAR, pcie_bytes_per_s
 
     year = device.year or 2019
-    gen = max((g for g, y in PCIE_FIRST_YEAR.items() if y <= year), default=3)
+    gen = max((g for g, y in PCIE_FIRST_YEAR.items() if y <= year), default=1)
+    when = f"the generation current in {year}" if year >= PCIE_FIRST_YEAR[1] else f"the first; {year} predates PCIe"
     figs["interconnect.bandwidth"] = Figure(
         "interconnect.bandwidth", pcie_bytes_per_s(gen, 16), "estimated",
-        f"no host link stated: PCIe {gen}.0 x16 (the generation current in {year}), "
+        f"no host link stated: PCIe {gen}.0 x16 ({when}), "
         f"{pcie_bytes_per_s(gen, 16) / 1e9:.3g} GB/s per direction", "host-link")
 
 

@@ -283,6 +283,10 @@ def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
         return [(b, prompt, 1)]
     if batch is None or (isinstance(batch, float) and math.isnan(batch)):
         return [(float(x), prompt, gen) for x in _BATCH_GRID]
+    if metric in ("throughput_tokens_per_s", "total_throughput_tokens_per_s") and b > 1:
+        # a serving engine admits only the sequences whose KV cache fits and queues the rest: at a concurrency
+        # whose KV does not fit, it runs the largest batch that does (the last fitting point is taken)
+        return [(float(x), prompt, gen) for x in _BATCH_GRID if x < b] + [(b, prompt, gen)]
     return [(b, prompt, gen)]
 
 

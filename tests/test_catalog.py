@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 
-def test_readme_catalog_is_generated_from_the_data():
+def test_catalog_doc_is_generated_from_the_data():
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "catalog_md.py"), "--check"], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
