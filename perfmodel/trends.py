@@ -369,7 +369,8 @@ def figure(target: float = 20.0, table: "pd.DataFrame | None" = None,
         a.scatter(t.year[ok], t[col][ok], s=18, color=color, label=label, alpha=0.8)
         if envelope(t, col).year.nunique() >= 3:
             g = envelope_growth(t, col)
-            a.plot(yrs, [g.at(y) for y in yrs], color=color, lw=1, ls="--",
+            span = yrs[(yrs >= g.first_year) & (yrs <= g.last_year)]  # a fit is drawn over the years it was fitted on
+            a.plot(span, [g.at(y) for y in span], color=color, lw=1, ls="--",
                    label=f"  best per year: x{g.per_2y:.2f} per 2 years ({g.first_year:.0f}-{g.last_year:.0f})")
     a.set(yscale="log", xlabel="launch year", title="Per socket: peak compute and DRAM bandwidth")
     a.legend(fontsize=7, loc="upper left")

@@ -40,7 +40,17 @@ xeon-8180 xeon-8280 xeon-8380 xeon-8480plus xeon-max-9480 xeon-8592plus xeon-698
 epyc-7773x epyc-9654 epyc-9684x epyc-9754 epyc-9755 graviton2 graviton3 graviton4 grace ampere-altra-q80-30
 ampereone-a192-32x apple-m1-cpu apple-m2-cpu apple-m3-cpu apple-m4-cpu core-i9-13900k core-i9-14900k core-ultra-9-285k
 ryzen-9-7950x ryzen-9-9950x threadripper-pro-5995wx raspberry-pi-5
-""".split()
+""".split() + """
+rtx-2060 rtx-2070 rtx-2080 rtx-2080-ti rtx-3050 rtx-3060-ti rtx-3070 rtx-3070-ti rtx-3080-ti rtx-3090-ti rtx-4060
+rtx-4060-ti rtx-4070-super rtx-4070-ti rtx-4070-ti-super rtx-4080-super rtx-5060 rtx-5060-ti rtx-5070 rtx-5070-ti
+rtx-pro-6000-blackwell rtx-a4000 rtx-a5000 rtx-4000-ada rtx-5000-ada a40 a800-80gb-sxm h800-sxm h20 b100 b300 gb300
+jetson-agx-orin jetson-orin-nano rx-6800-xt rx-6900-xt rx-7900-xt rx-7800-xt rx-7600 rx-9070 rx-9070-xt
+radeon-ai-pro-r9700 radeon-pro-w7900 mi50 mi60 arc-a310 arc-a380 arc-a750 arc-b570 max-1550 m3-ultra-80c m3-max-30c
+m4-max-32c snapdragon-x-elite-gpu inferentia2 trainium snapdragon-x-elite-cpu apple-m2-max-cpu apple-m1-max-cpu
+apple-m3-max-cpu apple-m4-max-cpu ryzen-ai-max-395-cpu core-i3-1315u core-ultra-7-155h ryzen-7-7840u ryzen-7-8845hs
+pentium-iii-1000 pentium-iii-s-1400 pentium-4-2000-willamette pentium-4-3060-ht athlon-xp-3000 athlon-64-3200
+opteron-244 pentium-m-1600 core-2-duo-e6600 xeon-6787p epyc-9655 epyc-9965 grace-gb200 gb10-cpu
+""".split()  # the coverage issue's devices (binned variants are ids of their own)
 NAMED_MODELS = """
 gpt2 gpt2-medium gpt2-large gpt2-xl gpt-3-175b gpt-j-6b opt-6.7b opt-13b opt-30b opt-66b bloom-176b falcon-7b falcon-40b
 falcon-180b llama-7b llama-13b llama-33b llama-65b llama-2-7b llama-2-13b llama-2-70b llama-3-8b llama-3-70b

@@ -1,0 +1,70 @@
+"""Write the generated tables of docs/validation.md: held-out error and coverage per category, and the error bands'
+leave-one-source-out coverage. The prose around them is hand-written; the tables sit between markers.
+
+    python tools/validation_md.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from perfmodel._io import atomic_write_text  # noqa: E402
+from perfmodel.bands import loso_coverage, residuals  # noqa: E402
+from perfmodel.validation import coverage, load_rows, predict, summary  # noqa: E402
+
+DOC = ROOT / "docs" / "validation.md"
+START, END = "<!-- tables:start (tools/validation_md.py) -->", "<!-- tables:end -->"
+
+
+def render() -> str:
+    rows = load_rows()
+    test = rows[rows.split == "test"].reset_index(drop=True)
+    test["predicted"], test["skipped"] = predict(test)
+    test["baseline"], _ = predict(test, engine="ideal")
+    known = test[(test.skipped == "") | ~test.skipped.str.contains("not in the catalog")]
+    cov = coverage(known).set_index("category")
+    allrows = rows.copy()
+    allrows["predicted"], allrows["skipped"] = predict(allrows)
+    kall = allrows[(allrows.skipped == "") | ~allrows.skipped.str.contains("not in the catalog")]
+    cov_all = coverage(kall).set_index("category")
+    table = summary(test)
+    bands = loso_coverage(residuals(rows))
+    out = [START, "", f"{len(rows):,} rows from {rows.file.nunique()} sources; {int((rows.split == 'test').sum())} held "
+           f"out (`test`). Coverage: rows predicted of those whose model and device are in the catalog.", "",
+           "| category | metric | rows | median | mean | pure roofline median / mean | coverage (test) | coverage (all) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        c = cov.coverage.get(r.category) if r.metric == "(all)" else None
+        ca = cov_all.coverage.get(r.category) if r.metric == "(all)" else None
+        fmt = (lambda x: "" if x is None or not np.isfinite(x) else f"{x * 100:.1f} %")
+        out.append(f"| {r.category} | {r.metric} | {r.rows} | {r.median_ape:.1f} % | {r.mean_ape:.1f} % | "
+                   f"{r.baseline_median_ape:.1f} % / {r.baseline_mean_ape:.1f} % | {fmt(c)} | {fmt(ca)} |")
+    reasons = kall[kall.skipped != ""].skipped.map(lambda s: "does not fit" if "does not fit" in s else s[:80])
+    out += ["", f"Not predicted, of the {len(kall):,} rows whose model and device are in the catalog: "
+            + ("; ".join(f"{n} {k}" for k, n in reasons.value_counts().items()) or "none") + ".", "",
+            "Error bands, leave-one-source-out (each source's rows against bands fitted without it); width = high end "
+            "/ low end of the band:", "",
+            "| engine | category | rows | sources | coverage of the 80 % band | median width |", "|---|---|---|---|---|---|"]
+    for r in bands.itertuples():
+        out.append(f"| {r.engine} | {r.category} | {r.rows} | {r.sources} | {r.coverage * 100:.1f} % | "
+                   f"{r.median_width:.2f}x |")
+    return "\n".join(out + ["", END])
+
+
+def main() -> int:
+    text = DOC.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    atomic_write_text(DOC, head + render() + tail)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
