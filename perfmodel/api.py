@@ -239,23 +239,20 @@ class Estimate:
     def intervals(self) -> dict[str, dict[str, Any]]:
         """Per metric: the empirical 80 % band from held-out validation residuals of this device class, engine and
         metric family, widened where estimated figures bound the time (perfmodel.bands)."""
-        from .bands import METRIC_CATEGORY, PHASE_OF, band_for, widening
+        from .bands import intervals
         from .provenance import widening_log
         from .validation import device_class
 
-        share = widening_log(self.ev, self._used)
         out = {}
-        for metric, category in METRIC_CATEGORY.items():
-            value = _num(self.ev.metrics[metric])
-            band = band_for(device_class(self.device), self.engine, category)
-            if value is None or band is None:
+        for metric, iv in intervals(self.ev, device_class(self.device), self.engine,
+                                    widening_log(self.ev, self._used)).items():
+            lo, hi = _num(iv.low), _num(iv.high)
+            if lo is None or hi is None or _num(self.ev.metrics[metric]) is None:
                 continue
-            s = max(float(share[ph][0]) for ph in PHASE_OF[category])
-            w = float(widening(s))
-            lo, hi = band.apply(value, metric, w)
-            out[metric] = {"low": float(lo), "high": float(hi), "coverage": band.coverage, "rows": band.rows,
-                           "basis": band.basis, "widened": round(w, 4)}
-        return out
+            out[metric] = {"low": lo, "high": hi, "coverage": iv.coverage, "rows": iv.rows, "basis": iv.basis,
+                           "widened": round(float(np.asarray(iv.widened).reshape(-1)[0]), 4)}
+        return {k: out[k] for k in ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s",
+                                    "throughput_tokens_per_s", "e2e_latency_s") if k in out}
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` object. Keys named in the CLI contract are stable; new keys may be added."""

@@ -71,22 +71,25 @@ class Ceiling:
 
 
 def ceilings(device: "Device") -> list[Ceiling]:
-    """The datasheet ceilings of a device: one per memory level with a known bandwidth, and one per unit (matrix,
-    vector) and precision with a known dense peak."""
+    """The ceilings of a device: one per memory level with a known bandwidth, and one per unit (matrix, vector) and
+    precision with a dense peak on the provenance ladder (estimated ones say so)."""
     out = [Ceiling(f"{lv.name} {lv.bandwidth_bytes_per_s / 1e9:,.0f} GB/s", lv.bandwidth_bytes_per_s, "memory")
            for lv in device.levels if lv.bandwidth_bytes_per_s]
     same: dict[float, list[tuple[str, str]]] = {}  # precisions at one rate share a line: "matrix fp8/int8"
+    estimated = set()
     for unit in ("matrix", "vector"):
-        c = getattr(device.compute, unit)
-        for prec in sorted(set(c.dense_tflops) | set(c.flops_per_cycle_per_unit), key=_prec_order):
-            peak = device.peak_flops_per_s(unit, prec)
-            if peak:
-                same.setdefault(round(peak, -6), []).append((unit, prec))
+        precs = [k.rsplit(".", 1)[1] for k in device.figures if k.startswith(f"compute.{unit}.")]
+        for prec in sorted(precs, key=_prec_order):
+            fig = device.figure(f"compute.{unit}.{prec}")
+            same.setdefault(round(fig.value, -6), []).append((unit, prec))
+            if fig.rung == "estimated":
+                estimated.add((unit, prec))
     for peak, members in sorted(same.items(), reverse=True):
         names: list[str] = []
         for i, (unit, prec) in enumerate(members):
             names.append(f"/{prec}" if i and members[i - 1][0] == unit else f"{', ' if i else ''}{unit} {prec}")
-        out.append(Ceiling(f"{''.join(names)} {_rate(peak)}", peak, "compute", tuple(members)))
+        est = " (estimated)" if all(m in estimated for m in members) else ""
+        out.append(Ceiling(f"{''.join(names)} {_rate(peak)}{est}", peak, "compute", tuple(members)))
     return out
 
 
@@ -131,8 +134,8 @@ def roofline(est: "Estimate", compare: Sequence["Device | str"] = (), ax: "Axes 
     for d, cs in zip(devices, all_c):
         missing = [k for k in ("compute", "memory") if not any(c.kind == k for c in cs)]
         if missing:
-            raise PerfmodelError(f"{d.id} has no sourced {' or '.join(missing)} figure, so its roofline cannot be "
-                                 f"drawn; add one to its spec file with its source")
+            raise PerfmodelError(f"{d.id} has no {' or '.join(missing)} figure (sourced, derived or estimated), so "
+                                 f"its roofline cannot be drawn; add one, or its parts, to its spec file")
     peaks = [c.value for cs in all_c for c in cs if c.kind == "compute"]
     bws = [c.value for cs in all_c for c in cs if c.kind == "memory"]
     xs = list(pts.intensity_flops_per_byte) + [p / b for p in peaks for b in bws]

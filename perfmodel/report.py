@@ -51,12 +51,18 @@ def _rows(est: "Estimate") -> dict[str, list[tuple[str, str]]]:
                 ("parameters", f"{d['params']['total'] / 1e9:,.2f} B total, {d['params']['active'] / 1e9:,.2f} B "
                                f"active")]
     pre, dec = d["phases"]["prefill"], d["phases"]["decode"]
-    metrics = [("TTFT", f"{ms(d['ttft_s'])} ({pre['bound']}-bound)"),
-               ("TPOT (mean decode step)", f"{ms(d['tpot_s'])} ({dec['bound']}-bound)"),
-               ("decode tokens/s per sequence", rate(d["decode_tokens_per_s"])),
-               ("prefill tokens/s", rate(d["prefill_tokens_per_s"])),
-               ("throughput (whole batch, end to end)", rate(d["throughput_tokens_per_s"])),
-               ("end-to-end latency", ms(d["e2e_latency_s"])),
+
+    def band(metric: str, fmt) -> str:
+        iv = d["intervals"].get(metric)
+        return "" if not iv else f"; 80 % band {fmt(iv['low'])} to {fmt(iv['high'])}"
+
+    metrics = [("TTFT", f"{ms(d['ttft_s'])} ({pre['bound']}-bound){band('ttft_s', ms)}"),
+               ("TPOT (mean decode step)", f"{ms(d['tpot_s'])} ({dec['bound']}-bound){band('tpot_s', ms)}"),
+               ("decode tokens/s per sequence", rate(d["decode_tokens_per_s"]) + band("decode_tokens_per_s", rate)),
+               ("prefill tokens/s", rate(d["prefill_tokens_per_s"]) + band("prefill_tokens_per_s", rate)),
+               ("throughput (whole batch, end to end)",
+                rate(d["throughput_tokens_per_s"]) + band("throughput_tokens_per_s", rate)),
+               ("end-to-end latency", ms(d["e2e_latency_s"]) + band("e2e_latency_s", ms)),
                ("MFU / MBU", f"{d['mfu'] * 100:.1f} % / {d['mbu'] * 100:.1f} %"),
                ("memory per device", f"{mem['total_bytes'] / gb:,.2f} GB of {cap} ({fits}): weights "
                                      f"{mem['weights_bytes'] / gb:,.2f}, KV {mem['kv_cache_bytes'] / gb:,.2f}, "
@@ -65,7 +71,13 @@ def _rows(est: "Estimate") -> dict[str, list[tuple[str, str]]]:
     shown = {k: v for k, v in eff.model_dump().items()
              if k not in ("host", "raw_sha256", "created") and v not in ({}, None, "")}
     profile = [(k, f"{v:g}" if isinstance(v, float) else str(v)) for k, v in shown.items()]
-    return {"workload": workload, "metrics": metrics, "profile": profile}
+    figures = [[k, f"{p['value']:.4g}", p["rung"], ", ".join(f"{ph} {v * 100:.0f} %" for ph, v in p["bounds"].items()),
+                p["note"]] for k, p in d["provenance"].items()]
+    return {"workload": workload, "metrics": metrics, "profile": profile, "figures": figures,
+            "warnings": d["warnings"]}
+
+
+FIGURES_HEAD = ["device figure", "value (SI)", "rung", "share of each phase it bounds", "source or derivation"]
 
 
 def _phase_table(est: "Estimate") -> tuple[list[str], list[list[str]]]:
@@ -147,7 +159,9 @@ def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str]) ->
     for key, t, _ in figs:
         parts += [f"## {t}", ""] + ([f"![{t}]({names[key]})", ""] if key in names else [])
     parts += ["## Heaviest ops", "", table(*_ops_table(est)), "", "## Efficiency profile", "",
-              table(["setting", "value"], [list(x) for x in r["profile"]]), "", "## Assumptions", ""]
+              table(["setting", "value"], [list(x) for x in r["profile"]]), "", "## Device figures used", "",
+              table(FIGURES_HEAD, r["figures"]), ""] + [f"- warning: {w}" for w in r["warnings"]] + [
+              "", "## Assumptions", ""]
     parts += [f"- {a}" for a in ASSUMPTIONS] + ["", "## Sources", ""]
     parts += [f"- {what}: [{t}]({u}){' — ' + c if c else ''}" if u else f"- {what}: {t}{' — ' + c if c else ''}"
               for what, t, u, c in _sources(est)]
@@ -184,6 +198,8 @@ def _html(est: "Estimate", title: str, figs: list) -> str:
             out.append(f"<img alt=\"{e(t)}\" src=\"data:image/png;base64,{b64}\">")
     out += ["<h2>Heaviest ops</h2>", table(*_ops_table(est)),
             "<h2>Efficiency profile</h2>", table(["setting", "value"], r["profile"]),
+            "<h2>Device figures used</h2>", table(FIGURES_HEAD, r["figures"]),
+            *(f"<p>warning: {e(w)}</p>" for w in r["warnings"]),
             "<h2>Assumptions</h2><ul>", *(f"<li>{e(a)}</li>" for a in ASSUMPTIONS), "</ul>",
             "<h2>Sources</h2><ul>"]
     for what, t, u, c in _sources(est):

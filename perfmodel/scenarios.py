@@ -40,7 +40,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     import pandas as pd
 
     from .api import load_device, load_model
-    from .bands import METRIC_CATEGORY, PHASE_OF, band_for, widening
+    from .bands import METRIC_CATEGORY, intervals
     from .provenance import widening_log
     from .validation import device_class, load_engine
 
@@ -126,16 +126,10 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
         for c, v in ev.metrics.items():
             out[c][idx[keep]] = np.asarray(v)[keep]
-        share = widening_log(ev)
         band_engine = eng or ("calibrated" if efficiency is not None else "default")
-        for metric, category in METRIC_CATEGORY.items():
-            band = band_for(device_class(d), band_engine, category)
-            if band is None:
-                continue
-            w = widening(np.maximum.reduce([share[ph] for ph in PHASE_OF[category]]))
-            lo, hi = band.apply(np.asarray(ev.metrics[metric], dtype=float), metric, w)
-            out[f"{metric}_low"][idx[keep]] = np.broadcast_to(lo, len(idx))[keep]
-            out[f"{metric}_high"][idx[keep]] = np.broadcast_to(hi, len(idx))[keep]
+        for metric, iv in intervals(ev, device_class(d), band_engine, widening_log(ev)).items():
+            out[f"{metric}_low"][idx[keep]] = np.broadcast_to(iv.low, len(idx))[keep]
+            out[f"{metric}_high"][idx[keep]] = np.broadcast_to(iv.high, len(idx))[keep]
         for c in MEMORY:
             v = {"total_bytes": mem.total_bytes, "capacity_bytes": mem.capacity_bytes, "fits": fits}.get(
                 c, getattr(mem, c, None))

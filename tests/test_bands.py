@@ -43,17 +43,21 @@ def _resid(n_per_source, sources, engine="llamacpp", category="decode", cls="gpu
 
 
 def test_fit_table_quantiles_and_fallback():
-    d = pd.concat([_resid(30, 2), _resid(5, 1, cls="apple", seed=1)], ignore_index=True)
+    apple = _resid(5, 1, cls="apple", seed=1).assign(file="apple-src")
+    cpu = _resid(20, 1, cls="cpu", seed=2).assign(file="cpu-src")
+    d = pd.concat([_resid(20, 3), apple, cpu], ignore_index=True)
     table = fit_table(d)
     gpu = lookup(table, "gpu", "llamacpp", "decode")
     lo, hi = np.quantile(d[d.device_class == "gpu"].ratio, bands.QUANTILES)
     assert (gpu.low_ratio, gpu.high_ratio, gpu.rows) == (pytest.approx(lo), pytest.approx(hi), 60)
-    # apple has 5 rows, under MIN_ROWS: it falls back to the engine's band over all 65 rows
-    apple = lookup(table, "apple", "llamacpp", "decode")
-    assert apple.rows == 65 and apple.basis == "llamacpp/decode"
+    # apple has 5 rows, under MIN_ROWS; cpu 20 rows but from one source, under MIN_SOURCES: both fall back to the
+    # engine's band over all 85 rows
+    for cls in ("apple", "cpu"):
+        b = lookup(table, cls, "llamacpp", "decode")
+        assert b.rows == 85 and b.basis == "llamacpp/decode"
     # an engine with no rows of its own: the pooled band of the fitted engines
     other = lookup(table, "gpu", "vllm", "decode")
-    assert other.rows == 65 and other.basis == "fitted/decode"
+    assert other.rows == 85 and other.basis == "fitted/decode"
     assert lookup(table, "gpu", "default", "decode") is None  # default rows are never pooled with fitted ones
 
 
@@ -74,3 +78,21 @@ def test_shipped_table_has_the_large_categories():
                                                                                               "serving")):
         b = bands.band_for(cls, engine, cat)
         assert b is not None and b.rows >= bands.MIN_ROWS and b.low_ratio < 1 < b.high_ratio * 1.5
+
+
+def test_whole_request_band_is_composed_from_the_phase_bands_for_a_phase_only_engine():
+    import perfmodel as pm
+
+    est = pm.estimate("llama-3-8b", "rtx-4090", weights="q4_0", engine="llamacpp", prompt_len=512, gen_len=128)
+    iv = est.intervals
+    # llama.cpp's sources measure phases, not requests: e2e = TTFT + 127 decode steps (+ host time per step, which
+    # llama.cpp's GPU profile sets), so its ends are TTFT's ends + 127 x TPOT's ends plus that host time
+    rest = est.e2e_latency_s - est.ttft_s - 127 * est.tpot_s
+    assert iv["e2e_latency_s"]["low"] == pytest.approx(rest + iv["ttft_s"]["low"] + 127 * iv["tpot_s"]["low"])
+    assert iv["e2e_latency_s"]["high"] == pytest.approx(rest + iv["ttft_s"]["high"] + 127 * iv["tpot_s"]["high"])
+    # throughput = batch x gen / e2e, so its ends swap
+    assert iv["throughput_tokens_per_s"]["low"] == pytest.approx(128 / iv["e2e_latency_s"]["high"])
+    assert "+" in iv["e2e_latency_s"]["basis"]
+    # an engine with serving rows of its own keeps its serving band
+    trt = pm.estimate("llama-3-8b", "h100-sxm", batch=64, prompt_len=512, gen_len=128, engine="trtllm")
+    assert trt.intervals["throughput_tokens_per_s"]["basis"].startswith("gpu/trtllm/serving")

@@ -81,8 +81,12 @@ def test_held_out_error_does_not_regress(rows):
     assert list(worse.category) == []
 
 
-REACHED = {"decode median": 9.5, "decode mean": 12.0, "prefill mean": 25.0, "serving mean": 25.0,
-           "kernel mean": 18.0}  # held-out figures of README "Validation" plus a small margin
+# held-out figures of docs/validation.md plus a small margin. Issue 12 made 123 more held-out rows predictable
+# (devices that were refused or missing): decode and prefill improved (5.6 / 8.5 %, 18.0 %); serving rose to 29.6 %
+# with TensorRT-LLM's pipeline-parallel RTX PRO 6000 rows (throughput that grows with pp: micro-batches in flight,
+# which the cost model does not overlap yet) and kernel to 21.9 % with DeepGEMM's FP8 rows on the H800.
+REACHED = {"decode median": 6.5, "decode mean": 9.5, "prefill mean": 19.5, "serving mean": 31.0,
+           "kernel mean": 23.0}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
 
@@ -96,8 +100,8 @@ def _held_out(rows):
             "kernel mean": t.loc[("kernel", "(all)")].mean_ape}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5: the held-out kernel mean (16.3 %) is above its 15 % target; README, "
-                                       "Validation, says where and why")
+@pytest.mark.xfail(strict=True, reason="issue 5: the held-out kernel (21.9 %) and serving (29.6 %) means are above their "
+                                       "targets; docs/validation.md says where and why")
 def test_issue_targets(rows):
     got = _held_out(rows)
     assert {k: round(v, 1) for k, v in got.items() if v > TARGETS[k]} == {}

@@ -19,10 +19,12 @@ from perfmodel.bands import loso_coverage, residuals  # noqa: E402
 from perfmodel.validation import coverage, load_rows, predict, summary  # noqa: E402
 
 DOC = ROOT / "docs" / "validation.md"
+README = ROOT / "README.md"
 START, END = "<!-- tables:start (tools/validation_md.py) -->", "<!-- tables:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- summary:start (tools/validation_md.py) -->", "<!-- summary:end -->"
 
 
-def render() -> str:
+def render() -> tuple[str, str]:
     rows = load_rows()
     test = rows[rows.split == "test"].reset_index(drop=True)
     test["predicted"], test["skipped"] = predict(test)
@@ -54,15 +56,31 @@ def render() -> str:
     for r in bands.itertuples():
         out.append(f"| {r.engine} | {r.category} | {r.rows} | {r.sources} | {r.coverage * 100:.1f} % | "
                    f"{r.median_width:.2f}x |")
-    return "\n".join(out + ["", END])
+    own = bands[bands.engine == "own engine"].set_index("category")
+    short = [SUMMARY_START, "", "Held-out rows, each with its own engine profile (`perfmodel validate --bands`):", "",
+             "| category | rows | median error | mean error | pure roofline mean | coverage | 80 % band covers |",
+             "|---|---|---|---|---|---|---|"]
+    one = table.groupby("category").metric.transform("size") == 1  # a single-metric category has no "(all)" row
+    for r in table[((table.metric == "(all)") | one) & (table.category != "ALL")].itertuples():
+        band = f"{own.coverage[r.category] * 100:.0f} %" if r.category in own.index else "-"
+        short.append(f"| {r.category} | {r.rows} | {r.median_ape:.1f} % | {r.mean_ape:.1f} % | "
+                     f"{r.baseline_mean_ape:.1f} % | {cov.coverage.get(r.category, float('nan')) * 100:.1f} % | "
+                     f"{band} |")
+    return "\n".join(out + ["", END]), "\n".join(short + ["", SUMMARY_END])
+
+
+def _splice(path: Path, start: str, end: str, block: str) -> None:
+    text = path.read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(path, head + block + tail)
+    print(f"wrote {path.relative_to(ROOT)}")
 
 
 def main() -> int:
-    text = DOC.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(DOC, head + render() + tail)
-    print(f"wrote {DOC.relative_to(ROOT)}")
+    tables, summary_table = render()
+    _splice(DOC, START, END, tables)
+    _splice(README, SUMMARY_START, SUMMARY_END, summary_table)
     return 0
 
 
