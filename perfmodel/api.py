@@ -210,7 +210,7 @@ class Estimate:
 
         return used_figures(self.ev)
 
-    @property
+    @cached_property
     def provenance(self) -> dict[str, dict[str, Any]]:
         """Every device figure this estimate used: its rung (sourced, derived, estimated), value (SI), how it was
         obtained, and the share of each phase's time it bounds."""
