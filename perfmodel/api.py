@@ -83,7 +83,7 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     m, d = load_model(model), load_device(device)
     wl = workload or Workload(**kw)
     if wl.gen_len is None:
-        wl = wl.model_copy(update={"gen_len": default_gen(m)})
+        wl = Workload(**{**wl.model_dump(), "gen_len": default_gen(m)})
     band_engine = engine or ("calibrated" if efficiency is not None else "default")
     if engine and efficiency is not None:
         raise PerfmodelError("give an efficiency profile (a calibration of a machine) or an engine (a software "

@@ -49,8 +49,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise PerfmodelError(f"file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PerfmodelError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise PerfmodelError(f"file {str(path)!r} cannot be read: {e.strerror or e}") from None
 
 
 def validation_message(path: Path | str, err: ValidationError) -> str:

@@ -128,6 +128,11 @@ def _workload_args(e: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from ._io import check_output_path
+
+        for attr, flag in (("output", "-o/--output"), ("plot", "--plot")):
+            if getattr(args, attr, None) is not None:  # refused before any work is done
+                check_output_path(getattr(args, attr), flag)
         return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep, "calibrate": _calibrate,
                 "validate": _validate, "report": _report, "plot": _plot, "whatif": _whatif,
                 "trends": _trends}[args.command](args)
@@ -211,13 +216,22 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
             out[key] = float(value)
         except ValueError:
             raise PerfmodelError(f"--set {key} needs a number; got {value!r}") from None
+        _positive_number(out[key], f"--set {key}")
     return out
+
+
+def _positive_number(x: float, what: str) -> float:
+    if not (math.isfinite(x) and x > 0):
+        raise PerfmodelError(f"{what} must be a finite number > 0; got {x!r}")
+    return x
 
 
 def _whatif(a: argparse.Namespace) -> int:
     from . import whatif
 
     changes = _parse_set(a.set)
+    if a.target is not None:
+        _positive_number(a.target, "--target")
     base = _make_estimate(a)
     out: dict[str, Any] = {"base": base.to_dict()}
     dev = whatif.scaled(base.device, **changes) if changes else base.device
@@ -273,6 +287,7 @@ def _g(x: Any) -> str:
 def _trends(a: argparse.Namespace) -> int:
     from . import trends
 
+    _positive_number(a.target, "--target")
     table = trends.cpu_table()
     tokens = trends.cpu_tokens(table=table)
     h = trends.headline(a.target, table, tokens)

@@ -71,6 +71,8 @@ class Efficiency(BaseModel):
     host: dict[str, str | int | float] = Field({}, description="where and how the profile was measured")
     created: str = ""
     raw_sha256: str = Field("", description="checksum of the raw measurements saved beside the profile")
+    values_sha256: str = Field("", description="checksum of every value of the profile (calibration.profile."
+                                               "values_digest): an edited calibrated profile is refused")
 
     @property
     def calibrated(self) -> bool:

@@ -86,14 +86,21 @@ class Workload(BaseModel):
         return Parallel(self.tp, self.pp)
 
 
-def _int_at_least(v: Any, lo: int, name: str) -> int:
+# The largest value each size takes: past these a number is a typo, not a workload (2^24 sequences, 2^30 tokens,
+# 2^16 devices), and it would only overflow the arithmetic.
+LIMITS = {"batch": 2**24, "prompt_len": 2**30, "gen_len": 2**30, "tp": 2**16, "pp": 2**16}
+
+
+def _int_at_least(v: Any, lo: int, name: str, hi: int | None = None) -> int:
+    hi = hi if hi is not None else LIMITS.get(name)
     try:
         f = float(v)
         ok = f == int(f)
     except (TypeError, ValueError, OverflowError):
         ok = False
-    if not ok or int(f) < lo:
-        raise PerfmodelError(f"{name} must be an integer >= {lo}; got {v!r}")
+    if not ok or int(f) < lo or (hi is not None and int(f) > hi):
+        bound = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi:,}"
+        raise PerfmodelError(f"{name} must be {bound}; got {v!r}")
     return int(f)
 
 

@@ -26,11 +26,16 @@ def load_hf_config(path: str | Path, model_id: str | None = None) -> ModelSpec:
     if p.is_dir():
         p = p / "config.json"
     try:
-        cfg = json.loads(p.read_text())
+        cfg = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PerfmodelError(f"model config file {str(p)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise PerfmodelError(f"model config file {str(p)!r} is not text (not UTF-8): a Hugging Face config.json is "
+                             f"a JSON text file") from None
     except json.JSONDecodeError as e:
         raise PerfmodelError(f"model config file {str(p)!r} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise PerfmodelError(f"model config file {str(p)!r} cannot be read: {e.strerror or e}") from None
     if not isinstance(cfg, dict):
         raise PerfmodelError(f"model config file {str(p)!r} must hold a JSON object")
     default_id = p.parent.name if p.name == "config.json" else p.stem

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .errors import PerfmodelError
-from .estimate import Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
+from .estimate import LIMITS, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,11 +70,17 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     errors = np.full(n, "", dtype=object)
 
     nums = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float) for c in ("batch", "prompt", "gen")}
-    for c, lo in (("batch", 1), ("prompt", 1), ("gen", 0)):
+    for c, lo, hi in (("batch", 1, LIMITS["batch"]), ("prompt", 1, LIMITS["prompt_len"]), ("gen", 0, LIMITS["gen_len"])):
         v = nums[c]
-        bad = ~((v == np.round(v)) & (v >= lo)) & ~(np.isnan(v) & (c == "gen") & df[c].isna().to_numpy())
+        with np.errstate(invalid="ignore"):
+            good = np.isfinite(v) & (v == np.round(v)) & (v >= lo) & (v <= hi)
+        bad = ~good & ~(np.isnan(v) & (c == "gen") & df[c].isna().to_numpy())
         for i in np.flatnonzero(bad & (errors == "")):
-            errors[i] = f"{c} must be an integer >= {lo}; got {df.at[i, c]!r}"
+            errors[i] = f"{c} must be an integer from {lo} to {hi:,}; got {df.at[i, c]!r}"
+    for c in ("model", "hardware"):
+        blank = scenarios[c].isna().to_numpy() | (scenarios[c].astype(str).str.strip() == "").to_numpy()
+        for i in np.flatnonzero(blank & (errors == "")):
+            errors[i] = f"{c} is empty: every row needs a catalog id, alias or file path"
 
     gen_filled = np.full(n, None, dtype=object)
     keys = df[list(_GROUP)].astype(str)
@@ -122,7 +128,8 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         keep = np.ones(len(idx), dtype=bool) if ignore_capacity else np.asarray(fits, dtype=bool)
         for j in np.flatnonzero(~keep):
             one = mem.at(j)
-            wl_j = wl.model_copy(update={"batch": int(batch[j]), "prompt_len": int(prompt[j]), "gen_len": int(gen[j])})
+            wl_j = Workload(**{**wl.model_dump(), "batch": int(batch[j]), "prompt_len": int(prompt[j]),
+                               "gen_len": int(gen[j])})
             errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
         for c, v in ev.metrics.items():
             out[c][idx[keep]] = np.asarray(v)[keep]

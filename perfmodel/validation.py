@@ -147,7 +147,15 @@ class EngineProfile:
             return Efficiency(matrix=1, vector=1, memory=1, interconnect=1, op_overhead_s=0.0,
                               source="ideal: datasheet peaks, no overheads")
         values = self.classes.get(device_class(device), {})
-        return base.model_copy(update={**values, "source": f"engine profile {self.id} ({device_class(device)})"})
+        from pydantic import ValidationError
+
+        try:  # built anew, so a typo'd key or an out-of-range value in a profile file is an error, not ignored
+            return Efficiency(**{**base.model_dump(), **values,
+                                 "source": f"engine profile {self.id} ({device_class(device)})"})
+        except ValidationError as e:
+            from .catalog import validation_message
+
+            raise PerfmodelError(validation_message(f"engine profile {self.id} [{device_class(device)}]", e)) from None
 
 
 def device_class(device: "Device") -> str:

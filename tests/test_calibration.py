@@ -85,7 +85,7 @@ def test_writing_a_profile_never_leaves_half_a_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(io.os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(pm.PerfmodelError, match="disk full; the old file, if any, is unchanged"):
         write_profile(path, pm.Efficiency(), "x\n")
     assert path.read_text() == "precious = 1\n"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -197,3 +197,24 @@ def test_ops_pick_their_own_kernel_class():
     ops = {o.name: o for o in lower(spec, Pass("decoder", 2, 1, 100), Precision(fp32, fp32, fp32), Parallel())}
     assert ops["layers.attn.attention"].rows == 1
     assert ops["layers.norm"].variant == "rmsnorm" and ops["layers.mlp.act"].variant == "silu"
+
+
+def test_an_edited_profile_is_refused_and_a_written_one_reads_back(tmp_path):
+    path = tmp_path / "p.toml"
+    eff = pm.Efficiency(matrix=0.5, rate_flops_per_s={"gemm.fp32": 1.25e11}, rate_by_rows={"gemm.fp32": [(1, 1e9),
+                        (64, 1e11)]}, device_id="h100-sxm")
+    write_profile(path, eff, "name,time_s\ngemm,1\n")
+    back = read_profile(path, device_id="h100-sxm")  # written values read back to the same checksum
+    assert back.values_sha256 and back.matrix == 0.5
+    path.write_text(path.read_text().replace("matrix = 0.5", "matrix = 0.9"))
+    with pytest.raises(pm.PerfmodelError, match="values do not match the checksum"):
+        read_profile(path, device_id="h100-sxm")
+    # a calibrated profile without the checksum (an older version, or the line deleted) is refused too
+    write_profile(path, eff, "name,time_s\ngemm,1\n")
+    path.write_text("\n".join(x for x in path.read_text().splitlines() if not x.startswith("values_sha256")))
+    with pytest.raises(pm.PerfmodelError, match="records no checksum of its values"):
+        read_profile(path, device_id="h100-sxm")
+    # a hand-written efficiency file (no calibration fields) is the user's own and is taken as it is
+    own = tmp_path / "own.toml"
+    own.write_text("matrix = 0.6\nmemory = 0.7\n")
+    assert read_profile(own).matrix == 0.6

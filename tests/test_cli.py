@@ -63,8 +63,8 @@ def test_encoder_defaults_to_no_generation(capsys):
     [
         (["--model", "llama-2-7", "--hardware", "h100"], "Did you mean 'llama-2-7b'"),
         (["--model", "gpt2", "--hardware", "h10"], "--hardware must be one of"),
-        (["--model", "gpt2", "--hardware", "h100", "--batch", "-1"], "batch must be an integer >= 1; got '-1'"),
-        (["--model", "gpt2", "--hardware", "h100", "--prompt", "0"], "prompt_len must be an integer >= 1"),
+        (["--model", "gpt2", "--hardware", "h100", "--batch", "-1"], "batch must be an integer from 1 to 16,777,216; got '-1'"),
+        (["--model", "gpt2", "--hardware", "h100", "--prompt", "0"], "prompt_len must be an integer from 1 to"),
         (["--model", "gpt2", "--hardware", "h100", "--weights", "fp5"], "weights must be one of"),
         (["--model", "gpt2", "--hardware", "h100", "--weights", "fp4"], "use mxfp4"),
         (["--model", "gpt2", "--hardware", "h100", "--tp", "5"], "tp must divide n_heads (12)"),
@@ -126,7 +126,7 @@ def test_sweep_reports_bad_rows_and_computes_the_rest(capsys, tmp_path):
     out = tmp_path / "out.csv"
     code, _, err = run(capsys, "sweep", str(src), "-o", str(out))
     assert code == 2
-    assert "row 2: batch must be an integer >= 1" in err and "row 3: --model must be one of" in err
+    assert "row 2: batch must be an integer from 1 to" in err and "row 3: --model must be one of" in err
     assert "row 5: weights must be one of" in err
     res = pd.read_csv(out, keep_default_na=False)
     assert list(res["error"] == "") == [True, False, False, True, False]

@@ -68,12 +68,22 @@ def to_toml(eff: Efficiency) -> str:
     return "\n".join(lines) + "\n"
 
 
+def values_digest(eff: Efficiency) -> str:
+    """SHA-256 of every value of a profile but the checksum itself and `source` (set when read), in a canonical
+    JSON form: floats as TOML writes and reads them back, tuples as lists."""
+    import json
+
+    data = eff.model_dump(exclude={"values_sha256", "source"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()
+
+
 def write_profile(path: str | Path, eff: Efficiency, raw_csv: str) -> Path:
     """Write the profile and its raw measurements (same name, .csv) atomically; returns the profile path."""
     path = Path(path)
     digest = hashlib.sha256(raw_csv.encode()).hexdigest()
-    eff = eff.model_copy(update={"raw_sha256": digest,
-                                 "created": eff.created or datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    eff = Efficiency(**{**eff.model_dump(), "raw_sha256": digest,
+                        "created": eff.created or datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    eff = Efficiency(**{**eff.model_dump(), "values_sha256": values_digest(eff)})
     atomic_write_text(path.with_suffix(".csv"), raw_csv)
     atomic_write_text(path, to_toml(eff))
     return path
@@ -90,6 +100,8 @@ def read_profile(path: str | Path, device_id: str | None = None, check_host: boo
         raise PerfmodelError(f"profile {str(path)!r} does not exist; run `perfmodel calibrate` to make one") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PerfmodelError(f"profile {path} is corrupt (not valid TOML: {e}); delete it and calibrate again") from None
+    except OSError as e:
+        raise PerfmodelError(f"profile {str(path)!r} cannot be read: {e.strerror or e}") from None
     data.setdefault("source", str(path))
     try:
         eff = Efficiency(**data)
@@ -97,6 +109,14 @@ def read_profile(path: str | Path, device_id: str | None = None, check_host: boo
         from ..catalog import validation_message
 
         raise PerfmodelError(f"profile is corrupt or from another version: {validation_message(path, e)}") from None
+    calibrated = bool(eff.raw_sha256 or eff.created or eff.host)
+    if calibrated and not eff.values_sha256:
+        raise PerfmodelError(f"profile {path} records no checksum of its values (written by an older version, or "
+                             f"edited); calibrate again")
+    if eff.values_sha256 and values_digest(eff) != eff.values_sha256:
+        raise PerfmodelError(f"profile {path}: its values do not match the checksum it records (edited by hand?); "
+                             f"calibrate again, or copy the values without `values_sha256` into an efficiency file "
+                             f"of your own")
     raw = path.with_suffix(".csv")
     if eff.raw_sha256 and raw.exists() and hashlib.sha256(raw.read_bytes()).hexdigest() != eff.raw_sha256:
         raise PerfmodelError(f"profile {path}: its raw measurements {raw.name} do not match the checksum it records "
