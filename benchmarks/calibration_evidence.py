@@ -21,7 +21,7 @@ import pandas as pd
 
 import perfmodel as pm
 from perfmodel.calibration import Calibrator, make_backend, profile_from, run_suite
-from perfmodel.device import detect_local
+from perfmodel._local import detect_local
 
 SPEC = pm.ModelSpec(id="bench-llama", name="Llama-architecture benchmark model (random weights)", n_layers=8,
                     d_model=1024, n_heads=16, n_kv_heads=4, d_ff=2816, vocab_size=32000)

@@ -9,9 +9,11 @@ Pipeline: ModelSpec + Workload --lower--> operator graph --cost on a Device--> m
 """
 
 from .api import Estimate, device_from_file, estimate, load_device, load_model
-from .device import Device, detect_local
+from ._local import detect_local
+from .device import Device
 from .dtypes import DType
-from .efficiency import Efficiency, load_profile
+from .efficiency import Efficiency
+from .engines import efficiency_for, load_engine, load_profile
 from .errors import CapacityError, PerfmodelError
 from .estimate import Workload
 from .graph import Op, OpKind, Pass, lower
@@ -21,6 +23,6 @@ from .scenarios import sweep
 
 
 __all__ = ["CapacityError", "DType", "Device", "Efficiency", "Estimate", "ModelSpec", "Op", "OpKind", "Pass",
-           "PerfmodelError", "Workload", "detect_local", "device_from_file", "estimate", "load_device", "load_hf_config", "load_model",
+           "PerfmodelError", "Workload", "detect_local", "device_from_file", "efficiency_for", "estimate", "load_device", "load_engine", "load_hf_config", "load_model",
            "load_profile", "lower", "sweep"]
 __version__ = "0.1.0"

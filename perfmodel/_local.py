@@ -110,6 +110,17 @@ def measure_copy_bandwidth(size_bytes: int = 256 * 2**20, repeats: int = 5) -> f
     return 2 * src.nbytes / float(np.median(times))
 
 
+def detect_local() -> Device:
+    """Describe this machine's CPU from what the OS reports: cores, clock, ISA flags, caches, memory size.
+
+    FLOPs per cycle follow from the SIMD width with two FMA pipes per core (true of x86 cores since Haswell and of
+    recent Arm cores; some AVX-512 parts have one 512-bit pipe, so treat the vector peak as an upper bound). Main-memory
+    bandwidth cannot be read from the OS: it is measured here with a NumPy copy (median of 5), see
+    `measure_copy_bandwidth`.
+    """
+    return detect()
+
+
 @lru_cache(maxsize=1)
 def detect() -> Device:
     info = _cpuinfo()

@@ -9,65 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import ValidationError
 
-from .catalog import device_data, find, find_entry, read_toml, validation_message
-from .device import Device, detect_local
+from .catalog import device_from_file, load_device, load_model
+from .device import Device
 from .efficiency import Efficiency
+from .engines import device_class, efficiency_for
 from .errors import CapacityError, PerfmodelError
 from .estimate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 from .bands import TIME_METRICS
-from .hf import load_hf_config
 from .model import ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-def load_model(name: str | Path | ModelSpec) -> ModelSpec:
-    """A catalog id or alias (`llama-3-8b`), a spec file (`.toml`), or a Hugging Face `config.json` (file or folder).
-
-    >>> load_model("llama-2-7b").params_total()
-    6738415616
-    """
-    if isinstance(name, ModelSpec):
-        return name
-    path = Path(name)
-    if path.suffix == ".json" or path.is_dir():
-        return load_hf_config(path)
-    return _from_toml(path if path.suffix == ".toml" else find("models", str(name)), ModelSpec)
-
-
-def load_device(name: str | Path | Device) -> Device:
-    """A catalog id or alias (`h100-sxm`), a spec file (`.toml`), or `local` for this machine's CPU."""
-    if isinstance(name, Device):
-        return name
-    if str(name).lower() == "local":
-        return detect_local()
-    path = Path(name)
-    if path.suffix == ".toml":
-        return device_from_file(path)
-    return device_from_file(*find_entry("hardware", str(name)))
-
-
-def device_from_file(path: Path, variant: str | None = None) -> Device:
-    """A device file, or one of its [[variants]] (catalog.device_data merges it), validated."""
-    data = device_data(Path(path), variant)
-    try:
-        return Device(**data)
-    except ValidationError as e:
-        where = f"{path} [[variants]] {variant!r}" if variant else path
-        raise PerfmodelError(validation_message(where, e)) from None
-
-
-def _from_toml(path: Path, cls: type) -> Any:
-    """Validate a spec file into `cls`; the file name is the id unless the file says otherwise."""
-    data = read_toml(path)
-    data.setdefault("id", path.stem)
-    try:
-        return cls(**data)
-    except ValidationError as e:
-        raise PerfmodelError(validation_message(path, e)) from None
 
 
 def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | None = None, *,
@@ -84,24 +37,7 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     wl = workload or Workload(**kw)
     if wl.gen_len is None:
         wl = Workload(**{**wl.model_dump(), "gen_len": default_gen(m)})
-    band_engine = engine or ("calibrated" if efficiency is not None else "default")
-    if engine and efficiency is not None:
-        raise PerfmodelError("give an efficiency profile (a calibration of a machine) or an engine (a software "
-                             "stack), not both")
-    if engine:
-        from .validation import load_engine
-
-        eff = load_engine(engine).efficiency(d)
-    elif isinstance(efficiency, (str, Path)):
-        from .calibration.profile import read_profile
-
-        eff = read_profile(efficiency, device_id=d.id)
-    elif efficiency is None and d.id == "local":
-        from .calibration.profile import auto_profile
-
-        eff = auto_profile("local")  # this machine's calibration, when one was made here
-    else:
-        eff = efficiency
+    eff, band_engine = efficiency_for(d, engine, efficiency)
     one = np.ones(1)
     err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
     if err:
@@ -241,7 +177,6 @@ class Estimate:
         metric family, widened where estimated figures bound the time (perfmodel.bands)."""
         from .bands import intervals
         from .provenance import widening_log
-        from .validation import device_class
 
         out = {}
         for metric, iv in intervals(self.ev, device_class(self.device), self.engine,

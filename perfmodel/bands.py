@@ -47,6 +47,7 @@ TIME_METRICS = {"tpot_s", "ttft_s", "e2e_latency_s", "latency_s"}
 # size; a calibrated profile has no residuals of its own and takes the pooled fitted band.
 LEVELS = (("device_class", "engine", "category"), ("engine", "category"), ("stack", "category"))
 UNFITTED = ("default", "ideal")
+BAND_CATEGORIES = ("decode", "prefill", "serving")
 PHASE_OF = {"decode": ("decode",), "prefill": ("prefill",), "serving": ("prefill", "decode")}
 
 
@@ -143,67 +144,6 @@ def write_table(entries: list[dict[str, Any]], path: Path, header: str) -> Path:
 
 def _num(v: float) -> str:
     return str(int(v)) if isinstance(v, int) else f"{v:.4f}" if math.isfinite(v) else "nan"
-
-
-# Residuals and their coverage ------------------------------------------------------------------------------------
-
-BAND_CATEGORIES = ("decode", "prefill", "serving")
-
-
-def residuals(rows: "Any") -> "Any":
-    """Held-out residuals of the validation rows: each row's own engine on the test split (the fitted profiles never
-    saw it), and `default` and `ideal` on every row (nothing of theirs is fitted). Columns: file, engine,
-    device_class, category, metric, split, ratio (measured/predicted as a rate)."""
-    import pandas as pd
-
-    from .api import load_device
-    from .validation import device_class, predict
-
-    rows = rows[rows.category.isin(BAND_CATEGORIES)].reset_index(drop=True)
-    classes = {hw: device_class(load_device(hw)) for hw in rows.hardware.dropna().unique() if hw}
-    engine_of = rows.engine.map(lambda e: {"mlperf": "trtllm", "sglang": "vllm"}.get(e, e))
-    frames = []
-    for name in (None, "default", "ideal"):
-        pred, _ = predict(rows, engine=name)
-        f = pd.DataFrame({"file": rows.file, "row": rows.row, "engine": engine_of if name is None else name,
-                          "device_class": rows.hardware.map(classes), "category": rows.category,
-                          "metric": rows.metric, "split": rows.split,
-                          "ratio": rate_ratio(rows.value, pred, rows.metric)})
-        frames.append(f[f.split == "test"] if name is None else f)
-    out = pd.concat(frames, ignore_index=True)
-    return out[np.isfinite(out.ratio) & (out.ratio > 0) & out.device_class.notna()].reset_index(drop=True)
-
-
-def loso_coverage(resid: "Any") -> "Any":
-    """Leave-one-source-out: each source's rows get the band fitted on every other source's rows; per (engine,
-    category): rows, the fraction whose measured value lies inside its band, and the median band width
-    (r90 / r10: 2 means the high end is twice the low end)."""
-    import pandas as pd
-
-    inside = np.full(len(resid), np.nan)
-    width = np.full(len(resid), np.nan)
-    for src, idx in resid.groupby("file").indices.items():
-        table = fit_table(resid[resid.file != src])
-        sub = resid.iloc[idx]
-        cache: dict[tuple, Band | None] = {}
-        for j, r in zip(idx, sub.itertuples()):
-            key = (r.device_class, r.engine, r.category)
-            if key not in cache:
-                cache[key] = lookup(table, *key)
-            b = cache[key]
-            if b is not None:
-                inside[j] = float(b.low_ratio <= r.ratio <= b.high_ratio)
-                width[j] = b.high_ratio / b.low_ratio
-    d = resid.assign(inside=inside, width=width)
-    d = d[np.isfinite(d.inside)]
-    out = []
-    for keys, g in [(("ALL", "all"), d)] + list(d.groupby(["engine", "category"])):
-        out.append({"engine": keys[0], "category": keys[1], "rows": len(g), "sources": g.file.nunique(),
-                    "coverage": float(g.inside.mean()), "median_width": float(g.width.median())})
-    for cat, g in d[~d.engine.isin(["default", "ideal"])].groupby("category"):
-        out.append({"engine": "own engine", "category": cat, "rows": len(g), "sources": g.file.nunique(),
-                    "coverage": float(g.inside.mean()), "median_width": float(g.width.median())})
-    return pd.DataFrame(out)
 
 
 # Bands of one evaluation -----------------------------------------------------------------------------------------

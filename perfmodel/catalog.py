@@ -15,7 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .device import Device
 from .errors import PerfmodelError, unknown_name
+from .hf import load_hf_config
+from .model import ModelSpec
 
 _PKG = Path(__file__).resolve().parent
 
@@ -245,8 +248,6 @@ def catalog_devices() -> list[Any]:
 
 @lru_cache(maxsize=1)
 def _catalog_devices() -> tuple[Any, ...]:
-    from .api import device_from_file
-
     return tuple(device_from_file(f, v) for _, f, v in device_entries())
 
 
@@ -271,8 +272,6 @@ def hardware_rows() -> list[dict[str, Any]]:
 
 def model_rows() -> list[dict[str, Any]]:
     """One summary row per catalog model (what `perfmodel list models` prints)."""
-    from .api import load_model
-
     rows = []
     for f in model_files():
         m = load_model(f)
@@ -319,3 +318,53 @@ def find_entry(kind: str, name: str) -> tuple[Path, str | None]:
     raise unknown_name(
         flag, name, index, what=f"See `perfmodel list {kind if kind == 'hardware' else 'models'}`, or pass a file path."
     )
+
+
+# Loaders -----------------------------------------------------------------------------------------------------
+
+def load_model(name: str | Path | ModelSpec) -> ModelSpec:
+    """A catalog id or alias (`llama-3-8b`), a spec file (`.toml`), or a Hugging Face `config.json` (file or folder).
+
+    >>> load_model("llama-2-7b").params_total()
+    6738415616
+    """
+    if isinstance(name, ModelSpec):
+        return name
+    path = Path(name)
+    if path.suffix == ".json" or path.is_dir():
+        return load_hf_config(path)
+    return _from_toml(path if path.suffix == ".toml" else find("models", str(name)), ModelSpec)
+
+
+def load_device(name: str | Path | Device) -> Device:
+    """A catalog id or alias (`h100-sxm`), a spec file (`.toml`), or `local` for this machine's CPU."""
+    if isinstance(name, Device):
+        return name
+    if str(name).lower() == "local":
+        from ._local import detect  # this machine: read from the OS, measured; not a catalog file
+
+        return detect()
+    path = Path(name)
+    if path.suffix == ".toml":
+        return device_from_file(path)
+    return device_from_file(*find_entry("hardware", str(name)))
+
+
+def device_from_file(path: Path, variant: str | None = None) -> Device:
+    """A device file, or one of its [[variants]] (catalog.device_data merges it), validated."""
+    data = device_data(Path(path), variant)
+    try:
+        return Device(**data)
+    except ValidationError as e:
+        where = f"{path} [[variants]] {variant!r}" if variant else path
+        raise PerfmodelError(validation_message(where, e)) from None
+
+
+def _from_toml(path: Path, cls: type) -> Any:
+    """Validate a spec file into `cls`; the file name is the id unless the file says otherwise."""
+    data = read_toml(path)
+    data.setdefault("id", path.stem)
+    try:
+        return cls(**data)
+    except ValidationError as e:
+        raise PerfmodelError(validation_message(path, e)) from None

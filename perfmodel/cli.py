@@ -382,7 +382,7 @@ def _fmt(v: Any) -> str:
 
 
 def _show(a: argparse.Namespace) -> int:
-    from .api import load_device, load_model
+    from .catalog import load_device, load_model
     from .catalog import find
     from .device import COMPUTE_DTYPES
     from .model import ModelSpec
@@ -478,7 +478,7 @@ def _sweep(a: argparse.Namespace) -> int:
         raise PerfmodelError(f"{a.input}: not a readable CSV: {e}") from None
     df = df.replace("", float("nan"))
     if a.engine:
-        from .validation import load_engine
+        from .engines import load_engine
 
         load_engine(a.engine)  # a wrong name fails before any work
     res = sweep(df, ignore_capacity=a.ignore_capacity, efficiency=a.profile and _profile(a.profile), engine=a.engine)
@@ -511,7 +511,7 @@ def _calibrate(a: argparse.Namespace) -> int:
 
 
 def _profile(path: str):
-    from .efficiency import load_profile
+    from .engines import load_profile
 
     return load_profile(path)
 
@@ -528,7 +528,8 @@ def _short_reason(msg: str) -> str:
 def _validate(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from .validation import coverage, load_engine, load_rows, plot, predict, summary
+    from .engines import load_engine
+    from .validation import coverage, load_rows, plot, predict, summary
 
     if a.engine:
         load_engine(a.engine)  # a wrong name fails before any work
@@ -544,7 +545,7 @@ def _validate(a: argparse.Namespace) -> int:
     cov = coverage(known)
     bands = None
     if a.bands:
-        from .bands import loso_coverage, residuals
+        from .validation import loso_coverage, residuals
 
         bands = loso_coverage(residuals(load_rows()))
     if a.output:

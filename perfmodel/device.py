@@ -268,15 +268,3 @@ class Device(_Strict):
                     derived = self.processor.units * clock * c.flops_per_cycle_per_unit[p]
                     out.append((f"{unit}.{p}", c.dense_tflops[p] * 1e12, derived))
         return out
-
-
-def detect_local() -> Device:
-    """Describe this machine's CPU from what the OS reports: cores, clock, ISA flags, caches, memory size.
-
-    FLOPs per cycle follow from the SIMD width with two FMA pipes per core (true of x86 cores since Haswell and of
-    recent Arm cores; some AVX-512 parts have one 512-bit pipe, so treat the vector peak as an upper bound). Main-memory
-    bandwidth cannot be read from the OS: it is measured here with a NumPy copy (median of 5), see `measure_copy_bandwidth`.
-    """
-    from . import _local
-
-    return _local.detect()

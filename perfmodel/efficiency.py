@@ -93,11 +93,3 @@ DEFAULTS = {"gpu": Efficiency(), "accelerator": Efficiency(), "cpu": Efficiency(
 
 def default_for(kind: str) -> Efficiency:
     return DEFAULTS[kind]
-
-
-def load_profile(path: str | Path) -> Efficiency:
-    """Load an efficiency profile from a TOML file (keys as in Efficiency); calibrated profiles are checked for
-    corruption and for having been measured on this machine (perfmodel.calibration.profile.read_profile)."""
-    from .calibration.profile import read_profile
-
-    return read_profile(path)

@@ -121,7 +121,7 @@ def roofline(est: "Estimate", compare: Sequence["Device | str"] = (), ax: "Axes 
     coloured by kind, circle for prefill and triangle for decode. `compare`: devices whose ceilings are overlaid."""
     from matplotlib.lines import Line2D
 
-    from .api import load_device
+    from .catalog import load_device
 
     fig = ax.figure if ax is not None else _figure(10, 6.5)
     ax = ax or fig.add_subplot()

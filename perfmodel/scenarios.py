@@ -39,10 +39,10 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     """
     import pandas as pd
 
-    from .api import load_device, load_model
+    from .catalog import load_device, load_model
     from .bands import METRIC_CATEGORY, intervals
     from .provenance import widening_log
-    from .validation import device_class, load_engine
+    from .engines import device_class, efficiency_for
 
     df = scenarios.copy().reset_index(drop=True)
     unknown = [c for c in df.columns if c not in INPUT_COLUMNS]
@@ -101,9 +101,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
                 devices[cfg["hardware"]] = load_device(cfg["hardware"])
             m, d = models[cfg["model"]], devices[cfg["hardware"]]
             eng = cfg["engine"] or None
-            if eng and efficiency is not None:
-                raise PerfmodelError("a row names an engine but the sweep was given an efficiency profile: give one")
-            eff = load_engine(eng).efficiency(d) if eng else efficiency
+            eff, band_engine = efficiency_for(d, eng, efficiency)
             wl = Workload(weights=cfg["weights"], kv=cfg["kv"], act=cfg["act"], gemm=cfg["gemm"] or None,
                           tp=cfg["tp"], pp=cfg["pp"], attention=cfg["attention"], gen_len=0)
         except (PerfmodelError, ValueError) as e:
@@ -133,7 +131,6 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
         for c, v in ev.metrics.items():
             out[c][idx[keep]] = np.asarray(v)[keep]
-        band_engine = eng or ("calibrated" if efficiency is not None else "default")
         for metric, iv in intervals(ev, device_class(d), band_engine, widening_log(ev)).items():
             out[f"{metric}_low"][idx[keep]] = np.broadcast_to(iv.low, len(idx))[keep]
             out[f"{metric}_high"][idx[keep]] = np.broadcast_to(iv.high, len(idx))[keep]

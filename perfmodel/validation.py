@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .catalog import data_roots, read_toml
+from .bands import BAND_CATEGORIES, Band, fit_table, lookup, rate_ratio
+from .catalog import data_roots, load_device, load_model, read_toml
+from .engines import EngineProfile, device_class, engine_files, engine_ids, load_engine  # noqa: F401 (re-exported)
 from .errors import PerfmodelError, did_you_mean
 
 if TYPE_CHECKING:
@@ -124,78 +126,6 @@ def _plain(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-# Engine profiles --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EngineProfile:
-    """What a software stack reaches on a class of device: a few efficiencies per device class (gpu, apple, cpu,
-    accelerator), documented and fitted on the train split. `ideal` is the pure roofline (datasheet peaks)."""
-
-    id: str
-    name: str
-    description: str
-    fitted: str
-    classes: dict[str, dict[str, float]]
-
-    def efficiency(self, device: "Device") -> "Efficiency":
-        from .efficiency import Efficiency, default_for
-
-        base = default_for(device.kind)
-        if self.id == "default":
-            return base
-        if self.id == "ideal":
-            return Efficiency(matrix=1, vector=1, memory=1, interconnect=1, op_overhead_s=0.0,
-                              source="ideal: datasheet peaks, no overheads")
-        values = self.classes.get(device_class(device), {})
-        from pydantic import ValidationError
-
-        try:  # built anew, so a typo'd key or an out-of-range value in a profile file is an error, not ignored
-            return Efficiency(**{**base.model_dump(), **values,
-                                 "source": f"engine profile {self.id} ({device_class(device)})"})
-        except ValidationError as e:
-            from .catalog import validation_message
-
-            raise PerfmodelError(validation_message(f"engine profile {self.id} [{device_class(device)}]", e)) from None
-
-
-def device_class(device: "Device") -> str:
-    """gpu, apple (unified-memory GPUs), cpu or accelerator: engine profiles differ per class, not per device."""
-    if device.kind == "gpu" and device.vendor == "apple":
-        return "apple"
-    return device.kind
-
-
-def engine_files() -> list[Path]:
-    out: list[Path] = []
-    for root in data_roots():
-        base = root / "workloads" / "engines"
-        if base.is_dir():
-            out += sorted(base.glob("*.toml"))
-    return out
-
-
-def load_engine(name: str) -> EngineProfile:
-    if name == "ideal":
-        return EngineProfile("ideal", "Pure roofline", "Datasheet peaks, efficiency 1, no per-op overhead (what "
-                             "LLM-Viewer computes).", "nothing fitted", {})
-    if name == "default":
-        return EngineProfile("default", "Literature efficiencies", "The defaults of perfmodel.efficiency (published "
-                             "achieved fractions), what an estimate without --engine or --profile uses.",
-                             "nothing fitted", {})
-    files = {p.stem: p for p in engine_files()}
-    if name not in files:
-        allowed = ["ideal", "default", *files]
-        raise PerfmodelError(f"engine must be one of: {', '.join(allowed)}; got {name!r}."
-                             f"{did_you_mean(name, allowed)}")
-    data = read_toml(files[name])
-    classes = {k: v for k, v in data.items() if isinstance(v, dict)}
-    return EngineProfile(name, data.get("name", name), data.get("description", ""), data.get("fitted", ""), classes)
-
-
-def engine_ids() -> list[str]:
-    return ["ideal", "default", *(p.stem for p in engine_files())]
-
-
 # Prediction -------------------------------------------------------------------------------------------------------
 
 def predict(df: "pd.DataFrame", engine: str | None = None,
@@ -204,14 +134,13 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
     profile unless `engine` names one for all (e.g. "ideal" for the pure-roofline baseline). `profiles` overrides
     loaded profiles by id (used when fitting). Rows sharing a model, device, formats, parallelism and profile are
     one vectorised evaluation."""
-    from .api import load_device as _load_device, load_model
     from .estimate import Workload
 
     devices: dict[str, Any] = {}
 
-    def load_device(hw: str):
+    def dev_of(hw: str):  # each device loaded once per call
         if hw not in devices:
-            devices[hw] = _load_device(hw)
+            devices[hw] = load_device(hw)
         return devices[hw]
 
     out = np.full(len(df), np.nan)
@@ -229,7 +158,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
                 kname = name
                 if kname not in cache:
                     cache[kname] = load_engine(kname)
-                device = load_device(hw)
+                device = dev_of(hw)
                 out[i] = _predict_kernel(r, device, cache[kname].efficiency(device))
                 continue
             mdl = _s(r.get("model"))
@@ -240,7 +169,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
                 cache[name] = load_engine(name)
             weights = _s(r.get("weights")) or "bf16"
             cfg = (name, hw, mdl, weights, _s(r.get("kv")) or "fp16",
-                   _s(r.get("act")) or _default_act(r["engine"], weights, load_device(hw)), _s(r.get("gemm")) or None,
+                   _s(r.get("act")) or _default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
                    _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
                    int(_n(r.get("pp"), 1)))
             groups.setdefault(cfg, []).append((i, r))
@@ -248,7 +177,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
             skip[i] = str(e).splitlines()[0][:160]
     for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp), members in groups.items():
         try:
-            model, device = load_model(mdl), load_device(hw)
+            model, device = load_model(mdl), dev_of(hw)
             wl = Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant, attention=attention, tp=tp,
                           pp=pp)
             _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip)
@@ -371,6 +300,62 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
     bw = float(mach.bandwidth_for(op.bytes))
     t = point_cost(op, op_terms(op, mach, bw, bw))["time_s"]
     return op.flops / float(t) / 1e12
+
+
+# Error bands: held-out residuals and their coverage ------------------------------------------------------------------------------------
+
+def residuals(rows: "Any") -> "Any":
+    """Held-out residuals of the validation rows: each row's own engine on the test split (the fitted profiles never
+    saw it), and `default` and `ideal` on every row (nothing of theirs is fitted). Columns: file, engine,
+    device_class, category, metric, split, ratio (measured/predicted as a rate)."""
+    import pandas as pd
+
+
+    rows = rows[rows.category.isin(BAND_CATEGORIES)].reset_index(drop=True)
+    classes = {hw: device_class(load_device(hw)) for hw in rows.hardware.dropna().unique() if hw}
+    engine_of = rows.engine.map(lambda e: {"mlperf": "trtllm", "sglang": "vllm"}.get(e, e))
+    frames = []
+    for name in (None, "default", "ideal"):
+        pred, _ = predict(rows, engine=name)
+        f = pd.DataFrame({"file": rows.file, "row": rows.row, "engine": engine_of if name is None else name,
+                          "device_class": rows.hardware.map(classes), "category": rows.category,
+                          "metric": rows.metric, "split": rows.split,
+                          "ratio": rate_ratio(rows.value, pred, rows.metric)})
+        frames.append(f[f.split == "test"] if name is None else f)
+    out = pd.concat(frames, ignore_index=True)
+    return out[np.isfinite(out.ratio) & (out.ratio > 0) & out.device_class.notna()].reset_index(drop=True)
+
+
+def loso_coverage(resid: "Any") -> "Any":
+    """Leave-one-source-out: each source's rows get the band fitted on every other source's rows; per (engine,
+    category): rows, the fraction whose measured value lies inside its band, and the median band width
+    (r90 / r10: 2 means the high end is twice the low end)."""
+    import pandas as pd
+
+    inside = np.full(len(resid), np.nan)
+    width = np.full(len(resid), np.nan)
+    for src, idx in resid.groupby("file").indices.items():
+        table = fit_table(resid[resid.file != src])
+        sub = resid.iloc[idx]
+        cache: dict[tuple, Band | None] = {}
+        for j, r in zip(idx, sub.itertuples()):
+            key = (r.device_class, r.engine, r.category)
+            if key not in cache:
+                cache[key] = lookup(table, *key)
+            b = cache[key]
+            if b is not None:
+                inside[j] = float(b.low_ratio <= r.ratio <= b.high_ratio)
+                width[j] = b.high_ratio / b.low_ratio
+    d = resid.assign(inside=inside, width=width)
+    d = d[np.isfinite(d.inside)]
+    out = []
+    for keys, g in [(("ALL", "all"), d)] + list(d.groupby(["engine", "category"])):
+        out.append({"engine": keys[0], "category": keys[1], "rows": len(g), "sources": g.file.nunique(),
+                    "coverage": float(g.inside.mean()), "median_width": float(g.width.median())})
+    for cat, g in d[~d.engine.isin(["default", "ideal"])].groupby("category"):
+        out.append({"engine": "own engine", "category": cat, "rows": len(g), "sources": g.file.nunique(),
+                    "coverage": float(g.inside.mean()), "median_width": float(g.width.median())})
+    return pd.DataFrame(out)
 
 
 # Report -----------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def scaled(device: "Device | str", name: str | None = None, **changes: Any) -> "
 
     >>> scaled("xeon-8480plus", memory_bandwidth=2, units=112).peak_flops_per_s("vector", "fp32")  # twice the cores
     """
-    from .api import load_device
+    from .catalog import load_device
     from .device import Device
 
     dev = load_device(device)
@@ -210,7 +210,7 @@ def sensitivity(model: "ModelSpec | str", device: "Device | str", workload: "Wor
     0 that it does not depend on it. Parameters a device cannot vary get NaN and a note."""
     import pandas as pd
 
-    from .api import load_device, load_model
+    from .catalog import load_device, load_model
 
     m, d = load_model(model), load_device(device)
     rows = []
@@ -240,7 +240,7 @@ def solve(model: "ModelSpec | str", device: "Device | str", workload: "Workload"
     """The smallest factor on `param` that brings `metric` to `target` (bisection in log space; tokens/s never
     falls as a resource grows). Returns the factor, the device and the estimate there, or raises naming what
     limits the metric when no factor up to `max_factor` reaches the target."""
-    from .api import load_device, load_model
+    from .catalog import load_device, load_model
 
     m, d = load_model(model), load_device(device)
     allowed = ("prefill_tokens_per_s", "decode_tokens_per_s", "throughput_tokens_per_s")
@@ -278,7 +278,7 @@ def batch_table(model: "ModelSpec | str", device: "Device | str", workload: "Wor
     size (one vectorised evaluation)."""
     import pandas as pd
 
-    from .api import load_device, load_model
+    from .catalog import load_device, load_model
     from .estimate import default_gen, evaluate
 
     m, d = load_model(model), load_device(device)

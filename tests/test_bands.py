@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from perfmodel import bands
-from perfmodel.bands import Band, fit_table, lookup, loso_coverage, rate_ratio, widening
+from perfmodel.bands import Band, fit_table, lookup, rate_ratio, widening
+from perfmodel.validation import loso_coverage
 
 
 def test_band_applies_to_rates_and_times():

@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from perfmodel.bands import COVERAGE, MIN_ROWS, QUANTILES, fit_table, loso_coverage, residuals, write_table  # noqa: E402
-from perfmodel.validation import load_rows  # noqa: E402
+from perfmodel.bands import COVERAGE, MIN_ROWS, QUANTILES, fit_table, write_table  # noqa: E402
+from perfmodel.validation import load_rows, loso_coverage, residuals  # noqa: E402
 
 HEADER = f"""Error bands: the {QUANTILES[0]:.0%}-{QUANTILES[1]:.0%} percentiles of measured/predicted (as a rate) over held-out
 validation rows, per (device_class, engine, category), (engine, category) and (category) with at least {MIN_ROWS} rows.

@@ -22,8 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perfmodel.api import load_device  # noqa: E402
-from perfmodel.validation import EngineProfile, device_class, load_engine, load_rows, predict  # noqa: E402
+from perfmodel.catalog import load_device  # noqa: E402
+from perfmodel.engines import EngineProfile, device_class, load_engine  # noqa: E402
+from perfmodel.validation import load_rows, predict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = {

@@ -15,8 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perfmodel._io import atomic_write_text  # noqa: E402
-from perfmodel.bands import loso_coverage, residuals  # noqa: E402
-from perfmodel.validation import coverage, load_rows, predict, summary  # noqa: E402
+from perfmodel.validation import coverage, load_rows, loso_coverage, predict, residuals, summary  # noqa: E402
 
 DOC = ROOT / "docs" / "validation.md"
 README = ROOT / "README.md"

@@ -94,7 +94,7 @@ def profile_from(cal: Calibrator, device_id: str, backend_name: str, versions: d
 def calibrate(backend: str = "numpy", mode: str = "quick", threads: int | None = None, output=None,
               progress: bool = True) -> tuple[Efficiency, "pd.DataFrame", "os.PathLike"]:
     """Measure this machine, fit, and write the profile (default: the `local` profile estimates pick up)."""
-    from ..device import detect_local
+    from .._local import detect_local
 
     dev = detect_local()
     levels = [(lv.name, lv.capacity_bytes or float("inf")) for lv in dev.levels]
