@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import provenance
 from .device import Device
 from .errors import PerfmodelError, unknown_name
 from .hf import load_hf_config
@@ -249,6 +250,10 @@ def catalog_devices() -> list[Any]:
 @lru_cache(maxsize=1)
 def _catalog_devices() -> tuple[Any, ...]:
     return tuple(device_from_file(f, v) for _, f, v in device_entries())
+
+
+# the ladder's family and kind rules estimate a device's missing figures from the catalog's devices
+provenance.set_catalog(catalog_devices)
 
 
 def hardware_rows() -> list[dict[str, Any]]:

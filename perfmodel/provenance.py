@@ -28,7 +28,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from .pcie import PCIE_FIRST_YEAR, PCIE_GT_PER_S, pcie_bytes_per_s
 
 if TYPE_CHECKING:
     from .device import Device
@@ -257,8 +260,6 @@ def _matrix_lower_bound(device: "Device", figs: dict[str, Figure]) -> None:
 def _interconnect_rule(device: "Device", figs: dict[str, Figure]) -> None:
     if "interconnect.bandwidth" in figs:
         return
-    from .device import PCIE_FIRST_YEAR, pcie_bytes_per_s
-
     year = device.year or 2019
     gen = max((g for g, y in PCIE_FIRST_YEAR.items() if y <= year), default=1)
     when = f"the generation current in {year}" if year >= PCIE_FIRST_YEAR[1] else f"the first; {year} predates PCIe"
@@ -277,19 +278,29 @@ def _siblings(device: "Device") -> list[tuple[Any, dict[str, Figure]]]:
     return [(d, f) for d, f in _family_members(device.family) if d.id != device.id and d.variant_of is None]
 
 
+# Where the estimation rules find a device's siblings. The catalog registers its device list when it is imported
+# (perfmodel.catalog calls set_catalog); with none registered (a device built alone), a device gets its own figures
+# and the rules that need no siblings.
+_CATALOG: Callable[[], Sequence[Any]] = tuple
+
+
+def set_catalog(devices: Callable[[], Sequence[Any]]) -> None:
+    """Register the function that lists the catalog's devices, whose figures the family and kind rules use."""
+    global _CATALOG
+    _CATALOG = devices
+    _family_members.cache_clear()
+    _kind_ratios.cache_clear()
+
+
 @lru_cache(maxsize=None)
 def _family_members(family: str) -> tuple[tuple[Any, dict[str, Figure]], ...]:
-    from .catalog import catalog_devices
-
-    return tuple((d, _trusted(own_figures(d))) for d in catalog_devices() if d.family == family)
+    return tuple((d, _trusted(own_figures(d))) for d in _CATALOG() if d.family == family)
 
 
 @lru_cache(maxsize=None)
 def _kind_ratios(kind: str) -> tuple[float, ...]:
-    from .catalog import catalog_devices
-
     out = []
-    for d in catalog_devices():
+    for d in _CATALOG():
         if d.kind != kind:
             continue
         f = _trusted(own_figures(d))
@@ -310,8 +321,6 @@ def _worst(a: str, b: str) -> str:
 
 
 def _gt(gen: int) -> float:
-    from .device import PCIE_GT_PER_S
-
     return PCIE_GT_PER_S[gen]
 
 

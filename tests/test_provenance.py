@@ -8,7 +8,8 @@ import pytest
 
 import perfmodel as pm
 from perfmodel import catalog, provenance
-from perfmodel.device import Device, pcie_bytes_per_s
+from perfmodel.device import Device
+from perfmodel.pcie import pcie_bytes_per_s
 
 GPU = """id = "{id}"
 name = "{id}"
