@@ -8,7 +8,7 @@
 Pipeline: ModelSpec + Workload --lower--> operator graph --cost on a Device--> metrics, per-op table.
 """
 
-from .api import Estimate, device_from_file, estimate, load_device, load_model
+from .api import Estimate, Metrics, device_from_file, estimate, load_device, load_model
 from ._local import detect_local
 from .device import Device
 from .dtypes import DType
@@ -22,7 +22,7 @@ from .model import ModelSpec
 from .scenarios import sweep
 
 
-__all__ = ["CapacityError", "DType", "Device", "Efficiency", "Estimate", "ModelSpec", "Op", "OpKind", "Pass",
+__all__ = ["CapacityError", "DType", "Device", "Efficiency", "Estimate", "Metrics", "ModelSpec", "Op", "OpKind", "Pass",
            "PerfmodelError", "Workload", "detect_local", "device_from_file", "efficiency_for", "estimate", "load_device", "load_engine", "load_hf_config", "load_model",
            "load_profile", "lower", "sweep"]
 __version__ = "0.1.0"

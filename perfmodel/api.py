@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,21 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """What an estimate answers, in SI units (docs/model.md, "Metrics"); None where a value does not exist (e.g. TPOT
+    with one generated token)."""
+
+    ttft_s: float | None
+    tpot_s: float | None
+    decode_tokens_per_s: float | None
+    prefill_tokens_per_s: float | None
+    throughput_tokens_per_s: float | None
+    e2e_latency_s: float | None
+    mfu: float | None
+    mbu: float | None
+
+
 @dataclass(frozen=True)
 class Estimate:
     """The result of one estimate: metrics as attributes, `ops` as a DataFrame, `summary()` as text, `intervals`
@@ -68,11 +83,43 @@ class Estimate:
     engine: str = "default"
     notes: tuple[str, ...] = ()
 
-    def __getattr__(self, name: str) -> Any:
-        metrics = self.__dict__["ev"].metrics
-        if name in metrics:
-            return _num(metrics[name])
-        raise AttributeError(name)
+    @cached_property
+    def metrics(self) -> "Metrics":
+        """The metrics of this one scenario as a typed record (None where a value does not exist)."""
+        m = self.ev.metrics
+        return Metrics(**{f: _num(m[f]) for f in Metrics.__dataclass_fields__})
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.metrics.ttft_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        return self.metrics.tpot_s
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        return self.metrics.decode_tokens_per_s
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        return self.metrics.prefill_tokens_per_s
+
+    @property
+    def throughput_tokens_per_s(self) -> float | None:
+        return self.metrics.throughput_tokens_per_s
+
+    @property
+    def e2e_latency_s(self) -> float | None:
+        return self.metrics.e2e_latency_s
+
+    @property
+    def mfu(self) -> float | None:
+        return self.metrics.mfu
+
+    @property
+    def mbu(self) -> float | None:
+        return self.metrics.mbu
 
     @property
     def model(self) -> ModelSpec:
@@ -199,7 +246,7 @@ class Estimate:
             "prompt_len": wl.prompt_len,
             "gen_len": wl.gen_len,
         }
-        out.update({k: _num(v) for k, v in self.ev.metrics.items()})
+        out.update(asdict(self.metrics))
         out["params"] = {"total": m.params_total(), "active": m.params_active()}
         out["memory"] = self.memory
         out["phases"] = {"prefill": self.phase("prefill"), "decode": self.phase("decode")}
