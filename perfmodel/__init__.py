@@ -6,23 +6,35 @@
     print(est.summary()); est.ops  # DataFrame: one row per op with flops, bytes, time, bound
 
 Pipeline: ModelSpec + Workload --lower--> operator graph --cost on a Device--> metrics, per-op table.
+
+The names below are loaded when first used (PEP 562), so `import perfmodel` and the command line start quickly.
 """
 
-from .api import Estimate, Metrics, device_from_file, estimate, load_device, load_model
-from ._local import detect_local
-from .device import Device
-from .dtypes import DType
-from .efficiency import Efficiency
-from .engines import efficiency_for, load_engine, load_profile
-from .errors import CapacityError, PerfmodelError
-from .estimate import Workload
-from .graph import Op, OpKind, Pass, lower
-from .hf import load_hf_config
-from .model import ModelSpec
-from .scenarios import sweep
+from __future__ import annotations
 
+import importlib
+from typing import Any
 
-__all__ = ["CapacityError", "DType", "Device", "Efficiency", "Estimate", "Metrics", "ModelSpec", "Op", "OpKind", "Pass",
-           "PerfmodelError", "Workload", "detect_local", "device_from_file", "efficiency_for", "estimate", "load_device", "load_engine", "load_hf_config", "load_model",
-           "load_profile", "lower", "sweep"]
+_WHERE = {
+    "Estimate": "api", "Metrics": "api", "estimate": "api",
+    "device_from_file": "catalog", "load_device": "catalog", "load_model": "catalog",
+    "detect_local": "_local", "Device": "device", "DType": "dtypes", "Efficiency": "efficiency",
+    "efficiency_for": "engines", "load_engine": "engines", "load_profile": "engines",
+    "CapacityError": "errors", "PerfmodelError": "errors", "Workload": "workload",
+    "Op": "graph", "OpKind": "graph", "Pass": "graph", "lower": "graph", "load_hf_config": "hf",
+    "ModelSpec": "model", "sweep": "scenarios",
+}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'perfmodel' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -15,7 +15,7 @@ from .device import Device
 from .efficiency import Efficiency
 from .engines import device_class, efficiency_for
 from .errors import CapacityError, PerfmodelError
-from .estimate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
+from .evaluate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 from .bands import TIME_METRICS
 from .model import ModelSpec
 

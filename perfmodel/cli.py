@@ -105,20 +105,11 @@ def _workload_args(e: argparse.ArgumentParser) -> None:
     """The options that say what is estimated (estimate, report and plot share them)."""
     e.add_argument("--model", required=True, help="catalog id, spec .toml, or Hugging Face config.json / folder")
     e.add_argument("--hardware", required=True, help="catalog id, device .toml, or 'local'")
-    e.add_argument("--batch", default=1, help="sequences per batch (default 1)")
-    e.add_argument("--prompt", default=512, help="prompt tokens (default 512)")
-    e.add_argument("--gen", default=None, help="generated tokens (default 128; 0 for encoder-only models)")
-    e.add_argument("--weights", default="bf16", help="weight format: fp32 bf16 fp16 fp8 int8 int4 mxfp4 nvfp4 "
-                                                     "q8_0 q6_k q5_k_m q4_k_m q4_0")
-    e.add_argument("--kv", default="bf16", help="KV-cache format (as --weights)")
-    e.add_argument("--act", default="bf16", help="activation/compute format: fp32 bf16 fp16 fp8 int8 mxfp4 nvfp4")
-    e.add_argument("--gemm", default=None, help="compute format of the weight GEMMs when not --act (e.g. int8: "
-                                                "llama.cpp's MMQ kernels on quantised weights)")
-    e.add_argument("--tp", default=1, help="tensor-parallel degree")
-    e.add_argument("--pp", default=1, help="pipeline-parallel degree")
-    e.add_argument("--attention", default="flash", help="flash (fused) or unfused")
-    e.add_argument("--dequant", default="fused", help="fused (quantised weights expanded inside the GEMMs) or "
-                                                      "fp16_copy (an FP16 copy first: llama.cpp CUDA before mid-2024)")
+    from .workload import Workload  # the flags are its fields: one name, default and help per quantity
+
+    for _, name, default, text in Workload.options():
+        shown = f" (default {default})" if default is not None and "default" not in text else ""
+        e.add_argument(f"--{name}", default=default, help=text + shown)
     e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
     e.add_argument("--engine", default=None, help="software-stack profile: ideal, llamacpp, vllm, trtllm, hf "
                                                   "(efficiencies fitted on published measurements; see README)")
@@ -157,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _make_estimate(a: argparse.Namespace):
     from .api import estimate
-    from .estimate import Workload
+    from .workload import Workload
 
-    wl = Workload(batch=a.batch, prompt_len=a.prompt, gen_len=a.gen, weights=a.weights, kv=a.kv, act=a.act,
-                  gemm=a.gemm, tp=a.tp, pp=a.pp, attention=a.attention, dequant=a.dequant)
+    wl = Workload(**{field: getattr(a, name) for field, name, _, _ in Workload.options()})
     if a.engine and a.profile:
         raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
     return estimate(a.model, a.hardware, wl, efficiency=a.profile, engine=a.engine,
@@ -495,7 +485,7 @@ def _calibrate(a: argparse.Namespace) -> int:
 
     threads = None
     if a.threads is not None:
-        from .estimate import _int_at_least
+        from .evaluate import _int_at_least
 
         threads = _int_at_least(a.threads, 1, "--threads")
     eff, df, path = calibrate(backend=a.backend, mode="full" if a.full else "quick", threads=threads,

@@ -10,19 +10,21 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .errors import PerfmodelError
-from .estimate import LIMITS, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
+from .evaluate import LIMITS, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 
 if TYPE_CHECKING:
     import pandas as pd
 
-INPUT_COLUMNS = ("model", "hardware", "batch", "prompt", "gen", "weights", "kv", "act", "gemm", "tp", "pp",
-                 "attention", "engine")
-DEFAULTS = {"batch": 1, "prompt": 512, "gen": np.nan, "weights": "bf16", "kv": "bf16", "act": "bf16", "gemm": "",
-            "tp": 1, "pp": 1, "attention": "flash", "engine": ""}
+# The columns are the workload's fields by their outside names (Workload.options), with its defaults.
+_OPTIONS = Workload.options()
+INPUT_COLUMNS = ("model", "hardware", *(name for _, name, _, _ in _OPTIONS), "engine")
+DEFAULTS = {**{name: (np.nan if field == "gen_len" else "" if default is None else default)
+               for field, name, default, _ in _OPTIONS}, "engine": ""}
 METRICS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "throughput_tokens_per_s",
            "e2e_latency_s", "mfu", "mbu")
 MEMORY = ("weights_bytes", "kv_cache_bytes", "activation_bytes", "total_bytes", "capacity_bytes", "fits")
-_GROUP = ("model", "hardware", "weights", "kv", "act", "gemm", "tp", "pp", "attention", "engine")
+_ROW = ("batch", "prompt", "gen")  # evaluated as arrays within a group
+_GROUP = ("model", "hardware", *(name for _, name, _, _ in _OPTIONS if name not in _ROW), "engine")
 PROGRESS_ROWS = 50_000  # sweeps at least this long report progress on stderr by default
 
 
@@ -102,8 +104,8 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             m, d = models[cfg["model"]], devices[cfg["hardware"]]
             eng = cfg["engine"] or None
             eff, band_engine = efficiency_for(d, eng, efficiency)
-            wl = Workload(weights=cfg["weights"], kv=cfg["kv"], act=cfg["act"], gemm=cfg["gemm"] or None,
-                          tp=cfg["tp"], pp=cfg["pp"], attention=cfg["attention"], gen_len=0)
+            wl = Workload(**{field: cfg[name] or None if field == "gemm" else cfg[name]
+                             for field, name, _, _ in _OPTIONS if name not in _ROW}, gen_len=0)
         except (PerfmodelError, ValueError) as e:
             errors[idx] = _message(e)
             continue

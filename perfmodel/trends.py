@@ -240,7 +240,7 @@ def llm_intensity(model: str = "llama-3-8b", batches: Sequence[int] = (1, 8, 64,
     import pandas as pd
 
     from .api import estimate
-    from .estimate import Workload
+    from .evaluate import Workload
 
     rows = []
     for b in batches:
@@ -299,7 +299,7 @@ def gap_attribution(model: str, weights: str, hardware: str,
     """How much of each metric's trend bandwidth and compute explain: elasticities of the metric to memory
     bandwidth and to compute on `hardware` (what-if sensitivity) times the catalog's per-year growth of each (DRAM
     bandwidth, vector fp32 peak per socket), and their shares of the sum. One entry per metric."""
-    from .estimate import Workload
+    from .evaluate import Workload
     from .whatif import sensitivity
 
     r = cpu_growth() if rates is None else rates

@@ -134,7 +134,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
     profile unless `engine` names one for all (e.g. "ideal" for the pure-roofline baseline). `profiles` overrides
     loaded profiles by id (used when fitting). Rows sharing a model, device, formats, parallelism and profile are
     one vectorised evaluation."""
-    from .estimate import Workload
+    from .evaluate import Workload
 
     devices: dict[str, Any] = {}
 
@@ -168,7 +168,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
             if name not in cache:
                 cache[name] = load_engine(name)
             weights = _s(r.get("weights")) or "bf16"
-            cfg = (name, hw, mdl, weights, _s(r.get("kv")) or "fp16",
+            cfg = (name, hw, mdl, weights, _s(r.get("kv")) or Workload.model_fields["kv"].default.value,
                    _s(r.get("act")) or _default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
                    _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
                    int(_n(r.get("pp"), 1)))
@@ -228,7 +228,7 @@ def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
 
 
 def _predict_group(model, device, eff, wl, members, out, skip) -> None:
-    from .estimate import evaluate, row_errors
+    from .evaluate import evaluate, row_errors
 
     tp, pp = wl.tp, wl.pp
     pts: list[tuple[float, float, float]] = []

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from .device import Device
     from .efficiency import Efficiency
-    from .estimate import Workload
+    from .evaluate import Workload
     from .model import ModelSpec
 
 # What `scaled` can change. Factors multiply; the others set a value.
@@ -279,7 +279,7 @@ def batch_table(model: "ModelSpec | str", device: "Device | str", workload: "Wor
     import pandas as pd
 
     from .catalog import load_device, load_model
-    from .estimate import default_gen, evaluate
+    from .evaluate import default_gen, evaluate
 
     m, d = load_model(model), load_device(device)
     gen = workload.gen_len if workload.gen_len is not None else default_gen(m)

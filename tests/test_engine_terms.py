@@ -8,7 +8,7 @@ import perfmodel as pm
 from perfmodel.cost import Machine, op_terms
 from perfmodel.dtypes import DType
 from perfmodel.efficiency import Efficiency
-from perfmodel.estimate import Workload, evaluate
+from perfmodel.evaluate import Workload, evaluate
 from perfmodel.graph import Op, OpKind, Parallel, Precision, Pass, lower
 
 IDEAL = Efficiency(matrix=1, vector=1, memory=1, op_overhead_s=0.0)

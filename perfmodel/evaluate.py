@@ -1,4 +1,4 @@
-"""Estimate: the metrics of one workload (or a vector of them) on one device.
+"""Evaluation: the metrics of one workload (or a vector of them) on one device.
 
 One core, `evaluate`, works on NumPy arrays of batch/prompt/gen; `estimate` wraps a single scenario and `sweep`
 groups many.
@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .cost import Machine, Terms, op_terms, point_cost, series, sum_max_linear
 from .device import Device
@@ -22,87 +21,7 @@ from .errors import PerfmodelError
 from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Pass, Precision, lower
 from .memory import Memory, footprint, weight_bytes, kv_bytes
 from .model import ModelSpec
-
-_ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "mxfp4", "nvfp4")
-
-
-class Workload(BaseModel):
-    """What is run: batch of sequences, prompt and generated lengths, number formats, parallelism, attention kernel.
-
-    >>> Workload(batch=8, prompt_len=2048, gen_len=256, weights="int4")
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    batch: int = Field(1, description="sequences processed together")
-    prompt_len: int = Field(512, description="prompt tokens per sequence")
-    gen_len: int | None = Field(None, description="generated tokens per sequence (default 128; 0 for encoders)")
-    weights: DType = DType.BF16
-    kv: DType = DType.BF16
-    act: DType = DType.BF16
-    gemm: DType | None = Field(None, description="compute format of the weight GEMMs when not act (e.g. int8: "
-                                                 "llama.cpp's MMQ kernels quantise activations for int8 tensor cores)")
-    tp: int = 1
-    pp: int = 1
-    attention: Literal["flash", "unfused"] = "flash"
-    dequant: Literal["fused", "fp16_copy"] = Field(
-        "fused", description="how quantised weights reach the GEMMs: dequantised inside them (fused), or expanded to "
-                             "an FP16 copy first (fp16_copy: llama.cpp's CUDA path before PR #8075, batches over 32)")
-
-    @field_validator("batch", "prompt_len", "tp", "pp", mode="before")
-    @classmethod
-    def _positive(cls, v: Any, info) -> int:
-        return _int_at_least(v, 1, info.field_name)
-
-    @field_validator("gen_len", mode="before")
-    @classmethod
-    def _nonneg(cls, v: Any) -> int | None:
-        return None if v is None else _int_at_least(v, 0, "gen_len")
-
-    @field_validator("weights", "kv", "act", "gemm", mode="before")
-    @classmethod
-    def _dtype(cls, v: Any, info) -> DType | None:
-        if v is None and info.field_name == "gemm":
-            return None
-        d = DType.parse(v, field=info.field_name)
-        if info.field_name in ("act", "gemm") and d.value not in _ACT_DTYPES:
-            raise PerfmodelError(f"{info.field_name} must be one of: {', '.join(_ACT_DTYPES)}; got {d.value!r}")
-        return d
-
-    @field_validator("attention", "dequant", mode="before")
-    @classmethod
-    def _choice(cls, v: Any, info) -> str:
-        allowed = {"attention": ("flash", "unfused"), "dequant": ("fused", "fp16_copy")}[info.field_name]
-        if v not in allowed:
-            raise PerfmodelError(f"{info.field_name} must be {' or '.join(map(repr, allowed))}; got {v!r}")
-        return v
-
-    @property
-    def precision(self) -> Precision:
-        return Precision(self.weights, self.kv, self.act, self.gemm, self.dequant)
-
-    @property
-    def parallel(self) -> Parallel:
-        return Parallel(self.tp, self.pp)
-
-
-# The largest value each size takes: past these a number is a typo, not a workload (2^24 sequences, 2^30 tokens,
-# 2^16 devices), and it would only overflow the arithmetic.
-LIMITS = {"batch": 2**24, "prompt_len": 2**30, "gen_len": 2**30, "tp": 2**16, "pp": 2**16}
-
-
-def _int_at_least(v: Any, lo: int, name: str, hi: int | None = None) -> int:
-    hi = hi if hi is not None else LIMITS.get(name)
-    try:
-        f = float(v)
-        ok = f == int(f)
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok or int(f) < lo or (hi is not None and int(f) > hi):
-        bound = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi:,}"
-        raise PerfmodelError(f"{name} must be {bound}; got {v!r}")
-    return int(f)
-
+from .workload import LIMITS, Workload, _int_at_least  # noqa: F401 (the front door's names, re-exported)
 
 def default_gen(model: ModelSpec) -> int:
     return 0 if model.arch == "encoder" else 128

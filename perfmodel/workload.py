@@ -1,0 +1,117 @@
+"""The workload: what is run. The one front door for every quantity an estimate takes: its name inside (`prompt_len`)
+and outside (`--prompt`, the sweep column `prompt`), its default and its validation live here, and the CLI and
+sweeps are generated from these fields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .dtypes import DType
+from .errors import PerfmodelError
+
+if TYPE_CHECKING:
+    from .graph import Parallel, Precision
+
+ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "mxfp4", "nvfp4")
+
+
+class Workload(BaseModel):
+    """What is run: batch of sequences, prompt and generated lengths, number formats, parallelism, attention kernel.
+
+    >>> Workload(batch=8, prompt_len=2048, gen_len=256, weights="int4")
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Each field's name outside (`name`: the CLI flag --name and the sweep column) is in its json_schema_extra;
+    # the CLI and sweeps are generated from these fields (options()), so a quantity has one default, one validator.
+    batch: int = Field(1, description="sequences processed together", json_schema_extra={"name": "batch"})
+    prompt_len: int = Field(512, description="prompt tokens per sequence", json_schema_extra={"name": "prompt"})
+    gen_len: int | None = Field(None, description="generated tokens per sequence (default 128; 0 for encoder-only "
+                                                  "models)", json_schema_extra={"name": "gen"})
+    weights: DType = Field(DType.BF16, description="weight format: " + " ".join(d.value for d in DType),
+                           json_schema_extra={"name": "weights"})
+    kv: DType = Field(DType.BF16, description="KV-cache format (as --weights)", json_schema_extra={"name": "kv"})
+    act: DType = Field(DType.BF16, description="activation/compute format: " + " ".join(ACT_DTYPES),
+                       json_schema_extra={"name": "act"})
+    gemm: DType | None = Field(None, description="compute format of the weight GEMMs when not --act (e.g. int8: "
+                                                 "llama.cpp's MMQ kernels quantise activations for int8 tensor cores)",
+                               json_schema_extra={"name": "gemm"})
+    tp: int = Field(1, description="tensor-parallel degree", json_schema_extra={"name": "tp"})
+    pp: int = Field(1, description="pipeline-parallel degree", json_schema_extra={"name": "pp"})
+    attention: Literal["flash", "unfused"] = Field("flash", description="flash (fused) or unfused",
+                                                   json_schema_extra={"name": "attention"})
+    dequant: Literal["fused", "fp16_copy"] = Field(
+        "fused", description="how quantised weights reach the GEMMs: fused (dequantised inside them) or fp16_copy "
+                             "(an FP16 copy first: llama.cpp's CUDA path before PR #8075, batches over 32)",
+        json_schema_extra={"name": "dequant"})
+
+    @field_validator("batch", "prompt_len", "tp", "pp", mode="before")
+    @classmethod
+    def _positive(cls, v: Any, info) -> int:
+        return _int_at_least(v, 1, info.field_name)
+
+    @field_validator("gen_len", mode="before")
+    @classmethod
+    def _nonneg(cls, v: Any) -> int | None:
+        return None if v is None else _int_at_least(v, 0, "gen_len")
+
+    @field_validator("weights", "kv", "act", "gemm", mode="before")
+    @classmethod
+    def _dtype(cls, v: Any, info) -> DType | None:
+        if v is None and info.field_name == "gemm":
+            return None
+        d = DType.parse(v, field=info.field_name)
+        if info.field_name in ("act", "gemm") and d.value not in ACT_DTYPES:
+            raise PerfmodelError(f"{info.field_name} must be one of: {', '.join(ACT_DTYPES)}; got {d.value!r}")
+        return d
+
+    @field_validator("attention", "dequant", mode="before")
+    @classmethod
+    def _choice(cls, v: Any, info) -> str:
+        allowed = {"attention": ("flash", "unfused"), "dequant": ("fused", "fp16_copy")}[info.field_name]
+        if v not in allowed:
+            raise PerfmodelError(f"{info.field_name} must be {' or '.join(map(repr, allowed))}; got {v!r}")
+        return v
+
+    @property
+    def precision(self) -> Precision:
+        from .graph import Precision  # NumPy and the model schema load when a workload is costed, not for --help
+
+        return Precision(self.weights, self.kv, self.act, self.gemm, self.dequant)
+
+    @property
+    def parallel(self) -> Parallel:
+        from .graph import Parallel
+
+        return Parallel(self.tp, self.pp)
+
+    @classmethod
+    def options(cls) -> list[tuple[str, str, Any, str]]:
+        """(field, outside name, default, help) of every field: the CLI flags (--name) and sweep columns (name)."""
+        out = []
+        for field, info in cls.model_fields.items():
+            default = info.default.value if isinstance(info.default, DType) else info.default
+            out.append((field, info.json_schema_extra["name"], default, info.description or ""))
+        return out
+
+
+# The largest value each size takes: past these a number is a typo, not a workload (2^24 sequences, 2^30 tokens,
+# 2^16 devices), and it would only overflow the arithmetic.
+LIMITS = {"batch": 2**24, "prompt_len": 2**30, "gen_len": 2**30, "tp": 2**16, "pp": 2**16}
+
+
+def _int_at_least(v: Any, lo: int, name: str, hi: int | None = None) -> int:
+    hi = hi if hi is not None else LIMITS.get(name)
+    try:
+        f = float(v)
+        ok = f == int(f)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or int(f) < lo or (hi is not None and int(f) > hi):
+        bound = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi:,}"
+        raise PerfmodelError(f"{name} must be {bound}; got {v!r}")
+    return int(f)
