@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--engine", default=None, help="software-stack profile for rows whose `engine` cell is empty "
                                                    "(each row's profile is applied to its own device)")
     sw.add_argument("--ignore-capacity", action="store_true")
+    sw.add_argument("--dask", nargs="?", const="local", default=None, metavar="SCHEDULER",
+                    help="run the sweep on Dask: a local cluster of 2 workers, or the scheduler at this address "
+                         "(pip install 'perfmodel[dask]'); input and output may be .csv or .parquet")
     return p
 
 
@@ -458,21 +461,26 @@ def _print_tree(d: Any, indent: int = 0) -> None:
 def _sweep(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .scenarios import sweep, write_csv_atomic
+    from .scenarios import INPUT_COLUMNS, OUTPUT_COLUMNS, read_table, sweep, write_table
 
-    try:
-        df = pd.read_csv(a.input, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise PerfmodelError(f"input file {a.input!r} does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise PerfmodelError(f"{a.input}: not a readable CSV: {e}") from None
-    df = df.replace("", float("nan"))
     if a.engine:
         from .engines import load_engine
 
         load_engine(a.engine)  # a wrong name fails before any work
-    res = sweep(df, ignore_capacity=a.ignore_capacity, efficiency=a.profile and _profile(a.profile), engine=a.engine)
-    write_csv_atomic(res, a.output)
+    efficiency = a.profile and _profile(a.profile)
+    if a.dask:
+        from .distributed import sweep_dask
+
+        r = sweep_dask(a.input, a.output, scheduler=a.dask, engine=a.engine, efficiency=efficiency,
+                       ignore_capacity=a.ignore_capacity)
+        print(f"{r['rows'] - r['errors']:,} of {r['rows']:,} rows estimated on {r['workers']} Dask workers in "
+              f"{r['partitions']} partitions; the reason of each failed row is in its `error` cell; wrote {a.output}",
+              file=sys.stderr)
+        return EXIT_USER_ERROR if r["errors"] else 0
+    df = read_table(a.input)
+    df = df[[col for col in df.columns if col in INPUT_COLUMNS or col not in OUTPUT_COLUMNS]]  # a result read back
+    res = sweep(df, ignore_capacity=a.ignore_capacity, efficiency=efficiency, engine=a.engine)
+    write_table(res, a.output)
     bad = res.index[res["error"] != ""]
     for i in bad:
         print(f"perfmodel: row {i + 1}: {res.at[i, 'error']}", file=sys.stderr)

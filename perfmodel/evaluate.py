@@ -219,38 +219,50 @@ def _segment_cost(o1: Op, o2: Op, x1: float, lo: np.ndarray, hi: np.ndarray, mac
     return cost
 
 
-def capacity_advice(model: ModelSpec, device: Device, wl: Workload, mem: Memory, prompt: float, gen: float) -> str:
-    """What would fit: the largest batch, a tp degree, or a narrower weight format."""
-    cap = mem.capacity_bytes
-    hints = []
-    per_seq = (float(mem.kv_cache_bytes) + float(mem.activation_bytes)) / wl.batch
-    room = cap - float(mem.weights_bytes)
-    if room > per_seq:
-        hints.append(f"--batch {int(room // per_seq)} (the largest batch that fits)")
-    else:
-        for tp in (2, 4, 8, 16, 32, 64):
-            if model.n_heads % tp == 0 and tp > wl.tp:
-                par = Parallel(tp, wl.pp)
-                need = weight_bytes(model, wl.precision, par) + float(
-                    kv_bytes(model, wl.precision, par, wl.batch, prompt, gen)) + float(mem.activation_bytes) / tp * wl.tp
-                if need <= cap:
-                    hints.append(f"--tp {tp}")
-                    break
-        for fmt in (DType.FP8, DType.INT4):
-            if fmt.bits < wl.weights.bits:
-                prec = Precision(fmt, wl.kv, wl.act, wl.gemm, wl.dequant)
-                need = weight_bytes(model, prec, wl.parallel) + float(mem.kv_cache_bytes) + float(mem.activation_bytes)
-                if need <= cap:
-                    hints.append(f"--weights {fmt.value}")
-                    break
-    return "Would fit: " + " or ".join(hints) + "." if hints else "No batch, tp degree up to 64 or weight format tried fits."
+def capacity_messages(model: ModelSpec, device: Device, wl: Workload, mem: Memory, batch: np.ndarray,
+                      prompt: np.ndarray, gen: np.ndarray) -> list[str]:
+    """The "does not fit" message of every scenario (arrays over scenarios), with what would fit: the largest batch,
+    a tp degree, or a narrower weight format. Vectorised: the advice is computed on arrays, one pass per option."""
+    gb = 1e9
+    cap = float(mem.capacity_bytes)
+    b, p, g = (np.broadcast_to(np.asarray(x, dtype=float), np.shape(batch)) for x in (batch, prompt, gen))
+    weights, kv, act = (np.broadcast_to(np.asarray(x, dtype=float), b.shape) for x in (
+        mem.weights_bytes, mem.kv_cache_bytes, mem.activation_bytes))
+    per_seq = (kv + act) / b
+    room = cap - weights
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best_batch = np.where(room > per_seq, np.floor(room / per_seq), 0)
+    tp_hint = np.zeros(b.shape)
+    for tp in (2, 4, 8, 16, 32, 64):
+        if model.n_heads % tp or tp <= wl.tp:
+            continue
+        par = Parallel(tp, wl.pp)
+        need = weight_bytes(model, wl.precision, par) + kv_bytes(model, wl.precision, par, b, p, g) + act / tp * wl.tp
+        tp_hint = np.where((tp_hint == 0) & (need <= cap), tp, tp_hint)
+    fmt_hint = np.full(b.shape, "", dtype=object)
+    for fmt in (DType.FP8, DType.INT4):
+        if fmt.bits < wl.weights.bits:
+            prec = Precision(fmt, wl.kv, wl.act, wl.gemm, wl.dequant)
+            need = weight_bytes(model, prec, wl.parallel) + kv + act
+            fmt_hint = np.where((fmt_hint == "") & (need <= cap), fmt.value, fmt_hint)
+    out = []
+    for i in range(b.size):
+        if best_batch.flat[i] >= 1:
+            hints = [f"--batch {int(best_batch.flat[i])} (the largest batch that fits)"]
+        else:
+            hints = ([f"--tp {int(tp_hint.flat[i])}"] if tp_hint.flat[i] else []) + (
+                [f"--weights {fmt_hint.flat[i]}"] if fmt_hint.flat[i] else [])
+        advice = ("Would fit: " + " or ".join(hints) + "." if hints else
+                  "No batch, tp degree up to 64 or weight format tried fits.")
+        total = weights.flat[i] + kv.flat[i] + act.flat[i]
+        out.append(f"{model.id} does not fit on {device.id}: it needs {total / gb:.1f} GB per device (weights "
+                   f"{weights.flat[i] / gb:.1f} GB, KV cache {kv.flat[i] / gb:.1f} GB, activations "
+                   f"{act.flat[i] / gb:.2f} GB) but has {cap / gb:.1f} GB. {advice} Pass --ignore-capacity to "
+                   f"compute anyway.")
+    return out
 
 
 def capacity_message(model: ModelSpec, device: Device, wl: Workload, mem: Memory, prompt: float, gen: float) -> str:
-    gb = 1e9
-    return (
-        f"{model.id} does not fit on {device.id}: it needs {float(mem.total_bytes) / gb:.1f} GB per device "
-        f"(weights {float(mem.weights_bytes) / gb:.1f} GB, KV cache {float(mem.kv_cache_bytes) / gb:.1f} GB, "
-        f"activations {float(mem.activation_bytes) / gb:.2f} GB) but has {mem.capacity_bytes / gb:.1f} GB. "
-        f"{capacity_advice(model, device, wl, mem, prompt, gen)} Pass --ignore-capacity to compute anyway."
-    )
+    """The "does not fit" message of one scenario (see capacity_messages)."""
+    return capacity_messages(model, device, wl, mem, np.array([wl.batch], dtype=float), np.array([prompt]),
+                             np.array([gen]))[0]

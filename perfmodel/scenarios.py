@@ -10,7 +10,8 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .errors import PerfmodelError
-from .evaluate import LIMITS, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
+from .evaluate import LIMITS, Workload, capacity_messages, default_gen, evaluate, row_errors, row_warnings
+from .memory import Memory
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -126,11 +127,11 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         mem = ev.memory
         fits = mem.fits if mem.fits is not None else np.ones(len(idx), dtype=bool)
         keep = np.ones(len(idx), dtype=bool) if ignore_capacity else np.asarray(fits, dtype=bool)
-        for j in np.flatnonzero(~keep):
-            one = mem.at(j)
-            wl_j = Workload(**{**wl.model_dump(), "batch": int(batch[j]), "prompt_len": int(prompt[j]),
-                               "gen_len": int(gen[j])})
-            errors[idx[j]] = capacity_message(m, d, wl_j, one, prompt[j], gen[j])
+        refused = np.flatnonzero(~keep)
+        if len(refused):  # one vectorised pass for the messages of every refused row of the group
+            sub = Memory(*(np.broadcast_to(np.asarray(x, dtype=float), len(idx))[refused] for x in (
+                mem.weights_bytes, mem.kv_cache_bytes, mem.activation_bytes)), mem.capacity_bytes)
+            errors[idx[refused]] = capacity_messages(m, d, wl, sub, batch[refused], prompt[refused], gen[refused])
         for c, v in ev.metrics.items():
             out[c][idx[keep]] = np.asarray(v)[keep]
         for metric, iv in intervals(ev, device_class(d), band_engine, widening_log(ev)).items():
@@ -210,3 +211,64 @@ def _message(e: Exception) -> str:
 def write_csv_atomic(df: "pd.DataFrame", path: str | Path) -> None:
     """Write the CSV atomically: an existing file is never left half-written."""
     atomic_write_text(path, df.to_csv(index=False))
+
+
+NUMERIC_INPUTS = ("batch", "prompt", "gen", "tp", "pp")
+# what a sweep adds to its input (a result fed back in as input is swept again from its input columns)
+OUTPUT_COLUMNS = frozenset((*METRICS, *MEMORY, *(f"{m}_{e}" for m in ("ttft_s", "tpot_s", "decode_tokens_per_s",
+                            "prefill_tokens_per_s", "throughput_tokens_per_s", "e2e_latency_s") for e in ("low", "high")),
+                            "prefill_bound", "decode_bound", "warning", "error"))
+
+
+def typed(res: "pd.DataFrame") -> "pd.DataFrame":
+    """Sweep results with one type per column, whatever the rows held (a Parquet file, and Dask's partitions, need
+    one schema): sizes as numbers (a bad cell becomes empty; its row's `error` says why), other inputs and the text
+    columns as text, `fits` as a nullable boolean."""
+    import pandas as pd
+
+    res = res.copy()
+    for c in res.columns:
+        if c in NUMERIC_INPUTS:
+            res[c] = pd.to_numeric(res[c], errors="coerce").astype("float64")
+        elif c in INPUT_COLUMNS or c in ("prefill_bound", "decode_bound", "warning", "error"):
+            res[c] = res[c].where(res[c].notna(), "").astype(str)
+    res["fits"] = res["fits"].astype("boolean")
+    return res
+
+
+def read_table(path: str | Path) -> "pd.DataFrame":
+    """Sweep rows from a CSV or Parquet file (by suffix), every cell as text, empty cells as missing."""
+    import pandas as pd
+
+    path = Path(path)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    try:
+        if parquet:
+            df = pd.read_parquet(path).astype(str).replace({"None": "", "nan": "", "<NA>": ""})
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise PerfmodelError(f"input file {str(path)!r} does not exist") from None
+    except ImportError:
+        raise PerfmodelError("reading Parquet needs pyarrow: pip install 'perfmodel[dask]'") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise PerfmodelError(f"{path}: not a readable {'Parquet file' if parquet else 'CSV'}: {e}") from None
+    return df.replace("", float("nan"))
+
+
+def write_table(df: "pd.DataFrame", path: str | Path) -> None:
+    """Write sweep results as CSV or Parquet (by suffix), atomically."""
+    import io
+
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        from ._io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        try:
+            typed(df).to_parquet(buf, index=False)
+        except ImportError:
+            raise PerfmodelError("writing Parquet needs pyarrow: pip install 'perfmodel[dask]'") from None
+        atomic_write_bytes(path, buf.getvalue())
+    else:
+        write_csv_atomic(df, path)

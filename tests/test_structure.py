@@ -21,7 +21,7 @@ STAGES = [
     {"engines"},
     {"evaluate"},
     {"api", "scenarios"},
-    {"validation", "whatif", "plots"},
+    {"validation", "whatif", "plots", "distributed"},
     {"trends", "report"},
     {"cli"},
 ]
