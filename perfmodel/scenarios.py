@@ -27,6 +27,7 @@ MEMORY = ("weights_bytes", "kv_cache_bytes", "activation_bytes", "total_bytes", 
 _ROW = ("batch", "prompt", "gen")  # evaluated as arrays within a group
 _GROUP = ("model", "hardware", *(name for _, name, _, _ in _OPTIONS if name not in _ROW), "engine")
 PROGRESS_ROWS = 50_000  # sweeps at least this long report progress on stderr by default
+CHUNK_ROWS = 32_768  # rows of one group evaluated at once: bounds the per-op arrays held (about 1 kB per row)
 
 
 def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficiency=None, engine: str | None = None,
@@ -43,9 +44,8 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     import pandas as pd
 
     from .catalog import load_device, load_model
-    from .bands import METRIC_CATEGORY, intervals
-    from .provenance import widening_log
-    from .engines import device_class, efficiency_for
+    from .bands import METRIC_CATEGORY
+    from .engines import efficiency_for
 
     df = scenarios.copy().reset_index(drop=True)
     unknown = [c for c in df.columns if c not in INPUT_COLUMNS]
@@ -117,39 +117,50 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         errors[idx[~ok]] = errs[~ok]
         warnings[idx] = row_warnings(m, prompt, gen)
         idx, batch, prompt, gen = idx[ok], batch[ok], prompt[ok], gen[ok]
-        if not len(idx):
-            continue
-        try:
-            ev = evaluate(m, d, wl, eff, batch, prompt, gen)
-        except PerfmodelError as e:
-            errors[idx] = _message(e)
-            continue
-        mem = ev.memory
-        fits = mem.fits if mem.fits is not None else np.ones(len(idx), dtype=bool)
-        keep = np.ones(len(idx), dtype=bool) if ignore_capacity else np.asarray(fits, dtype=bool)
-        refused = np.flatnonzero(~keep)
-        if len(refused):  # one vectorised pass for the messages of every refused row of the group
-            sub = Memory(*(np.broadcast_to(np.asarray(x, dtype=float), len(idx))[refused] for x in (
-                mem.weights_bytes, mem.kv_cache_bytes, mem.activation_bytes)), mem.capacity_bytes)
-            errors[idx[refused]] = capacity_messages(m, d, wl, sub, batch[refused], prompt[refused], gen[refused])
-        for c, v in ev.metrics.items():
-            out[c][idx[keep]] = np.asarray(v)[keep]
-        for metric, iv in intervals(ev, device_class(d), band_engine, widening_log(ev)).items():
-            out[f"{metric}_low"][idx[keep]] = np.broadcast_to(iv.low, len(idx))[keep]
-            out[f"{metric}_high"][idx[keep]] = np.broadcast_to(iv.high, len(idx))[keep]
-        for c in MEMORY:
-            v = {"total_bytes": mem.total_bytes, "capacity_bytes": mem.capacity_bytes, "fits": fits}.get(
-                c, getattr(mem, c, None))
-            out[c][idx] = np.broadcast_to(np.asarray(v if v is not None else np.nan, dtype=float), len(idx))
-        bounds["prefill_bound"][idx[keep]] = ev.prefill.bound()[keep]
-        bounds["decode_bound"][idx[keep]] = np.where(ev.decode.steps > 0, ev.decode.bound(), "-")[keep]
         gen_filled[idx] = gen
+        for lo in range(0, len(idx), CHUNK_ROWS):  # chunks bound the memory a large group holds at once
+            part = slice(lo, lo + CHUNK_ROWS)
+            _evaluate_rows(m, d, wl, eff, band_engine, ignore_capacity, idx[part], batch[part], prompt[part],
+                           gen[part], out, bounds, errors)
     if bar:
         bar.done()
     df["gen"] = np.where(gen_filled != None, gen_filled, df["gen"].astype(object))  # noqa: E711 (defaults filled)
     res = df.assign(**out, **bounds, warning=warnings, error=errors)
     res["fits"] = res["fits"].map({1.0: True, 0.0: False})
     return res
+
+
+def _evaluate_rows(m, d, wl, eff, band_engine: str, ignore_capacity: bool, idx: np.ndarray, batch: np.ndarray,
+                   prompt: np.ndarray, gen: np.ndarray, out: dict, bounds: dict, errors: np.ndarray) -> None:
+    """Evaluate rows of one group and write their metrics, bands, memory, bounds or errors into the output arrays."""
+    from .bands import intervals
+    from .engines import device_class
+    from .provenance import widening_log
+
+    try:
+        ev = evaluate(m, d, wl, eff, batch, prompt, gen)
+    except PerfmodelError as e:
+        errors[idx] = _message(e)
+        return
+    mem = ev.memory
+    fits = mem.fits if mem.fits is not None else np.ones(len(idx), dtype=bool)
+    keep = np.ones(len(idx), dtype=bool) if ignore_capacity else np.asarray(fits, dtype=bool)
+    refused = np.flatnonzero(~keep)
+    if len(refused):  # one vectorised pass for the messages of every refused row of the group
+        sub = Memory(*(np.broadcast_to(np.asarray(x, dtype=float), len(idx))[refused] for x in (
+            mem.weights_bytes, mem.kv_cache_bytes, mem.activation_bytes)), mem.capacity_bytes)
+        errors[idx[refused]] = capacity_messages(m, d, wl, sub, batch[refused], prompt[refused], gen[refused])
+    for c, v in ev.metrics.items():
+        out[c][idx[keep]] = np.asarray(v)[keep]
+    for metric, iv in intervals(ev, device_class(d), band_engine, widening_log(ev)).items():
+        out[f"{metric}_low"][idx[keep]] = np.broadcast_to(iv.low, len(idx))[keep]
+        out[f"{metric}_high"][idx[keep]] = np.broadcast_to(iv.high, len(idx))[keep]
+    for c in MEMORY:
+        v = {"total_bytes": mem.total_bytes, "capacity_bytes": mem.capacity_bytes, "fits": fits}.get(
+            c, getattr(mem, c, None))
+        out[c][idx] = np.broadcast_to(np.asarray(v if v is not None else np.nan, dtype=float), len(idx))
+    bounds["prefill_bound"][idx[keep]] = ev.prefill.bound()[keep]
+    bounds["decode_bound"][idx[keep]] = np.where(ev.decode.steps > 0, ev.decode.bound(), "-")[keep]
 
 
 class _Progress:

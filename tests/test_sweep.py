@@ -71,3 +71,16 @@ def test_sweep_warns_past_the_context_and_still_computes():
     res = pm.sweep(pd.DataFrame({"model": ["gpt2", "gpt2"], "hardware": ["h100"] * 2, "prompt": [2000, 100]}))
     assert "exceeds the context length" in res.loc[0, "warning"] and res.loc[0, "tpot_s"] > 0
     assert res.loc[1, "warning"] == ""
+
+
+def test_a_group_evaluated_in_chunks_gives_what_one_pass_gives(monkeypatch):
+    from perfmodel import scenarios
+
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"model": "llama-3-8b", "hardware": "h100-sxm", "batch": rng.integers(1, 300, 50),
+                       "prompt": rng.integers(1, 20000, 50), "gen": rng.integers(0, 3000, 50)})
+    whole = pm.sweep(df)
+    monkeypatch.setattr(scenarios, "CHUNK_ROWS", 7)  # 50 rows: 8 chunks, the last of 1
+    chunked = pm.sweep(df)
+    assert (whole.error != "").any() and (whole.error == "").any()  # refused and computed rows in the same group
+    pd.testing.assert_frame_equal(whole, chunked)
