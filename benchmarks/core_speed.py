@@ -4,6 +4,7 @@
 
 - one estimate, warm (model and device loaded), with and without its JSON object;
 - 100,000 mixed rows over >= 200 (model, device, format) groups;
+- 100,000 rows most of which do not fit (each gets its capacity message);
 - 1,000 rows in 1,000 groups;
 - 1,000,000 rows in one group, with the peak resident memory of a fresh process;
 - `perfmodel --help` and `import perfmodel` in fresh processes.
@@ -61,6 +62,13 @@ def main() -> None:
     groups = mixed.groupby(["model", "hardware", "weights"]).ngroups
     pm.sweep(mixed.head(2000), progress=False)
     print(f"sweep, {n:,} mixed rows in {groups} groups: {med(lambda: pm.sweep(mixed, progress=False), 3):.2f} s")
+
+    refused = pd.DataFrame({"model": rng.choice(["llama-2-7b", "mixtral-8x7b", "gpt-oss-20b"], n),
+                            "hardware": rng.choice(["rtx-4090", "h100-sxm", "l4"], n), "batch": rng.integers(1, 129, n),
+                            "prompt": rng.integers(16, 8192, n), "gen": rng.integers(1, 2048, n)})
+    share = (pm.sweep(refused.head(5000), progress=False).error != "").mean()
+    print(f"sweep, {n:,} rows of which about {share:.0%} do not fit: "
+          f"{med(lambda: pm.sweep(refused, progress=False), 3):.2f} s")
 
     one = pd.DataFrame([(mo, hw, w, 1, 512, 128) for mo in MODELS for hw in DEVICES for w in
                         ("bf16", "fp8", "q4_0", "int4", "q8_0", "fp16", "q4_k_m", "q6_k", "nvfp4", "mxfp4")],
