@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .catalog import device_from_file, load_device, load_model
+from .catalog import load_device, load_model
 from .device import Device
 from .efficiency import Efficiency
 from .engines import device_class, efficiency_for
 from .errors import CapacityError, PerfmodelError
 from .evaluate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
-from .bands import TIME_METRICS
+from .bands import TIME_METRICS, intervals
 from .model import ModelSpec
+from .provenance import used_figures, widening_log
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +75,11 @@ class Metrics:
     mbu: float | None
 
 
+def _metric(name: str) -> property:
+    """A read-only attribute of an Estimate that is one field of its Metrics record."""
+    return property(lambda self: getattr(self.metrics, name), doc=f"`metrics.{name}` (see Metrics)")
+
+
 @dataclass(frozen=True)
 class Estimate:
     """The result of one estimate: metrics as attributes, `ops` as a DataFrame, `summary()` as text, `intervals`
@@ -89,37 +95,14 @@ class Estimate:
         m = self.ev.metrics
         return Metrics(**{f: _num(m[f]) for f in Metrics.__dataclass_fields__})
 
-    @property
-    def ttft_s(self) -> float | None:
-        return self.metrics.ttft_s
-
-    @property
-    def tpot_s(self) -> float | None:
-        return self.metrics.tpot_s
-
-    @property
-    def decode_tokens_per_s(self) -> float | None:
-        return self.metrics.decode_tokens_per_s
-
-    @property
-    def prefill_tokens_per_s(self) -> float | None:
-        return self.metrics.prefill_tokens_per_s
-
-    @property
-    def throughput_tokens_per_s(self) -> float | None:
-        return self.metrics.throughput_tokens_per_s
-
-    @property
-    def e2e_latency_s(self) -> float | None:
-        return self.metrics.e2e_latency_s
-
-    @property
-    def mfu(self) -> float | None:
-        return self.metrics.mfu
-
-    @property
-    def mbu(self) -> float | None:
-        return self.metrics.mbu
+    ttft_s = _metric("ttft_s")
+    tpot_s = _metric("tpot_s")
+    decode_tokens_per_s = _metric("decode_tokens_per_s")
+    prefill_tokens_per_s = _metric("prefill_tokens_per_s")
+    throughput_tokens_per_s = _metric("throughput_tokens_per_s")
+    e2e_latency_s = _metric("e2e_latency_s")
+    mfu = _metric("mfu")
+    mbu = _metric("mbu")
 
     @property
     def model(self) -> ModelSpec:
@@ -189,8 +172,6 @@ class Estimate:
 
     @cached_property
     def _used(self) -> dict[str, dict[str, Any]]:
-        from .provenance import used_figures
-
         return used_figures(self.ev)
 
     @cached_property
@@ -222,9 +203,6 @@ class Estimate:
     def intervals(self) -> dict[str, dict[str, Any]]:
         """Per metric: the empirical 80 % band from held-out validation residuals of this device class, engine and
         metric family, widened where estimated figures bound the time (perfmodel.bands)."""
-        from .bands import intervals
-        from .provenance import widening_log
-
         out = {}
         for metric, iv in intervals(self.ev, device_class(self.device), self.engine,
                                     widening_log(self.ev, self._used)).items():

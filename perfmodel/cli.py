@@ -343,8 +343,8 @@ def _list(a: argparse.Namespace) -> int:
         return 0
     keys = [k for k in rows[0] if not k.endswith("_rung") and k != "variant_of"]
     mark = {"derived": " d", "estimated": " e"}
-    table = [[_fmt(r[k]) + mark.get(r.get(k.replace("_tflops", "").replace("_gb_per_s", "").replace(
-        "fp32_vector", "fp32") + "_rung"), "") for k in keys] for r in rows]
+    rung_of = {"bandwidth_gb_per_s": "bandwidth_rung", "bf16_tflops": "bf16_rung", "fp32_vector_tflops": "fp32_rung"}
+    table = [[_fmt(r[k]) + mark.get(r.get(rung_of.get(k, "")), "") for k in keys] for r in rows]
     widths = [max(len(k), *(len(t[i]) for t in table)) for i, k in enumerate(keys)]
     print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
     for t in table:
@@ -375,10 +375,8 @@ def _fmt(v: Any) -> str:
 
 
 def _show(a: argparse.Namespace) -> int:
-    from .catalog import load_device, load_model
-    from .catalog import find
+    from .catalog import find, load_device, load_model
     from .device import COMPUTE_DTYPES
-    from .model import ModelSpec
 
     if a.raw:
         for kind in ("hardware", "models"):
@@ -388,7 +386,7 @@ def _show(a: argparse.Namespace) -> int:
             except PerfmodelError:
                 continue
     try:
-        spec: Any = load_device(a.id) if a.id.lower() != "local" else load_device("local")
+        spec: Any = load_device(a.id)  # a catalog id or alias, a file, or `local`
         extra = {
             "memory_levels": [{"name": lv.name,
                                "capacity_gb": None if lv.capacity_bytes is None else lv.capacity_bytes / 1e9,
@@ -397,7 +395,8 @@ def _show(a: argparse.Namespace) -> int:
             "peak_tflops": {f"{u}.{p}": spec.peak_flops_per_s(u, p) / 1e12 for u in ("matrix", "vector")
                             for p in COMPUTE_DTYPES if spec.peak_flops_per_s(u, p)},
         }
-        figures = {k: {"rung": f.rung, "value": f.value, "note": f.note} for k, f in spec.figures.items()}
+        figures: dict[str, Any] | None = {k: {"rung": f.rung, "value": f.value, "note": f.note}
+                                          for k, f in spec.figures.items()}
     except PerfmodelError:
         try:
             spec = load_model(find("models", a.id))
@@ -408,11 +407,10 @@ def _show(a: argparse.Namespace) -> int:
             raise unknown_name("id", a.id, list(_index("hardware")) + list(_index("models"))) from None
         extra = {"params_total": spec.params_total(), "params_active": spec.params_active(),
                  "param_breakdown": spec.param_breakdown(), "kv_elements_per_token": spec.kv_elements_per_token()}
+        figures = None
     data = spec.model_dump(mode="json", exclude_none=True)
     data["derived"] = extra
-    if isinstance(spec, ModelSpec):
-        figures = None
-    else:
+    if figures is not None:
         data["figures"] = figures
     if a.json:
         print(json.dumps(data, indent=2))
@@ -459,8 +457,6 @@ def _print_tree(d: Any, indent: int = 0) -> None:
 
 
 def _sweep(a: argparse.Namespace) -> int:
-    import pandas as pd
-
     from .scenarios import INPUT_COLUMNS, OUTPUT_COLUMNS, read_table, sweep, write_table
 
     if a.engine:
@@ -493,7 +489,7 @@ def _calibrate(a: argparse.Namespace) -> int:
 
     threads = None
     if a.threads is not None:
-        from .evaluate import _int_at_least
+        from .workload import _int_at_least
 
         threads = _int_at_least(a.threads, 1, "--threads")
     eff, df, path = calibrate(backend=a.backend, mode="full" if a.full else "quick", threads=threads,
@@ -531,21 +527,19 @@ def _validate(a: argparse.Namespace) -> int:
 
     if a.engine:
         load_engine(a.engine)  # a wrong name fails before any work
-    rows = load_rows()
-    if a.split != "all":
-        rows = rows[rows.split == a.split].reset_index(drop=True)
+    every = load_rows()
+    rows = every if a.split == "all" else every[every.split == a.split].reset_index(drop=True)
     rows["predicted"], rows["skipped"] = predict(rows, engine=a.engine)
     rows["baseline"], _ = predict(rows, engine="ideal")
     rows["error_pct"] = (rows.predicted / rows.value - 1) * 100
     table = summary(rows)
     done = int(np.isfinite(rows.predicted.astype(float)).sum())
-    known = rows[(rows.skipped == "") | ~rows.skipped.str.contains("not in the catalog")]
-    cov = coverage(known)
+    cov = coverage(rows)
     bands = None
     if a.bands:
         from .validation import loso_coverage, residuals
 
-        bands = loso_coverage(residuals(load_rows()))
+        bands = loso_coverage(residuals(every))
     if a.output:
         from .scenarios import write_csv_atomic
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PerfmodelError
-from .scenarios import INPUT_COLUMNS, sweep, typed
+from .scenarios import check_columns, is_parquet, sweep, typed
 
 PARTITION_ROWS = 250_000
 LOCAL_WORKERS = 2
@@ -34,10 +34,6 @@ def _imports():
     return dd, Client, LocalCluster
 
 
-def _is_parquet(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in (".parquet", ".pq")
-
-
 def read_scenarios(path: str | Path, dd: Any, partition_rows: int = PARTITION_ROWS) -> tuple[Any, int]:
     """(a Dask DataFrame of the scenarios in a CSV or Parquet file, cells as strings as the in-process CLI reads
     them, in partitions of about `partition_rows` rows; the number of rows)."""
@@ -45,15 +41,13 @@ def read_scenarios(path: str | Path, dd: Any, partition_rows: int = PARTITION_RO
     if not path.exists():
         raise PerfmodelError(f"input file {str(path)!r} does not exist")
     try:
-        if _is_parquet(path):
+        if is_parquet(path):
             ddf = dd.read_parquet(str(path))
         else:
             ddf = dd.read_csv(str(path), dtype=str, keep_default_na=False, blocksize="16MB")
     except Exception as e:  # noqa: BLE001 - pyarrow / pandas parser errors have no common base
-        raise PerfmodelError(f"{path}: not a readable {'Parquet' if _is_parquet(path) else 'CSV'} file: {e}") from None
-    unknown = [c for c in ddf.columns if c not in INPUT_COLUMNS]
-    if unknown:
-        raise PerfmodelError(f"unknown sweep column(s) {', '.join(unknown)}; allowed: {', '.join(INPUT_COLUMNS)}")
+        raise PerfmodelError(f"{path}: not a readable {'Parquet' if is_parquet(path) else 'CSV'} file: {e}") from None
+    check_columns(ddf.columns)  # before any partition runs
     ddf = ddf.astype(str).replace({"": None, "nan": None, "None": None})
     n = int(ddf.map_partitions(len).sum().compute())
     return ddf.repartition(npartitions=max(1, -(-n // partition_rows))), n
@@ -74,7 +68,7 @@ def sweep_dask(src: str | Path, dst: str | Path, *, scheduler: str | None = None
 
     dd, Client, LocalCluster = _imports()
     dst = Path(dst)
-    if _is_parquet(dst) and dst.is_dir():  # a Parquet result is a folder of part files: it is replaced whole
+    if is_parquet(dst) and dst.is_dir():  # a Parquet result is a folder of part files: it is replaced whole
         check_output_path(dst.parent / f".{dst.name}.probe")
     else:
         check_output_path(dst)
@@ -93,7 +87,7 @@ def sweep_dask(src: str | Path, dst: str | Path, *, scheduler: str | None = None
         out = ddf.map_partitions(_run, engine, efficiency, ignore_capacity, meta=meta)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
         try:
-            if _is_parquet(dst):
+            if is_parquet(dst):
                 written = out.to_parquet(str(tmp / "data"), write_index=False, compute=False)
             else:
                 written = out.to_csv(str(tmp / "data.csv"), single_file=True, index=False, compute=False)
@@ -105,9 +99,9 @@ def sweep_dask(src: str | Path, dst: str | Path, *, scheduler: str | None = None
                 bar(futures)
                 print(file=sys.stderr)
             client.gather(futures)
-            new = tmp / ("data" if _is_parquet(dst) else "data.csv")
+            new = tmp / ("data" if is_parquet(dst) else "data.csv")
             # rows with an error, read back from what was written (not a second sweep)
-            col = (dd.read_parquet(str(new), columns=["error"]) if _is_parquet(dst) else
+            col = (dd.read_parquet(str(new), columns=["error"]) if is_parquet(dst) else
                    dd.read_csv(str(new), usecols=["error"], dtype=str, keep_default_na=False))["error"]
             errors = int((col.fillna("") != "").sum().compute())
             _replace(new, dst)

@@ -18,8 +18,6 @@ Attainable = peak x efficiency. The defaults below come from published achieved 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
 
 

@@ -21,7 +21,8 @@ from .errors import PerfmodelError
 from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Pass, Precision, lower
 from .memory import Memory, footprint, weight_bytes, kv_bytes
 from .model import ModelSpec
-from .workload import LIMITS, Workload, _int_at_least  # noqa: F401 (the front door's names, re-exported)
+from .workload import Workload
+
 
 def default_gen(model: ModelSpec) -> int:
     return 0 if model.arch == "encoder" else 128

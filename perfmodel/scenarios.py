@@ -4,14 +4,19 @@ arrays, so 10,000 rows cost a few vectorised evaluations, not 10,000 Python loop
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._io import atomic_write_text
+from .bands import METRIC_CATEGORY, intervals
+from .catalog import load_device, load_model
+from .engines import device_class, efficiency_for
 from .errors import PerfmodelError
-from .evaluate import LIMITS, Workload, capacity_messages, default_gen, evaluate, row_errors, row_warnings
+from .evaluate import Workload, capacity_messages, default_gen, evaluate, row_errors, row_warnings
 from .memory import Memory
+from .provenance import widening_log
+from .workload import LIMITS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,17 +48,8 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     """
     import pandas as pd
 
-    from .catalog import load_device, load_model
-    from .bands import METRIC_CATEGORY
-    from .engines import efficiency_for
-
     df = scenarios.copy().reset_index(drop=True)
-    unknown = [c for c in df.columns if c not in INPUT_COLUMNS]
-    if unknown:
-        raise PerfmodelError(f"unknown sweep column(s) {', '.join(unknown)}; allowed: {', '.join(INPUT_COLUMNS)}")
-    for col in ("model", "hardware"):
-        if col not in df.columns:
-            raise PerfmodelError(f"a sweep needs a `{col}` column; columns allowed: {', '.join(INPUT_COLUMNS)}")
+    check_columns(df.columns)
     if engine and efficiency is not None:
         raise PerfmodelError("give an efficiency profile or an engine for a sweep, not both")
     for col, default in {**DEFAULTS, "engine": engine or ""}.items():
@@ -133,10 +129,6 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
 def _evaluate_rows(m, d, wl, eff, band_engine: str, ignore_capacity: bool, idx: np.ndarray, batch: np.ndarray,
                    prompt: np.ndarray, gen: np.ndarray, out: dict, bounds: dict, errors: np.ndarray) -> None:
     """Evaluate rows of one group and write their metrics, bands, memory, bounds or errors into the output arrays."""
-    from .bands import intervals
-    from .engines import device_class
-    from .provenance import widening_log
-
     try:
         ev = evaluate(m, d, wl, eff, batch, prompt, gen)
     except PerfmodelError as e:
@@ -247,12 +239,27 @@ def typed(res: "pd.DataFrame") -> "pd.DataFrame":
     return res
 
 
+def check_columns(columns: Any) -> None:
+    """A sweep's columns: the INPUT_COLUMNS only, `model` and `hardware` among them."""
+    unknown = [c for c in columns if c not in INPUT_COLUMNS]
+    if unknown:
+        raise PerfmodelError(f"unknown sweep column(s) {', '.join(unknown)}; allowed: {', '.join(INPUT_COLUMNS)}")
+    for col in ("model", "hardware"):
+        if col not in columns:
+            raise PerfmodelError(f"a sweep needs a `{col}` column; columns allowed: {', '.join(INPUT_COLUMNS)}")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Sweep files are Parquet by the suffix .parquet or .pq, CSV otherwise."""
+    return Path(path).suffix.lower() in (".parquet", ".pq")
+
+
 def read_table(path: str | Path) -> "pd.DataFrame":
     """Sweep rows from a CSV or Parquet file (by suffix), every cell as text, empty cells as missing."""
     import pandas as pd
 
     path = Path(path)
-    parquet = path.suffix.lower() in (".parquet", ".pq")
+    parquet = is_parquet(path)
     try:
         if parquet:
             df = pd.read_parquet(path).astype(str).replace({"None": "", "nan": "", "<NA>": ""})
@@ -272,7 +279,7 @@ def write_table(df: "pd.DataFrame", path: str | Path) -> None:
     import io
 
     path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if is_parquet(path):
         from ._io import atomic_write_bytes
 
         buf = io.BytesIO()

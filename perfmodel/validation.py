@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +27,6 @@ from .errors import PerfmodelError, did_you_mean
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from .device import Device
-    from .efficiency import Efficiency
 
 CATEGORY = {
     "decode_tokens_per_s": "decode", "tpot_s": "decode",
@@ -126,6 +122,15 @@ def _plain(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
+# Stacks costed with another's profile: MLPerf submissions run TensorRT-LLM, SGLang's kernels are vLLM's.
+PROFILE_OF = {"mlperf": "trtllm", "sglang": "vllm"}
+
+
+def profile_of(engine: str) -> str:
+    """The engine profile a row's stack is costed with."""
+    return PROFILE_OF.get(engine, engine)
+
+
 # Prediction -------------------------------------------------------------------------------------------------------
 
 def predict(df: "pd.DataFrame", engine: str | None = None,
@@ -148,7 +153,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
     cache: dict[str, EngineProfile] = dict(profiles or {})
     groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
     for i, r in enumerate(df.to_dict("records")):
-        name = engine or {"mlperf": "trtllm", "sglang": "vllm"}.get(r["engine"], r["engine"])
+        name = engine or profile_of(r["engine"])
         try:
             hw = _s(r.get("hardware"))
             if not hw:
@@ -302,7 +307,7 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
     return op.flops / float(t) / 1e12
 
 
-# Error bands: held-out residuals and their coverage ------------------------------------------------------------------------------------
+# Error bands: held-out residuals and their coverage -----------------------------------------------------------------
 
 def residuals(rows: "Any") -> "Any":
     """Held-out residuals of the validation rows: each row's own engine on the test split (the fitted profiles never
@@ -310,10 +315,9 @@ def residuals(rows: "Any") -> "Any":
     device_class, category, metric, split, ratio (measured/predicted as a rate)."""
     import pandas as pd
 
-
     rows = rows[rows.category.isin(BAND_CATEGORIES)].reset_index(drop=True)
     classes = {hw: device_class(load_device(hw)) for hw in rows.hardware.dropna().unique() if hw}
-    engine_of = rows.engine.map(lambda e: {"mlperf": "trtllm", "sglang": "vllm"}.get(e, e))
+    engine_of = rows.engine.map(profile_of)
     frames = []
     for name in (None, "default", "ideal"):
         pred, _ = predict(rows, engine=name)
@@ -365,11 +369,17 @@ def errors(df: "pd.DataFrame", col: str) -> np.ndarray:
     return np.abs(df[col].to_numpy(dtype=float) / df["value"].to_numpy(dtype=float) - 1.0) * 100.0
 
 
+def in_catalog(df: "pd.DataFrame") -> "pd.DataFrame":
+    """The predicted rows (columns `predicted`, `skipped`) whose model and device are in the catalog."""
+    return df[(df.skipped == "") | ~df.skipped.str.contains("not in the catalog")]
+
+
 def coverage(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Per category: rows whose model and device are in the catalog (`known`), how many got a prediction, and the
-    fraction."""
+    """Per category, of the rows whose model and device are in the catalog (`known`): how many got a prediction,
+    and the fraction."""
     import pandas as pd
 
+    df = in_catalog(df)
     ok = np.isfinite(df.predicted.astype(float))
     out = [{"category": "ALL", "known": len(df), "predicted": int(ok.sum())}]
     for cat, g in df.groupby("category"):

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perfmodel._io import atomic_write_text  # noqa: E402
-from perfmodel.validation import coverage, load_rows, loso_coverage, predict, residuals, summary  # noqa: E402
+from perfmodel.validation import (coverage, in_catalog, load_rows, loso_coverage, predict, residuals,  # noqa: E402
+                                  summary)
 
 DOC = ROOT / "docs" / "validation.md"
 README = ROOT / "README.md"
@@ -25,15 +26,13 @@ SUMMARY_START, SUMMARY_END = "<!-- summary:start (tools/validation_md.py) -->", 
 
 def render() -> tuple[str, str]:
     rows = load_rows()
-    test = rows[rows.split == "test"].reset_index(drop=True)
-    test["predicted"], test["skipped"] = predict(test)
-    test["baseline"], _ = predict(test, engine="ideal")
-    known = test[(test.skipped == "") | ~test.skipped.str.contains("not in the catalog")]
-    cov = coverage(known).set_index("category")
     allrows = rows.copy()
-    allrows["predicted"], allrows["skipped"] = predict(allrows)
-    kall = allrows[(allrows.skipped == "") | ~allrows.skipped.str.contains("not in the catalog")]
-    cov_all = coverage(kall).set_index("category")
+    allrows["predicted"], allrows["skipped"] = predict(allrows)  # once; the held-out rows are a part of it
+    test = allrows[allrows.split == "test"].reset_index(drop=True)
+    test["baseline"], _ = predict(test, engine="ideal")
+    cov = coverage(test).set_index("category")
+    kall = in_catalog(allrows)
+    cov_all = coverage(allrows).set_index("category")
     table = summary(test)
     bands = loso_coverage(residuals(rows))
     out = [START, "", f"{len(rows):,} rows from {rows.file.nunique()} sources; {int((rows.split == 'test').sum())} held "
