@@ -18,7 +18,7 @@ from .errors import CapacityError, PerfmodelError
 from .evaluate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 from .bands import TIME_METRICS, intervals
 from .model import ModelSpec
-from .provenance import used_figures, widening_log
+from .provenance import used_figures
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,7 +44,7 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     if err:
         raise PerfmodelError(err)
     warn = row_warnings(m, one * wl.prompt_len, one * wl.gen_len)[0]
-    ev = evaluate(m, d, wl, eff, one * wl.batch, one * wl.prompt_len, one * wl.gen_len)
+    ev = evaluate(m, d, wl, eff, one * wl.batch, one * wl.prompt_len, one * wl.gen_len, detail=True)
     if ev.memory.fits is not None and not bool(ev.memory.fits[0]) and not ignore_capacity:
         raise CapacityError(capacity_message(m, d, wl, ev.memory.at(0), wl.prompt_len, wl.gen_len))
     return Estimate(ev, band_engine, (warn,) if warn else ())
@@ -150,16 +150,17 @@ class Estimate:
 
         rows = []
         for phase, ph in (("prefill", self.ev.prefill), ("decode", self.ev.decode)):
-            for op, c in zip(ph.ops, ph.costs):
+            v = {k: np.asarray(x)[:, 0] for k, x in ph.values.items()}  # this estimate's one row
+            for i, op in enumerate(ph.ops):
                 r = {"phase": phase, "name": op.name, "kind": op.kind.value, "dtype": op.dtype.value,
-                     "unit": c["unit"], "precision": c["precision"], "count": op.count}
+                     "unit": ph.units[0][i], "precision": ph.precisions[0][i], "count": op.count}
                 for k in ("flops", "weight_bytes", "act_in_bytes", "act_out_bytes", "kv_read_bytes", "kv_write_bytes",
                           "comm_bytes", "compute_s", "memory_s", "comm_s", "overhead_s", "time_s"):
-                    r[k] = _num(c[k]) or 0.0
+                    r[k] = float(v[k][i])
                 moved = r["weight_bytes"] + r["act_in_bytes"] + r["act_out_bytes"] + r["kv_read_bytes"] + r["kv_write_bytes"]
                 r["bytes"] = moved
                 r["intensity_flops_per_byte"] = r["flops"] / moved if moved else math.inf
-                comp = _num(c["compute_bound_s"]) or 0.0
+                comp = float(v["compute_bound_s"][i])
                 body = r["time_s"] - r["overhead_s"] - r["comm_s"]
                 if op.kind.value == "comm":
                     r["bound"] = "comm"
@@ -205,7 +206,7 @@ class Estimate:
         metric family, widened where estimated figures bound the time (perfmodel.bands)."""
         out = {}
         for metric, iv in intervals(self.ev, device_class(self.device), self.engine,
-                                    widening_log(self.ev, self._used)).items():
+                                    self.ev.widening_log()).items():
             lo, hi = _num(iv.low), _num(iv.high)
             if lo is None or hi is None or _num(self.ev.metrics[metric]) is None:
                 continue

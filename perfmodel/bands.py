@@ -107,7 +107,9 @@ def lookup(table: list[dict[str, Any]], device_class: str, engine: str, category
     return None
 
 
+@lru_cache(maxsize=256)
 def band_for(device_class: str, engine: str, category: str) -> Band | None:
+    """The band of the shipped table (workloads/bands.toml) for a group, looked up once per process."""
     return lookup(_table(), device_class, engine, category)
 
 
@@ -124,7 +126,7 @@ def _table() -> list[dict[str, Any]]:
 
 
 def widening(log_factor: Any) -> Any:
-    """exp(sum of share x ln(1 + u)) (provenance.widening_log): the factor both band ends move out by."""
+    """exp(sum of share x ln(1 + u)) (Evaluation.widening_log): the factor both band ends move out by."""
     return np.exp(np.asarray(log_factor, dtype=float))
 
 

@@ -338,7 +338,8 @@ def load_model(name: str | Path | ModelSpec) -> ModelSpec:
     path = Path(name)
     if path.suffix == ".json" or path.is_dir():
         return load_hf_config(path)
-    return _from_toml(path if path.suffix == ".toml" else find("models", str(name)), ModelSpec)
+    path = path if path.suffix == ".toml" else find("models", str(name))
+    return _kept(path, None, lambda: _from_toml(path, ModelSpec))
 
 
 def load_device(name: str | Path | Device) -> Device:
@@ -350,9 +351,26 @@ def load_device(name: str | Path | Device) -> Device:
 
         return detect()
     path = Path(name)
-    if path.suffix == ".toml":
-        return device_from_file(path)
-    return device_from_file(*find_entry("hardware", str(name)))
+    path, variant = (path, None) if path.suffix == ".toml" else find_entry("hardware", str(name))
+    return _kept(path, variant, lambda: device_from_file(path, variant))
+
+
+_KEPT: dict[tuple, Any] = {}
+
+
+def _kept(path: Path, variant: str | None, make: Any) -> Any:
+    """A loaded spec, kept while its file is unchanged (same size and modification time), so that what is derived
+    from it (lowered tables, attainable rates) is derived once per process. Specs are frozen: sharing is safe."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return make()  # the loader names the problem
+    key = (str(path), variant, st.st_mtime_ns, st.st_size)
+    if key not in _KEPT:
+        if len(_KEPT) >= 4096:
+            _KEPT.clear()
+        _KEPT[key] = make()
+    return _KEPT[key]
 
 
 def device_from_file(path: Path, variant: str | None = None) -> Device:

@@ -4,7 +4,11 @@ Per op: time = max(FLOPs / attainable compute, sum over memory levels of bytes /
 communication ops cost a ring collective over the interconnect. Hierarchical: weights and KV cache are served by the
 fastest memory level that holds the whole working set (weights + KV cache + activations, per device); an op's
 activations by the fastest level that holds them (producer-consumer reuse). A level with no sourced bandwidth is
-skipped. Everything is vectorised over scenarios (NumPy arrays).
+skipped.
+
+Costing is flat: a machine's parameters for every op of a lowered table (OpParams: attainable rate, memory fraction,
+overhead, collective cost; derived once per machine and table) and the table's quantities for every row make arrays
+(ops, rows), and `terms` costs them all in one pass. `op_cost` runs the same costing on a single op.
 
 Decode time is summed exactly over the growing KV cache: within a stretch of contexts where every byte and FLOP count
 is linear in the context c (split at sliding-window sizes), each op costs max(u0 + u1 c, v0 + v1 c), whose sum over
@@ -13,7 +17,10 @@ integer c has a closed form.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +29,7 @@ from .dtypes import COMPUTE_FALLBACK, DType
 from .efficiency import Efficiency, rate_at_rows
 from .errors import PerfmodelError
 from .graph import MATRIX_KINDS, Comm, Num, Op, OpKind, Parallel
+from .table import FIELDS, table
 
 IDEAL = Efficiency(matrix=1, vector=1, memory=1, interconnect=1)
 # Kernel classes of a calibration profile, per op kind; elementwise ops split by role (op name suffix).
@@ -129,10 +137,22 @@ class Machine:
 
     def datasheet_peak(self, kind: OpKind, dtype: DType) -> float:
         """Datasheet peak (no efficiency) for MFU; the calibrated rate where the datasheet has none."""
-        try:
-            return _peak(self.device, IDEAL, kind in MATRIX_KINDS, dtype.compute)[0]
-        except PerfmodelError:
-            return self.peak(kind, dtype)[0]
+        def make() -> float:
+            try:
+                return _peak(self.device, IDEAL, kind in MATRIX_KINDS, dtype.compute)[0]
+            except PerfmodelError:
+                return self.peak(kind, dtype)[0]
+
+        return self._memo(("datasheet peak", kind in MATRIX_KINDS, dtype.compute), make)
+
+    def estimated_log(self, key: str) -> float:
+        """ln(1 + u) of a device figure that was estimated (u its rule's uncertainty, perfmodel.provenance), else 0:
+        how much it widens an error band per unit share of the time it bounds."""
+        def make() -> float:
+            fig = self.device.figure(key)
+            return math.log1p(fig.uncertainty) if fig is not None and fig.rung == "estimated" else 0.0
+
+        return self._memo(("estimated", key), make)
 
     def calibrated_key(self, kind: OpKind, dtype: DType, cls: str | None = None, strict: bool = False) -> str | None:
         """The profile key ("<class>.<precision>") an op is costed with, or None; `strict`: no fallback class."""
@@ -167,17 +187,18 @@ class Machine:
             return self.eff.op_overhead_s
         return (self.device.op_overhead_us or 0.0) * 1e-6
 
-    def comm_time(self, op: Op) -> Num:
-        n = self.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
+    def comm_terms(self, comm: Comm, n: int) -> tuple[float, float]:
+        """(s per byte, s per call) of a collective over n ranks: ring all-reduce (reduce-scatter + all-gather,
+        2(N-1) steps), ring all-gather (N-1 steps), or one point-to-point send."""
         link = self.device.interconnect
         # sourced, derived from the PCIe generation and lanes, or estimated from the launch year (provenance)
         bw = self.device.figure("interconnect.bandwidth").value * self.eff.interconnect
         lat = link.latency_us * 1e-6 if link is not None and link.latency_us else self.eff.interconnect_latency_s
-        if op.comm == Comm.ALL_REDUCE:  # ring: reduce-scatter + all-gather, 2(N-1) steps
-            return 2 * (n - 1) / n * op.comm_bytes / bw + 2 * (n - 1) * lat
-        if op.comm == Comm.ALL_GATHER:
-            return (n - 1) / n * op.comm_bytes / bw + (n - 1) * lat
-        return op.comm_bytes / bw + lat
+        if comm == Comm.ALL_REDUCE:
+            return 2 * (n - 1) / n / bw, 2 * (n - 1) * lat
+        if comm == Comm.ALL_GATHER:
+            return (n - 1) / n / bw, (n - 1) * lat
+        return 1 / bw, lat
 
 
 def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tuple[float, str, str]:
@@ -208,85 +229,235 @@ def _may_use_vector_for_matmul(device: Device, precision: str) -> bool:
     return device.kind == "cpu" or precision == "fp32" or not device.compute.matrix_units
 
 
-@dataclass(frozen=True)
-class Terms:
-    """Per-instance cost terms of one op (arrays over scenarios)."""
+# Costing a table: per op of a table, how a machine costs it (OpParams), then every op of every row at once ----------
 
-    compute_s: Num
-    memory_s: Num
-    comm_s: Num
-    unit: str
-    precision: str
-    overhead_s: float = 0.0
+@dataclass(frozen=True, eq=False)
+class OpParams:
+    """How one machine costs the ops of one table: arrays over ops. Where a calibration profile measured the
+    single-row kernel of a class (GEMV, decode attention), `one_row` ops use the `alt_` parameters at rows <= 1."""
+
+    comm: np.ndarray  # communication op
+    count: np.ndarray
+    peak: np.ndarray  # attainable FLOP/s before any saturation (inf for comm ops)
+    calibrated: np.ndarray
+    frac: np.ndarray  # fraction of a level's attainable bandwidth the op's kernel reaches
+    overhead: np.ndarray  # s per call
+    rows_half: np.ndarray
+    rate_table: np.ndarray  # index into `tables` of a measured rate-by-rows table, -1 for none
+    one_row: np.ndarray
+    alt_peak: np.ndarray
+    alt_frac: np.ndarray
+    alt_overhead: np.ndarray
+    alt_rows_half: np.ndarray
+    alt_rate_table: np.ndarray
+    keys_half: np.ndarray  # fused attention on datasheet rates: keys at which it reaches half its rate, else 0
+    vector_peak: np.ndarray  # FP32 vector FLOP/s for block-scale work beside a GEMM (nan where none is needed)
+    exp_cost: np.ndarray  # datasheet matrix peak / special-function rate: exponentials' cost in matrix time
+    comm_per_byte: np.ndarray  # s per byte of a collective
+    comm_fixed: np.ndarray  # s per collective (latency per step)
+    # ln(1 + u) of the estimated device figure (perfmodel.provenance) that bounds the op's compute-bound time, its
+    # memory-bound time (main memory's bandwidth) and its communication (the link); 0 where the figure is not estimated
+    widen_compute: np.ndarray
+    widen_memory: np.ndarray
+    widen_link: np.ndarray
+    unit: tuple[str, ...]
+    precision: tuple[str, ...]
+    tables: tuple[tuple[tuple[float, float], ...], ...]
+
+    @cached_property
+    def column(self) -> dict[str, np.ndarray]:
+        """The arrays as (ops, 1) columns, which broadcast over rows."""
+        return {k: getattr(self, k)[:, None] for k in self.ARRAYS}
+
+    ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "rows_half", "rate_table", "one_row",
+              "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half",
+              "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "widen_compute", "widen_memory", "widen_link")
 
 
-def op_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num) -> Terms:
-    if op.kind == OpKind.COMM:
-        return Terms(0.0, 0.0, mach.comm_time(op), "link", "-")
-    cls = op_class(op)
-    t = _class_terms(op, mach, resident_bw, act_bw, cls)
-    one_row = _ONE_ROW_CLASS.get(cls)
-    if one_row and mach.calibrated_key(op.kind, op.dtype, one_row, strict=True):
-        # single-row products run a GEMV kernel, and one query per sequence a decode-attention kernel, each with
-        # its own calibrated profile
-        v = _class_terms(op, mach, resident_bw, act_bw, one_row)
-        one = np.asarray(op.rows) <= 1 + 1e-9  # MoE: tokens / expected experts, up to rounding
-        return Terms(np.where(one, v.compute_s, t.compute_s), np.where(one, v.memory_s, t.memory_s), 0.0, t.unit,
-                     t.precision, np.where(one, v.overhead_s, t.overhead_s))
-    return t
-
-
-def _class_terms(op: Op, mach: Machine, resident_bw: Num, act_bw: Num, cls: str) -> Terms:
-    peak, unit, prec = mach.peak(op.kind, op.dtype, cls)
-    key = mach.calibrated_key(op.kind, op.dtype, cls)
-    table = mach.eff.rate_by_rows.get(key) if key else None
-    half = mach.eff.rows_half.get(key, 0.0) if key else 0.0
-    if table:  # GEMM rate measured at several row counts, interpolated in log(rows)
-        peak = rate_at_rows(table, op.rows)
-    elif half:  # GEMM rate saturates with the number of rows: rate(m) = rate x m / (m + half)
-        peak = _saturating(peak, op.rows, half)
-    half_keys = mach.eff.attention_keys_half
-    if half_keys and op.kind == OpKind.ATTENTION and unit != "calibrated" and np.any(np.asarray(op.keys) > 0):
-        # a fused-attention tile loads its queries, then streams keys: the fixed per-tile work is amortised over
-        # the keys each query sees (short or causal sequences run further from peak)
-        peak = _saturating(peak, op.keys, half_keys)
-    frac = mach.memory_fraction(op.kind, op.dtype, cls)
-    memory = (op.resident_bytes / resident_bw + op.act_bytes / act_bw) / frac
-    compute = op.flops / peak
-    if unit != "calibrated" and np.any(np.asarray(op.scale_flops) > 0):
-        # vector work serial with the matrix products (block scales of quantised GEMMs)
-        vec = mach._memo(("vector fp32",), lambda: _peak(mach.device, mach.eff, False, "fp32")[0])
-        compute = compute + op.scale_flops / vec
+def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
+    """The OpParams of a table (perfmodel.table.OpTable) on a machine, derived once per (machine, table) and kept on
+    the machine (`keep`)."""
+    hit = mach._cache.get(("params", id(tab)))
+    if hit is not None and hit[0] is tab:
+        return hit[1]
+    eff, n = mach.eff, len(tab)
+    a = {k: np.zeros(n) for k in OpParams.ARRAYS}
+    a["rate_table"] = np.full(n, -1)
+    a["alt_rate_table"] = np.full(n, -1)
+    a["vector_peak"] = np.full(n, np.nan)
+    tables: list[tuple] = []
+    unit, prec = [], []
+    scale, exp = tab.nonzero("scale_flops"), tab.nonzero("exp_ops")
     sfu = mach.device.compute.special_function_tflops
-    if sfu and unit != "calibrated" and np.any(np.asarray(op.exp_ops) > 0):
-        # softmax's exponentials on the special-function units, in turn with the matrix work (FlashAttention-3:
-        # on an H100 "exponential can take 50% of the cycle compared to matmul" at head dim 128), at the same
-        # fraction of their peak as the matrix units reach of theirs
-        eff = peak / mach.datasheet_peak(op.kind, op.dtype)
-        compute = compute + op.exp_ops / (sfu * 1e12 * eff)
+
+    def table_id(key: str | None) -> int:
+        rates = eff.rate_by_rows.get(key) if key else None
+        if not rates:
+            return -1
+        t = tuple(tuple(p) for p in rates)
+        if t not in tables:
+            tables.append(t)
+        return tables.index(t)
+
+    for i, op in enumerate(tab.shells):
+        a["count"][i] = op.count
+        if op.kind == OpKind.COMM:
+            n_ranks = mach.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
+            per_byte, fixed = mach.comm_terms(op.comm, n_ranks)
+            a["comm"][i], a["comm_per_byte"][i], a["comm_fixed"][i] = True, per_byte, fixed
+            a["peak"][i] = a["alt_peak"][i] = np.inf
+            a["frac"][i] = a["alt_frac"][i] = 1.0
+            unit.append("link")
+            prec.append("-")
+            continue
+        cls = op_class(op)
+        peak, u, p = mach.peak(op.kind, op.dtype, cls)
+        key = mach.calibrated_key(op.kind, op.dtype, cls)
+        a["peak"][i], a["calibrated"][i] = peak, u == "calibrated"
+        a["frac"][i] = mach.memory_fraction(op.kind, op.dtype, cls)
+        a["overhead"][i] = mach.overhead_for(op.kind, op.dtype, cls)
+        a["rows_half"][i] = eff.rows_half.get(key, 0.0) if key else 0.0
+        a["rate_table"][i] = table_id(key)
+        if op.kind == OpKind.ATTENTION and u != "calibrated":
+            a["keys_half"][i] = eff.attention_keys_half
+        if scale[i] and u != "calibrated":
+            # vector work serial with the matrix products (block scales of quantised GEMMs)
+            a["vector_peak"][i] = mach._memo(("vector fp32",), lambda: _peak(mach.device, eff, False, "fp32")[0])
+        if sfu and exp[i] and u != "calibrated":
+            # softmax's exponentials on the special-function units, in turn with the matrix work (FlashAttention-3:
+            # on an H100 "exponential can take 50% of the cycle compared to matmul" at head dim 128), at the same
+            # fraction of their peak as the matrix units reach of theirs
+            a["exp_cost"][i] = mach.datasheet_peak(op.kind, op.dtype) / (sfu * 1e12)
+        one = _ONE_ROW_CLASS.get(cls)
+        if one and mach.calibrated_key(op.kind, op.dtype, one, strict=True):
+            # single-row products run a GEMV kernel, and one query per sequence a decode-attention kernel, each with
+            # its own calibrated profile
+            akey = mach.calibrated_key(op.kind, op.dtype, one)
+            a["one_row"][i] = True
+            a["alt_peak"][i] = mach.peak(op.kind, op.dtype, one)[0]
+            a["alt_frac"][i] = mach.memory_fraction(op.kind, op.dtype, one)
+            a["alt_overhead"][i] = mach.overhead_for(op.kind, op.dtype, one)
+            a["alt_rows_half"][i] = eff.rows_half.get(akey, 0.0)
+            a["alt_rate_table"][i] = table_id(akey)
+        unit.append(u)
+        prec.append(p)
+    for i, (u, p) in enumerate(zip(unit, prec)):
+        if u in ("matrix", "vector"):
+            a["widen_compute"][i] = mach.estimated_log(f"compute.{u}.{p}")
+    link = np.array([u == "link" for u in unit], dtype=bool)
+    a["widen_memory"] = np.where(link, 0.0, mach.estimated_log(f"memory.{mach.device.levels[-1].name}.bandwidth"))
+    a["widen_link"] = np.where(link, mach.estimated_log("interconnect.bandwidth") if link.any() else 0.0, 0.0)
+    for k in ("comm", "calibrated", "one_row"):
+        a[k] = a[k].astype(bool)
+    out = OpParams(**a, unit=tuple(unit), precision=tuple(prec), tables=tuple(tables))
+    if keep:
+        mach._cache[("params", id(tab))] = (tab, out)
+    return out
+
+
+def stack_params(params: list[OpParams]) -> tuple[dict[str, np.ndarray], tuple]:
+    """Parameters of several machines for the same table: {name: (ops, machines)}, rate tables renumbered into one
+    tuple."""
+    tables: list[tuple] = []
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in OpParams.ARRAYS}
+    for p in params:
+        remap = np.array([len(tables) + j for j in range(len(p.tables))] + [-1])
+        tables += p.tables
+        for k in OpParams.ARRAYS:
+            v = getattr(p, k)
+            cols[k].append(remap[v] if k in ("rate_table", "alt_rate_table") else v)
+    return {k: np.stack(v, axis=1) for k, v in cols.items()}, tuple(tables)
+
+
+COST_FIELDS = ("compute_s", "memory_s", "comm_s", "overhead_s")
+
+
+def needed(P: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The quantities (perfmodel.table fields and sums) that terms() reads with these parameters."""
+    out = ["flops", "resident_bytes", "act_bytes"]
+    if P["one_row"].any() or (P["rate_table"] >= 0).any() or (P["rows_half"] > 0).any():
+        out.append("rows")
+    if (P["keys_half"] > 0).any():
+        out.append("keys")
+    if np.isfinite(P["vector_peak"]).any():
+        out.append("scale_flops")
+    if (P["exp_cost"] > 0).any():
+        out.append("exp_ops")
+    if P["comm"].any():
+        out.append("comm_bytes")
+    return tuple(out)
+
+
+def terms(P: dict[str, np.ndarray], tables: tuple, q: dict[str, np.ndarray], resident_bw: np.ndarray,
+          act_bw: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-instance compute, memory, communication and overhead time of every op (ops, rows), for quantities `q`
+    ({perfmodel.table.FIELDS: (ops, rows)}) and parameters P whose arrays broadcast to (ops, rows)."""
+    rows, keys = q.get("rows"), q.get("keys")
+    alt = P["one_row"] & (rows <= 1 + 1e-9) if P["one_row"].any() else None  # MoE: tokens / expected experts
+    pick = (lambda k: np.where(alt, P["alt_" + k], P[k])) if alt is not None else (lambda k: P[k])
+    peak, frac, half, tid = pick("peak"), pick("frac"), pick("rows_half"), pick("rate_table")
+    calibrated = P["calibrated"] | alt if alt is not None else P["calibrated"]
+    if np.any(tid >= 0):
+        tid = np.broadcast_to(tid, rows.shape)
+        for t in np.unique(tid[tid >= 0]):  # GEMM rate measured at several row counts, interpolated in log(rows)
+            peak = np.where(tid == t, rate_at_rows(tables[t], rows), peak)
+    if np.any(half > 0):
+        # GEMM rate saturates with the number of rows: rate(m) = rate x m / (m + half) (where no table was measured)
+        x = np.maximum(rows, 1.0)
+        peak = np.where((half > 0) & (tid < 0), peak * x / (x + half), peak)
+    # op_params sets these only for datasheet rates; a one-row kernel that replaces them is calibrated
+    kh = P["keys_half"] if alt is None else np.where(calibrated, 0.0, P["keys_half"])
+    if np.any(kh > 0):
+        # a fused-attention tile loads its queries, then streams keys: the fixed per-tile work is amortised over the
+        # keys each query sees (short or causal sequences run further from peak)
+        y = np.maximum(keys, 1.0)
+        peak = np.where((kh > 0) & (keys > 0), peak * y / (y + kh), peak)
+    resident, act = q["resident_bytes"], q["act_bytes"]
+    memory = (resident / resident_bw + act / act_bw) / frac
+    flops = q["flops"]
+    compute = flops / peak
+    vec = P["vector_peak"] if alt is None else np.where(calibrated, np.nan, P["vector_peak"])
+    if np.any(np.isfinite(vec)):
+        compute = compute + np.where(np.isfinite(vec), q["scale_flops"] / vec, 0.0)
+    exp_cost = P["exp_cost"] if alt is None else np.where(calibrated, 0.0, P["exp_cost"])
+    if np.any(exp_cost > 0):
+        compute = compute + q["exp_ops"] * exp_cost / peak
+    oh = pick("overhead")
     # an op with nothing to do (e.g. a conversion only large batches need) launches no kernel
-    work = np.asarray(op.flops) + np.asarray(op.bytes)
-    overhead = np.where(work > 0, mach.overhead_for(op.kind, op.dtype, cls), 0.0)
-    return Terms(compute, memory, 0.0, unit, prec, overhead if overhead.ndim else float(overhead))
+    overhead = np.where(flops + resident + act > 0, oh, 0.0) if np.any(oh > 0) else np.zeros_like(compute)
+    comm = (np.where(P["comm"], q["comm_bytes"] * P["comm_per_byte"] + P["comm_fixed"], 0.0) if P["comm"].any()
+            else np.zeros_like(compute))
+    return {"compute_s": compute, "memory_s": memory, "comm_s": comm, "overhead_s": overhead}
 
 
-def _saturating(rate: Num, x: Num, half: float) -> Num:
-    """rate x / (x + half), x at least 1: a rate that approaches `rate` as x (rows, keys) grows."""
-    x = np.maximum(np.asarray(x, dtype=float), 1.0)
-    return rate * x / (x + half)
+def point_costs(t: dict[str, np.ndarray], count: np.ndarray) -> dict[str, np.ndarray]:
+    """Costs of ops evaluated at one point (e.g. prefill), counts applied: time = max(compute, memory) + overhead
+    per instance, communication apart."""
+    body = np.maximum(t["compute_s"], t["memory_s"])
+    return {"compute_s": t["compute_s"] * count, "memory_s": t["memory_s"] * count, "comm_s": t["comm_s"] * count,
+            "overhead_s": t["overhead_s"] * count, "time_s": (body + t["overhead_s"] + t["comm_s"]) * count,
+            "compute_bound_s": np.where(t["compute_s"] >= t["memory_s"], t["compute_s"], 0.0) * count}
 
 
-def point_cost(op: Op, t: Terms) -> dict[str, Num]:
-    """Costs of one op evaluated at one point (e.g. prefill), counts applied."""
-    overhead_s = t.overhead_s
-    if op.kind == OpKind.COMM:
-        time = t.comm_s
-        return dict(compute_s=0.0, memory_s=0.0, comm_s=time * op.count, overhead_s=0.0, time_s=time * op.count,
-                    compute_bound_s=0.0)
-    body = np.maximum(t.compute_s, t.memory_s)
-    return dict(compute_s=t.compute_s * op.count, memory_s=t.memory_s * op.count, comm_s=0.0,
-                overhead_s=overhead_s * op.count, time_s=(body + overhead_s) * op.count,
-                compute_bound_s=np.where(t.compute_s >= t.memory_s, t.compute_s, 0.0) * op.count)
+def op_cost(op: Op, mach: Machine, resident_bw: Num, act_bw: Num) -> dict[str, Any]:
+    """One op with numeric sizes (scalars or arrays) costed at one point, e.g. a kernel in validation and
+    calibration: the costing of every evaluation (terms, point_costs), on a table of this one op. Keys as
+    point_costs (arrays, or floats for a scalar op), plus `unit` and `precision`."""
+    q = {f: np.atleast_1d(np.asarray(getattr(op, f), dtype=float)) for f in FIELDS}
+    n = max(len(v) for v in q.values())
+    q = {f: np.broadcast_to(v, (1, n)) for f, v in q.items()}
+    q["resident_bytes"] = q["weight_bytes"] + q["kv_read_bytes"] + q["kv_write_bytes"]
+    q["act_bytes"] = q["act_in_bytes"] + q["act_out_bytes"]
+    # the op's shell marks which terms apply (block-scale work, exponentials), as its lowered polynomials would
+    shell = Op(op.name, op.kind, op.dtype, count=op.count, comm=op.comm, variant=op.variant,
+               scale_flops=float(np.any(q["scale_flops"] > 0)), exp_ops=float(np.any(q["exp_ops"] > 0)))
+    p = op_params(mach, table((shell,)), keep=False)
+    t = terms(p.column, p.tables, q, np.asarray(resident_bw, dtype=float), np.asarray(act_bw, dtype=float))
+    scalar = all(np.ndim(getattr(op, f)) == 0 for f in FIELDS)
+    out: dict[str, Any] = {k: float(v[0, 0]) if scalar else np.asarray(v[0])
+                           for k, v in point_costs(t, p.column["count"]).items()}
+    out["unit"], out["precision"] = p.unit[0], p.precision[0]
+    return out
 
 
 def series(m: Num, n: Num, p: Num, q: Num) -> Num:

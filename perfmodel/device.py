@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
@@ -208,8 +208,15 @@ class Device(_Strict):
             raise ValueError(f"main memory {self.memory[-1].name!r} needs a bandwidth (bandwidth_gb_per_s or channels)")
         return self
 
-    @property
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> "Device":
+        """As pydantic's, without the cached resolved levels (an update may change the memory)."""
+        out = super().model_copy(update=update, deep=deep)
+        out.__dict__.pop("levels", None)
+        return out
+
+    @cached_property
     def levels(self) -> tuple[MemoryLevel, ...]:
+        """Memory levels, fastest first, in SI units (resolved once per device; the spec is frozen)."""
         return tuple(m.resolve(self.processor) for m in self.memory)
 
     @property

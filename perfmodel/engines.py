@@ -96,7 +96,7 @@ def efficiency_for(device: Device, engine: str | None = None, profile: "Efficien
         raise PerfmodelError("give an efficiency profile (a calibration of a machine) or an engine (a software "
                              "stack), not both")
     if engine:
-        return load_engine(engine).efficiency(device), engine
+        return _engine_efficiency(engine, device), engine
     if isinstance(profile, (str, Path)):
         return read_profile(profile, device_id=device.id), "calibrated"
     if isinstance(profile, Efficiency):
@@ -106,6 +106,21 @@ def efficiency_for(device: Device, engine: str | None = None, profile: "Efficien
         if mine is not None:
             return mine, "calibrated"
     return default_for(device.kind), "default"
+
+
+_ENGINE_EFFICIENCY: dict[tuple, Efficiency] = {}
+
+
+def _engine_efficiency(engine: str, device: Device) -> Efficiency:
+    """An engine profile's efficiency for a device, one object per (profile file as it stands, device class): the
+    machines built on it share their derived rates (perfmodel.evaluate.machine)."""
+    files = {p.stem: p for p in engine_files()} if engine not in ("ideal", "default") else {}
+    stat = files[engine].stat() if engine in files else None
+    key = (engine, str(files.get(engine)), stat and stat.st_mtime_ns, stat and stat.st_size, device_class(device),
+           device.kind)
+    if key not in _ENGINE_EFFICIENCY:
+        _ENGINE_EFFICIENCY[key] = load_engine(engine).efficiency(device)
+    return _ENGINE_EFFICIENCY[key]
 
 
 def load_profile(path: str | Path) -> Efficiency:

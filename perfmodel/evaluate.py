@@ -1,26 +1,29 @@
-"""Evaluation: the metrics of one workload (or a vector of them) on one device.
+"""Evaluation: the metrics of workloads on devices.
 
-One core, `evaluate`, works on NumPy arrays of batch/prompt/gen; `estimate` wraps a single scenario and `sweep`
-groups many.
+One core, `evaluate_rows`: a model in one configuration is lowered once (perfmodel.table, cached), and the rows of
+(batch, prompt, gen), each on its own machine (device + efficiency), are costed in one NumPy pass over (ops, rows)
+per phase; decode is summed exactly over the growing context. `evaluate` is its one-device form, used by
+`estimate`, `whatif`, `validate` and reports; `sweep` gives it every row of a configuration, whatever the device.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Mapping
 
 import numpy as np
 
-from .cost import Machine, Terms, op_terms, point_cost, series, sum_max_linear
+from .cost import Machine, OpParams, needed, op_params, point_costs, stack_params, sum_max_linear, terms
 from .device import Device
 from .dtypes import DType
 from .efficiency import Efficiency, default_for
 from .errors import PerfmodelError
-from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Pass, Precision, lower
-from .memory import Memory, footprint, weight_bytes, kv_bytes
+from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Precision
+from .memory import Memory, kv_bytes, weight_bytes
 from .model import ModelSpec
+from .table import F, OpTable, lowered
 from .workload import Workload
 
 
@@ -57,32 +60,78 @@ def row_warnings(model: ModelSpec, prompt: np.ndarray, gen: np.ndarray) -> np.nd
     return warns
 
 
-@dataclass
-class PhaseCost:
-    """Per-op costs of one phase, totals over the phase (every decode step summed)."""
+_MACHINES: dict[tuple, tuple[Device, Efficiency, Machine]] = {}
 
-    ops: list[Op]
-    costs: list[dict[str, Any]]
+
+def machine(device: Device, eff: Efficiency | None, par: Parallel) -> Machine:
+    """A device with its efficiency, kept per process while the same objects are used (its derived rates and op
+    parameters are cached on it)."""
+    eff = eff or default_for(device.kind)
+    key = (id(device), id(eff), par)
+    hit = _MACHINES.get(key)
+    if hit is not None and hit[0] is device and hit[1] is eff:
+        return hit[2]
+    if len(_MACHINES) >= 4096:
+        _MACHINES.clear()
+    mach = Machine(device, eff, par)
+    _MACHINES[key] = (device, eff, mach)
+    return mach
+
+
+
+
+@dataclass(frozen=True, eq=False)
+class PhaseCost:
+    """Costs of one phase, totals over the phase (every decode step summed), counts applied: `values` maps the
+    cost fields (COST_FIELDS, time_s, compute_bound_s) to arrays (ops, rows), and the op quantities too where the
+    evaluation kept detail; `sums` maps the quantities and resident_bytes to their totals over the ops (rows,);
+    `steps` (rows,). Summable: two stretches of the same phase add up."""
+
+    table: OpTable | None
+    values: Mapping[str, np.ndarray]
+    sums: Mapping[str, np.ndarray]
     steps: np.ndarray
+    units: tuple[tuple[str, ...], ...] = ()  # per machine, per op: matrix, vector, calibrated or link
+    precisions: tuple[tuple[str, ...], ...] = ()
+    widen: Mapping[str, np.ndarray] = field(default_factory=dict)  # OpParams.widen_*, broadcast to (ops, rows)
+
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        """The ops (name, kind, dtype, count; sizes in `values`)."""
+        return self.table.shells if self.table is not None else ()
 
     def total(self, key: str) -> np.ndarray:
-        return sum((np.asarray(c[key], dtype=float) for c in self.costs), np.zeros_like(self.steps))
+        """A field summed over the ops (rows,)."""
+        if key in self.sums:
+            return self.sums[key]
+        v = self.values.get(key)
+        return v.sum(axis=0) if v is not None and len(v) else np.zeros_like(self.steps)
+
+    def __add__(self, other: "PhaseCost") -> "PhaseCost":
+        return PhaseCost(self.table, {k: v + other.values[k] for k, v in self.values.items()},
+                         {k: v + other.sums[k] for k, v in self.sums.items()}, self.steps, self.units,
+                         self.precisions, self.widen)
 
     def bound(self) -> np.ndarray:
-        """The resource that took most of the phase's time: compute, memory, comm or overhead."""
+        """The resource that took most of the phase's time: compute, memory, comm or overhead ("-" for none)."""
+        return np.array(["compute", "memory", "comm", "overhead", "-"])[self.bound_index()]
+
+    def bound_index(self) -> np.ndarray:
+        """bound() as an index into (compute, memory, comm, overhead), -1 where the phase took no time."""
         comp = self.total("compute_bound_s")
         body = self.total("time_s") - self.total("overhead_s") - self.total("comm_s")
         table = np.stack([comp, body - comp, self.total("comm_s"), self.total("overhead_s")])
-        labels = np.array(["compute", "memory", "comm", "overhead"])
-        return np.where(self.total("time_s") > 0, labels[np.argmax(table, axis=0)], "-")
+        return np.where(self.total("time_s") > 0, np.argmax(table, axis=0), -1)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Evaluation:
+    """Every row of one model and configuration costed, each row on its machine (`machines[mi[row]]`)."""
+
     model: ModelSpec
-    device: Device
     workload: Workload
-    mach: Machine
+    machines: tuple[Machine, ...]
+    mi: np.ndarray
     batch: np.ndarray
     prompt: np.ndarray
     gen: np.ndarray
@@ -90,12 +139,25 @@ class Evaluation:
     prefill: PhaseCost
     decode: PhaseCost
 
+    @property
+    def mach(self) -> Machine:
+        return self.machines[0]
+
+    @property
+    def device(self) -> Device:
+        return self.machines[0].device
+
+    def per_row(self, values: list[float]) -> np.ndarray:
+        """A value per machine, as a value per row."""
+        return np.asarray(values, dtype=float)[self.mi]
+
     @cached_property
     def metrics(self) -> dict[str, np.ndarray]:
         b, p, g = self.batch, self.prompt, self.gen
         steps = self.decode.steps
         # host time outside the ops: per forward pass, and per sequence in it
-        host = self.mach.eff.step_overhead_s + b * self.mach.eff.token_overhead_s
+        host = (self.per_row([m.eff.step_overhead_s for m in self.machines])
+                + b * self.per_row([m.eff.token_overhead_s for m in self.machines]))
         ttft = self.prefill.total("time_s") + host
         dec = self.decode.total("time_s") + host * steps
         e2e = ttft + dec
@@ -120,104 +182,226 @@ class Evaluation:
         them). Peaks are datasheet (efficiency 1), per device, averaged over the pp stages that run in turn."""
         pp = self.workload.pp
         if what == "flops":
-            peak = self.mach.datasheet_peak(OpKind.MATMUL, self.workload.act)
+            peak = self.per_row([m.datasheet_peak(OpKind.MATMUL, self.workload.act) for m in self.machines])
         else:
-            peak = self.mach.datasheet_bandwidth(self.memory.total_bytes)
+            peak = _bandwidth(self.machines, self.mi, self.memory.total_bytes, datasheet=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(time > 0, amount / (time * peak * pp), 0.0)
 
+    def widening_log(self) -> dict[str, np.ndarray]:
+        """Per phase and row, the sum over the device's estimated figures of the share of the phase's time each bounds
+        x ln(1 + u): the log of the factor by which the error band widens (perfmodel.bands.widening). The shares are
+        perfmodel.provenance.used_figures': compute-bound time per unit and precision, memory-bound time for the main
+        memory's bandwidth, communication time for the link (weights per op: cost.OpParams.widen_*)."""
+        out = {}
+        for name, ph in (("prefill", self.prefill), ("decode", self.decode)):
+            w = ph.widen
+            if not ph.ops or not any(np.any(v) for v in w.values()):  # no estimated figure bounds this phase
+                out[name] = np.zeros(len(self.batch))
+                continue
+            v = ph.values
+            mem_time = np.maximum(v["time_s"] - v["compute_bound_s"] - v["overhead_s"], 0.0)
+            num = (v["compute_bound_s"] * w["widen_compute"] + mem_time * w["widen_memory"]
+                   + v["comm_s"] * w["widen_link"]).sum(axis=0)
+            total = ph.total("time_s")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[name] = np.where(total > 0, num / total, 0.0)
+        return out
+
+
+def _levels(machines: tuple[Machine, ...], datasheet: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(capacity, bandwidth) of each machine's memory levels (machines, levels), fastest first, aligned on the last
+    level (main memory, capacity inf); shorter hierarchies are padded in front with levels that hold nothing."""
+    tabs = [m._level_table(datasheet) for m in machines]
+    n = max(len(t) for t in tabs)
+    caps, bws = np.full((len(tabs), n), -np.inf), np.zeros((len(tabs), n))
+    for i, t in enumerate(tabs):
+        caps[i, n - len(t):] = [c for c, _, _ in t]
+        bws[i, n - len(t):] = [b for _, b, _ in t]
+    return caps, bws
+
+
+def _bandwidth(machines: tuple[Machine, ...], mi: np.ndarray, nbytes: np.ndarray, datasheet: bool = False
+               ) -> np.ndarray:
+    """The bandwidth of the fastest level of each row's machine that holds `nbytes` (..., rows)."""
+    if len(machines) == 1:  # kept on the machine; (levels, 1) broadcasts over rows
+        caps, bws = machines[0]._memo(("level arrays", datasheet), lambda: _levels(machines, datasheet))
+        caps, bws = caps.T, bws.T
+    else:
+        caps, bws = _levels(machines, datasheet)
+        caps, bws = caps[mi].T, bws[mi].T  # (levels, rows)
+    out = np.broadcast_to(bws[-1], np.shape(nbytes))
+    for lv in range(len(caps) - 2, -1, -1):
+        out = np.where(nbytes <= caps[lv], bws[lv], out)
+    return np.asarray(out, dtype=float)
+
 
 def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, batch: np.ndarray,
-             prompt: np.ndarray, gen: np.ndarray) -> Evaluation:
+             prompt: np.ndarray, gen: np.ndarray, detail: bool = False) -> Evaluation:
     """Cost every op of prefill and decode for arrays of (batch, prompt, gen) sharing one model, device and config."""
+    batch = np.asarray(batch, dtype=float)
+    mach = machine(device, eff, wl.parallel)
+    return evaluate_rows(model, wl, (mach,), np.zeros(batch.shape, dtype=int), batch, prompt, gen, detail)
+
+
+def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...], mi: np.ndarray, batch: np.ndarray,
+                  prompt: np.ndarray, gen: np.ndarray, detail: bool = False) -> Evaluation:
+    """Cost every op of prefill and decode for rows of (batch, prompt, gen) of one model and configuration, row i on
+    machines[mi[i]]: the model is lowered once (cached) and each phase is one NumPy pass over (ops, rows).
+    `detail`: keep every op's quantities (FLOPs, bytes by kind) per row, not only their totals."""
     batch, prompt, gen = (np.asarray(x, dtype=float) for x in (batch, prompt, gen))
     check(model, wl)
-    prec, par, fused = wl.precision, wl.parallel, wl.attention == "flash"
-    mach = Machine(device, eff or default_for(device.kind), par)
+    prec, par = wl.precision, wl.parallel
+    low = lowered(model, prec, par, wl.attention == "flash")
+    n = len(batch)
 
     # Prefill: the prompt, and the first generated token's logits (all positions' logits when nothing is generated).
-    logits = np.where(gen > 0, 1.0, prompt)
-    if model.arch == "decoder":
-        passes = [Pass("decoder", batch, prompt, prompt, logits=logits)]
-    elif model.arch == "encoder":
-        passes = [Pass("encoder", batch, prompt, prompt)]
-    else:
-        passes = [Pass("encoder", batch, prompt, prompt),
-                  Pass("decoder", batch, 1.0, 1.0, cross_len=prompt, logits=1.0)]
-    pre_ops = tuple(op for ps in passes for op in lower(model, ps, prec, par, fused))
-    mem = footprint(model, device, prec, par, batch, prompt, gen, pre_ops)
-    resident_bw = mach.bandwidth_for(mem.total_bytes)
-
-    pre_costs = []
-    for op in pre_ops:
-        t = op_terms(op, mach, resident_bw, mach.bandwidth_for(op.act_bytes))
-        pre_costs.append(_with_quantities(point_cost(op, t), op, t, {f: getattr(op, f) for f in NUMERIC_FIELDS}))
-    prefill = PhaseCost(list(pre_ops), pre_costs, np.ones_like(batch))
+    env = {"B": batch, "P": prompt, "LG": np.where(gen > 0, 1.0, prompt)}
+    params = [op_params(m, low.prefill) for m in machines]
+    P, tables = _gather(params, mi)
+    q = low.prefill.quantities(env, n, fields=_needed(params, P) + (NUMERIC_FIELDS if detail else ()))
+    act = q["act_bytes"]
+    caps = [m.device.main_memory.capacity_bytes for m in machines]
+    mem = Memory(
+        weights_bytes=np.full(n, weight_bytes(model, prec, par)),
+        kv_cache_bytes=np.asarray(kv_bytes(model, prec, par, batch, prompt, gen), dtype=float),
+        # peak live activations: the largest op's inputs and outputs (inference frees intermediates as it goes)
+        activation_bytes=act.max(axis=0) if len(act) else np.zeros(n),
+        capacity_bytes=caps[0] if len(machines) == 1 else np.array([np.nan if c is None else c for c in caps])[mi],
+    )
+    resident_bw = _bandwidth(machines, mi, mem.total_bytes)
+    t = terms(P, tables, q, resident_bw, _bandwidth(machines, mi, act))
+    values = point_costs(t, P["count"])
+    if detail:
+        values.update({f: q[f] * P["count"] for f in NUMERIC_FIELDS})
+    prefill = PhaseCost(low.prefill, values, _sums(low.prefill.totals(env, n)), np.ones(n),
+                        tuple(p.unit for p in params), tuple(p.precision for p in params), _widen(P))
 
     # Decode: steps 1..gen-1, each one token per sequence over a context that grows by one per step.
-    if model.arch == "encoder":
-        return Evaluation(model, device, wl, mach, batch, prompt, gen, mem, prefill,
-                          PhaseCost([], [], np.zeros_like(batch)))
+    if low.decode is None:
+        decode = PhaseCost(None, {}, {}, np.zeros(n))
+        return Evaluation(model, wl, machines, mi, batch, prompt, gen, mem, prefill, decode)
     if model.arch == "decoder":
-        first, last, cross = prompt + 1, prompt + gen - 1, 0.0
+        first, last = prompt + 1, prompt + gen - 1
     else:
-        first, last, cross = np.full_like(batch, 2.0), gen, prompt
+        first, last = np.full(n, 2.0), gen
     steps = np.maximum(last - first + 1, 0.0)
-    breaks = sorted({model.sliding_window} if model.sliding_window and any(s for s, _ in model.layer_kinds()) else set())
-    edges = [0.0, *map(float, breaks), math.inf]
-    dec_ops: list[Op] = []
-    dec_costs: list[dict[str, Any]] = []
-    for k in range(len(edges) - 1):
-        lo = np.maximum(first, edges[k] + 1)
-        hi = np.minimum(last, edges[k + 1])
-        x1 = max(edges[k], 1.0)
-        g1 = lower(model, Pass("decoder", batch, 1.0, x1, cross_len=cross, logits=1.0), prec, par, fused)
-        g2 = lower(model, Pass("decoder", batch, 1.0, x1 + 1, cross_len=cross, logits=1.0), prec, par, fused)
-        for i, (o1, o2) in enumerate(zip(g1, g2)):
-            c = _segment_cost(o1, o2, x1, lo, hi, mach, resident_bw)
-            if k == 0:
-                dec_ops.append(o1)
-                dec_costs.append(c)
-            else:
-                dec_costs[i] = {key: (v + c[key] if key not in ("unit", "precision") else v)
-                                for key, v in dec_costs[i].items()}
-    decode = PhaseCost(dec_ops, dec_costs, steps)
-    return Evaluation(model, device, wl, mach, batch, prompt, gen, mem, prefill, decode)
+    params = [op_params(m, low.decode) for m in machines]
+    P, tables = _gather(params, mi)
+    edges = [0.0, *low.breaks, math.inf]
+    decode = None
+    for k in range(len(edges) - 1):  # stretches of contexts over which every quantity is linear in the context
+        lo, hi = np.maximum(first, edges[k] + 1), np.minimum(last, edges[k + 1])
+        values, sums = _stretch(low.decode, params, P, tables, machines, mi, batch, prompt, lo, hi,
+                                max(edges[k], 1.0), resident_bw, detail)
+        seg = PhaseCost(low.decode, values, sums, steps, tuple(p.unit for p in params),
+                        tuple(p.precision for p in params), _widen(P))
+        decode = seg if decode is None else decode + seg
+    return Evaluation(model, wl, machines, mi, batch, prompt, gen, mem, prefill, decode)
 
 
-def _with_quantities(cost: dict, op: Op, t: Terms, q: dict) -> dict:
-    cost.update({f: q[f] * op.count for f in NUMERIC_FIELDS})
-    cost["resident_bytes"] = (q["weight_bytes"] + q["kv_read_bytes"] + q["kv_write_bytes"]) * op.count
-    cost["unit"], cost["precision"] = t.unit, t.precision
-    return cost
+def machine_errors(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...]) -> list[str]:
+    """Per machine, why it cannot cost this model and configuration ('' where it can): a figure that no rule
+    supplies (perfmodel.cost._peak)."""
+    low = lowered(model, wl.precision, wl.parallel, wl.attention == "flash")
+    out = []
+    for m in machines:
+        try:
+            for tab in (low.prefill, low.decode):
+                if tab is not None:
+                    op_params(m, tab)
+            m.datasheet_peak(OpKind.MATMUL, wl.act)
+            out.append("")
+        except PerfmodelError as e:
+            out.append(str(e))
+    return out
 
 
-def _segment_cost(o1: Op, o2: Op, x1: float, lo: np.ndarray, hi: np.ndarray, mach: Machine,
-                  resident_bw: np.ndarray) -> dict[str, Any]:
-    """Costs of one op summed over decode contexts c in [lo, hi], where its quantities are linear in c."""
-    act_end = o1.act_bytes + (o2.act_bytes - o1.act_bytes) * (np.maximum(hi, lo) - x1)
-    act_bw = mach.bandwidth_for(act_end)
-    t1, t2 = op_terms(o1, mach, resident_bw, act_bw), op_terms(o2, mach, resident_bw, act_bw)
-    n = np.maximum(hi - lo + 1, 0.0)
-    oh = t1.overhead_s
+def _needed(params: list[OpParams], P: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The quantities costing reads (cost.needed), kept on a single machine's parameters."""
+    if len(params) == 1:
+        if "needed" not in params[0].__dict__:
+            params[0].__dict__["needed"] = needed(P)
+        return params[0].__dict__["needed"]
+    return needed(P)
 
-    def lin(a1: Any, a2: Any) -> np.ndarray:  # sum over c of a(c), a linear through (x1, a1), (x1 + 1, a2)
-        slope = np.asarray(a2, dtype=float) - a1
-        return series(lo, hi, a1 - slope * x1, slope) * o1.count
 
-    q = {f: lin(getattr(o1, f), getattr(o2, f)) for f in NUMERIC_FIELDS}
-    if o1.kind == OpKind.COMM:
-        comm = lin(t1.comm_s, t2.comm_s)
-        cost = dict(compute_s=0.0, memory_s=0.0, comm_s=comm, overhead_s=0.0, time_s=comm, compute_bound_s=0.0)
-    else:
-        us, vs = np.asarray(t2.compute_s) - t1.compute_s, np.asarray(t2.memory_s) - t1.memory_s
-        body, comp = sum_max_linear(lo, hi, t1.compute_s - us * x1, us, t1.memory_s - vs * x1, vs)
-        cost = dict(compute_s=lin(t1.compute_s, t2.compute_s), memory_s=lin(t1.memory_s, t2.memory_s), comm_s=0.0,
-                    overhead_s=oh * n * o1.count, time_s=(body + oh * n) * o1.count, compute_bound_s=comp * o1.count)
-    cost.update(q)
-    cost["resident_bytes"] = q["weight_bytes"] + q["kv_read_bytes"] + q["kv_write_bytes"]
-    cost["unit"], cost["precision"] = t1.unit, t1.precision
-    return cost
+def _widen(P: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: P[k] for k in ("widen_compute", "widen_memory", "widen_link")}
+
+
+def _sums(totals: np.ndarray) -> dict[str, np.ndarray]:
+    """Quantity totals (FIELDS, rows) as {field: (rows,)}, resident bytes (weights + KV cache) among them."""
+    out = {f: totals[F[f]] for f in NUMERIC_FIELDS}
+    out["resident_bytes"] = out["weight_bytes"] + out["kv_read_bytes"] + out["kv_write_bytes"]
+    return out
+
+
+_STACKED: dict[tuple, tuple] = {}  # parameters of the same machines for the same table, stacked once
+
+
+def _gather(params: list[OpParams], mi: np.ndarray) -> tuple[dict[str, np.ndarray], tuple]:
+    """Op parameters as arrays that broadcast to (ops, rows): one machine's as (ops, 1), several gathered per row."""
+    if len(params) == 1:
+        return params[0].column, params[0].tables
+    key = tuple(map(id, params))
+    hit = _STACKED.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], params)):
+        if len(_STACKED) >= 1024:
+            _STACKED.clear()
+        P, tables = stack_params(params)
+        hit = _STACKED[key] = (tuple(params), {k: (v, bool((v == v[:, :1]).all())) for k, v in P.items()}, tables)
+    _, P, tables = hit
+    # a parameter the machines share (counts, op kinds, often the rates of one device under two engines) stays a
+    # column; the others are gathered per row
+    return {k: v[:, :1] if same else v[:, mi] for k, (v, same) in P.items()}, tables
+
+
+def _stretch(tab: OpTable, params: list[OpParams], P: dict, tables: tuple, machines: tuple[Machine, ...],
+             mi: np.ndarray, batch: np.ndarray, prompt: np.ndarray, lo: np.ndarray, hi: np.ndarray, x1: float,
+             resident_bw: np.ndarray, detail: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Costs of every op summed over decode contexts c in [lo, hi], where its quantities are linear in c: exact for
+    the quantities and for max(compute, memory) (cost.sum_max_linear), from the values at x1 and x1 + 1."""
+    n = len(batch)
+    steps = np.maximum(hi - lo + 1, 0.0)
+    mid = (lo + hi) / 2.0  # a quantity linear in c sums over [lo, hi] to steps x its value at the middle
+    env = {"B": batch, "X": prompt}
+    count = P["count"]
+    fields = _needed(params, P)
+    q1 = tab.quantities({**env, "C": x1}, n, fields=fields + (NUMERIC_FIELDS if detail else ()))
+    dep = tab.depends("C")  # the ops whose quantities grow with the context (attention); the rest are constant
+    q2 = tab.quantities({**env, "C": x1 + 1.0}, n, dep, fields) if dep.any() else None
+    act1 = q1["act_bytes"]
+    act_end = act1
+    if dep.any():  # activations at the stretch's last context pick the level that serves them
+        act_end = act1.copy()
+        act_end[dep] += (q2["act_bytes"] - act1[dep]) * (np.maximum(hi, lo) - x1)
+    act_bw = _bandwidth(machines, mi, act_end)
+    t1 = terms(P, tables, q1, resident_bw, act_bw)
+    c1, m1 = t1["compute_s"], t1["memory_s"]
+    body = steps * np.maximum(c1, m1)
+    comp = steps * np.where(c1 >= m1, c1, 0.0)
+    out = {"compute_s": steps * c1, "memory_s": steps * m1, "comm_s": steps * t1["comm_s"]}
+    if dep.any():  # max(compute, memory) of ops linear in c: summed exactly (cost.sum_max_linear)
+        Pd = {k: (v[dep] if np.ndim(v) else v) for k, v in P.items()}
+        t2 = terms(Pd, tables, q2, resident_bw, act_bw[dep])
+        c1d, m1d = c1[dep], m1[dep]
+        us, vs = t2["compute_s"] - c1d, t2["memory_s"] - m1d
+        body[dep], comp[dep] = sum_max_linear(lo, hi, c1d - us * x1, us, m1d - vs * x1, vs)
+        for k in ("compute_s", "memory_s", "comm_s"):  # sum over c of a line through (x1, a1), (x1 + 1, a2)
+            a1 = t1[k][dep]
+            out[k][dep] = steps * (a1 + (t2[k] - a1) * (mid - x1))
+    oh = t1["overhead_s"]
+    out = {k: v * count for k, v in out.items()}
+    out.update(overhead_s=oh * steps * count, time_s=(body + oh * steps) * count + out["comm_s"],
+               compute_bound_s=comp * count)
+    if detail:
+        qmid = {f: np.array(q1[f]) for f in NUMERIC_FIELDS}
+        if dep.any():
+            for f, v in tab.quantities({**env, "C": mid}, n, dep, NUMERIC_FIELDS).items():
+                qmid[f][dep] = v
+        out.update({f: qmid[f] * steps * count for f in NUMERIC_FIELDS})
+    return out, _sums(tab.totals({**env, "C": mid}, n) * steps)
 
 
 def capacity_messages(model: ModelSpec, device: Device, wl: Workload, mem: Memory, batch: np.ndarray,
@@ -246,21 +430,23 @@ def capacity_messages(model: ModelSpec, device: Device, wl: Workload, mem: Memor
             prec = Precision(fmt, wl.kv, wl.act, wl.gemm, wl.dequant)
             need = weight_bytes(model, prec, wl.parallel) + kv + act
             fmt_hint = np.where((fmt_hint == "") & (need <= cap), fmt.value, fmt_hint)
-    out = []
-    for i in range(b.size):
-        if best_batch.flat[i] >= 1:
-            hints = [f"--batch {int(best_batch.flat[i])} (the largest batch that fits)"]
-        else:
-            hints = ([f"--tp {int(tp_hint.flat[i])}"] if tp_hint.flat[i] else []) + (
-                [f"--weights {fmt_hint.flat[i]}"] if fmt_hint.flat[i] else [])
-        advice = ("Would fit: " + " or ".join(hints) + "." if hints else
-                  "No batch, tp degree up to 64 or weight format tried fits.")
-        total = weights.flat[i] + kv.flat[i] + act.flat[i]
-        out.append(f"{model.id} does not fit on {device.id}: it needs {total / gb:.1f} GB per device (weights "
-                   f"{weights.flat[i] / gb:.1f} GB, KV cache {kv.flat[i] / gb:.1f} GB, activations "
-                   f"{act.flat[i] / gb:.2f} GB) but has {cap / gb:.1f} GB. {advice} Pass --ignore-capacity to "
-                   f"compute anyway.")
-    return out
+    advice: dict[tuple, str] = {}
+
+    def advise(best: int, tp: int, fmt: str) -> str:
+        if (best, tp, fmt) not in advice:
+            hints = ([f"--batch {best} (the largest batch that fits)"] if best >= 1 else
+                     ([f"--tp {tp}"] if tp else []) + ([f"--weights {fmt}"] if fmt else []))
+            advice[best, tp, fmt] = ("Would fit: " + " or ".join(hints) + "." if hints else
+                                     "No batch, tp degree up to 64 or weight format tried fits.")
+        return advice[best, tp, fmt]
+
+    head, tail = f"{model.id} does not fit on {device.id}: it needs", f"but has {cap / gb:.1f} GB."
+    return [f"{head} {t:.1f} GB per device (weights {w:.1f} GB, KV cache {k:.1f} GB, activations {a:.2f} GB) {tail} "
+            f"{advise(bb, tp, fmt)} Pass --ignore-capacity to compute anyway."
+            for t, w, k, a, bb, tp, fmt in zip(((weights + kv + act) / gb).ravel().tolist(),
+                                               (weights / gb).ravel().tolist(), (kv / gb).ravel().tolist(),
+                                               (act / gb).ravel().tolist(), best_batch.astype(int).ravel().tolist(),
+                                               tp_hint.astype(int).ravel().tolist(), fmt_hint.ravel().tolist())]
 
 
 def capacity_message(model: ModelSpec, device: Device, wl: Workload, mem: Memory, prompt: float, gen: float) -> str:

@@ -18,8 +18,9 @@ import numpy as np
 
 from .dtypes import DType
 from .model import ModelSpec
+from .poly import Poly, call, positive
 
-Num = Union[float, np.ndarray]
+Num = Union[float, np.ndarray, Poly]  # a Poly when lowered once for a table (perfmodel.table)
 
 
 class OpKind(str, Enum):
@@ -120,20 +121,13 @@ class Pass:
 def causal_pairs(q_len: Num, kv_len: Num, window: float = math.inf) -> Num:
     """Query-key pairs when q_len new tokens follow kv_len - q_len cached ones, each attending to at most `window`
     positions (itself included): sum over positions j in (kv - q, kv] of min(j, window)."""
-
-    def s(n: Num) -> Num:  # sum_{j=1..n} min(j, w)
-        n = np.maximum(n, 0.0)
-        if math.isinf(window):
-            return n * (n + 1) / 2
-        return np.where(n <= window, n * (n + 1) / 2, window * (window + 1) / 2 + (n - window) * window)
-
-    return s(kv_len) - s(kv_len - q_len)
+    return call("causal_pairs", q_len, kv_len, params=(window,))
 
 
 def expected_experts(tokens: Num, n_experts: int, k: int) -> Num:
     """Distinct experts touched when each of `tokens` tokens picks k of n experts, routing assumed uniform:
     E * (1 - (1 - k/E)^T)."""
-    return n_experts * (1.0 - (1.0 - k / n_experts) ** np.asarray(tokens, dtype=float))
+    return call("expected_experts", tokens, params=(n_experts, k))
 
 
 class _Builder:
@@ -162,8 +156,7 @@ class _Builder:
             # llama.cpp's CUDA path before PR #8075 (batches over 32 rows): a conversion kernel first writes an FP16
             # copy of the weights, and cuBLAS reads that copy; once per micro-batch of 512 tokens (llama-bench's
             # default n_ubatch)
-            t = np.asarray(tokens, dtype=float)
-            passes = np.where(t > 32, np.ceil(t / 512.0), 0.0)
+            passes = call("fp16_passes", tokens)
             elems = k * n * w_count
             self.add(name + ".to_fp16", OpKind.ELEMENTWISE, count, flops=elems * passes,
                      act_in_bytes=elems * self.w * passes, act_out_bytes=2.0 * elems * passes)
@@ -174,7 +167,7 @@ class _Builder:
             weight_bytes=w_count * (k * n * self.w + (n * self.a if bias else 0.0)),
             act_in_bytes=tokens * k * self.a + fp16_read,
             act_out_bytes=tokens * n * self.a,
-            rows=tokens / np.maximum(w_count, 1.0),
+            rows=tokens / call("at_least_one", w_count),
         )
 
     def norm(self, name: str, tokens: Num, width: float, count: int) -> None:
@@ -231,7 +224,7 @@ def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool
     if m.pooler and p.stack == "encoder":
         b.matmul("pooler", p.batch, d, d, 1, bias=True)
     heads = p.batch * p.logits
-    if np.any(np.asarray(heads) > 0):
+    if positive(heads):
         b.matmul(prefix + "lm_head", heads, d, m.vocab_size / tp, 1)
         if tp > 1:
             b.comm(prefix + "lm_head.all_gather", Comm.ALL_GATHER, heads * m.vocab_size * b.a, 1)
@@ -294,7 +287,7 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
         pairs, keys = q * kv_len, kv_len
     else:
         pairs = causal_pairs(q, kv_len, window)
-        keys = np.minimum(kv_len, q + window - 1) if math.isfinite(window) else kv_len
+        keys = call("window_keys", q, kv_len, params=(window,)) if math.isfinite(window) else kv_len
     k_bytes = b.kvb if cached else b.a
     kv_read = batch * keys * kv_elems * k_bytes
     kv_write = 0.0 if (cross or not cached) else T * kv_elems * b.kvb
@@ -305,7 +298,7 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
     if b.fused:
         b.add(tag + ".attention", OpKind.ATTENTION, n, flops=2.0 * batch * pairs * h * (shape.qk_dim + shape.v_dim),
               act_in_bytes=act_in, act_out_bytes=act_out, kv_read_bytes=kv_read, kv_write_bytes=kv_write, rows=q,
-              exp_ops=batch * pairs * h, keys=pairs / np.maximum(q, 1.0))
+              exp_ops=batch * pairs * h, keys=pairs / call("at_least_one", q))
     else:
         # Unfused (eager) attention materialises the full (B, H, q, keys) score matrix, masked but computed.
         full = batch * q * keys * h

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .device import Device
-from .graph import Num, Op, Parallel, Precision
+from .graph import Num, Parallel, Precision
 from .model import ModelSpec
 
 _LAYER_PARTS = ("attention", "norms", "mlp", "router", "shared_experts", "experts", "encoder", "cross_attention")
@@ -19,7 +18,7 @@ class Memory:
     weights_bytes: Num
     kv_cache_bytes: Num
     activation_bytes: Num
-    capacity_bytes: float | None
+    capacity_bytes: float | np.ndarray | None  # per row (nan: none stated) when rows run on several devices
 
     @property
     def total_bytes(self) -> Num:
@@ -33,7 +32,12 @@ class Memory:
 
     @property
     def fits(self) -> Num | None:
-        return None if self.capacity_bytes is None else self.total_bytes <= self.capacity_bytes
+        """Whether the total fits the capacity (per row; True where a row's device states no capacity), None when
+        the one device states none."""
+        if self.capacity_bytes is None:
+            return None
+        cap = np.asarray(self.capacity_bytes, dtype=float)
+        return np.where(np.isnan(cap), True, self.total_bytes <= cap) if cap.ndim else self.total_bytes <= cap
 
 
 def weight_bytes(model: ModelSpec, prec: Precision, par: Parallel) -> float:
@@ -67,21 +71,3 @@ def kv_bytes(model: ModelSpec, prec: Precision, par: Parallel, batch: Num, promp
             tokens = prompt + gen
             per_layer_tokens = per_layer_tokens + n * (np.minimum(tokens, model.sliding_window) if sliding else tokens)
     return batch * per_layer_tokens * share * elems * prec.kv.bytes
-
-
-def activation_bytes(ops: tuple[Op, ...]) -> Num:
-    """Peak live activations: the largest op's inputs and outputs (inference frees intermediates as it goes)."""
-    peak = 0.0
-    for op in ops:
-        peak = np.maximum(peak, op.act_bytes)
-    return peak
-
-
-def footprint(model: ModelSpec, device: Device, prec: Precision, par: Parallel, batch: Num, prompt: Num, gen: Num,
-              prefill_ops: tuple[Op, ...]) -> Memory:
-    return Memory(
-        weights_bytes=np.full_like(np.asarray(batch, dtype=float), weight_bytes(model, prec, par)),
-        kv_cache_bytes=kv_bytes(model, prec, par, batch, prompt, gen),
-        activation_bytes=np.broadcast_to(activation_bytes(prefill_ops), np.shape(batch)).astype(float),
-        capacity_bytes=device.main_memory.capacity_bytes,
-    )

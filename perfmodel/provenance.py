@@ -376,29 +376,13 @@ def used_figures(ev: Any) -> dict[str, dict[str, Any]]:
             share = np.asarray(seconds, dtype=float) * inv
             out.setdefault(key, {})[phase] = out.get(key, {}).get(phase, 0.0) + share
 
-        for op, c in zip(ph.ops, ph.costs):
-            comp = np.asarray(c["compute_bound_s"], dtype=float)
-            if c["unit"] == "link":
-                add("interconnect.bandwidth", c["comm_s"])
-                continue
-            if c["unit"] in ("matrix", "vector"):
-                add(f"compute.{c['unit']}.{c['precision']}", comp)
-            add(main, np.maximum(np.asarray(c["time_s"], dtype=float) - comp - np.asarray(c["overhead_s"]), 0.0))
-    return out
-
-
-def widening_log(ev: Any, used: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Per phase and scenario, sum over the estimated figures of share x ln(1 + u): the log of the factor by which
-    the error band widens (perfmodel.bands.widening)."""
-    import math
-
-    import numpy as np
-
-    used = used if used is not None else used_figures(ev)
-    out: dict[str, Any] = {"prefill": np.zeros(len(ev.batch)), "decode": np.zeros(len(ev.batch))}
-    for key, phases in used.items():
-        fig = ev.device.figure(key)
-        if fig is not None and fig.rung == "estimated":
-            for phase, share in phases.items():
-                out[phase] = out[phase] + np.clip(share, 0.0, 1.0) * math.log1p(fig.uncertainty)
+        v = ph.values
+        units, precs = np.array(ph.units[0]), np.array(ph.precisions[0])
+        link = units == "link"
+        if link.any():
+            add("interconnect.bandwidth", v["comm_s"][link].sum(axis=0))
+        for unit, prec in sorted({(u, p) for u, p in zip(units, precs) if u in ("matrix", "vector")}):
+            add(f"compute.{unit}.{prec}", v["compute_bound_s"][(units == unit) & (precs == prec)].sum(axis=0))
+        memory_bound = np.maximum(v["time_s"] - v["compute_bound_s"] - v["overhead_s"], 0.0)
+        add(main, memory_bound[~link].sum(axis=0))
     return out

@@ -278,7 +278,7 @@ def _predict_group(model, device, eff, wl, members, out, skip) -> None:
 
 
 def _predict_kernel(r: dict[str, Any], device, eff) -> float:
-    from .cost import Machine, op_terms, point_cost
+    from .cost import Machine, op_cost
     from .dtypes import DType
     from .graph import Op, OpKind, Parallel
 
@@ -303,7 +303,7 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
                 act_out_bytes=b * h * s * d * it, rows=s, exp_ops=flops / (4 * d),  # one exp per pair and head
                 keys=(s + 1) / 2 if causal else s)
     bw = float(mach.bandwidth_for(op.bytes))
-    t = point_cost(op, op_terms(op, mach, bw, bw))["time_s"]
+    t = op_cost(op, mach, bw, bw)["time_s"]
     return op.flops / float(t) / 1e12
 
 

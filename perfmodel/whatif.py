@@ -286,10 +286,9 @@ def batch_table(model: "ModelSpec | str", device: "Device | str", workload: "Wor
     b = np.array(batches or [2 ** i for i in range(11)], dtype=float)
     ev = evaluate(m, d, workload, efficiency, b, np.full_like(b, workload.prompt_len), np.full_like(b, gen))
     fits = np.ones(len(b), dtype=bool) if ev.memory.fits is None else np.broadcast_to(ev.memory.fits, b.shape)
-    gemm = [(c["compute_s"], c["memory_s"]) for op, c in zip(ev.decode.ops, ev.decode.costs)
-            if op.kind.value == "matmul"]
-    comp = sum((np.asarray(c, dtype=float) for c, _ in gemm), np.zeros_like(b))
-    mem = sum((np.asarray(x, dtype=float) for _, x in gemm), np.zeros_like(b))
+    gemm = np.array([op.kind.value == "matmul" for op in ev.decode.ops], dtype=bool)
+    comp = ev.decode.values["compute_s"][gemm].sum(axis=0)
+    mem = ev.decode.values["memory_s"][gemm].sum(axis=0)
     return pd.DataFrame({"batch": b.astype(int), "tpot_s": ev.metrics["tpot_s"],
                          "decode_tokens_per_s": b / ev.metrics["tpot_s"], "ttft_s": ev.metrics["ttft_s"],
                          "bound": ev.decode.bound(), "gemm_bound": np.where(comp >= mem, "compute", "memory"),

@@ -156,12 +156,12 @@ def test_gemm_rate_by_rows_is_recovered_and_non_decreasing():
     d = pm.load_device("xeon-8480plus")
     eff = pm.Efficiency(rate_flops_per_s=cal.rate_, rate_by_rows=cal.rate_by_rows_,
                         level_bandwidth_bytes_per_s={"DDR5": 200e9})
-    from perfmodel.cost import op_terms
+    from perfmodel.cost import op_cost
     from perfmodel.graph import Op
 
     op = Op("x", OpKind.MATMUL, pm.DType.FP32, flops=1e9, rows=32)
-    t = op_terms(op, Machine(d, eff, Parallel()), 200e9, 200e9)
-    assert float(t.compute_s) == pytest.approx(1e9 / np.interp(np.log(32), np.log([16, 64]), [table[16], table[64]]))
+    t = op_cost(op, Machine(d, eff, Parallel()), 200e9, 200e9)
+    assert float(t["compute_s"]) == pytest.approx(1e9 / np.interp(np.log(32), np.log([16, 64]), [table[16], table[64]]))
 
 
 def test_profile_round_trip_keeps_the_rows_table(tmp_path):
@@ -172,7 +172,7 @@ def test_profile_round_trip_keeps_the_rows_table(tmp_path):
 
 
 def test_ops_pick_their_own_kernel_class():
-    from perfmodel.cost import op_class, op_terms
+    from perfmodel.cost import op_class, op_cost
     from perfmodel.graph import Op
 
     d = pm.load_device("xeon-8480plus")
@@ -189,7 +189,7 @@ def test_ops_pick_their_own_kernel_class():
     mach = Machine(d, eff, Parallel())
     for q, rate in ((1, 2e9), (128, 50e9)):
         op = Op("a", OpKind.ATTENTION, fp32, flops=1e9, rows=q)
-        assert float(op_terms(op, mach, 200e9, 200e9).compute_s) == pytest.approx(1e9 / rate)
+        assert float(op_cost(op, mach, 200e9, 200e9)["compute_s"]) == pytest.approx(1e9 / rate)
     # the lowered graph marks them: decode attention has one query row, the norm and activation their variants
     from perfmodel.graph import Pass, Precision, lower
 

@@ -4,7 +4,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import perfmodel as pm
-from perfmodel.cost import IDEAL, op_terms, point_cost, sum_max_linear
+from perfmodel.cost import IDEAL, op_cost, sum_max_linear
 from perfmodel.graph import Parallel, Pass, lower
 
 
@@ -49,8 +49,7 @@ def test_decode_sum_equals_step_by_step():
     for c in range(p + 1, p + g):  # steps 1..g-1 attend over c positions
         for op in lower(m, Pass("decoder", float(b), 1.0, float(c), logits=1.0), est.workload.precision,
                         Parallel()):
-            t = op_terms(op, mach, res_bw, mach.bandwidth_for(op.act_bytes))
-            total += np.sum(point_cost(op, t)["time_s"])
+            total += np.sum(op_cost(op, mach, res_bw, mach.bandwidth_for(op.act_bytes))["time_s"])
     assert est.ev.decode.total("time_s")[0] == pytest.approx(total, rel=1e-9)
     assert est.tpot_s == pytest.approx(total / (g - 1), rel=1e-9)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import perfmodel as pm
-from perfmodel.cost import Machine, op_terms
+from perfmodel.cost import Machine, op_cost
 from perfmodel.dtypes import DType
 from perfmodel.efficiency import Efficiency
 from perfmodel.evaluate import Workload, evaluate
@@ -62,7 +62,7 @@ def test_attention_rate_grows_with_the_keys_each_query_sees():
 
     def t(keys: float) -> float:
         op = Op("a", OpKind.ATTENTION, DType.FP16, flops=1e12, act_in_bytes=1.0, rows=1024, keys=keys)
-        return float(op_terms(op, mach, 1e12, 1e12).compute_s)
+        return float(op_cost(op, mach, 1e12, 1e12)["compute_s"])
 
     assert t(128) == pytest.approx(2 * 1e12 / 312e12, rel=1e-6)
     assert t(1152) == pytest.approx(1e12 / (312e12 * 0.9), rel=1e-6)
@@ -100,7 +100,7 @@ def test_int8_gemms_of_block_quantised_weights_pay_their_block_scales_on_vector_
     # on a device the vector term shows: RTX 4090, 1.718e10 ops at 660.6 TOPS + 1.074e9 at 82.6 TFLOPS
     mach = Machine(pm.load_device("rtx-4090"), IDEAL, Parallel())
     op = Op("mm", OpKind.MATMUL, DType.INT8, flops=2 * 512 * 4096**2, scale_flops=4 * 512 * 4096**2 / 32, rows=512)
-    assert float(op_terms(op, mach, 1e15, 1e15).compute_s) == pytest.approx(
+    assert float(op_cost(op, mach, 1e15, 1e15)["compute_s"]) == pytest.approx(
         2 * 512 * 4096**2 / 660.6e12 + 4 * 512 * 4096**2 / 32 / 82.6e12, rel=1e-6)
 
 
@@ -123,8 +123,8 @@ def test_fp16_copy_converts_weights_once_per_micro_batch_of_large_batches_only()
     assert np.allclose(conv.act_out_bytes, [0, 0, 2 * 2.0 * elems])
     # a conversion with nothing to do launches nothing: no per-op overhead where it is empty
     mach = Machine(pm.load_device("rtx-4090"), IDEAL.model_copy(update={"op_overhead_s": 5e-6}), Parallel())
-    t = op_terms(conv, mach, 1e12, 1e12)
-    assert np.allclose(t.overhead_s, [0, 0, 5e-6])
+    t = op_cost(conv, mach, 1e12, 1e12)
+    assert np.allclose(t["overhead_s"], [0, 0, 5e-6])
     fused = _Builder(pm.load_model("llama-3-8b"), Precision(DType.Q4_0, DType.FP16, DType.FP16), Parallel(), True)
     fused.matmul("mm", 1024.0, 4096, 4096, 1)
     assert [o.name for o in fused.ops] == ["mm"]

@@ -9,14 +9,14 @@ spec = importlib.util.spec_from_file_location("import_graph", ROOT / "tools" / "
 import_graph = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(import_graph)
 
-# Stages, lowest first: facts and schemas; the device figure ladder; loaders; the operator graph, memory and band
-# tables; cost and calibration; which efficiency applies; evaluation; the public API and sweeps; studies; faces.
+# Stages, lowest first: facts, schemas and polynomials; the device figure ladder; loaders; the operator graph, its
+# coefficient tables, memory and band tables; cost and calibration; which efficiency applies; evaluation; the public API and sweeps; studies; faces.
 STAGES = [
-    {"errors", "pcie", "model", "efficiency", "_io"},
+    {"errors", "pcie", "model", "efficiency", "_io", "poly"},
     {"dtypes", "provenance"},
     {"device", "hf"},
     {"_local", "catalog"},
-    {"graph", "memory", "bands", "workload"},
+    {"graph", "table", "memory", "bands", "workload"},
     {"cost", "calibration", "calibration.fit", "calibration.suite", "calibration.profile"},
     {"engines"},
     {"evaluate"},
