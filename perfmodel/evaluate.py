@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -259,11 +259,12 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
     env = {"B": batch, "P": prompt, "LG": np.where(gen > 0, 1.0, prompt)}
     params = [op_params(m, low.prefill) for m in machines]
     P, tables = _gather(params, mi)
-    q = low.prefill.quantities(env, n, fields=_needed(params, P) + (NUMERIC_FIELDS if detail else ()))
+    mono = low.prefill.monomials_at(env, n)
+    q = low.prefill.quantities(mono, n, fields=_needed(params, P) + (NUMERIC_FIELDS if detail else ()))
     act = q["act_bytes"]
     caps = [m.device.main_memory.capacity_bytes for m in machines]
     mem = Memory(
-        weights_bytes=np.full(n, weight_bytes(model, prec, par)),
+        weights_bytes=np.full(n, _weights(low, prec, par)),
         kv_cache_bytes=np.asarray(kv_bytes(model, prec, par, batch, prompt, gen), dtype=float),
         # peak live activations: the largest op's inputs and outputs (inference frees intermediates as it goes)
         activation_bytes=act.max(axis=0) if len(act) else np.zeros(n),
@@ -274,7 +275,7 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
     values = point_costs(t, P["count"])
     if detail:
         values.update({f: q[f] * P["count"] for f in NUMERIC_FIELDS})
-    prefill = PhaseCost(low.prefill, values, _sums(low.prefill.totals(env, n)), np.ones(n),
+    prefill = PhaseCost(low.prefill, values, _sums(low.prefill.totals(mono, n)), np.ones(n),
                         tuple(p.unit for p in params), tuple(p.precision for p in params), _widen(P))
 
     # Decode: steps 1..gen-1, each one token per sequence over a context that grows by one per step.
@@ -324,6 +325,23 @@ def _needed(params: list[OpParams], P: dict[str, np.ndarray]) -> tuple[str, ...]
             params[0].__dict__["needed"] = needed(P)
         return params[0].__dict__["needed"]
     return needed(P)
+
+
+def _weights(low: Any, prec: Precision, par: Parallel) -> float:
+    """Weight bytes per device of a lowered configuration (memory.weight_bytes), kept on it."""
+    if "weight_bytes" not in low.__dict__:
+        low.__dict__["weight_bytes"] = weight_bytes(low.model, prec, par)
+    return low.__dict__["weight_bytes"]
+
+
+def _rows_of(params: list[OpParams], P: dict[str, np.ndarray], ops: np.ndarray) -> dict[str, np.ndarray]:
+    """The parameters of the selected ops (kept on a single machine's parameters)."""
+    if len(params) == 1:
+        key = ("ops", ops.tobytes())
+        if key not in params[0].__dict__:
+            params[0].__dict__[key] = {k: v[ops] for k, v in P.items()}
+        return params[0].__dict__[key]
+    return {k: v[ops] for k, v in P.items()}
 
 
 def _widen(P: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -383,7 +401,7 @@ def _stretch(tab: OpTable, params: list[OpParams], P: dict, tables: tuple, machi
     comp = steps * np.where(c1 >= m1, c1, 0.0)
     out = {"compute_s": steps * c1, "memory_s": steps * m1, "comm_s": steps * t1["comm_s"]}
     if dep.any():  # max(compute, memory) of ops linear in c: summed exactly (cost.sum_max_linear)
-        Pd = {k: (v[dep] if np.ndim(v) else v) for k, v in P.items()}
+        Pd = _rows_of(params, P, dep)
         t2 = terms(Pd, tables, q2, resident_bw, act_bw[dep])
         c1d, m1d = c1[dep], m1[dep]
         us, vs = t2["compute_s"] - c1d, t2["memory_s"] - m1d
@@ -395,13 +413,14 @@ def _stretch(tab: OpTable, params: list[OpParams], P: dict, tables: tuple, machi
     out = {k: v * count for k, v in out.items()}
     out.update(overhead_s=oh * steps * count, time_s=(body + oh * steps) * count + out["comm_s"],
                compute_bound_s=comp * count)
+    mono_mid = tab.monomials_at({**env, "C": mid}, n)
     if detail:
         qmid = {f: np.array(q1[f]) for f in NUMERIC_FIELDS}
         if dep.any():
-            for f, v in tab.quantities({**env, "C": mid}, n, dep, NUMERIC_FIELDS).items():
+            for f, v in tab.quantities(mono_mid, n, dep, NUMERIC_FIELDS).items():
                 qmid[f][dep] = v
         out.update({f: qmid[f] * steps * count for f in NUMERIC_FIELDS})
-    return out, _sums(tab.totals({**env, "C": mid}, n) * steps)
+    return out, _sums(tab.totals(mono_mid, n) * steps)
 
 
 def capacity_messages(model: ModelSpec, device: Device, wl: Workload, mem: Memory, batch: np.ndarray,

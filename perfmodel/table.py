@@ -39,14 +39,16 @@ class OpTable:
     def __len__(self) -> int:
         return len(self.shells)
 
-    def quantities(self, env: dict[str, Any], rows: int, ops: np.ndarray | None = None,
+    def quantities(self, env: dict[str, Any] | np.ndarray, rows: int, ops: np.ndarray | None = None,
                    fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
         """Quantities of every op (or of the `ops` selected by a mask) for `rows` rows whose variables are `env`
-        (arrays of `rows`, or scalars): {field: (ops, rows)}, counts not applied. `fields` may name sums
+        (arrays of `rows`, or scalars; or their monomials(env, rows) already computed): {field: (ops, rows)}, counts
+        not applied. `fields` may name sums
         (COMBINED: resident_bytes, act_bytes). A field that is identically zero is a read-only view of zeros."""
         flat, live = self._flat(ops, fields)  # the fields that are not identically zero, (fields x ops, monomials)
         n_ops = len(self) if ops is None else int(np.count_nonzero(ops))
-        values = iter((flat @ self._monomials(env, rows)).reshape(-1, n_ops, rows))  # one product, every field
+        mono = env if isinstance(env, np.ndarray) else self.monomials_at(env, rows)
+        values = iter((flat @ mono).reshape(-1, n_ops, rows))  # one product, every field
         zero = np.broadcast_to(0.0, (n_ops, rows))
         return {f: next(values) if on else zero for f, on in zip(fields, live)}
 
@@ -60,17 +62,18 @@ class OpTable:
             self.__dict__[key] = (np.ascontiguousarray(flat), live)
         return self.__dict__[key]
 
-    def _monomials(self, env: dict[str, Any], rows: int) -> np.ndarray:
+    def monomials_at(self, env: dict[str, Any], rows: int) -> np.ndarray:
+        """The table's monomials evaluated for `rows` rows (monomials, rows)."""
         return self._program.run(env, rows)
 
     @cached_property
     def _program(self) -> Program:
         return Program(self.monomials)
 
-    def totals(self, env: dict[str, Any], rows: int) -> np.ndarray:
+    def totals(self, env: dict[str, Any] | np.ndarray, rows: int) -> np.ndarray:
         """Every quantity summed over the ops, counts applied, for `rows` rows: (FIELDS, rows). The sum of the ops'
         polynomials is a polynomial: one small product, whatever the number of ops."""
-        return self._summed @ self._monomials(env, rows)
+        return self._summed @ (env if isinstance(env, np.ndarray) else self.monomials_at(env, rows))
 
     @cached_property
     def _summed(self) -> np.ndarray:
