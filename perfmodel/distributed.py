@@ -35,8 +35,10 @@ def _imports():
 
 
 def read_scenarios(path: str | Path, dd: Any, partition_rows: int = PARTITION_ROWS) -> tuple[Any, int]:
-    """(a Dask DataFrame of the scenarios in a CSV or Parquet file, cells as strings as the in-process CLI reads
+    """(a Dask DataFrame of the scenarios in a CSV or Parquet file, text cells as strings as the in-process CLI reads
     them, in partitions of about `partition_rows` rows; the number of rows)."""
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise PerfmodelError(f"input file {str(path)!r} does not exist")
@@ -48,8 +50,17 @@ def read_scenarios(path: str | Path, dd: Any, partition_rows: int = PARTITION_RO
     except Exception as e:  # noqa: BLE001 - pyarrow / pandas parser errors have no common base
         raise PerfmodelError(f"{path}: not a readable {'Parquet' if is_parquet(path) else 'CSV'} file: {e}") from None
     check_columns(ddf.columns)  # before any partition runs
-    ddf = ddf.astype(str).replace({"": None, "nan": None, "None": None})
-    n = int(ddf.map_partitions(len).sum().compute())
+    if is_parquet(path):  # the row count from the files' metadata, without reading the data
+        import pyarrow.dataset as ds
+
+        n = int(ds.dataset(str(path), format="parquet").count_rows())
+    else:
+        n = int(ddf.map_partitions(len).sum().compute())
+    # text cells as the in-process CLI reads them (blanks as missing); numeric columns of a Parquet file stay numbers
+    # (the sweep reads either, and converting them to text and back cost more than the evaluation)
+    text = [c for c in ddf.columns if not pd.api.types.is_numeric_dtype(ddf[c].dtype)]
+    if text:
+        ddf = ddf.astype({c: str for c in text}).replace({c: {"": None, "nan": None, "None": None} for c in text})
     return ddf.repartition(npartitions=max(1, -(-n // partition_rows))), n
 
 
@@ -65,6 +76,8 @@ def sweep_dask(src: str | Path, dst: str | Path, *, scheduler: str | None = None
     """Sweep every row of `src` on a Dask cluster (a local one of `workers` processes, or `scheduler`'s) and write
     `dst` (CSV or Parquet by suffix) atomically. Returns rows, rows with an error, partitions, workers."""
     from ._io import check_output_path
+
+    import pandas as pd
 
     dd, Client, LocalCluster = _imports()
     dst = Path(dst)
@@ -83,7 +96,9 @@ def sweep_dask(src: str | Path, dst: str | Path, *, scheduler: str | None = None
             raise PerfmodelError(f"--dask: no Dask scheduler answers at {scheduler!r}: {e}") from None
     try:
         ddf, n = read_scenarios(src, dd, partition_rows)
-        meta = _run(ddf.head(1, npartitions=1), engine, efficiency, ignore_capacity).iloc[:0]
+        # the result's columns and types, from a sweep of no rows (nothing of the input is read)
+        meta = _run(pd.DataFrame({c: pd.Series([], dtype=object) for c in ddf.columns}), engine, efficiency,
+                    ignore_capacity)
         out = ddf.map_partitions(_run, engine, efficiency, ignore_capacity, meta=meta)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
         try:
