@@ -535,6 +535,13 @@ def _validate(a: argparse.Namespace) -> int:
     table = summary(rows)
     done = int(np.isfinite(rows.predicted.astype(float)).sum())
     cov = coverage(rows)
+    loso, loso_why = None, "LOSO is of each row's own engine profile; not with --engine"
+    if not a.engine:  # the headline: each source predicted by profiles fitted without it
+        from .validation import accuracy, load_loso, unpredicted
+
+        pred, loso_why = load_loso(every)
+        if pred is not None:
+            loso = accuracy(every.assign(predicted=pred, skipped=unpredicted(every, pred)))
     bands = None
     if a.bands:
         from .validation import loso_coverage, residuals
@@ -549,9 +556,21 @@ def _validate(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({"split": a.split, "engine": a.engine or "per row", "rows": len(rows), "predicted": done,
                           "coverage": cov.to_dict("records"), "summary": table.to_dict("records"),
-                          "bands": None if bands is None else bands.to_dict("records")}, indent=2, default=float))
+                          "bands": None if bands is None else bands.to_dict("records"),
+                          "loso": None if loso is None else loso.to_dict("records"), "loso_note": loso_why},
+                         indent=2, default=float))
         return 0
-    print(f"validation: {len(rows)} published measurements ({a.split} split), {done} predicted; engine profile: "
+    if loso is not None:
+        print(f"leave-one-source-out, all {every.file.nunique()} sources (each predicted by engine profiles fitted "
+              f"without it; tools/fit_engines.py --loso):")
+        print(f"  {'category':<9} {'rows':>5} {'median %':>9} {'mean %':>8} {'within 20 %':>12} {'bias %':>7} "
+              f"{'coverage':>9}")
+        for r in loso.itertuples():
+            print(f"  {r.category:<9} {r.rows:5d} {r.median_ape:9.1f} {r.mean_ape:8.1f} {r.within_20 * 100:11.0f}% "
+                  f"{r.bias:+7.1f} {r.coverage * 100:8.1f}%")
+    else:
+        print(f"leave-one-source-out: {loso_why}")
+    print(f"fixed split: {len(rows)} published measurements ({a.split} split), {done} predicted; engine profile: "
           f"{a.engine or 'each row its own'}; baseline: pure roofline (ideal)")
     print(f"{'category':<9} {'metric':<30} {'rows':>5} {'median %':>9} {'mean %':>8}   {'baseline median/mean %':>22}"
           f"   worst")

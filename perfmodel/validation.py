@@ -362,6 +362,75 @@ def loso_coverage(resid: "Any") -> "Any":
     return pd.DataFrame(out)
 
 
+# Leave-one-source-out ---------------------------------------------------------------------------------------------
+
+LOSO_FILE = "loso.csv"  # in validation/: each row's prediction by profiles fitted without its source
+
+
+def leave_one_source_out(rows: "pd.DataFrame", fit: Any, predict_rows: Any) -> np.ndarray:
+    """Each source's rows predicted by what was fitted on every other source's rows: `fit(train_rows) -> fitted`,
+    `predict_rows(fitted, rows) -> values`. A source is a validation file (one document or table). Returns the
+    predictions aligned with `rows` (NaN where a row got none)."""
+    out = np.full(len(rows), np.nan)
+    for src, idx in rows.groupby("file", sort=True).indices.items():
+        fitted = fit(rows[rows.file != src].reset_index(drop=True))
+        out[idx] = np.asarray(predict_rows(fitted, rows.iloc[idx].reset_index(drop=True)), dtype=float)
+    return out
+
+
+def rows_digest(rows: "pd.DataFrame") -> str:
+    """A checksum of what the validation rows measured (file, row, metric, value, engine, hardware, model): a stored
+    LOSO table is used only for the rows it was computed on."""
+    cols = [c for c in ("file", "row", "metric", "value", "engine", "hardware", "model") if c in rows]
+    text = "\n".join("|".join(_plain(v) for v in r) for r in rows[cols].itertuples(index=False))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_loso(rows: "pd.DataFrame", path: Path | None = None) -> tuple[np.ndarray | None, str]:
+    """(the stored LOSO prediction of every row, or None; why not). Written by tools/fit_engines.py --loso."""
+    import pandas as pd
+
+    path = path or next((root / "validation" / LOSO_FILE for root in data_roots()
+                         if (root / "validation" / LOSO_FILE).is_file()), None)
+    if path is None:
+        return None, "no LOSO table (python tools/fit_engines.py --loso writes validation/loso.csv)"
+    table = pd.read_csv(path, dtype={"file": str})
+    if table.empty or str(table.digest.iloc[0]) != rows_digest(rows):
+        return None, f"{path.name} was computed on other validation rows: rerun python tools/fit_engines.py --loso"
+    pred = rows[["file", "row"]].merge(table[["file", "row", "predicted"]], on=["file", "row"], how="left")
+    return pred.predicted.to_numpy(dtype=float), ""
+
+
+def unpredicted(rows: "pd.DataFrame", pred: np.ndarray) -> np.ndarray:
+    """Why a row has no prediction ('' where it has one), in predict()'s words for rows whose device or model is not
+    in the catalog (no catalog id), so that in_catalog() and coverage count only the others."""
+    hw = rows.hardware.fillna("").astype(str).to_numpy()
+    model = (rows.model.fillna("").astype(str).to_numpy() if "model" in rows else np.full(len(rows), ""))
+    needs_model = (rows.category != "kernel").to_numpy()
+    return np.where(np.isfinite(pred), "", np.where(hw == "", "hardware not in the catalog", np.where(
+        (model == "") & needs_model, "model not in the catalog", "not predicted")))
+
+
+def accuracy(df: "pd.DataFrame", col: str = "predicted") -> "pd.DataFrame":
+    """Per category: rows predicted, median and mean |error| %, the fraction within 20 %, the median signed error
+    (bias, %: + over-predicts a rate) and coverage (rows predicted / rows whose model and device exist)."""
+    import pandas as pd
+
+    known = in_catalog(df.assign(predicted=df[col]))
+    out = []
+    for cat, g in [("ALL", known)] + list(known.groupby("category")):
+        pred = g[col].to_numpy(dtype=float)
+        ok = np.isfinite(pred)
+        signed = (pred[ok] / g.value.to_numpy(dtype=float)[ok] - 1.0) * 100.0
+        out.append({"category": cat, "rows": int(ok.sum()), "known": len(g),
+                    "median_ape": float(np.median(np.abs(signed))) if ok.any() else np.nan,
+                    "mean_ape": float(np.mean(np.abs(signed))) if ok.any() else np.nan,
+                    "within_20": float(np.mean(np.abs(signed) <= 20.0)) if ok.any() else np.nan,
+                    "bias": float(np.median(signed)) if ok.any() else np.nan,
+                    "coverage": float(ok.sum() / max(len(g), 1))})
+    return pd.DataFrame(out)
+
+
 # Report -----------------------------------------------------------------------------------------------------------
 
 def errors(df: "pd.DataFrame", col: str) -> np.ndarray:

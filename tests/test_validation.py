@@ -166,3 +166,55 @@ def test_ttft_under_load_is_one_prefill_and_one_step_of_the_running_batch():
     one = pm.estimate("llama-3.1-8b", "h100-sxm", batch=1, prompt_len=1000, gen_len=1, **kw).ttft_s
     step = pm.estimate("llama-3.1-8b", "h100-sxm", batch=16, prompt_len=1000, gen_len=200, **kw).tpot_s
     assert skip[0] == "" and pred[0] == pytest.approx(one + step, rel=1e-9)
+
+
+def test_leave_one_source_out_predicts_each_source_from_the_others():
+    import pandas as pd
+
+    from perfmodel.validation import leave_one_source_out
+
+    # three sources measure value = k x; the "fit" is the mean ratio value / x of the rows it is given
+    rows = pd.DataFrame({"file": ["a", "a", "b", "c", "c", "c"], "x": [1.0, 2.0, 1.0, 1.0, 1.0, 2.0],
+                         "value": [2.0, 4.0, 3.0, 4.0, 4.0, 8.0]})
+    seen = []
+
+    def fit(train):
+        seen.append(sorted(set(train.file)))
+        return float((train.value / train.x).mean())
+
+    pred = leave_one_source_out(rows, fit, lambda k, part: k * part.x.to_numpy())
+    # without a: ratios 3, 4, 4, 4 -> 3.75; without b: 2, 2, 4, 4, 4 -> 3.2; without c: 2, 2, 3 -> 7/3
+    np.testing.assert_allclose(pred, [3.75, 7.5, 3.2, 7 / 3, 7 / 3, 14 / 3])
+    assert seen == [["b", "c"], ["a", "c"], ["a", "b"]]  # no fit ever saw the source it predicts
+
+
+def test_accuracy_per_category():
+    import pandas as pd
+
+    from perfmodel.validation import accuracy
+
+    df = pd.DataFrame({"category": ["decode"] * 4, "value": [100.0] * 4, "predicted": [110.0, 90.0, 150.0, np.nan],
+                       "skipped": ["", "", "", "too long"]})
+    d = accuracy(df).set_index("category").loc["decode"]
+    # signed errors +10, -10, +50 %: median |e| 10, mean |e| 70 / 3, two of three within 20 %, bias (median) +10;
+    # three of the four rows whose model and device exist were predicted
+    assert (d.rows, d.known) == (3, 4)
+    assert d.median_ape == pytest.approx(10) and d.mean_ape == pytest.approx(70 / 3)
+    assert d.within_20 == pytest.approx(2 / 3) and d.bias == pytest.approx(10) and d.coverage == pytest.approx(0.75)
+
+
+def test_stored_loso_table_is_used_only_for_its_rows(tmp_path):
+    import pandas as pd
+
+    from perfmodel.validation import load_loso, rows_digest
+
+    rows = pd.DataFrame({"file": ["a", "b"], "row": [1, 1], "metric": ["tpot_s", "tpot_s"], "value": [1.0, 2.0],
+                         "engine": ["vllm", "vllm"], "hardware": ["h100-sxm", "h100-sxm"], "model": ["gpt2", None]})
+    path = tmp_path / "loso.csv"
+    pd.DataFrame({"file": ["b", "a"], "row": [1, 1], "predicted": [2.5, 1.5], "digest": rows_digest(rows)}).to_csv(
+        path, index=False)
+    pred, why = load_loso(rows, path)
+    assert why == "" and pred.tolist() == [1.5, 2.5]  # aligned by (file, row)
+    changed = rows.assign(value=[1.0, 2.1])  # a measurement edited since the table was computed
+    pred, why = load_loso(changed, path)
+    assert pred is None and "rerun python tools/fit_engines.py --loso" in why

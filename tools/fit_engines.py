@@ -2,6 +2,7 @@
 
     python tools/fit_engines.py            # fit, print the train and test error, write the profiles
     python tools/fit_engines.py --dry-run  # fit and print only
+    python tools/fit_engines.py --loso     # leave-one-source-out: validation/loso.csv, the error per category
 
 Per engine and device class (gpu, apple, cpu, accelerator) the numbers of GRIDS below, each a term of the cost model
 with a physical reading (perfmodel/efficiency.py): fractions of matrix peak, memory and link bandwidth; a per-kernel
@@ -99,32 +100,99 @@ def render(prof: EngineProfile, classes: dict[str, dict[str, float]], fitted: st
     return "\n".join(lines) + "\n"
 
 
+def prepared(rows):
+    """Rows with a device, their engine profile id and device class."""
+    rows = rows[rows.hardware.notna() & (rows.hardware.astype(str) != "")].reset_index(drop=True)
+    rows["engine_id"] = rows.engine.replace({"mlperf": "trtllm", "sglang": "vllm"})
+    rows["cls"] = [device_class(load_device(h)) for h in rows.hardware]
+    return rows
+
+
+def neutral(prof: EngineProfile) -> dict[str, dict[str, float]]:
+    """A profile's classes with every fitted number at its neutral START value; facts (half_accumulate) kept."""
+    return {cls: {**START, **{k: v for k, v in vals.items() if k not in GRIDS}} for cls, vals in prof.classes.items()}
+
+
+def fit_profiles(rows, memo: dict | None = None, untrained: bool = False, log=print) -> dict[str, EngineProfile]:
+    """Every engine profile fitted on `rows`, per device class with at least MIN_ROWS rows. A class with fewer keeps
+    the shipped numbers, or with `untrained` (leave-one-source-out) the neutral START and the profile's facts, so
+    that no number fitted on a held-out source leaks back. `memo`: fits by (engine, class, sources), reused by every
+    fold whose held-out source has no rows in that group."""
+    out = {}
+    for engine in sorted(rows.engine_id.unique()):
+        prof = load_engine(engine)
+        classes = neutral(prof) if untrained else dict(prof.classes)
+        for cls in sorted(rows[rows.engine_id == engine].cls.unique()):
+            sub = rows[(rows.engine_id == engine) & (rows.cls == cls)].reset_index(drop=True)
+            if len(sub) < MIN_ROWS:
+                log(f"{engine:<9} {cls:<11} {len(sub):4d} rows: too few to fit, "
+                    f"{'neutral values' if untrained else 'left as is'}")
+                continue
+            key = (engine, cls, tuple(sorted(sub.file.unique())))
+            if memo is None or key not in memo:
+                params, val, n = fit(sub, engine, cls)
+                if memo is not None:
+                    memo[key] = params
+                log(f"{engine:<9} {cls:<11} {n:4d} rows  mean |log error| {val:.3f}  {params}")
+            classes[cls] = memo[key] if memo is not None else params
+        out[engine] = EngineProfile(prof.id, prof.name, prof.description, prof.fitted, classes)
+    return out
+
+
+def loso() -> None:
+    """Leave-one-source-out: every source's rows predicted by profiles fitted on all other sources' rows (both
+    splits); writes validation/loso.csv and prints the error per category."""
+    import time
+
+    import pandas as pd
+
+    from perfmodel._io import atomic_write_text
+    from perfmodel.validation import LOSO_FILE, accuracy, leave_one_source_out, rows_digest, unpredicted
+
+    everything = load_rows()
+    digest = rows_digest(everything)  # before the long part: what the table is valid for
+    rows = prepared(everything)
+    memo: dict = {}
+    t0 = time.perf_counter()
+
+    def fit_fold(train):
+        t = time.perf_counter()
+        prof = fit_profiles(train, memo, untrained=True, log=lambda *_: None)
+        for engine in set(rows.engine_id) - set(prof):  # a stack only the held-out source measured: nothing fitted
+            base = load_engine(engine)
+            prof[engine] = EngineProfile(base.id, base.name, base.description, base.fitted, neutral(base))
+        print(f"  fold without {sorted(set(rows.file) - set(train.file))[0]}: {time.perf_counter() - t:.1f} s",
+              flush=True)
+        return prof
+
+    pred = leave_one_source_out(rows, fit_fold, lambda prof, part: predict(part, profiles=prof)[0])
+    everything = everything.merge(rows[["file", "row"]].assign(predicted=pred), on=["file", "row"], how="left")
+    table = pd.DataFrame({"file": everything.file, "row": everything.row, "predicted": everything.predicted,
+                          "digest": digest})
+    atomic_write_text(ROOT / "validation" / LOSO_FILE, table.to_csv(index=False))
+    everything["skipped"] = unpredicted(everything, everything.predicted.to_numpy(dtype=float))
+    print(f"leave-one-source-out over {everything.file.nunique()} sources in {time.perf_counter() - t0:.0f} s "
+          f"({len(memo)} group fits); validation/{LOSO_FILE} written")
+    print(accuracy(everything).to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--engine", action="append", help="fit only these engines")
+    ap.add_argument("--loso", action="store_true", help="leave-one-source-out: write validation/loso.csv")
     a = ap.parse_args()
-    rows = load_rows()
-    rows = rows[rows.hardware.notna() & (rows.hardware.astype(str) != "")].reset_index(drop=True)
-    rows["engine_id"] = rows.engine.replace({"mlperf": "trtllm", "sglang": "vllm"})
-    rows["cls"] = [device_class(load_device(h)) for h in rows.hardware]
+    if a.loso:
+        loso()
+        return
+    rows = prepared(load_rows())
     train = rows[rows.split == "train"]
-    for engine in sorted(train.engine_id.unique()):
-        if a.engine and engine not in a.engine:
-            continue
-        prof = load_engine(engine)
-        classes = dict(prof.classes)
-        for cls in sorted(train[train.engine_id == engine].cls.unique()):
-            sub = train[(train.engine_id == engine) & (train.cls == cls)].reset_index(drop=True)
-            if len(sub) < MIN_ROWS:
-                print(f"{engine:<9} {cls:<11} {len(sub):4d} train rows: too few to fit, left as is")
-                continue
-            params, val, n = fit(sub, engine, cls)
-            classes[cls] = params
-            print(f"{engine:<9} {cls:<11} {n:4d} train rows  mean |log error| {val:.3f}  {params}")
+    if a.engine:
+        train = train[train.engine_id.isin(a.engine)]
+    for engine, prof in fit_profiles(train).items():
         if not a.dry_run:
-            text = render(prof, classes, "tools/fit_engines.py on the train split of validation/ "
-                                         "(validation/README.md)")
+            text = render(prof, prof.classes, "tools/fit_engines.py on the train split of validation/ "
+                                              "(validation/README.md)")
             (ROOT / "workloads" / "engines" / f"{engine}.toml").write_text(text)
 
 
