@@ -367,12 +367,14 @@ def loso_coverage(resid: "Any") -> "Any":
 LOSO_FILE = "loso.csv"  # in validation/: each row's prediction by profiles fitted without its source
 
 
-def leave_one_source_out(rows: "pd.DataFrame", fit: Any, predict_rows: Any) -> np.ndarray:
+def leave_one_source_out(rows: "pd.DataFrame", fit: Any, predict_rows: Any, sources: Any = None) -> np.ndarray:
     """Each source's rows predicted by what was fitted on every other source's rows: `fit(train_rows) -> fitted`,
-    `predict_rows(fitted, rows) -> values`. A source is a validation file (one document or table). Returns the
-    predictions aligned with `rows` (NaN where a row got none)."""
+    `predict_rows(fitted, rows) -> values`. A source is a validation file (one document or table); `sources`: only
+    these (e.g. one worker's share). Returns the predictions aligned with `rows` (NaN where a row got none)."""
     out = np.full(len(rows), np.nan)
     for src, idx in rows.groupby("file", sort=True).indices.items():
+        if sources is not None and src not in sources:
+            continue
         fitted = fit(rows[rows.file != src].reset_index(drop=True))
         out[idx] = np.asarray(predict_rows(fitted, rows.iloc[idx].reset_index(drop=True)), dtype=float)
     return out

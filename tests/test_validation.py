@@ -186,6 +186,9 @@ def test_leave_one_source_out_predicts_each_source_from_the_others():
     # without a: ratios 3, 4, 4, 4 -> 3.75; without b: 2, 2, 4, 4, 4 -> 3.2; without c: 2, 2, 3 -> 7/3
     np.testing.assert_allclose(pred, [3.75, 7.5, 3.2, 7 / 3, 7 / 3, 14 / 3])
     assert seen == [["b", "c"], ["a", "c"], ["a", "b"]]  # no fit ever saw the source it predicts
+    # one worker's share: only its sources are predicted, and by the same folds
+    share = leave_one_source_out(rows, fit, lambda k, part: k * part.x.to_numpy(), sources=["b"])
+    assert np.isnan(share[[0, 1, 3, 4, 5]]).all() and share[2] == pytest.approx(3.2)
 
 
 def test_accuracy_per_category():
