@@ -85,7 +85,28 @@ def render() -> tuple[str, str]:
         short.append(f"| {r.category} | {r.rows} | {r.median_ape:.1f} % | {r.mean_ape:.1f} % | "
                      f"{r.baseline_mean_ape:.1f} % | {cov.coverage.get(r.category, float('nan')) * 100:.1f} % | "
                      f"{band} |")
+    out += ["", *by_source(allrows.assign(loso=pred))]
     return "\n".join(out + ["", END]), "\n".join(short + ["", SUMMARY_END])
+
+
+def by_source(rows) -> list[str]:
+    """LOSO error per source, and the ten rows it misses most: where the systematic misses are."""
+    d = rows[np.isfinite(rows.loso.astype(float))].copy()
+    d["signed"] = (d.loso / d.value - 1.0) * 100.0
+    lines = [*textwrap.wrap("Leave-one-source-out per source (bias: median signed error of the metric as "
+                            "published; + predicts more than was measured):", 116), "",
+             "| source | category | rows | median | mean | bias |",
+             "|---|---|---|---|---|---|"]
+    for (src, cat), g in d.groupby(["file", "category"]):
+        e = g.signed.abs()
+        lines.append(f"| {src} | {cat} | {len(g)} | {e.median():.1f} % | {e.mean():.1f} % | "
+                     f"{g.signed.median():+.1f} % |")
+    lines += ["", "The ten rows leave-one-source-out misses most:", "",
+              "| row | device | model | metric | measured | predicted | error |", "|---|---|---|---|---|---|---|"]
+    for r in d.loc[d.signed.abs().sort_values(ascending=False).index[:10]].itertuples():
+        lines.append(f"| {r.file}:{r.row} | {r.hardware} | {r.model if isinstance(r.model, str) else ''} | "
+                     f"{r.metric} | {r.value:.4g} | {r.loso:.4g} | {r.signed:+.0f} % |")
+    return lines
 
 
 def _splice(path: Path, start: str, end: str, block: str) -> None:
