@@ -42,9 +42,9 @@ class OpTable:
     def quantities(self, env: dict[str, Any] | np.ndarray, rows: int, ops: np.ndarray | None = None,
                    fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
         """Quantities of every op (or of the `ops` selected by a mask) for `rows` rows whose variables are `env`
-        (arrays of `rows`, or scalars; or their monomials(env, rows) already computed): {field: (ops, rows)}, counts
-        not applied. `fields` may name sums
-        (COMBINED: resident_bytes, act_bytes). A field that is identically zero is a read-only view of zeros."""
+        (arrays of `rows`, or scalars; or monomials_at(env, rows) already computed): {field: (ops, rows)}, counts
+        not applied. `fields` may name sums (COMBINED: resident_bytes, act_bytes). A field that is identically zero
+        is a read-only view of zeros."""
         flat, live = self._flat(ops, fields)  # the fields that are not identically zero, (fields x ops, monomials)
         n_ops = len(self) if ops is None else int(np.count_nonzero(ops))
         mono = env if isinstance(env, np.ndarray) else self.monomials_at(env, rows)
@@ -53,6 +53,7 @@ class OpTable:
         return {f: next(values) if on else zero for f, on in zip(fields, live)}
 
     def _flat(self, ops: np.ndarray | None, fields: tuple[str, ...]) -> tuple[np.ndarray, list[bool]]:
+        """The coefficient rows of the requested fields (sums added up) that are not identically zero, kept."""
         key = ("flat", None if ops is None else ops.tobytes(), fields)
         if key not in self.__dict__:
             coef = self.coef if ops is None else self.coef[:, ops]
