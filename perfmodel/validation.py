@@ -482,6 +482,41 @@ def summary(df: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(out)
 
 
+def plot_categories(df: "pd.DataFrame", path: str | Path, col: str = "predicted") -> Path:
+    """Predicted (`col`, e.g. leave-one-source-out) vs measured, log-log, one panel per category. Every metric is
+    drawn as a rate (times inverted: 1 / seconds), so a category's metrics share axes and its fitted 80 % band
+    (workloads/bands.toml, the stack-wide band of the category) is one shaded region: measured / predicted between
+    the band's ends. Written atomically."""
+    from matplotlib.figure import Figure
+
+    from ._io import atomic_write_bytes
+    from .bands import TIME_METRICS, band_for
+    from .plots import to_bytes
+
+    d = df[np.isfinite(df[col].astype(float))]
+    cats = [c for c in ("decode", "prefill", "serving", "kernel") if (d.category == c).any()]
+    fig = Figure(figsize=(4.0 * max(len(cats), 1), 4.2))
+    axes = fig.subplots(1, max(len(cats), 1), squeeze=False)[0]
+    for ax, cat in zip(axes, cats):
+        g = d[d.category == cat]
+        time = g.metric.isin(list(TIME_METRICS)).to_numpy()
+        meas = np.where(time, 1.0 / g.value.to_numpy(dtype=float), g.value.to_numpy(dtype=float))
+        pred = np.where(time, 1.0 / g[col].to_numpy(dtype=float), g[col].to_numpy(dtype=float))
+        lo, hi = min(meas.min(), pred.min()) / 1.5, max(meas.max(), pred.max()) * 1.5
+        x = np.geomspace(lo, hi, 50)
+        band = band_for("", "", cat)  # no class, no engine: the stack-wide band of the category
+        if band is not None:
+            ax.fill_between(x, x * band.low_ratio, x * band.high_ratio, color="0.85",
+                            label=f"80 % band ({band.low_ratio:.2f}-{band.high_ratio:.2f}x)")
+        ax.plot(x, x, color="0.4", lw=0.8)
+        ax.scatter(pred, meas, s=10, alpha=0.6, label=f"rows ({len(g)})")
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), title=cat,
+               xlabel="predicted (as a rate)", ylabel="measured (as a rate)")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return atomic_write_bytes(Path(path), to_bytes(fig, "png", dpi=110))
+
+
 def plot(df: "pd.DataFrame", path: str | Path) -> Path:
     """Predicted vs measured, log-log, one panel per metric, with the +-20 % band; written atomically."""
     from matplotlib.figure import Figure

@@ -232,3 +232,14 @@ def test_shipped_loso_table_is_current(rows):
 
     pred, why = load_loso(rows)
     assert why == "" and np.isfinite(pred).mean() > 0.9
+
+
+def test_plot_per_category_draws_times_as_rates(tmp_path):
+    import pandas as pd
+
+    from perfmodel.validation import plot_categories
+
+    df = pd.DataFrame({"category": ["decode", "decode", "prefill"], "metric": ["tpot_s", "decode_tokens_per_s",
+                       "prefill_tokens_per_s"], "value": [0.01, 100.0, 5000.0], "loso": [0.02, 90.0, np.nan]})
+    path = plot_categories(df, tmp_path / "loso.png", col="loso")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
