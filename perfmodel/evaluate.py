@@ -80,6 +80,9 @@ def machine(device: Device, eff: Efficiency | None, par: Parallel) -> Machine:
 
 
 
+BOUNDS = ("compute", "memory", "comm", "overhead", "-")  # what bounds a phase, by PhaseCost.bound_index (-1: "-")
+
+
 @dataclass(frozen=True, eq=False)
 class PhaseCost:
     """Costs of one phase, totals over the phase (every decode step summed), counts applied: `values` maps the
@@ -114,7 +117,7 @@ class PhaseCost:
 
     def bound(self) -> np.ndarray:
         """The resource that took most of the phase's time: compute, memory, comm or overhead ("-" for none)."""
-        return np.array(["compute", "memory", "comm", "overhead", "-"])[self.bound_index()]
+        return np.array(BOUNDS)[self.bound_index()]
 
     def bound_index(self) -> np.ndarray:
         """bound() as an index into (compute, memory, comm, overhead), -1 where the phase took no time."""

@@ -16,7 +16,7 @@ from .catalog import load_device, load_model
 from .engines import device_class, efficiency_for
 from .errors import PerfmodelError
 from .cost import Machine
-from .evaluate import (Workload, capacity_messages, check, default_gen, evaluate_rows, machine, machine_errors,
+from .evaluate import (BOUNDS, Workload, capacity_messages, check, default_gen, evaluate_rows, machine, machine_errors,
                        row_errors, row_warnings)
 from .memory import Memory
 from .workload import LIMITS
@@ -160,7 +160,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
     return res
 
 
-_BOUNDS = np.array(["compute", "memory", "comm", "overhead", "-"], dtype=object)  # by PhaseCost.bound_index
+_BOUNDS = np.array(BOUNDS, dtype=object)  # shared label objects, indexed by PhaseCost.bound_index
 
 
 def _blank(n: int) -> np.ndarray:
