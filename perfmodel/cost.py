@@ -109,11 +109,7 @@ class Machine:
     def bandwidth_for(self, nbytes: Num, datasheet: bool = False) -> np.ndarray:
         """Bandwidth of the fastest level holding `nbytes` (main memory if none does): attainable, or the
         datasheet's (for MBU)."""
-        lv = self._level_table(datasheet)
-        nbytes = np.asarray(nbytes, dtype=float)
-        conds = [nbytes <= cap for cap, _, _ in lv[:-1]]
-        return np.select(conds, [bw for _, bw, _ in lv[:-1]], default=lv[-1][1]) if conds else np.full_like(
-            nbytes, lv[-1][1])
+        return level_bandwidth((self,), None, nbytes, datasheet)
 
     def datasheet_bandwidth(self, nbytes: Num) -> np.ndarray:
         return self.bandwidth_for(nbytes, datasheet=True)
@@ -199,6 +195,35 @@ class Machine:
         if comm == Comm.ALL_GATHER:
             return (n - 1) / n / bw, (n - 1) * lat
         return 1 / bw, lat
+
+
+def level_arrays(machines: tuple[Machine, ...], datasheet: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(capacity, bandwidth) of each machine's memory levels (machines, levels), fastest first, aligned on the last
+    level (main memory, capacity inf); shorter hierarchies are padded in front with levels that hold nothing."""
+    tabs = [m._level_table(datasheet) for m in machines]
+    n = max(len(t) for t in tabs)
+    caps, bws = np.full((len(tabs), n), -np.inf), np.zeros((len(tabs), n))
+    for i, t in enumerate(tabs):
+        caps[i, n - len(t):] = [c for c, _, _ in t]
+        bws[i, n - len(t):] = [b for _, b, _ in t]
+    return caps, bws
+
+
+def level_bandwidth(machines: tuple[Machine, ...], mi: np.ndarray | None, nbytes: Num, datasheet: bool = False
+                    ) -> np.ndarray:
+    """The bandwidth of the fastest level that holds `nbytes` (main memory if none does), attainable or the
+    datasheet's: of the one machine, or of each row's machine `machines[mi[row]]` (nbytes (..., rows))."""
+    if len(machines) == 1:  # kept on the machine; a scalar per level broadcasts over any shape
+        caps, bws = machines[0]._memo(("level arrays", datasheet), lambda: level_arrays(machines, datasheet))
+        caps, bws = caps[0], bws[0]
+    else:
+        caps, bws = level_arrays(machines, datasheet)
+        caps, bws = caps[mi].T, bws[mi].T  # (levels, rows)
+    nbytes = np.asarray(nbytes, dtype=float)
+    out = np.broadcast_to(bws[-1], nbytes.shape)
+    for lv in range(len(caps) - 2, -1, -1):
+        out = np.where(nbytes <= caps[lv], bws[lv], out)
+    return np.asarray(out, dtype=float)
 
 
 def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tuple[float, str, str]:

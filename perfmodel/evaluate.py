@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .cost import Machine, OpParams, needed, op_params, point_costs, stack_params, sum_max_linear, terms
+from .cost import (Machine, OpParams, level_bandwidth, needed, op_params, point_costs, stack_params, sum_max_linear,
+                   terms)
 from .device import Device
 from .dtypes import DType
 from .efficiency import Efficiency, default_for
@@ -187,7 +188,7 @@ class Evaluation:
         if what == "flops":
             peak = self.per_row([m.datasheet_peak(OpKind.MATMUL, self.workload.act) for m in self.machines])
         else:
-            peak = _bandwidth(self.machines, self.mi, self.memory.total_bytes, datasheet=True)
+            peak = level_bandwidth(self.machines, self.mi, self.memory.total_bytes, datasheet=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(time > 0, amount / (time * peak * pp), 0.0)
 
@@ -210,33 +211,6 @@ class Evaluation:
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[name] = np.where(total > 0, num / total, 0.0)
         return out
-
-
-def _levels(machines: tuple[Machine, ...], datasheet: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(capacity, bandwidth) of each machine's memory levels (machines, levels), fastest first, aligned on the last
-    level (main memory, capacity inf); shorter hierarchies are padded in front with levels that hold nothing."""
-    tabs = [m._level_table(datasheet) for m in machines]
-    n = max(len(t) for t in tabs)
-    caps, bws = np.full((len(tabs), n), -np.inf), np.zeros((len(tabs), n))
-    for i, t in enumerate(tabs):
-        caps[i, n - len(t):] = [c for c, _, _ in t]
-        bws[i, n - len(t):] = [b for _, b, _ in t]
-    return caps, bws
-
-
-def _bandwidth(machines: tuple[Machine, ...], mi: np.ndarray, nbytes: np.ndarray, datasheet: bool = False
-               ) -> np.ndarray:
-    """The bandwidth of the fastest level of each row's machine that holds `nbytes` (..., rows)."""
-    if len(machines) == 1:  # kept on the machine; (levels, 1) broadcasts over rows
-        caps, bws = machines[0]._memo(("level arrays", datasheet), lambda: _levels(machines, datasheet))
-        caps, bws = caps.T, bws.T
-    else:
-        caps, bws = _levels(machines, datasheet)
-        caps, bws = caps[mi].T, bws[mi].T  # (levels, rows)
-    out = np.broadcast_to(bws[-1], np.shape(nbytes))
-    for lv in range(len(caps) - 2, -1, -1):
-        out = np.where(nbytes <= caps[lv], bws[lv], out)
-    return np.asarray(out, dtype=float)
 
 
 def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, batch: np.ndarray,
@@ -273,8 +247,8 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
         activation_bytes=act.max(axis=0) if len(act) else np.zeros(n),
         capacity_bytes=caps[0] if len(machines) == 1 else np.array([np.nan if c is None else c for c in caps])[mi],
     )
-    resident_bw = _bandwidth(machines, mi, mem.total_bytes)
-    t = terms(P, tables, q, resident_bw, _bandwidth(machines, mi, act))
+    resident_bw = level_bandwidth(machines, mi, mem.total_bytes)
+    t = terms(P, tables, q, resident_bw, level_bandwidth(machines, mi, act))
     values = point_costs(t, P["count"])
     if detail:
         values.update({f: q[f] * P["count"] for f in NUMERIC_FIELDS})
@@ -397,7 +371,7 @@ def _stretch(tab: OpTable, params: list[OpParams], P: dict, tables: tuple, machi
     if dep.any():  # activations at the stretch's last context pick the level that serves them
         act_end = act1.copy()
         act_end[dep] += (q2["act_bytes"] - act1[dep]) * (np.maximum(hi, lo) - x1)
-    act_bw = _bandwidth(machines, mi, act_end)
+    act_bw = level_bandwidth(machines, mi, act_end)
     t1 = terms(P, tables, q1, resident_bw, act_bw)
     c1, m1 = t1["compute_s"], t1["memory_s"]
     body = steps * np.maximum(c1, m1)
