@@ -231,7 +231,8 @@ class Estimate:
         out["phases"] = {"prefill": self.phase("prefill"), "decode": self.phase("decode")}
         out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
-                         "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "devices": wl.tp * wl.pp,
+                         "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
+                         "devices": wl.tp * wl.pp,
                          "efficiency": self.ev.mach.eff.model_dump(), "engine": self.engine}
         out["intervals"] = self.intervals
         out["provenance"] = self.provenance
@@ -264,7 +265,8 @@ class Estimate:
         lines = [
             f"{self.model.name or self.model.id} on {self.device.name}",
             f"  batch {d['batch']}, prompt {d['prompt_len']}, generate {d['gen_len']}; weights {c['weights']}, "
-            f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}, {c['attention']} attention",
+            f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}, {c['attention']} attention"
+            + (f", {c['backend']} backend" if c.get("backend") else ""),
             "",
             f"  {'TTFT':<26}{ms(d['ttft_s']):>16}   ({pre['bound']}-bound){band('ttft_s')}",
             f"  {'TPOT (mean decode step)':<26}{ms(d['tpot_s']):>16}   ({dec['bound']}-bound){band('tpot_s')}",

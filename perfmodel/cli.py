@@ -112,7 +112,7 @@ def _workload_args(e: argparse.ArgumentParser) -> None:
 
     for _, name, default, text in Workload.options():
         shown = f" (default {default})" if default is not None and "default" not in text else ""
-        e.add_argument(f"--{name}", default=default, help=text + shown)
+        e.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=text + shown)
     e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
     e.add_argument("--engine", default=None, help="software-stack profile: ideal, llamacpp, vllm, trtllm, hf "
                                                   "(efficiencies fitted on published measurements; see README)")

@@ -229,8 +229,12 @@ def level_bandwidth(machines: tuple[Machine, ...], mi: np.ndarray | None, nbytes
 def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tuple[float, str, str]:
     chain = COMPUTE_FALLBACK[precision]
     units = (("matrix", eff.matrix), ("vector", eff.vector)) if matrix else (("vector", eff.vector),)
+    if matrix and eff.vector_matmul:  # no matrix-unit path: the vector ALUs; on a GPU float GEMMs accumulate in FP32
+        units = (("vector", eff.vector),)
+        if device.kind != "cpu" and precision not in ("int8", "int4"):
+            chain = COMPUTE_FALLBACK["fp32"]
     for unit, e in units:
-        if unit == "vector" and matrix and not _may_use_vector_for_matmul(device, precision):
+        if unit == "vector" and matrix and not eff.vector_matmul and not _may_use_vector_for_matmul(device, precision):
             continue  # the ladder already gave the matrix unit its vector rate as a stated lower bound, if any
         for p in chain:
             peak = device.peak_flops_per_s(unit, p, half_accumulate=eff.half_accumulate)

@@ -47,6 +47,11 @@ class Efficiency(BaseModel):
     attention_keys_half: float = Field(
         0.0, ge=0, description="keys per query at which fused attention reaches half its matrix rate: each query "
                                "tile pays a fixed prologue/epilogue, so rate x keys / (keys + this); 0: no such cost")
+    vector_matmul: bool = Field(
+        False, description="the engine's GEMM kernels on this device run on its vector ALUs, not on its matrix units "
+                           "(a backend without a matrix-unit path, or a workload with matrix_units false: "
+                           "with_backend); float GEMMs on a GPU then run at the FP32 rate (FP16 operands, FP32 "
+                           "accumulator: one FMA per lane per cycle)")
     unit_bytes_per_cycle: float | None = Field(
         None, gt=0, description="most main-memory bytes per cycle one compute unit (SM, CU, core) streams for the "
                                 "engine's kernels: a concurrency ceiling, units x clock x this, on main-memory "
@@ -84,6 +89,54 @@ def rate_at_rows(table: list[tuple[float, float]], rows):
 
     return np.interp(np.log(np.maximum(np.asarray(rows, dtype=float), 1.0)), np.log([p[0] for p in table]),
                      [p[1] for p in table])
+
+
+# The kernels an engine runs depend on its backend (llama.cpp: CUDA, ROCm/HIP, Vulkan, Metal, SYCL, CPU); where a
+# backend has no path to a device's matrix units, its GEMMs run on the vector ALUs. Facts, each with its source:
+# - Vulkan multiplies on matrix units only through cooperative matrices (VK_KHR_cooperative_matrix, NVIDIA's
+#   VK_NV_cooperative_matrix2); without them ggml-vulkan's mul_mm shaders run on the vector ALUs with an FP32
+#   accumulator. ggml-vulkan enables the KHR extension on Intel only for Xe2 parts
+#   (ggml_vk_khr_cooperative_matrix_support: `case VK_VENDOR_ID_INTEL: return arch == INTEL_XE2`, ggml/src/ggml-vulkan/
+#   ggml-vulkan.cpp), and only since build b5589 (PR #14001, 2025-06-04: "vulkan: Enable VK_KHR_cooperative_matrix
+#   extension for Intel Xe2 GPUs"). That PR's own table measures the difference: Arc B580, gemma-2-2b Q4_K_M pp512
+#   491 t/s before and 1,631 t/s after, tg128 unchanged (130 / 127 t/s); the A770 (Xe-HPG) has "matrix cores: none"
+#   in both builds. `vulkan` is a current build (cooperative matrices wherever ggml-vulkan enables them); a build or
+#   driver without them (before those PRs, a driver without the extension, GGML_VK_DISABLE_COOPMAT set) is the
+#   workload's matrix_units = false.
+BACKENDS = ("cuda", "rocm", "vulkan", "metal", "sycl", "cpu", "opencl", "cann")
+# device families whose Vulkan driver ggml-vulkan does not give cooperative matrices (vendor, family prefix)
+NO_COOPMAT = (("intel", "intel-xe-hpg"), ("intel", "intel-xe-lpg"), ("intel", "intel-xe-hpc"), ("intel", "intel-gen"))
+
+
+def backend_facts(vendor: str, kind: str, family: str | None, backend: str | None) -> dict[str, object]:
+    """What a backend changes in how an engine's kernels run on a device of `vendor`, `kind` (gpu, cpu, ...) and
+    `family`: {} for the device's own backend (None) or one with a matrix-unit path there."""
+    if backend is None or kind == "cpu":  # a CPU's matrix units (AMX): the workload's matrix_units says
+        return {}
+    if backend == "vulkan" and any(vendor == v and (family or "").startswith(f) for v, f in NO_COOPMAT):
+        return {"vector_matmul": True}
+    return {}
+
+
+_WITH_BACKEND: dict[tuple, tuple[Efficiency, Efficiency]] = {}
+
+
+def with_backend(eff: Efficiency, device, backend: str | None, matrix_units: bool = True) -> Efficiency:
+    """`eff` with the backend's facts applied (backend_facts), and GEMMs on the vector ALUs where the workload says
+    its kernels do not use the matrix units; the same object where nothing changes, and one kept object per
+    (efficiency, facts), so machines built on it share their derived rates."""
+    facts = backend_facts(device.vendor, device.kind, device.family, backend)
+    if not matrix_units:
+        facts = {**facts, "vector_matmul": True}
+    if not facts or all(getattr(eff, k) == v for k, v in facts.items()):
+        return eff
+    key = (id(eff), tuple(sorted(facts.items())))
+    hit = _WITH_BACKEND.get(key)
+    if hit is None or hit[0] is not eff:
+        if len(_WITH_BACKEND) > 1024:
+            _WITH_BACKEND.clear()
+        hit = _WITH_BACKEND[key] = (eff, eff.model_copy(update=facts))
+    return hit[1]
 
 
 DEFAULTS = {"gpu": Efficiency(), "accelerator": Efficiency(), "cpu": Efficiency(memory=0.7)}

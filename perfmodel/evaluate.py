@@ -19,7 +19,7 @@ from .cost import (Machine, OpParams, level_bandwidth, needed, op_params, point_
                    terms)
 from .device import Device
 from .dtypes import DType
-from .efficiency import Efficiency, default_for
+from .efficiency import Efficiency, default_for, with_backend
 from .errors import PerfmodelError
 from .graph import NUMERIC_FIELDS, Op, OpKind, Parallel, Precision
 from .memory import Memory, kv_bytes, weight_bytes
@@ -217,7 +217,8 @@ def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | N
              prompt: np.ndarray, gen: np.ndarray, detail: bool = False) -> Evaluation:
     """Cost every op of prefill and decode for arrays of (batch, prompt, gen) sharing one model, device and config."""
     batch = np.asarray(batch, dtype=float)
-    mach = machine(device, eff, wl.parallel)
+    mach = machine(device, with_backend(eff or default_for(device.kind), device, wl.backend, wl.matrix_units),
+                   wl.parallel)
     return evaluate_rows(model, wl, (mach,), np.zeros(batch.shape, dtype=int), batch, prompt, gen, detail)
 
 

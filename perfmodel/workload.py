@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .dtypes import DType
-from .errors import PerfmodelError
+from .efficiency import BACKENDS
+from .errors import PerfmodelError, did_you_mean
 
 if TYPE_CHECKING:
     from .graph import Parallel, Precision
@@ -48,6 +49,38 @@ class Workload(BaseModel):
         "fused", description="how quantised weights reach the GEMMs: fused (dequantised inside them) or fp16_copy "
                              "(an FP16 copy first: llama.cpp's CUDA path before PR #8075, batches over 32)",
         json_schema_extra={"name": "dequant"})
+
+    backend: str | None = Field(
+        None, description="the engine's kernel backend where it has several (llama.cpp): " + " ".join(BACKENDS)
+                          + "; default: the device's own (CUDA on NVIDIA, ROCm on AMD, Metal on Apple)",
+        json_schema_extra={"name": "backend"})
+
+    matrix_units: bool = Field(
+        True, description="whether the kernels use the device's matrix units (tensor cores, XMX, AMX, MFMA); false: "
+                          "GEMMs on the vector ALUs (e.g. llama.cpp's CPU backend before AMX kernels, PR #8998)",
+        json_schema_extra={"name": "matrix_units"})
+
+    @field_validator("matrix_units", mode="before")
+    @classmethod
+    def _flag(cls, v: Any) -> bool:
+        if isinstance(v, bool):
+            return v
+        text = str(v).strip().lower()
+        if text in ("true", "1", "yes", "on", ""):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise PerfmodelError(f"matrix_units must be true or false; got {v!r}")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> str | None:
+        if v is None or v == "":
+            return None
+        if v not in BACKENDS:
+            raise PerfmodelError(f"backend must be one of: {', '.join(BACKENDS)}; got {v!r}."
+                                 f"{did_you_mean(str(v), list(BACKENDS))}")
+        return v
 
     @field_validator("batch", "prompt_len", "tp", "pp", mode="before")
     @classmethod

@@ -141,3 +141,65 @@ def test_validation_rows_carry_the_attention_and_dequant_of_their_runs():
     pred, skip = predict(df, engine="ideal")
     assert list(skip) == ["", "", ""]
     assert pred[1] < pred[0] and pred[2] < pred[0]  # materialised scores and an FP16 copy both cost time
+
+
+# Backends: the kernels a llama.cpp build runs depend on its backend (perfmodel.efficiency.backend_facts) ------------
+
+def _gemm_rate(device: str, backend: str | None, matrix_units: bool = True, dtype: str = "fp16"
+               ) -> tuple[float, str, str]:
+    from perfmodel.efficiency import with_backend
+
+    d = pm.load_device(device)
+    eff = with_backend(Efficiency(), d, backend, matrix_units)
+    return Machine(d, eff, Parallel()).peak(OpKind.MATMUL, DType.parse(dtype))
+
+
+def test_vulkan_on_a_gpu_without_cooperative_matrices_multiplies_on_the_vector_alus_in_fp32():
+    # Arc A770 (Xe-HPG): ggml-vulkan gives it no cooperative matrices, so its GEMMs run on the XVEs with an FP32
+    # accumulator: 32 Xe-cores x 256 FP32 FLOPs/cycle x 2.1 GHz = 17.20 TFLOP/s, x 0.7 (default vector fraction)
+    # = 12.04 TFLOP/s, where the XMX path (CUDA-like, the default) gives 32 x 2048 x 2.1e9 x 0.7 = 96.34 TFLOP/s
+    assert _gemm_rate("arc-a770", "vulkan") == (pytest.approx(32 * 256 * 2.1e9 * 0.7), "vector", "fp32")
+    assert _gemm_rate("arc-a770", None) == (pytest.approx(32 * 2048 * 2.1e9 * 0.7), "matrix", "fp16")
+
+
+def test_vulkan_keeps_the_matrix_units_where_cooperative_matrices_exist_and_matrix_units_false_drops_them():
+    # Arc B580 (Xe2): cooperative matrices since b5589 (PR #14001); before (matrix_units false), the vector rate:
+    # 20 Xe-cores x 256 x 2.67 GHz x 0.7 = 9.569 TFLOP/s
+    assert _gemm_rate("arc-b580", "vulkan") == _gemm_rate("arc-b580", None)
+    assert _gemm_rate("arc-b580", "vulkan", False) == (pytest.approx(20 * 256 * 2.67e9 * 0.7), "vector", "fp32")
+    # NVIDIA keeps its tensor cores under Vulkan (coopmat2), and CUDA, ROCm or Metal change nothing
+    for backend in ("vulkan", "cuda", "rocm", "metal", "sycl"):
+        assert _gemm_rate("rtx-4090", backend) == _gemm_rate("rtx-4090", None)
+    # a CPU's backend changes nothing by itself; without its AMX tiles (llama.cpp before PR #8998) an int8 GEMM runs
+    # on AVX-512: the file gives no int8 vector rate, so the int8 ladder ends at FP32, 56 cores x 2.0 GHz x 64
+    # FLOPs/cycle x 0.7 = 5.018 TFLOP/s, where AMX int8 gives 229.4 TOPS x 0.7
+    assert _gemm_rate("xeon-8480plus", "vulkan") == _gemm_rate("xeon-8480plus", None)
+    assert _gemm_rate("xeon-8480plus", None, dtype="int8") == (pytest.approx(229.376e12 * 0.7), "matrix", "int8")
+    assert _gemm_rate("xeon-8480plus", "cpu", False, "int8") == (pytest.approx(56 * 2.0e9 * 64 * 0.7), "vector",
+                                                                 "fp32")
+
+
+def test_backend_is_part_of_the_workload_and_a_wrong_name_is_refused():
+    fast = pm.estimate("llama-2-7b", "arc-a770", batch=1, prompt_len=512, gen_len=16, weights="q4_0")
+    slow = pm.estimate("llama-2-7b", "arc-a770", batch=1, prompt_len=512, gen_len=16, weights="q4_0",
+                       backend="vulkan")
+    # prefill is compute-bound at 512 tokens: 8x the rate (96.34 / 12.04) must show as a much longer TTFT, while
+    # a decode step (memory-bound) barely moves
+    assert slow.ttft_s > 4 * fast.ttft_s
+    assert slow.tpot_s == pytest.approx(fast.tpot_s, rel=0.05)
+    assert slow.to_dict()["config"]["backend"] == "vulkan"
+    with pytest.raises(ValueError, match="Did you mean 'vulkan'"):  # pydantic's ValidationError is a ValueError
+        Workload(backend="vulcan")
+
+
+def test_sweep_backend_column_is_per_row_and_a_bad_backend_is_that_rows_error():
+    import pandas as pd
+
+    df = pd.DataFrame({"model": ["llama-2-7b"] * 3, "hardware": ["arc-a770"] * 3, "weights": ["q4_0"] * 3,
+                       "prompt": [512] * 3, "gen": [16] * 3, "backend": ["", "vulkan", "vulcan"]})
+    res = pm.sweep(df)
+    one = pm.estimate("llama-2-7b", "arc-a770", batch=1, prompt_len=512, gen_len=16, weights="q4_0",
+                      backend="vulkan")
+    assert res.ttft_s[1] == pytest.approx(one.ttft_s)
+    assert res.ttft_s[0] < res.ttft_s[1]
+    assert "backend" in res.error[2] and res.error[:2].tolist() == ["", ""]
