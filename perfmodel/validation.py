@@ -23,6 +23,7 @@ import numpy as np
 from .bands import BAND_CATEGORIES, Band, fit_table, lookup, rate_ratio
 from .catalog import data_roots, load_device, load_model, read_toml
 from .engines import EngineProfile, device_class, engine_files, engine_ids, load_engine  # noqa: F401 (re-exported)
+from .efficiency import BACKENDS
 from .errors import PerfmodelError, did_you_mean
 
 if TYPE_CHECKING:
@@ -34,9 +35,11 @@ CATEGORY = {
     "latency_s": "serving", "throughput_tokens_per_s": "serving", "total_throughput_tokens_per_s": "serving",
     "gemm_tflops": "kernel", "attention_tflops": "kernel", "bandwidth_gb_per_s": "kernel",
 }
-ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel", "fa2")
+ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel", "fa2", "mlx", "exllamav2", "ctranslate2",
+           "onnxruntime", "openvino", "ipex-llm", "lmdeploy")
 ROW_FIELDS = {
     "hardware": str, "hardware_name": str, "model": str, "model_name": str, "engine": str, "software": str,
+    "backend": str, "matrix_units": bool, "kept_out": str, "batching": str,
     "weights": str, "kv": str, "act": str, "gemm": str, "dequant": str, "attention": str, "batch": int,
     "prompt_len": int, "gen_len": int, "tp": int, "pp": int,
     "n_devices": int, "metric": str, "value": float, "where": str, "note": str,
@@ -93,6 +96,11 @@ def load_rows(paths: list[Path] | None = None) -> "pd.DataFrame":
                                      f"{did_you_mean(rec['metric'], list(CATEGORY))}")
             if rec["engine"] not in ENGINES:
                 raise PerfmodelError(f"{where}: engine {rec['engine']!r} is not one of: {', '.join(ENGINES)}")
+            if rec.get("batching") is not None and rec["batching"] not in ("static", "continuous"):
+                raise PerfmodelError(f"{where}: batching must be 'static' or 'continuous'; got {rec['batching']!r}")
+            if rec.get("backend") is not None and rec["backend"] not in BACKENDS:
+                raise PerfmodelError(f"{where}: backend {rec['backend']!r} is not one of: {', '.join(BACKENDS)}."
+                                     f"{did_you_mean(rec['backend'], list(BACKENDS))}")
             if not rec["value"] > 0:
                 raise PerfmodelError(f"{where}: value must be > 0, got {rec['value']!r}")
             rec.update(file=path.name, row=i, source=src["title"], url=src["url"])
@@ -122,38 +130,58 @@ def _plain(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-# Stacks costed with another's profile: MLPerf submissions run TensorRT-LLM, SGLang's kernels are vLLM's.
-PROFILE_OF = {"mlperf": "trtllm", "sglang": "vllm"}
+# Stacks costed with another's profile: SGLang's kernels are vLLM's. An MLPerf submission runs its submitter's stack,
+# which its `software` names: TensorRT-LLM (NVIDIA's harness), vLLM (AMD's, Red Hat's), else the literature defaults.
+PROFILE_OF = {"sglang": "vllm"}
 
 
-def profile_of(engine: str) -> str:
+def profile_of(engine: str, software: Any = None) -> str:
     """The engine profile a row's stack is costed with."""
+    if engine == "mlperf":
+        text = _s(software).lower()
+        return "vllm" if "vllm" in text else "trtllm" if "tensorrt" in text or not text else "default"
     return PROFILE_OF.get(engine, engine)
+
+
+def profiles_of(rows: "pd.DataFrame") -> list[str]:
+    """profile_of for every row of a table."""
+    soft = rows["software"] if "software" in rows else [None] * len(rows)
+    return [profile_of(e, s) for e, s in zip(rows.engine, soft)]
 
 
 # Prediction -------------------------------------------------------------------------------------------------------
 
-def predict(df: "pd.DataFrame", engine: str | None = None,
-            profiles: dict[str, EngineProfile] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, EngineProfile] | None = None,
+            batch_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(predicted value, reason a row was not predicted) for every row; each row costed with its own engine's
     profile unless `engine` names one for all (e.g. "ideal" for the pure-roofline baseline). `profiles` overrides
     loaded profiles by id (used when fitting). Rows sharing a model, device, formats, parallelism and profile are
-    one vectorised evaluation."""
+    one vectorised evaluation. `batch_out`: filled with the batch each row was predicted at (for a max-throughput
+    row, the largest that fits: memory alone decides it, so a fit can pass it back as the row's `run_batch`)."""
     from .evaluate import Workload
 
     devices: dict[str, Any] = {}
+    models: dict[str, Any] = {}
 
-    def dev_of(hw: str):  # each device loaded once per call
+    def dev_of(hw: str):  # each device and model loaded once per call
         if hw not in devices:
             devices[hw] = load_device(hw)
         return devices[hw]
+
+    def model_of(name: str):
+        if name not in models:
+            models[name] = load_model(name)
+        return models[name]
 
     out = np.full(len(df), np.nan)
     skip = np.full(len(df), "", dtype=object)
     cache: dict[str, EngineProfile] = dict(profiles or {})
     groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
     for i, r in enumerate(df.to_dict("records")):
-        name = engine or profile_of(r["engine"])
+        name = engine or profile_of(r["engine"], r.get("software"))
+        if _s(r.get("kept_out")):  # a known mismatch between what was measured and what a row can say
+            skip[i] = f"kept out: {r['kept_out']}"
+            continue
         try:
             hw = _s(r.get("hardware"))
             if not hw:
@@ -176,16 +204,16 @@ def predict(df: "pd.DataFrame", engine: str | None = None,
             cfg = (name, hw, mdl, weights, _s(r.get("kv")) or Workload.model_fields["kv"].default.value,
                    _s(r.get("act")) or _default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
                    _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
-                   int(_n(r.get("pp"), 1)))
+                   int(_n(r.get("pp"), 1)), _s(r.get("backend")) or None, r.get("matrix_units") is not False)
             groups.setdefault(cfg, []).append((i, r))
         except PerfmodelError as e:
             skip[i] = str(e).splitlines()[0][:160]
-    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp), members in groups.items():
+    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx), members in groups.items():
         try:
-            model, device = load_model(mdl), dev_of(hw)
+            model, device = model_of(mdl), dev_of(hw)
             wl = Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant, attention=attention, tp=tp,
-                          pp=pp)
-            _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip)
+                          pp=pp, backend=backend, matrix_units=mx)
+            _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip, batch_out)
         except PerfmodelError as e:
             for i, _ in members:
                 skip[i] = str(e).splitlines()[0][:160]
@@ -215,10 +243,15 @@ def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
     """The (batch, prompt, gen) points a row needs: one, or the batch grid when a serving table leaves the batch to
     the engine (max throughput: the largest batch that fits is taken)."""
     prompt, gen, metric = _n(r.get("prompt_len"), 0), _n(r.get("gen_len"), 0), r["metric"]
+    run = _n(r.get("run_batch"), 0)
+    if run > 0 and metric in ("throughput_tokens_per_s", "total_throughput_tokens_per_s", "latency_s"):
+        return [(run, prompt, gen)]  # the batch the engine was found to run at (predict's batch_out)
     batch = r.get("batch")
     b = _n(batch, 1)
     if metric in ("decode_tokens_per_s", "tpot_s"):  # gen tokens one by one after the prompt (llama-bench tg: none)
         return [(b, max(prompt, 1), max(gen, 1) + 1)]
+    if metric == "ttft_s" and b > 1 and r.get("batching") == "static":  # the batch's prompts prefilled together
+        return [(b, prompt, 1)]
     if metric == "ttft_s" and b > 1:  # under load: one prefill, then waits one step of the running batch
         return [(1.0, prompt, 1), (b, prompt, max(gen, 2))]
     if metric in ("prefill_tokens_per_s", "ttft_s"):
@@ -232,7 +265,7 @@ def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
     return [(b, prompt, gen)]
 
 
-def _predict_group(model, device, eff, wl, members, out, skip) -> None:
+def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -> None:
     from .evaluate import evaluate, row_errors
 
     tp, pp = wl.tp, wl.pp
@@ -267,6 +300,8 @@ def _predict_group(model, device, eff, wl, members, out, skip) -> None:
             continue
         j = sel[-1]  # the only point, or the largest batch that fits
         metric, b = r["metric"], batch[j]
+        if batch_out is not None:
+            batch_out[i] = b
         value = {"decode_tokens_per_s": b / met["tpot_s"][j], "tpot_s": met["tpot_s"][j],
                  "prefill_tokens_per_s": met["prefill_tokens_per_s"][j], "ttft_s": met["ttft_s"][j],
                  "latency_s": met["e2e_latency_s"][j],
@@ -317,7 +352,7 @@ def residuals(rows: "Any") -> "Any":
 
     rows = rows[rows.category.isin(BAND_CATEGORIES)].reset_index(drop=True)
     classes = {hw: device_class(load_device(hw)) for hw in rows.hardware.dropna().unique() if hw}
-    engine_of = rows.engine.map(profile_of)
+    engine_of = pd.Series(profiles_of(rows), index=rows.index)
     frames = []
     for name in (None, "default", "ideal"):
         pred, _ = predict(rows, engine=name)
@@ -409,8 +444,10 @@ def unpredicted(rows: "pd.DataFrame", pred: np.ndarray) -> np.ndarray:
     hw = rows.hardware.fillna("").astype(str).to_numpy()
     model = (rows.model.fillna("").astype(str).to_numpy() if "model" in rows else np.full(len(rows), ""))
     needs_model = (rows.category != "kernel").to_numpy()
-    return np.where(np.isfinite(pred), "", np.where(hw == "", "hardware not in the catalog", np.where(
-        (model == "") & needs_model, "model not in the catalog", "not predicted")))
+    kept = (rows.kept_out.fillna("").astype(str).to_numpy() if "kept_out" in rows else np.full(len(rows), ""))
+    return np.where(np.isfinite(pred), "", np.where(kept != "", "kept out", np.where(
+        hw == "", "hardware not in the catalog", np.where((model == "") & needs_model, "model not in the catalog",
+                                                          "not predicted"))))
 
 
 def accuracy(df: "pd.DataFrame", col: str = "predicted") -> "pd.DataFrame":
@@ -441,8 +478,10 @@ def errors(df: "pd.DataFrame", col: str) -> np.ndarray:
 
 
 def in_catalog(df: "pd.DataFrame") -> "pd.DataFrame":
-    """The predicted rows (columns `predicted`, `skipped`) whose model and device are in the catalog."""
-    return df[(df.skipped == "") | ~df.skipped.str.contains("not in the catalog")]
+    """The rows (columns `predicted`, `skipped`) whose model and device are in the catalog, less those kept out for a
+    known mismatch (`kept_out`): what coverage is counted on."""
+    out = df.skipped.str.contains("not in the catalog") | df.skipped.str.startswith("kept out")
+    return df[(df.skipped == "") | ~out]
 
 
 def coverage(df: "pd.DataFrame") -> "pd.DataFrame":

@@ -22,6 +22,7 @@ STAGES = [
     {"evaluate"},
     {"api", "scenarios"},
     {"validation", "whatif", "plots", "distributed"},
+    {"engine_fit"},
     {"trends", "report"},
     {"cli"},
 ]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import perfmodel as pm
-from perfmodel.validation import (CATEGORY, load_engine, load_rows, predict, split_of, summary, validation_files)
+from perfmodel.validation import (CATEGORY, in_catalog, load_engine, load_rows, predict, split_of, summary,
+                                  unpredicted, validation_files)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,14 @@ def test_bad_rows_are_refused_with_the_field_and_row(tmp_path):
     (tmp_path / "c.toml").write_text(good + '[[rows]]\nmetric = "tpot_s"\nvalue = -1.0\nwhere = "x"\n')
     with pytest.raises(pm.PerfmodelError, match="value must be > 0"):
         load_rows([tmp_path / "c.toml"])
+    (tmp_path / "e.toml").write_text(good + '[[rows]]\nmetric = "tpot_s"\nvalue = 1.0\nwhere = "x"\n'
+                                            'backend = "vulcan"\n')
+    with pytest.raises(pm.PerfmodelError, match=r"e.toml row 1: backend 'vulcan' is not one of.*Did you mean 'vulkan'"):
+        load_rows([tmp_path / "e.toml"])
+    (tmp_path / "f.toml").write_text(good + '[[rows]]\nmetric = "ttft_s"\nvalue = 1.0\nwhere = "x"\n'
+                                            'batching = "dynamic"\n')
+    with pytest.raises(pm.PerfmodelError, match="batching must be 'static' or 'continuous'"):
+        load_rows([tmp_path / "f.toml"])
     (tmp_path / "d.toml").write_text('[source]\ntitle = "t"\n[[rows]]\nengine = "hf"\n')
     with pytest.raises(pm.PerfmodelError, match=r"\[source\] needs url"):
         load_rows([tmp_path / "d.toml"])
@@ -85,8 +94,10 @@ def test_held_out_error_does_not_regress(rows):
 # (devices that were refused or missing): decode and prefill improved (5.6 / 8.5 %, 18.0 %); serving rose to 29.6 %
 # with TensorRT-LLM's pipeline-parallel RTX PRO 6000 rows (throughput that grows with pp: micro-batches in flight,
 # which the cost model does not overlap yet) and kernel to 21.9 % with DeepGEMM's FP8 rows on the H800.
-REACHED = {"decode median": 6.5, "decode mean": 9.5, "prefill mean": 19.5, "serving mean": 31.0,
-           "kernel mean": 23.0}
+# held-out rows of the fixed split as of issue 14 (5,970 rows from 110 sources; the 1,455 rows of 28 sources before
+# gave 5.6 / 8.5 / 18.0 / 29.6 / 21.9: the sources added since are harder, so these are on other rows, not a regression)
+REACHED = {"decode median": 17.5, "decode mean": 26.5, "prefill mean": 44.0, "serving mean": 28.5,
+           "kernel mean": 35.0}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
 
@@ -100,8 +111,8 @@ def _held_out(rows):
             "kernel mean": t.loc[("kernel", "(all)")].mean_ape}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5: the held-out kernel (21.9 %) and serving (29.6 %) means are above their "
-                                       "targets; docs/validation.md says where and why")
+@pytest.mark.xfail(strict=True, reason="issues 5 and 14: every held-out category is above its target on the 110-source "
+                                       "set; docs/validation.md says where and why")
 def test_issue_targets(rows):
     got = _held_out(rows)
     assert {k: round(v, 1) for k, v in got.items() if v > TARGETS[k]} == {}
@@ -234,6 +245,22 @@ def test_shipped_loso_table_is_current(rows):
     assert why == "" and np.isfinite(pred).mean() > 0.9
 
 
+# leave-one-source-out as shipped with issue 14 (median / mean |error| %, docs/validation.md): a guard against a
+# refit or a mechanism that makes unseen sources worse; issue 14's targets are far below (decode 10 / 15, ...)
+LOSO_REACHED = {"decode": (24.5, 48.5), "prefill": (29.5, 59.5), "serving": (20.0, 28.5), "kernel": (23.0, 45.5)}
+
+
+def test_leave_one_source_out_error_does_not_regress(rows):
+    from perfmodel.validation import accuracy, load_loso, unpredicted
+
+    pred, _ = load_loso(rows)
+    got = accuracy(rows.assign(predicted=pred, skipped=unpredicted(rows, pred))).set_index("category")
+    worse = {cat: (round(got.median_ape[cat], 1), round(got.mean_ape[cat], 1)) for cat, (med, mean) in
+             LOSO_REACHED.items() if got.median_ape[cat] > med or got.mean_ape[cat] > mean}
+    assert worse == {}
+    assert (got.coverage >= 0.95).all()  # the issue's coverage target holds in every category
+
+
 def test_plot_per_category_draws_times_as_rates(tmp_path):
     import pandas as pd
 
@@ -243,3 +270,24 @@ def test_plot_per_category_draws_times_as_rates(tmp_path):
                        "prefill_tokens_per_s"], "value": [0.01, 100.0, 5000.0], "loso": [0.02, 90.0, np.nan]})
     path = plot_categories(df, tmp_path / "loso.png", col="loso")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_static_batching_ttft_is_the_whole_batch_prefill_and_kept_out_rows_are_not_scored():
+    import pandas as pd
+
+    from perfmodel.evaluate import Workload, evaluate
+
+    base = {"engine": "trtllm", "hardware": "h100-sxm", "model": "gpt-j-6b", "weights": "fp16", "metric": "ttft_s",
+            "batch": 64, "prompt_len": 128, "gen_len": 128, "value": 0.1, "category": "serving"}
+    df = pd.DataFrame([{**base, "batching": "static"}, base, {**base, "kept_out": "mixed lengths"}])
+    pred, skip = predict(df, engine="ideal")
+    # static: the 64 prompts of 128 tokens prefilled in one pass, the ideal machine's TTFT at batch 64;
+    # continuous: one prompt's prefill plus one decode step of the 64 running sequences, far less
+    m, d = pm.load_model("gpt-j-6b"), pm.load_device("h100-sxm")
+    ideal = load_engine("ideal").efficiency(d)
+    whole = evaluate(m, d, Workload(weights="fp16"), ideal, np.array([64.0]), np.array([128.0]), np.array([1.0]))
+    assert pred[0] == pytest.approx(float(whole.metrics["ttft_s"][0]))
+    assert pred[1] < pred[0] / 4
+    assert np.isnan(pred[2]) and skip[2] == "kept out: mixed lengths"
+    rows = df.assign(predicted=pred, skipped=unpredicted(df, pred))
+    assert len(in_catalog(rows)) == 2  # a kept-out row counts neither as predicted nor as missed

@@ -16,10 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from perfmodel._io import atomic_write_text  # noqa: E402
+from perfmodel.catalog import read_toml  # noqa: E402
 from perfmodel.validation import (accuracy, coverage, in_catalog, load_loso, load_rows, loso_coverage,  # noqa: E402
                                   plot_categories, predict, residuals, summary, unpredicted)
 
 DOC = ROOT / "docs" / "validation.md"
+HISTORY = ROOT / "validation" / "notes" / "loso_history.toml"
+MISSES = ROOT / "validation" / "notes" / "misses.toml"
 README = ROOT / "README.md"
 START, END = "<!-- tables:start (tools/validation_md.py) -->", "<!-- tables:end -->"
 SUMMARY_START, SUMMARY_END = "<!-- summary:start (tools/validation_md.py) -->", "<!-- summary:end -->"
@@ -40,20 +43,23 @@ def render() -> tuple[str, str]:
     if pred is None:
         raise SystemExit(why)
     loso = accuracy(allrows.assign(predicted=pred, skipped=unpredicted(allrows, pred))).set_index("category")
+    prev = read_toml(HISTORY)["release"][-1] if HISTORY.exists() else {}
     head = [*textwrap.wrap(
         "Leave-one-source-out, the headline: each source's rows predicted by engine profiles fitted on every other "
         f"source ({rows.file.nunique()} sources; `python tools/fit_engines.py --loso`). Bias: median signed error of "
         "the metric as published. The fixed split (rows drawn one by one, so a source's table sits on both sides) "
         "is the last column.", 116), "",
-            "| category | rows | median | mean | within 20 % | bias | coverage | fixed split median / mean |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| category | rows | median | mean | within 20 % | bias | coverage | fixed split median / mean | "
+            f"since {prev.get('commit', 'the last release')} (median / mean) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     fixed = table[table.metric == "(all)"].set_index("category")
     for cat, r in loso.iterrows():
         if cat == "ALL":
             continue
         f = fixed.loc[cat] if cat in fixed.index else table[table.category == cat].iloc[0]
         head.append(f"| {cat} | {int(r.rows)} | {r.median_ape:.1f} % | {r.mean_ape:.1f} % | {r.within_20 * 100:.0f} % | "
-                    f"{r.bias:+.1f} % | {r.coverage * 100:.1f} % | {f.median_ape:.1f} % / {f.mean_ape:.1f} % |")
+                    f"{r.bias:+.1f} % | {r.coverage * 100:.1f} % | {f.median_ape:.1f} % / {f.mean_ape:.1f} % | "
+                    f"{_trend(prev.get(cat), r)} |")
     out = [START, "", *head, "",
            f"{len(rows):,} rows from {rows.file.nunique()} sources; {int((rows.split == 'test').sum())} held "
            f"out (`test`). Coverage: rows predicted of those whose model and device are in the catalog.", "",
@@ -95,6 +101,22 @@ def render() -> tuple[str, str]:
     return "\n".join(out + ["", END]), "\n".join(short + ["", SUMMARY_END])
 
 
+def _trend(before: dict | None, now) -> str:
+    """Change of the LOSO median and mean since the last release, in percentage points."""
+    if not before:
+        return "new"
+    return f"{now.median_ape - before['median']:+.1f} / {now.mean_ape - before['mean']:+.1f} pp"
+
+
+def miss_reason(reasons: list[dict], file: str, row: int) -> str:
+    """Why a row is missed: the first entry of validation/notes/misses.toml naming its file (and its row, where the
+    entry lists rows)."""
+    for r in reasons:
+        if r["file"] == file and row in r.get("rows", [row]):
+            return r["reason"]
+    return "not yet explained"
+
+
 def by_source(rows) -> list[str]:
     """LOSO error per source, and the ten rows it misses most: where the systematic misses are."""
     d = rows[np.isfinite(rows.loso.astype(float))].copy()
@@ -107,11 +129,14 @@ def by_source(rows) -> list[str]:
         e = g.signed.abs()
         lines.append(f"| {src} | {cat} | {len(g)} | {e.median():.1f} % | {e.mean():.1f} % | "
                      f"{g.signed.median():+.1f} % |")
-    lines += ["", "The ten rows leave-one-source-out misses most:", "",
-              "| row | device | model | metric | measured | predicted | error |", "|---|---|---|---|---|---|---|"]
+    reasons = read_toml(MISSES).get("miss", []) if MISSES.exists() else []
+    lines += ["", "The ten rows leave-one-source-out misses most, and why (validation/notes/misses.toml):", "",
+              "| row | device | model | metric | measured | predicted | error | why |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in d.loc[d.signed.abs().sort_values(ascending=False).index[:10]].itertuples():
         lines.append(f"| {r.file}:{r.row} | {r.hardware} | {r.model if isinstance(r.model, str) else ''} | "
-                     f"{r.metric} | {r.value:.4g} | {r.loso:.4g} | {r.signed:+.0f} % |")
+                     f"{r.metric} | {r.value:.4g} | {r.loso:.4g} | {r.signed:+.0f} % | "
+                     f"{miss_reason(reasons, r.file, r.row)} |")
     return lines
 
 

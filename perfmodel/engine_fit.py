@@ -1,0 +1,229 @@
+"""Fitting the engine profiles (workloads/engines/*.toml) on validation rows: the numbers fitted, their units,
+bounds (the grids) and cited defaults, the pull toward those defaults, and the coordinate descent. `tools/fit_engines.py`
+runs it on the train split, and per held-out source for leave-one-source-out.
+
+Per engine and device class (gpu, apple, cpu, accelerator) the numbers of GRIDS, each a term of the cost model with a
+physical reading (perfmodel/efficiency.py): fractions of matrix and (CPU) vector peak, memory and link bandwidth; a
+per-kernel overhead; host time per forward pass and per sequence; a per-unit concurrency ceiling on main-memory
+bandwidth; the key count at which fused attention reaches half its rate; and, for llama.cpp only, the fraction
+synchronous MMA reaches on Hopper. They are chosen by coordinate descent over fixed grids to minimise the mean absolute
+log error on the rows of that engine and class plus a pull toward the cited defaults (prior_cost); facts written in a
+profile (half_accumulate) are kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .catalog import load_device
+from .engines import EngineProfile, device_class, load_engine
+from .validation import predict
+
+GRIDS = {
+    "matrix": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
+    "vector": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
+    "memory": [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
+    "op_overhead_s": [0.0, 1e-6, 2e-6, 3e-6, 4e-6, 6e-6, 8e-6, 12e-6, 16e-6, 24e-6, 32e-6, 48e-6, 64e-6, 96e-6],
+    "step_overhead_s": [0.0, 0.25e-3, 0.5e-3, 1e-3, 2e-3, 3e-3, 4e-3, 6e-3, 8e-3],
+    "token_overhead_s": [0.0, 2e-6, 5e-6, 10e-6, 20e-6, 30e-6, 40e-6, 60e-6, 80e-6, 120e-6],
+    "interconnect": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+    "sync_mma_fraction": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+    "attention_keys_half": [0.0, 16.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 2048.0],
+    "unit_bytes_per_cycle": [None, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0],
+}
+START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0, "token_overhead_s": 0.0,
+         "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0, "unit_bytes_per_cycle": None}
+MIN_ROWS = 4
+KERNEL_ENGINES = ("kernel", "fa2")
+# numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
+# TensorRT-LLM, vLLM and SGLang ship Hopper kernels with wgmma; elsewhere these stay at their neutral START value
+# and a host cost per sequence is told apart from one per pass only where batches exceed 1 (the serving stacks)
+ONLY_FOR = {"sync_mma_fraction": ("llamacpp",), "token_overhead_s": ("trtllm", "vllm")}
+# numbers only some device classes have: a CPU runs its GEMMs on the vector units (AMX aside), where a GPU's vector
+# fraction only scales its elementwise kernels, which the rows cannot tell apart from the memory fraction
+CLASS_ONLY = {"vector": ("cpu",)}
+
+
+# Each number's meaning, unit and cited default (the value it starts from and is pulled toward): the grids above are
+# its bounds. Defaults "neutral" switch a term off; the rest are the literature values of perfmodel/efficiency.py.
+PARAMS = {
+    "matrix": ("fraction of the matrix units' datasheet peak", "1", "0.7: llm-analysis README, 'up to 0.7 for "
+               "inference' (github.com/cli99/llm-analysis)"),
+    "vector": ("fraction of the vector units' datasheet peak (fitted for CPUs only, whose GEMMs run there)", "1",
+               "0.7: llm-analysis README, as matrix"),
+    "memory": ("fraction of each memory level's datasheet bandwidth", "1", "0.8: Calculon A100/H100 HBM efficiency "
+               "0.75-0.90 for 10-100 MB transfers (calculon-ai/calculon systems/a100_80g.json)"),
+    "op_overhead_s": ("host/launch time per kernel", "s", "4 us: estimated, no datasheet gives it; below an eager "
+                      "PyTorch op (LLMCompass's calibrated A100 overheads, 12-45 us per op, PrincetonUniversity/"
+                      "LLMCompass hardware_model/compute_module.py), above zero for a graph-replayed kernel"),
+    "step_overhead_s": ("host time per forward pass", "s", "0: neutral"),
+    "token_overhead_s": ("host time per sequence per step", "s", "0: neutral"),
+    "interconnect": ("fraction of link bandwidth", "1", "0.8: NCCL maintainer, NVIDIA/nccl#1054"),
+    "sync_mma_fraction": ("fraction synchronous mma.sync reaches where the peak needs wgmma", "1", "1: neutral"),
+    "attention_keys_half": ("keys per query at which fused attention reaches half its rate", "keys", "0: neutral"),
+    "unit_bytes_per_cycle": ("main-memory bytes per cycle per compute unit (Little's-law ceiling)", "B/cycle",
+                             "none: neutral (no ceiling)"),
+}
+# Regularisation: a fit of n rows pays PRIOR_ROWS / n x |log((v + s) / (default + s))| per number moved from its
+# default (s: the number's softening scale, so that a zero default can move): a factor e away from the default costs
+# what PRIOR_ROWS rows each missed by a factor e would. A source with a handful of rows cannot drag a number far;
+# hundreds of rows move it freely. 2 pseudo-rows per number: chosen so that the smallest groups fitted (4-10 rows)
+# stay within a factor ~1.5 of the defaults unless every row agrees.
+PRIOR_ROWS = 2.0
+SOFTEN = {"op_overhead_s": 2e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6, "attention_keys_half": 64.0}
+
+
+def prior_cost(params: dict, n: int) -> float:
+    """The regularisation term for `params` fitted on `n` rows (PRIOR_ROWS)."""
+    total = 0.0
+    for key, v in params.items():
+        if key not in START or key not in GRIDS:
+            continue
+        d = START[key]
+        if v is None or d is None:
+            total += 0.0 if v is d else 1.0  # a ceiling where the default has none: one e-fold
+            continue
+        s = SOFTEN.get(key, 0.0)
+        total += abs(math.log((v + s) / (d + s)))
+    return PRIOR_ROWS / max(n, 1) * total
+
+
+def at_bounds(params: dict) -> list[str]:
+    """The fitted numbers that sit at an end of their grid, other than at their neutral default."""
+    out = []
+    for key, v in params.items():
+        grid = [g for g in GRIDS.get(key, []) if g is not None]
+        if not grid or v is None or v == START.get(key):
+            continue
+        if v <= min(grid) or v >= max(grid):
+            out.append(key)
+    return out
+
+
+def pinned(rows, base: EngineProfile, cls: str):
+    """`rows` with `run_batch`: the batch each serving row runs at, found once. A max-throughput row (or one whose
+    concurrency's KV cache does not fit) runs at the largest batch that fits, which memory alone decides, not any
+    number fitted here; pinning it costs one point per row per trial instead of the whole batch grid."""
+    run = np.full(len(rows), np.nan)
+    prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: dict(START)})
+    predict(rows, profiles={base.id: prof}, batch_out=run)
+    serving = rows.metric.isin(["throughput_tokens_per_s", "total_throughput_tokens_per_s", "latency_s"])
+    return rows.assign(run_batch=np.where(serving, run, np.nan))
+
+
+def loss(rows, base: EngineProfile, cls: str, params: dict[str, float]) -> tuple[float, int]:
+    prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: params})
+    pred, _ = predict(rows, profiles={base.id: prof})
+    ok = np.isfinite(pred)
+    if not ok.any():
+        return float("inf"), 0
+    err = np.abs(np.log(pred[ok] / rows.value.to_numpy(dtype=float)[ok]))
+    return float(err.mean()), int(ok.sum())
+
+
+def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
+    """Coordinate descent over the grids, minimising mean |log error| + the pull toward the defaults (prior_cost).
+    The first pass scans every other point of each grid (and its far end), the second the two grid points either
+    side of where the first left each number; a trial already costed is not costed again. Single-kernel rows fit each number on the rows that
+    measure it: `memory` on the bandwidth rows, the rest on the GEMM and attention rows (with no bandwidth row to fit
+    on, `memory` stays at its sourced default rather than soaking up compute-side misses)."""
+    base = load_engine(engine)  # read once: every trial below only swaps this class's numbers
+    rows = pinned(rows, base, cls)
+    # facts about the engine written in its profile (e.g. half_accumulate) are kept, not fitted
+    fixed = {k: v for k, v in base.classes.get(cls, {}).items() if k not in GRIDS}
+    params = {**START, **fixed}
+    if engine in KERNEL_ENGINES:
+        bw = rows.metric == "bandwidth_gb_per_s"
+        on = {k: rows[bw] if k == "memory" else rows[~bw] for k in GRIDS}
+    else:
+        on = {k: rows for k in GRIDS}
+    seen: dict = {}
+
+    def cost(sub, key, trial) -> float:
+        memo_key = (id(on[key]), tuple(sorted((k, v) for k, v in trial.items() if k in GRIDS)))
+        if memo_key not in seen:
+            val, n = loss(sub, base, cls, trial)
+            seen[memo_key] = val + prior_cost(trial, n)
+        return seen[memo_key]
+
+    for sweep in range(2):
+        for key, grid in GRIDS.items():
+            sub = on[key].reset_index(drop=True)
+            if sub.empty or engine not in ONLY_FOR.get(key, (engine,)) or cls not in CLASS_ONLY.get(key, (cls,)):
+                continue
+            best = cost(sub, key, params)
+            if sweep:
+                i = grid.index(params[key]) if params[key] in grid else 0
+                grid = grid[max(i - 2, 0):i + 3]
+            else:
+                grid = grid[::2] + grid[-1:]  # every other point, and the far end
+            for v in grid:
+                trial = {**params, key: v}
+                val = cost(sub, key, trial)
+                if val < best - 1e-9:
+                    best, params = val, trial
+    best, n = loss(rows, base, cls, params)
+    return params, best, n
+
+
+# At most this many rows of one source enter a fit (the rest are still predicted and scored): a 700-row benchmark
+# table would otherwise outweigh ten small sources and cost minutes per trial. Which rows: the first by a hash of
+# what each row measured (the split's hash), so the choice is fixed and blind to the measured values.
+FIT_ROWS_PER_SOURCE = 40
+
+
+def prepared(rows):
+    """Rows with a device (and not kept out), their engine profile id and device class, and `fit_rank`: the row's place in its source's
+    fixed order (rows with fit_rank < FIT_ROWS_PER_SOURCE enter the fits)."""
+    import hashlib
+
+    from perfmodel.validation import profiles_of
+
+    rows = rows[rows.hardware.notna() & (rows.hardware.astype(str) != "")]
+    if "kept_out" in rows:  # rows kept out for a known mismatch are neither fitted nor scored
+        rows = rows[rows.kept_out.fillna("").astype(str) == ""]
+    rows = rows.reset_index(drop=True)
+    rows["engine_id"] = profiles_of(rows)
+    rows["cls"] = [device_class(load_device(h)) for h in rows.hardware]
+    rows["fit_key"] = [hashlib.sha256(f"{f}|{i}|{w}".encode()).hexdigest()
+                       for f, i, w in zip(rows.file, rows.row, rows["where"])]
+    rows["fit_rank"] = rows.groupby("file").fit_key.rank(method="first").astype(int) - 1
+    return rows
+
+
+def fit_sample(rows):
+    """The rows a fit uses: at most FIT_ROWS_PER_SOURCE of each source (prepared's fixed order)."""
+    return rows[rows.fit_rank < FIT_ROWS_PER_SOURCE].reset_index(drop=True)
+
+
+def neutral(prof: EngineProfile) -> dict[str, dict[str, float]]:
+    """A profile's classes with every fitted number at its neutral START value; facts (half_accumulate) kept."""
+    return {cls: {**START, **{k: v for k, v in vals.items() if k not in GRIDS}} for cls, vals in prof.classes.items()}
+
+
+def fit_profiles(rows, memo: dict | None = None, untrained: bool = False, log=print) -> dict[str, EngineProfile]:
+    """Every engine profile fitted on `rows`, per device class with at least MIN_ROWS rows. A class with fewer keeps
+    the shipped numbers, or with `untrained` (leave-one-source-out) the neutral START and the profile's facts, so
+    that no number fitted on a held-out source leaks back. `memo`: fits by (engine, class, sources), reused by every
+    fold whose held-out source has no rows in that group."""
+    out = {}
+    for engine in sorted(set(rows.engine_id) - {"default", "ideal"}):  # those two are never fitted
+        prof = load_engine(engine)
+        classes = neutral(prof) if untrained else dict(prof.classes)
+        for cls in sorted(rows[rows.engine_id == engine].cls.unique()):
+            sub = fit_sample(rows[(rows.engine_id == engine) & (rows.cls == cls)])
+            if len(sub) < MIN_ROWS:
+                log(f"{engine:<9} {cls:<11} {len(sub):4d} rows: too few to fit, "
+                    f"{'neutral values' if untrained else 'left as is'}")
+                continue
+            key = (engine, cls, tuple(sorted(sub.file.unique())))
+            if memo is None or key not in memo:
+                params, val, n = fit(sub, engine, cls)
+                if memo is not None:
+                    memo[key] = params
+                log(f"{engine:<9} {cls:<11} {n:4d} rows  mean |log error| {val:.3f}  {params}")
+            classes[cls] = memo[key] if memo is not None else params
+        out[engine] = EngineProfile(prof.id, prof.name, prof.description, prof.fitted, classes)
+    return out
