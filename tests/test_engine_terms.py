@@ -203,3 +203,16 @@ def test_sweep_backend_column_is_per_row_and_a_bad_backend_is_that_rows_error():
     assert res.ttft_s[1] == pytest.approx(one.ttft_s)
     assert res.ttft_s[0] < res.ttft_s[1]
     assert "backend" in res.error[2] and res.error[:2].tolist() == ["", ""]
+
+
+def test_matrix_units_flag_reaches_the_json_config_and_a_bad_value_is_exit_2(capsys):
+    import json
+
+    from perfmodel.cli import main
+
+    assert main(["estimate", "--model", "llama-2-7b", "--hardware", "arc-a770", "--backend", "vulkan",
+                 "--matrix-units", "false", "--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["config"]
+    assert cfg["backend"] == "vulkan" and cfg["matrix_units"] is False
+    assert main(["estimate", "--model", "llama-2-7b", "--hardware", "arc-a770", "--matrix-units", "maybe"]) == 2
+    assert "matrix_units must be true or false; got 'maybe'" in capsys.readouterr().err
