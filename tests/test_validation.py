@@ -291,3 +291,9 @@ def test_static_batching_ttft_is_the_whole_batch_prefill_and_kept_out_rows_are_n
     assert np.isnan(pred[2]) and skip[2] == "kept out: mixed lengths"
     rows = df.assign(predicted=pred, skipped=unpredicted(df, pred))
     assert len(in_catalog(rows)) == 2  # a kept-out row counts neither as predicted nor as missed
+
+
+def test_every_row_states_its_engine_and_every_llamacpp_row_its_backend(rows):
+    assert rows.engine.notna().all()
+    llama = rows[rows.engine == "llamacpp"]
+    assert len(llama) > 100 and llama.backend.notna().all(), sorted(set(llama[llama.backend.isna()].file))

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perfmodel.engine_fit import at_bounds, fit_profiles, neutral, prepared  # noqa: E402
+from perfmodel.engine_fit import MIN_ROWS, at_bounds, fit, fit_profiles, fit_sample, neutral, prepared  # noqa: E402
 from perfmodel.engines import EngineProfile, load_engine  # noqa: E402
 from perfmodel.validation import load_rows, predict  # noqa: E402
 
@@ -80,11 +80,30 @@ def _folds(sources: list[str]) -> np.ndarray:
                                 sources)
 
 
+def _groups(rows) -> list[tuple[str, str, int]]:
+    """The (engine, class) groups fit_profiles fits, with their fit rows, largest first."""
+    out = []
+    for (engine, cls), g in rows.groupby(["engine_id", "cls"]):
+        n = len(fit_sample(g))
+        if engine not in ("default", "ideal") and n >= MIN_ROWS:
+            out.append((engine, cls, n))
+    return sorted(out, key=lambda t: -t[2])
+
+
+def _group_fit(group: tuple[str, str]):
+    """One group fitted on all sources: its fit_profiles memo entry."""
+    engine, cls = group
+    rows = _FOLDS["rows"]
+    sub = fit_sample(rows[(rows.engine_id == engine) & (rows.cls == cls)])
+    return (engine, cls, tuple(sorted(sub.file.unique()))), fit(sub, engine, cls)[0]
+
+
 def loso(workers: int = 2) -> None:
     """Leave-one-source-out: every source's rows predicted by profiles fitted on all other sources' rows (both
     splits); writes validation/loso.csv and prints the error per category. Every group's fit on all sources is made
-    first (a fold whose held-out source is not in a group reuses it); the folds then run in `workers` forked
-    processes, which inherit those fits."""
+    first, in `workers` forked processes (a fold whose held-out source is not in a group reuses it); the folds then
+    run in `workers` forked processes that inherit those fits, the costliest first, one source at a time to whichever
+    process is free."""
     import multiprocessing as mp
     import time
 
@@ -98,13 +117,23 @@ def loso(workers: int = 2) -> None:
     rows = prepared(everything)
     _FOLDS.update(rows=rows, memo={})
     t0 = time.perf_counter()
-    fit_profiles(rows, _FOLDS["memo"], untrained=True, log=lambda *_: None)
-    print(f"  every group on all sources: {time.perf_counter() - t0:.1f} s", flush=True)
-    sources = sorted(rows.file.unique())
-    shares = [sources[i::workers] for i in range(workers)]
+    groups = _groups(rows)  # (engine, class, fit rows), largest first
+    ctx = mp.get_context("fork")
     if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_folds, shares)
+        with ctx.Pool(workers) as pool:
+            fits = pool.map(_group_fit, [g[:2] for g in groups], chunksize=1)
+    else:
+        fits = [_group_fit(g[:2]) for g in groups]
+    _FOLDS["memo"].update(fits)
+    print(f"  every group on all sources: {time.perf_counter() - t0:.1f} s", flush=True)
+    # each fold refits the groups holding its source: the costliest first, handed out one at a time
+    size = {(e, c): n for e, c, n in groups}
+    pairs = rows[["file", "engine_id", "cls"]].drop_duplicates()
+    cost = {f: sum(size.get((e, c), 0) for e, c in zip(g.engine_id, g.cls)) for f, g in pairs.groupby("file")}
+    sources = sorted(cost, key=lambda f: (-cost[f], f))
+    if workers > 1:
+        with ctx.Pool(workers) as pool:  # forked after the fits above, which every worker inherits
+            parts = list(pool.imap_unordered(_folds, [[f] for f in sources], chunksize=1))
     else:
         parts = [_folds(sources)]
     pred = np.full(len(rows), np.nan)
