@@ -114,8 +114,9 @@ def _workload_args(e: argparse.ArgumentParser) -> None:
         shown = f" (default {default})" if default is not None and "default" not in text else ""
         e.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=text + shown)
     e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
-    e.add_argument("--engine", default=None, help="software-stack profile: ideal, llamacpp, vllm, trtllm, hf "
-                                                  "(efficiencies fitted on published measurements; see README)")
+    e.add_argument("--engine", default=None, help="software-stack profile: ideal, default, llamacpp, vllm, trtllm, hf, "
+                                                  "mlx, exllamav2, onnxruntime, lmdeploy, ... (efficiencies fitted on "
+                                                  "published measurements; see README)")
     e.add_argument("--ignore-capacity", action="store_true", help="estimate even if it does not fit in memory")
 
 
