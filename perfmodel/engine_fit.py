@@ -1,6 +1,6 @@
 """Fitting the engine profiles (workloads/engines/*.toml) on validation rows: the numbers fitted, their units,
-bounds (the grids) and cited defaults, the pull toward those defaults, and the coordinate descent. `tools/fit_engines.py`
-runs it on the train split, and per held-out source for leave-one-source-out.
+bounds (the grids) and cited defaults, the pull toward those defaults, and the coordinate descent.
+`tools/fit_engines.py` runs it on the train split, and per held-out source for leave-one-source-out.
 
 Per engine and device class (gpu, apple, cpu, accelerator) the numbers of GRIDS, each a term of the cost model with a
 physical reading (perfmodel/efficiency.py): fractions of matrix and (CPU) vector peak, memory and link bandwidth; a
@@ -13,13 +13,14 @@ profile (half_accumulate) are kept.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 
 from .catalog import load_device
 from .engines import EngineProfile, device_class, load_engine
-from .validation import predict
+from .validation import predict, profiles_of
 
 GRIDS = {
     "matrix": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
@@ -33,8 +34,9 @@ GRIDS = {
     "attention_keys_half": [0.0, 16.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 2048.0],
     "unit_bytes_per_cycle": [None, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0],
 }
-START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0, "token_overhead_s": 0.0,
-         "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0, "unit_bytes_per_cycle": None}
+START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0,
+         "token_overhead_s": 0.0, "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0,
+         "unit_bytes_per_cycle": None}
 MIN_ROWS = 4
 KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
@@ -109,8 +111,7 @@ def pinned(rows, base: EngineProfile, cls: str):
     run = np.full(len(rows), np.nan)
     prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: dict(START)})
     predict(rows, profiles={base.id: prof}, batch_out=run)
-    serving = rows.metric.isin(["throughput_tokens_per_s", "total_throughput_tokens_per_s", "latency_s"])
-    return rows.assign(run_batch=np.where(serving, run, np.nan))
+    return rows.assign(run_batch=run)  # validation._points uses it for the serving metrics only
 
 
 def loss(rows, base: EngineProfile, cls: str, params: dict[str, float]) -> tuple[float, int]:
@@ -126,9 +127,10 @@ def loss(rows, base: EngineProfile, cls: str, params: dict[str, float]) -> tuple
 def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
     """Coordinate descent over the grids, minimising mean |log error| + the pull toward the defaults (prior_cost).
     The first pass scans every other point of each grid (and its far end), the second the two grid points either
-    side of where the first left each number; a trial already costed is not costed again. Single-kernel rows fit each number on the rows that
-    measure it: `memory` on the bandwidth rows, the rest on the GEMM and attention rows (with no bandwidth row to fit
-    on, `memory` stays at its sourced default rather than soaking up compute-side misses)."""
+    side of where the first left each number; a trial already costed is not costed again. Single-kernel rows fit
+    each number on the rows that measure it: `memory` on the bandwidth rows, the rest on the GEMM and attention rows
+    (with no bandwidth row to fit on, `memory` stays at its sourced default rather than soaking up compute-side
+    misses)."""
     base = load_engine(engine)  # read once: every trial below only swaps this class's numbers
     rows = pinned(rows, base, cls)
     # facts about the engine written in its profile (e.g. half_accumulate) are kept, not fitted
@@ -175,12 +177,8 @@ FIT_ROWS_PER_SOURCE = 40
 
 
 def prepared(rows):
-    """Rows with a device (and not kept out), their engine profile id and device class, and `fit_rank`: the row's place in its source's
-    fixed order (rows with fit_rank < FIT_ROWS_PER_SOURCE enter the fits)."""
-    import hashlib
-
-    from perfmodel.validation import profiles_of
-
+    """Rows with a device (and not kept out), their engine profile id and device class, and `fit_rank`: the row's
+    place in its source's fixed order (rows with fit_rank < FIT_ROWS_PER_SOURCE enter the fits)."""
     rows = rows[rows.hardware.notna() & (rows.hardware.astype(str) != "")]
     if "kept_out" in rows:  # rows kept out for a known mismatch are neither fitted nor scored
         rows = rows[rows.kept_out.fillna("").astype(str) == ""]
@@ -198,6 +196,17 @@ def fit_sample(rows):
     return rows[rows.fit_rank < FIT_ROWS_PER_SOURCE].reset_index(drop=True)
 
 
+def fit_groups(rows):
+    """(engine, class, fit rows, memo key) of every group a fit covers: each fitted engine (never `default` or
+    `ideal`) on each device class it has rows of. The key, (engine, class, sources), names the fit: a fold whose
+    held-out source is not among the sources reuses it."""
+    for (engine, cls), g in rows.groupby(["engine_id", "cls"], sort=True):
+        if engine in ("default", "ideal"):
+            continue
+        sub = fit_sample(g)
+        yield engine, cls, sub, (engine, cls, tuple(sorted(sub.file.unique())))
+
+
 def neutral(prof: EngineProfile) -> dict[str, dict[str, float]]:
     """A profile's classes with every fitted number at its neutral START value; facts (half_accumulate) kept."""
     return {cls: {**START, **{k: v for k, v in vals.items() if k not in GRIDS}} for cls, vals in prof.classes.items()}
@@ -208,22 +217,19 @@ def fit_profiles(rows, memo: dict | None = None, untrained: bool = False, log=pr
     the shipped numbers, or with `untrained` (leave-one-source-out) the neutral START and the profile's facts, so
     that no number fitted on a held-out source leaks back. `memo`: fits by (engine, class, sources), reused by every
     fold whose held-out source has no rows in that group."""
-    out = {}
-    for engine in sorted(set(rows.engine_id) - {"default", "ideal"}):  # those two are never fitted
-        prof = load_engine(engine)
-        classes = neutral(prof) if untrained else dict(prof.classes)
-        for cls in sorted(rows[rows.engine_id == engine].cls.unique()):
-            sub = fit_sample(rows[(rows.engine_id == engine) & (rows.cls == cls)])
-            if len(sub) < MIN_ROWS:
-                log(f"{engine:<9} {cls:<11} {len(sub):4d} rows: too few to fit, "
-                    f"{'neutral values' if untrained else 'left as is'}")
-                continue
-            key = (engine, cls, tuple(sorted(sub.file.unique())))
-            if memo is None or key not in memo:
-                params, val, n = fit(sub, engine, cls)
-                if memo is not None:
-                    memo[key] = params
-                log(f"{engine:<9} {cls:<11} {n:4d} rows  mean |log error| {val:.3f}  {params}")
-            classes[cls] = memo[key] if memo is not None else params
-        out[engine] = EngineProfile(prof.id, prof.name, prof.description, prof.fitted, classes)
-    return out
+    profiles, classes = {}, {}
+    for engine, cls, sub, key in fit_groups(rows):
+        if engine not in profiles:
+            profiles[engine] = load_engine(engine)
+            classes[engine] = neutral(profiles[engine]) if untrained else dict(profiles[engine].classes)
+        if len(sub) < MIN_ROWS:
+            log(f"{engine:<9} {cls:<11} {len(sub):4d} rows: too few to fit, "
+                f"{'neutral values' if untrained else 'left as is'}")
+            continue
+        if memo is None or key not in memo:
+            params, val, n = fit(sub, engine, cls)
+            if memo is not None:
+                memo[key] = params
+            log(f"{engine:<9} {cls:<11} {n:4d} rows  mean |log error| {val:.3f}  {params}")
+        classes[engine][cls] = memo[key] if memo is not None else params
+    return {e: EngineProfile(p.id, p.name, p.description, p.fitted, classes[e]) for e, p in profiles.items()}

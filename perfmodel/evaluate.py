@@ -213,13 +213,19 @@ class Evaluation:
         return out
 
 
+def workload_machine(device: Device, eff: Efficiency | None, wl: Workload) -> Machine:
+    """The machine a workload runs on: the device with its efficiency, the workload's backend facts applied
+    (efficiency.with_backend), at the workload's parallelism."""
+    return machine(device, with_backend(eff or default_for(device.kind), device, wl.backend, wl.matrix_units),
+                   wl.parallel)
+
+
 def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, batch: np.ndarray,
              prompt: np.ndarray, gen: np.ndarray, detail: bool = False) -> Evaluation:
     """Cost every op of prefill and decode for arrays of (batch, prompt, gen) sharing one model, device and config."""
     batch = np.asarray(batch, dtype=float)
-    mach = machine(device, with_backend(eff or default_for(device.kind), device, wl.backend, wl.matrix_units),
-                   wl.parallel)
-    return evaluate_rows(model, wl, (mach,), np.zeros(batch.shape, dtype=int), batch, prompt, gen, detail)
+    return evaluate_rows(model, wl, (workload_machine(device, eff, wl),), np.zeros(batch.shape, dtype=int), batch,
+                         prompt, gen, detail)
 
 
 def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...], mi: np.ndarray, batch: np.ndarray,

@@ -13,12 +13,11 @@ import numpy as np
 from ._io import atomic_write_text
 from .bands import METRIC_CATEGORY, intervals
 from .catalog import load_device, load_model
-from .efficiency import default_for, with_backend
 from .engines import device_class, efficiency_for
 from .errors import PerfmodelError
 from .cost import Machine
-from .evaluate import (BOUNDS, Workload, capacity_messages, check, default_gen, evaluate_rows, machine, machine_errors,
-                       row_errors, row_warnings)
+from .evaluate import (BOUNDS, Workload, capacity_messages, check, default_gen, evaluate_rows, machine_errors,
+                       row_errors, row_warnings, workload_machine)
 from .memory import Memory
 from .workload import LIMITS
 
@@ -117,7 +116,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             eff, band_engine = effs[cfg["hardware"], cfg["engine"]]
             config = tuple(cfg[name] for _, name, _, _ in _OPTIONS if name not in _ROW)
             if config not in workloads:
-                workloads[config] = Workload(**{field: cfg[name] or None if field in ("gemm", "backend") else cfg[name]
+                workloads[config] = Workload(**{field: cfg[name] or None if field == "gemm" else cfg[name]
                                                 for field, name, _, _ in _OPTIONS if name not in _ROW}, gen_len=0)
             wl = workloads[config]
             check(m, wl)
@@ -132,8 +131,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
         warnings[idx] = row_warnings(m, prompt, gen)
         idx, batch, prompt, gen = idx[ok], batch[ok], prompt[ok], gen[ok]
         gen_out[idx] = gen
-        mach = machine(d, with_backend(eff or default_for(d.kind), d, wl.backend, wl.matrix_units), wl.parallel)
-        batches.setdefault((id(m), wl), _Batch(m, wl)).add(mach, band_engine, idx, batch,
+        batches.setdefault((id(m), wl), _Batch(m, wl)).add(workload_machine(d, eff, wl), band_engine, idx, batch,
                                                             prompt, gen)
     bar = _Progress(n, len(groups)) if (progress if progress is not None else n >= PROGRESS_ROWS) else None
     del groups, codes  # what the evaluation no longer needs is freed before the result is built

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perfmodel.engine_fit import MIN_ROWS, at_bounds, fit, fit_profiles, fit_sample, neutral, prepared  # noqa: E402
+from perfmodel.engine_fit import MIN_ROWS, at_bounds, fit, fit_groups, fit_profiles, neutral, prepared  # noqa: E402
 from perfmodel.engines import EngineProfile, load_engine  # noqa: E402
 from perfmodel.validation import load_rows, predict  # noqa: E402
 
@@ -30,7 +30,8 @@ AT_BOUND: dict[tuple[str, str, str], str] = {
     "(v0.20 on) run 25-40 % faster than the model allows at 1.0, so the rows push past it; the gap is a missing "
     "mechanism (host time overlapped with the GPU, fused kernels), not a fraction above 1",
     ("hf", "accelerator", "memory"): "the datasheet bandwidth: the Gaudi 2/3 rows (Intel's own tables, FP8) are "
-    "faster than the model allows even at 1.0, which a fraction cannot fix (their static-shape graphs are not modelled)",
+    "faster than the model allows even at 1.0, which a fraction cannot fix (their static-shape graphs are not "
+    "modelled)",
 }
 
 
@@ -80,22 +81,10 @@ def _folds(sources: list[str]) -> np.ndarray:
                                 sources)
 
 
-def _groups(rows) -> list[tuple[str, str, int]]:
-    """The (engine, class) groups fit_profiles fits, with their fit rows, largest first."""
-    out = []
-    for (engine, cls), g in rows.groupby(["engine_id", "cls"]):
-        n = len(fit_sample(g))
-        if engine not in ("default", "ideal") and n >= MIN_ROWS:
-            out.append((engine, cls, n))
-    return sorted(out, key=lambda t: -t[2])
-
-
-def _group_fit(group: tuple[str, str]):
-    """One group fitted on all sources: its fit_profiles memo entry."""
-    engine, cls = group
-    rows = _FOLDS["rows"]
-    sub = fit_sample(rows[(rows.engine_id == engine) & (rows.cls == cls)])
-    return (engine, cls, tuple(sorted(sub.file.unique()))), fit(sub, engine, cls)[0]
+def _group_fit(i: int):
+    """The i-th group of fit_groups fitted on all sources: its fit_profiles memo entry."""
+    engine, cls, sub, key = _FOLDS["groups"][i]
+    return key, fit(sub, engine, cls)[0]
 
 
 def loso(workers: int = 2) -> None:
@@ -117,17 +106,19 @@ def loso(workers: int = 2) -> None:
     rows = prepared(everything)
     _FOLDS.update(rows=rows, memo={})
     t0 = time.perf_counter()
-    groups = _groups(rows)  # (engine, class, fit rows), largest first
+    # every group fit_profiles fits, largest first
+    groups = sorted((g for g in fit_groups(rows) if len(g[2]) >= MIN_ROWS), key=lambda g: -len(g[2]))
+    _FOLDS["groups"] = groups
     ctx = mp.get_context("fork")
     if workers > 1:
         with ctx.Pool(workers) as pool:
-            fits = pool.map(_group_fit, [g[:2] for g in groups], chunksize=1)
+            fits = pool.map(_group_fit, range(len(groups)), chunksize=1)
     else:
-        fits = [_group_fit(g[:2]) for g in groups]
+        fits = [_group_fit(i) for i in range(len(groups))]
     _FOLDS["memo"].update(fits)
     print(f"  every group on all sources: {time.perf_counter() - t0:.1f} s", flush=True)
     # each fold refits the groups holding its source: the costliest first, handed out one at a time
-    size = {(e, c): n for e, c, n in groups}
+    size = {(e, c): len(sub) for e, c, sub, _ in groups}
     pairs = rows[["file", "engine_id", "cls"]].drop_duplicates()
     cost = {f: sum(size.get((e, c), 0) for e, c in zip(g.engine_id, g.cls)) for f, g in pairs.groupby("file")}
     sources = sorted(cost, key=lambda f: (-cost[f], f))
