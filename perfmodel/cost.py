@@ -232,7 +232,8 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tupl
     if matrix and eff.vector_matmul:  # no matrix-unit path: the vector ALUs; on a GPU float GEMMs accumulate in FP32
         units = (("vector", eff.vector),)
         if device.kind != "cpu" and precision not in ("int8", "int4"):
-            chain = COMPUTE_FALLBACK["fp32"]
+            # the FP32 rate first; a device whose file gives only a narrower vector rate (Gaudi's TPCs: bf16) has that
+            chain = ("fp32", *(p for p in chain if p != "fp32"))
     for unit, e in units:
         if unit == "vector" and matrix and not eff.vector_matmul and not _may_use_vector_for_matmul(device, precision):
             continue  # the ladder already gave the matrix unit its vector rate as a stated lower bound, if any

@@ -216,3 +216,16 @@ def test_matrix_units_flag_reaches_the_json_config_and_a_bad_value_is_exit_2(cap
     assert cfg["backend"] == "vulkan" and cfg["matrix_units"] is False
     assert main(["estimate", "--model", "llama-2-7b", "--hardware", "arc-a770", "--matrix-units", "maybe"]) == 2
     assert "matrix_units must be true or false; got 'maybe'" in capsys.readouterr().err
+
+
+def test_no_catalog_device_refuses_gemms_without_matrix_units():
+    # every device has some vector rate for a GEMM that cannot use its matrix units: Gaudi 2's file gives only its
+    # TPCs' bf16 rate (11 TFLOP/s), so that is the rate, x 0.7
+    from perfmodel.catalog import catalog_devices
+    from perfmodel.efficiency import with_backend
+
+    assert _gemm_rate("gaudi2", None, False) == (pytest.approx(11e12 * 0.7), "vector", "bf16")
+    for d in catalog_devices():
+        rate, unit, _ = Machine(d, with_backend(Efficiency(), d, "vulkan", False), Parallel()).peak(
+            OpKind.MATMUL, DType.parse("fp16"))
+        assert rate > 0 and unit == "vector", d.id
