@@ -253,6 +253,13 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tupl
     )
 
 
+def scales_in_mma(device: Device) -> bool:
+    """The device's matrix units apply per-block scales inside the instruction (Blackwell's block-scaled MMA,
+    CDNA4's scaled MFMA), which every part with an FP4 matrix rate has: block-scaled FP8 GEMMs then need no
+    vector-unit promotion (perfmodel.dtypes.BLOCK_SCALE_FLOPS)."""
+    return device.peak_flops_per_s("matrix", "fp4") is not None
+
+
 def _may_use_vector_for_matmul(device: Device, precision: str) -> bool:
     """CPUs run any GEMM on their SIMD units, and fp32 GEMMs run on GPU vector units (tensor cores do TF32, not
     FP32); narrower GEMMs fall back only on devices declared without matrix units (e.g. Apple GPUs)."""
@@ -350,7 +357,7 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
         a["rate_table"][i] = table_id(key)
         if op.kind == OpKind.ATTENTION and u != "calibrated":
             a["keys_half"][i] = eff.attention_keys_half
-        if scale[i] and u != "calibrated":
+        if scale[i] and u != "calibrated" and not (op.variant == "block_scaled" and scales_in_mma(mach.device)):
             # vector work serial with the matrix products (block scales of quantised GEMMs)
             a["vector_peak"][i] = mach._memo(("vector fp32",), lambda: _peak(mach.device, eff, False, "fp32")[0])
         if sfu and exp[i] and u != "calibrated":

@@ -12,6 +12,11 @@ Block-quantized formats store a shared scale per block, so their effective bits 
 - NVFP4: blocks of 16 FP4 (E2M1) elements with one FP8 (E4M3) scale, plus a per-tensor fp32 scale (negligible):
   4 + 8/16 = 4.5 bits (NVIDIA technical blog "Introducing NVFP4 for Efficient and Accurate Low-Precision Inference",
   https://developer.nvidia.com/blog/introducing-nvfp4-for-efficient-and-accurate-low-precision-inference/).
+- FP8 with 128x128 block scales (fp8_b128): E4M3 weights with one fp32 scale per 128 x 128 block, activations
+  quantised on the fly with one scale per 1 x 128 group: 8 + 32/16384 bits (DeepSeek-V3 technical report,
+  arXiv:2412.19437, section 3.3.2 "Fine-Grained Quantization"; the checkpoints' quantization_config
+  weight_block_size [128, 128]). Where the matrix units take no block scales, each 128-deep partial product is
+  scaled and added to an FP32 accumulator on the vector ALUs (`BLOCK_SCALE_FLOPS`).
 - int8 / int4 are counted at their nominal width (per-channel scales are negligible; group-wise int4 with an fp16
   scale per 128 weights would add 0.125 bit, which we do not assume).
 """
@@ -28,6 +33,7 @@ class DType(str, Enum):
     BF16 = "bf16"
     FP16 = "fp16"
     FP8 = "fp8"
+    FP8_B128 = "fp8_b128"
     INT8 = "int8"
     INT4 = "int4"
     MXFP4 = "mxfp4"
@@ -46,6 +52,11 @@ class DType(str, Enum):
     @property
     def bytes(self) -> float:
         return _BITS[self] / 8.0
+
+    @property
+    def block_scaled(self) -> bool:
+        """Scales per block of k as well as per row: a GEMM in this format applies them inside its k loop."""
+        return self is DType.FP8_B128
 
     @property
     def is_gguf(self) -> bool:
@@ -81,6 +92,7 @@ _BITS = {
     DType.BF16: 16.0,
     DType.FP16: 16.0,
     DType.FP8: 8.0,
+    DType.FP8_B128: 8.0 + 32.0 / (128 * 128),  # fp32 scale per 128 x 128 block
     DType.INT8: 8.0,
     DType.INT4: 4.0,
     DType.MXFP4: 4.0 + 8.0 / 32,  # E8M0 scale per 32 elements
@@ -97,6 +109,7 @@ _COMPUTE = {
     DType.BF16: "bf16",
     DType.FP16: "fp16",
     DType.FP8: "fp8",
+    DType.FP8_B128: "fp8",
     DType.INT8: "int8",
     DType.INT4: "int4",
     DType.MXFP4: "fp4",
@@ -108,7 +121,17 @@ _COMPUTE = {
     DType.Q4_K_M: "int8",
     DType.Q4_0: "int8",
 }
-_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "e4m3": "fp8", "fp8_e4m3": "fp8"}
+_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16", "e4m3": "fp8", "fp8_e4m3": "fp8",
+            "fp8_block": "fp8_b128", "fp8_blockwise": "fp8_b128"}
+
+# Block-scaled GEMMs on matrix units that take no block scales (Hopper's wgmma, Ada's mma, CDNA3's MFMA): after each
+# 128-deep block of k the partial sums are promoted to an FP32 accumulator on the vector ALUs, acc += partial x
+# (scale_a x scale_b): one multiply and one FMA, 3 FLOPs per output element per block (DeepSeek-V3 report, section
+# 3.3.2, "Increasing Accumulation Precision": promotion to CUDA cores every N_C = 128 elements). Per GEMM FLOP
+# (2 per output element per k): 3 / (2 x 128). Devices whose matrix units apply block scales themselves (those with
+# an FP4 rate: Blackwell's block-scaled tcgen05/mma, CDNA4's scaled MFMA) do it in the instruction.
+BLOCK_SCALE_K = 128
+BLOCK_SCALE_FLOPS = 3.0 / (2.0 * BLOCK_SCALE_K)
 
 # When a device has no ceiling for a precision, the op runs at the next one in this chain (e.g. fp8 weights on an
 # A100 are upcast and run on the fp16 tensor cores).

@@ -103,7 +103,14 @@ def rate_at_rows(table: list[tuple[float, float]], rows):
 #   in both builds. `vulkan` is a current build (cooperative matrices wherever ggml-vulkan enables them); a build or
 #   driver without them (before those PRs, a driver without the extension, GGML_VK_DISABLE_COOPMAT set) is the
 #   workload's matrix_units = false.
-BACKENDS = ("cuda", "rocm", "vulkan", "metal", "sycl", "cpu", "opencl", "cann")
+# - SYCL: llama.cpp's documented build (docs/backend/SYCL.md, "Option 1: Use FP32 (recommended for better
+#   performance in most cases)", and examples/sycl/build.sh) leaves GGML_SYCL_F16 off; ggml_sycl_op_mul_mat_sycl then
+#   has `use_fp16 = false`, dequantises quantised weights to FP32 and multiplies with oneMKL/oneDNN SGEMM, which runs
+#   FP32 on the vector ALUs (XMX has no FP32 path; oneMKL uses TF32 only when asked). The Arc A770 SYCL CI
+#   (NeoZhangJianyu/ci_log; its build logs compile ggml-sycl without -DGGML_SYCL_F16) measures pp512 at 870-950 t/s
+#   for Llama-2-7B Q4_0: 930 x 2 x 6.74e9 = 12.5 TFLOP/s, 73 % of the A770's 17.2 TFLOP/s FP32 and 9 % of its XMX
+#   FP16 peak. `sycl` is that build; `sycl-f16` one built with -DGGML_SYCL_F16=ON (FP16 GEMMs on the XMX units).
+BACKENDS = ("cuda", "rocm", "vulkan", "metal", "sycl", "sycl-f16", "cpu", "opencl", "cann")
 # device families whose Vulkan driver ggml-vulkan does not give cooperative matrices (vendor, family prefix)
 NO_COOPMAT = (("intel", "intel-xe-hpg"), ("intel", "intel-xe-lpg"), ("intel", "intel-xe-hpc"), ("intel", "intel-gen"))
 
@@ -113,6 +120,8 @@ def backend_facts(vendor: str, kind: str, family: str | None, backend: str | Non
     `family`: {} for the device's own backend (None) or one with a matrix-unit path there."""
     if backend is None or kind == "cpu":  # a CPU's matrix units (AMX): the workload's matrix_units says
         return {}
+    if backend == "sycl":
+        return {"vector_matmul": True}
     if backend == "vulkan" and any(vendor == v and (family or "").startswith(f) for v, f in NO_COOPMAT):
         return {"vector_matmul": True}
     return {}

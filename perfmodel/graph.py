@@ -16,7 +16,7 @@ from typing import Literal, Union
 
 import numpy as np
 
-from .dtypes import DType
+from .dtypes import BLOCK_SCALE_FLOPS, DType
 from .model import ModelSpec
 from .poly import Poly, call, positive
 
@@ -151,6 +151,12 @@ class _Builder:
             # MMQ: int8 products per 32-wide block of k, then on the vector units two FMAs per output and block (the
             # weight block's scale and the activation block's; llama.cpp mmq.cuh, vec_dot_q4_0_q8_1 and kin)
             scale = 4.0 * tokens * n * k / 32
+        gemm = self.prec.gemm or self.prec.act
+        variant = ""
+        if self.prec.weights.block_scaled and gemm.compute == "fp8":
+            # FP8 products per 128-deep block of k, each block's partial sums scaled into an FP32 accumulator on the
+            # vector units (dtypes.BLOCK_SCALE_FLOPS); devices whose matrix units take the scales skip it (cost)
+            scale, variant = flops * BLOCK_SCALE_FLOPS, "block_scaled"
         fp16_read = 0.0
         if self.prec.dequant == "fp16_copy" and blocks:
             # llama.cpp's CUDA path before PR #8075 (batches over 32 rows): a conversion kernel first writes an FP16
@@ -163,7 +169,7 @@ class _Builder:
             fp16_read = 2.0 * elems * passes
         self.add(
             name, OpKind.MATMUL, count, self.prec.gemm,
-            flops=flops + (tokens * n if bias else 0.0), scale_flops=scale,
+            flops=flops + (tokens * n if bias else 0.0), scale_flops=scale, variant=variant,
             weight_bytes=w_count * (k * n * self.w + (n * self.a if bias else 0.0)),
             act_in_bytes=tokens * k * self.a + fp16_read,
             act_out_bytes=tokens * n * self.a,

@@ -25,6 +25,7 @@ from .catalog import data_roots, load_device, load_model, read_toml
 from .engines import EngineProfile, device_class, engine_files, engine_ids, load_engine  # noqa: F401 (re-exported)
 from .efficiency import BACKENDS
 from .errors import PerfmodelError, did_you_mean
+from .dtypes import DType
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -221,10 +222,14 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
 
 
 def _default_act(engine: str, weights: str, device) -> str:
-    """The compute format when a row does not say: serving stacks quantise activations along with FP8/FP4 weights
-    (W8A8, W4A4 GEMMs); llama.cpp dequantises GGUF blocks and computes in fp16 on GPUs, fp32 on CPUs."""
-    if engine in ("trtllm", "vllm", "sglang", "mlperf") and weights in ("fp8", "nvfp4", "mxfp4", "int8"):
-        return weights
+    """The compute format when a row does not say: serving stacks quantise activations along with FP8/FP4/INT8
+    weights (W8A8, W4A4 GEMMs) where the device's matrix units multiply in that format, and otherwise dequantise
+    the weights and multiply at 16 bits (weight-only: MXFP4 gpt-oss on an H100 runs W4A16 kernels, there being no
+    FP4 tensor cores); llama.cpp dequantises GGUF blocks and computes in fp16 on GPUs, fp32 on CPUs."""
+    if engine in ("trtllm", "vllm", "sglang", "mlperf") and weights in ("fp8", "fp8_b128", "nvfp4", "mxfp4", "int8"):
+        act = "fp8" if weights == "fp8_b128" else weights
+        if device.peak_flops_per_s("matrix", DType.parse(act).compute) is not None:
+            return act
     return "fp32" if device.kind == "cpu" else "fp16"
 
 
@@ -314,7 +319,7 @@ def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -
 
 def _predict_kernel(r: dict[str, Any], device, eff) -> float:
     from .cost import Machine, op_cost
-    from .dtypes import DType
+    from .dtypes import BLOCK_SCALE_FLOPS, DType
     from .graph import Op, OpKind, Parallel
 
     mach = Machine(device, eff, Parallel())
@@ -328,8 +333,11 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
     if metric == "gemm_tflops":
         m, n, k = (int(r[x]) for x in ("m", "n", "k"))
         g = int(_n(r.get("groups"), 1))  # grouped GEMM (e.g. MoE experts): g independent m x k x n products
-        op = Op("gemm", OpKind.MATMUL, dt, flops=2.0 * m * n * k * g, weight_bytes=k * n * it * g,
-                act_in_bytes=m * k * it * g, act_out_bytes=m * n * it * g, rows=m)
+        flops = 2.0 * m * n * k * g
+        op = Op("gemm", OpKind.MATMUL, dt, flops=flops, weight_bytes=k * n * it * g,
+                act_in_bytes=m * k * it * g, act_out_bytes=m * n * it * g, rows=m,
+                scale_flops=flops * BLOCK_SCALE_FLOPS if dt.block_scaled else 0.0,
+                variant="block_scaled" if dt.block_scaled else "")
     else:  # attention_tflops: FLOPs 4 x s^2 x d x heads x batch, halved when causal (the FlashAttention papers')
         s, h, d, b = (int(_n(r.get(x), 1)) for x in ("seq_len", "heads", "head_dim", "batch"))
         causal = bool(r.get("causal", False))

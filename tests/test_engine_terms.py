@@ -167,8 +167,9 @@ def test_vulkan_keeps_the_matrix_units_where_cooperative_matrices_exist_and_matr
     # 20 Xe-cores x 256 x 2.67 GHz x 0.7 = 9.569 TFLOP/s
     assert _gemm_rate("arc-b580", "vulkan") == _gemm_rate("arc-b580", None)
     assert _gemm_rate("arc-b580", "vulkan", False) == (pytest.approx(20 * 256 * 2.67e9 * 0.7), "vector", "fp32")
-    # NVIDIA keeps its tensor cores under Vulkan (coopmat2), and CUDA, ROCm or Metal change nothing
-    for backend in ("vulkan", "cuda", "rocm", "metal", "sycl"):
+    # NVIDIA keeps its tensor cores under Vulkan (coopmat2), and CUDA, ROCm, Metal or an FP16 SYCL build change
+    # nothing
+    for backend in ("vulkan", "cuda", "rocm", "metal", "sycl-f16"):
         assert _gemm_rate("rtx-4090", backend) == _gemm_rate("rtx-4090", None)
     # a CPU's backend changes nothing by itself; without its AMX tiles (llama.cpp before PR #8998) an int8 GEMM runs
     # on AVX-512: the file gives no int8 vector rate, so the int8 ladder ends at FP32, 56 cores x 2.0 GHz x 64
@@ -177,6 +178,16 @@ def test_vulkan_keeps_the_matrix_units_where_cooperative_matrices_exist_and_matr
     assert _gemm_rate("xeon-8480plus", None, dtype="int8") == (pytest.approx(229.376e12 * 0.7), "matrix", "int8")
     assert _gemm_rate("xeon-8480plus", "cpu", False, "int8") == (pytest.approx(56 * 2.0e9 * 64 * 0.7), "vector",
                                                                  "fp32")
+
+
+def test_sycl_default_build_multiplies_in_fp32_on_the_vector_alus():
+    # llama.cpp's SYCL build without GGML_SYCL_F16 (the documented default) dequantises to FP32 and calls SGEMM: on an
+    # Arc A770 32 Xe-cores x 256 FP32 FLOPs/cycle x 2.1 GHz x 0.7 = 12.04 TFLOP/s (the CI measures ~12.5 at pp512);
+    # an FP16 build keeps the XMX rate, 32 x 2048 x 2.1e9 x 0.7 = 96.34 TFLOP/s
+    assert _gemm_rate("arc-a770", "sycl") == (pytest.approx(32 * 256 * 2.1e9 * 0.7), "vector", "fp32")
+    assert _gemm_rate("arc-a770", "sycl-f16") == (pytest.approx(32 * 2048 * 2.1e9 * 0.7), "matrix", "fp16")
+    # on an RTX 4090 the SGEMM runs on the CUDA cores too: 82.6 TFLOP/s FP32 x 0.7
+    assert _gemm_rate("rtx-4090", "sycl")[1:] == ("vector", "fp32")
 
 
 def test_backend_is_part_of_the_workload_and_a_wrong_name_is_refused():
@@ -229,3 +240,45 @@ def test_no_catalog_device_refuses_gemms_without_matrix_units():
         rate, unit, _ = Machine(d, with_backend(Efficiency(), d, "vulkan", False), Parallel()).peak(
             OpKind.MATMUL, DType.parse("fp16"))
         assert rate > 0 and unit == "vector", d.id
+
+
+def _block_fp8_rate(device: str, dtype: str, n: int = 8192) -> float:
+    from perfmodel.dtypes import BLOCK_SCALE_FLOPS
+
+    dt = DType.parse(dtype)
+    flops = 2.0 * n ** 3
+    op = Op("gemm", OpKind.MATMUL, dt, flops=flops, weight_bytes=n * n * dt.bytes, act_in_bytes=n * n * dt.bytes,
+            act_out_bytes=2.0 * n * n, rows=n, scale_flops=flops * BLOCK_SCALE_FLOPS if dt.block_scaled else 0.0,
+            variant="block_scaled" if dt.block_scaled else "")
+    mach = Machine(pm.load_device(device), Efficiency(), Parallel())
+    bw = float(mach.bandwidth_for(op.bytes))
+    return flops / op_cost(op, mach, bw, bw)["time_s"]
+
+
+def test_block_scaled_fp8_promotes_partial_sums_on_the_vector_units_where_the_mma_takes_no_scales():
+    # H100 SXM, 8192^3, 128x128 block scales: FP8 products at 1978.9 x 0.7 TFLOP/s, and per output element and
+    # 128-deep block 3 FP32 FLOPs on the vector units at 66.9 x 0.7: 3/256 of the GEMM FLOPs there. Time per FLOP
+    # 1/(1385.2e12) + (3/256)/(46.83e12) = 7.219e-16 + 2.502e-16 = 9.722e-16 s -> 1028.6 TFLOP/s (per-tensor FP8:
+    # 1385.2). DeepGEMM's README measures 1,000-1,360 on the H800 at large shapes.
+    assert _block_fp8_rate("h100-sxm", "fp8") == pytest.approx(1978.9e12 * 0.7, rel=1e-3)
+    assert _block_fp8_rate("h100-sxm", "fp8_b128") == pytest.approx(1 / (1 / 1385.23e12 + (3 / 256) / 46.83e12),
+                                                                     rel=1e-3)
+    assert _block_fp8_rate("h100-sxm", "fp8_b128") == pytest.approx(1028.6e12, rel=2e-3)
+    # a B200 (block-scaled MMA: it has an FP4 rate) applies the scales in the instruction: 4500 x 0.7
+    assert _block_fp8_rate("b200", "fp8_b128") == pytest.approx(_block_fp8_rate("b200", "fp8"))
+    assert _block_fp8_rate("b200", "fp8_b128") == pytest.approx(4500e12 * 0.7, rel=1e-3)
+
+
+def test_block_scaled_fp8_weights_in_a_model_cost_the_promotion_only_with_fp8_products():
+    # DeepSeek-style fp8_b128 weights: with FP8 activations the GEMMs carry the vector work (3/256 of their FLOPs),
+    # with BF16 activations (weight-only) they carry none
+    spec = pm.load_model("llama-3.1-8b")
+    p = Pass("decoder", batch=1, q_len=512, kv_len=512)
+    w8a8 = [o for o in lower(spec, p, Precision(DType.FP8_B128, DType.BF16, DType.FP8), Parallel())
+            if o.kind == OpKind.MATMUL]
+    w8 = [o for o in lower(spec, p, Precision(DType.FP8_B128, DType.BF16, DType.BF16), Parallel())
+          if o.kind == OpKind.MATMUL]
+    assert w8a8 and all(o.variant == "block_scaled" and o.scale_flops == pytest.approx(o.flops * 3 / 256)
+                        for o in w8a8 if not o.name.endswith("lm_head"))
+    assert all(o.scale_flops == 0 for o in w8)
+    assert DType.parse("fp8_block") is DType.FP8_B128 and DType.FP8_B128.bits == pytest.approx(8 + 32 / 16384)
