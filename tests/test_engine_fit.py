@@ -87,3 +87,15 @@ def test_shipped_profiles_stay_inside_their_grids_and_explain_any_bound():
                     assert min(grid) <= v <= max(grid), f"{path.name} [{cls}] {key} = {v}"
             for key in ef.at_bounds({k: v for k, v in vals.items() if k in ef.GRIDS}):
                 assert f"[{cls}] {key} = " in note, f"{path.name} [{cls}] {key} sits at a bound with no note"
+
+
+def test_source_mean_weighs_each_source_the_same_at_power_one():
+    from perfmodel.engine_fit import source_mean
+
+    err = np.array([0.1, 0.1, 0.1, 0.5])
+    src = np.array(["a", "a", "a", "b"])
+    # power 1: (mean of a = 0.1 + mean of b = 0.5) / 2 = 0.3; power 0: the row mean, 0.8 / 4 = 0.2; power 0.5: rows
+    # of a weigh 1/sqrt(3) each, b's 1: (3 x 0.1 / sqrt(3) + 0.5) / (3 / sqrt(3) + 1) = 0.6732 / 2.7321 = 0.2464
+    assert source_mean(err, src, 1.0) == pytest.approx(0.3)
+    assert source_mean(err, src, 0.0) == pytest.approx(0.2)
+    assert source_mean(err, src, 0.5) == pytest.approx((0.3 / 3 ** 0.5 + 0.5) / (3 ** 0.5 + 1))

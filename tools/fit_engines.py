@@ -29,6 +29,9 @@ AT_BOUND: dict[tuple[str, str, str], str] = {
     ("trtllm", "gpu", "memory"): "the datasheet bandwidth, where the fit stops: TensorRT-LLM's newer tables "
     "(v0.20 on) run 25-40 % faster than the model allows at 1.0, so the rows push past it; the gap is a missing "
     "mechanism (host time overlapped with the GPU, fused kernels), not a fraction above 1",
+    ("hf", "gpu", "op_overhead_s"): "the grid's top, 192 us per op: eager transformers generate() on GPUs, where the "
+    "2023 rows (optimum's GPTQ table, llama2-webui) run 2-4x below their bandwidth bound at batch 1; Python and "
+    "launch time per op is the only term that slows a batch-1 step without touching prefill",
     ("hf", "accelerator", "memory"): "the datasheet bandwidth: the Gaudi 2/3 rows (Intel's own tables, FP8) are "
     "faster than the model allows even at 1.0, which a fraction cannot fix (their static-shape graphs are not "
     "modelled)",
