@@ -82,7 +82,6 @@ PRIOR_ROWS = 2.0
 # (median / mean %, decode, prefill, serving, kernel): rows weighed alike (power 0) 23.0/46.9, 25.5/49.6, 19.3/27.0,
 # 20.1/40.4; power 0.5 22.3/46.9, 25.3/45.1, 19.2/26.8, 20.0/39.8; power 1 21.0/36.0, 20.0/40.5, 19.7/28.0,
 # 21.6/40.6.
-SOURCE_WEIGHTED = True
 SOURCE_POWER = 1.0
 SOFTEN = {"op_overhead_s": 2e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6, "attention_keys_half": 64.0}
 
@@ -131,8 +130,7 @@ def loss(rows, base: EngineProfile, cls: str, params: dict[str, float]) -> tuple
     if not ok.any():
         return float("inf"), 0
     err = np.abs(np.log(pred[ok] / rows.value.to_numpy(dtype=float)[ok]))
-    src = rows.file.to_numpy()[ok] if SOURCE_WEIGHTED and "file" in rows else np.zeros(int(ok.sum()))
-    return source_mean(err, src), int(ok.sum())
+    return source_mean(err, rows.file.to_numpy()[ok]), int(ok.sum())
 
 
 def source_mean(err: np.ndarray, sources: np.ndarray, power: float | None = None) -> float:
@@ -145,7 +143,8 @@ def source_mean(err: np.ndarray, sources: np.ndarray, power: float | None = None
 
 
 def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
-    """Coordinate descent over the grids, minimising mean |log error| + the pull toward the defaults (prior_cost).
+    """Coordinate descent over the grids, minimising the mean |log error| (each source weighing the same:
+    source_mean) + the pull toward the defaults (prior_cost).
     The first pass scans every other point of each grid (and its far end), the second the two grid points either
     side of where the first left each number; a trial already costed is not costed again. Single-kernel rows fit
     each number on the rows that measure it: `memory` on the bandwidth rows, the rest on the GEMM and attention rows

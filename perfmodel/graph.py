@@ -130,6 +130,16 @@ def expected_experts(tokens: Num, n_experts: int, k: int) -> Num:
     return call("expected_experts", tokens, params=(n_experts, k))
 
 
+def block_scale_work(weights: DType, gemm: DType, flops: Num) -> tuple[Num, str]:
+    """(vector-unit FLOPs, op variant) of a GEMM of `flops` whose weights carry a scale per block of k and whose
+    products run in FP8: each 128-deep block's partial sums are scaled into an FP32 accumulator on the vector units
+    (dtypes.BLOCK_SCALE_FLOPS); devices whose matrix units take the scales skip it (cost.scales_in_mma).
+    (0, "") for any other GEMM."""
+    if weights.block_scaled and gemm.compute == "fp8":
+        return flops * BLOCK_SCALE_FLOPS, "block_scaled"
+    return 0.0, ""
+
+
 class _Builder:
     def __init__(self, model: ModelSpec, prec: Precision, par: Parallel, fused: bool):
         self.m, self.prec, self.par, self.fused = model, prec, par, fused
@@ -151,12 +161,8 @@ class _Builder:
             # MMQ: int8 products per 32-wide block of k, then on the vector units two FMAs per output and block (the
             # weight block's scale and the activation block's; llama.cpp mmq.cuh, vec_dot_q4_0_q8_1 and kin)
             scale = 4.0 * tokens * n * k / 32
-        gemm = self.prec.gemm or self.prec.act
-        variant = ""
-        if self.prec.weights.block_scaled and gemm.compute == "fp8":
-            # FP8 products per 128-deep block of k, each block's partial sums scaled into an FP32 accumulator on the
-            # vector units (dtypes.BLOCK_SCALE_FLOPS); devices whose matrix units take the scales skip it (cost)
-            scale, variant = flops * BLOCK_SCALE_FLOPS, "block_scaled"
+        block, variant = block_scale_work(self.prec.weights, self.prec.gemm or self.prec.act, flops)
+        scale += block  # never both: MMQ's block scales need int8 products, these FP8 ones
         fp16_read = 0.0
         if self.prec.dequant == "fp16_copy" and blocks:
             # llama.cpp's CUDA path before PR #8075 (batches over 32 rows): a conversion kernel first writes an FP16

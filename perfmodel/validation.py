@@ -319,8 +319,8 @@ def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -
 
 def _predict_kernel(r: dict[str, Any], device, eff) -> float:
     from .cost import Machine, op_cost
-    from .dtypes import BLOCK_SCALE_FLOPS, DType
-    from .graph import Op, OpKind, Parallel
+    from .dtypes import DType
+    from .graph import Op, OpKind, Parallel, block_scale_work
 
     mach = Machine(device, eff, Parallel())
     metric = r["metric"]
@@ -334,10 +334,9 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
         m, n, k = (int(r[x]) for x in ("m", "n", "k"))
         g = int(_n(r.get("groups"), 1))  # grouped GEMM (e.g. MoE experts): g independent m x k x n products
         flops = 2.0 * m * n * k * g
+        scale, variant = block_scale_work(dt, dt, flops)
         op = Op("gemm", OpKind.MATMUL, dt, flops=flops, weight_bytes=k * n * it * g,
-                act_in_bytes=m * k * it * g, act_out_bytes=m * n * it * g, rows=m,
-                scale_flops=flops * BLOCK_SCALE_FLOPS if dt.block_scaled else 0.0,
-                variant="block_scaled" if dt.block_scaled else "")
+                act_in_bytes=m * k * it * g, act_out_bytes=m * n * it * g, rows=m, scale_flops=scale, variant=variant)
     else:  # attention_tflops: FLOPs 4 x s^2 x d x heads x batch, halved when causal (the FlashAttention papers')
         s, h, d, b = (int(_n(r.get(x), 1)) for x in ("seq_len", "heads", "head_dim", "batch"))
         causal = bool(r.get("causal", False))

@@ -243,13 +243,13 @@ def test_no_catalog_device_refuses_gemms_without_matrix_units():
 
 
 def _block_fp8_rate(device: str, dtype: str, n: int = 8192) -> float:
-    from perfmodel.dtypes import BLOCK_SCALE_FLOPS
+    from perfmodel.graph import block_scale_work
 
     dt = DType.parse(dtype)
     flops = 2.0 * n ** 3
+    scale, variant = block_scale_work(dt, dt, flops)
     op = Op("gemm", OpKind.MATMUL, dt, flops=flops, weight_bytes=n * n * dt.bytes, act_in_bytes=n * n * dt.bytes,
-            act_out_bytes=2.0 * n * n, rows=n, scale_flops=flops * BLOCK_SCALE_FLOPS if dt.block_scaled else 0.0,
-            variant="block_scaled" if dt.block_scaled else "")
+            act_out_bytes=2.0 * n * n, rows=n, scale_flops=scale, variant=variant)
     mach = Machine(pm.load_device(device), Efficiency(), Parallel())
     bw = float(mach.bandwidth_for(op.bytes))
     return flops / op_cost(op, mach, bw, bw)["time_s"]
