@@ -226,14 +226,21 @@ def level_bandwidth(machines: tuple[Machine, ...], mi: np.ndarray | None, nbytes
     return np.asarray(out, dtype=float)
 
 
+def _fp32_first(chain: tuple[str, ...]) -> tuple[str, ...]:
+    """FP32 first, then the chain's narrower precisions: vector work that accumulates in FP32 runs at the FP32 rate,
+    or, on a device whose file gives only a narrower vector rate (Gaudi's TPCs: bf16), at that one."""
+    return ("fp32", *(p for p in chain if p != "fp32"))
+
+
 def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tuple[float, str, str]:
     chain = COMPUTE_FALLBACK[precision]
     units = (("matrix", eff.matrix), ("vector", eff.vector)) if matrix else (("vector", eff.vector),)
     if matrix and eff.vector_matmul:  # no matrix-unit path: the vector ALUs; on a GPU float GEMMs accumulate in FP32
         units = (("vector", eff.vector),)
         if device.kind != "cpu" and precision not in ("int8", "int4"):
-            # the FP32 rate first; a device whose file gives only a narrower vector rate (Gaudi's TPCs: bf16) has that
-            chain = ("fp32", *(p for p in chain if p != "fp32"))
+            chain = _fp32_first(chain)
+    elif not matrix and precision == "fp32":
+        chain = _fp32_first(COMPUTE_FALLBACK["bf16"])
     for unit, e in units:
         if unit == "vector" and matrix and not eff.vector_matmul and not _may_use_vector_for_matmul(device, precision):
             continue  # the ladder already gave the matrix unit its vector rate as a stated lower bound, if any

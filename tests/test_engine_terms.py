@@ -269,6 +269,15 @@ def test_block_scaled_fp8_promotes_partial_sums_on_the_vector_units_where_the_mm
     assert _block_fp8_rate("b200", "fp8_b128") == pytest.approx(4500e12 * 0.7, rel=1e-3)
 
 
+def test_block_scale_work_runs_at_a_narrower_vector_rate_where_a_device_gives_no_fp32_one():
+    # Gaudi 3's file gives its TPCs a BF16 vector rate only (28.7 TFLOP/s) and no FP32 one: the promotion runs there
+    # instead of refusing. FP8 products 1835 x 0.7 = 1284.5 TFLOP/s, 3/256 of the FLOPs at 28.7 x 0.7 = 20.09:
+    # 1 / (1/1284.5e12 + (3/256)/20.09e12) = 1 / (7.785e-16 + 5.833e-16) = 734.3 TFLOP/s
+    assert _block_fp8_rate("gaudi3", "fp8_b128") == pytest.approx(1 / (1 / 1284.5e12 + (3 / 256) / 20.09e12),
+                                                                  rel=1e-3)
+    assert _block_fp8_rate("gaudi3", "fp8_b128") == pytest.approx(734.3e12, rel=2e-3)
+
+
 def test_block_scaled_fp8_weights_in_a_model_cost_the_promotion_only_with_fp8_products():
     # DeepSeek-style fp8_b128 weights: with FP8 activations the GEMMs carry the vector work (3/256 of their FLOPs),
     # with BF16 activations (weight-only) they carry none
