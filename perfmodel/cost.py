@@ -91,11 +91,11 @@ class Machine:
                     cap = lv.capacity_bytes if lv.capacity_bytes is not None else np.inf
                     out.append((cap, bw, lv.name))
             cap_bw, name = out[-1][1], out[-1][2]
-            proc, per_unit = self.device.processor, self.eff.unit_bytes_per_cycle
-            if not datasheet and per_unit and proc and proc.peak_clock_hz and name not in measured:
+            proc, per_unit = self.device.processor, self.eff.unit_bytes_per_s
+            if not datasheet and per_unit and proc and name not in measured:
                 # kernels that keep too few loads in flight per SM/core cannot reach a bandwidth whose
                 # latency x bandwidth product exceeds what the units hold (Little's law)
-                cap_bw = min(cap_bw, per_unit * proc.units * proc.peak_clock_hz)
+                cap_bw = min(cap_bw, per_unit * proc.units)
             out[-1] = (np.inf, cap_bw, name)  # main memory serves whatever does not fit above
             return out
 
@@ -135,7 +135,7 @@ class Machine:
         """Datasheet peak (no efficiency) for MFU; the calibrated rate where the datasheet has none."""
         def make() -> float:
             try:
-                return _peak(self.device, IDEAL, kind in MATRIX_KINDS, dtype.compute)[0]
+                return _peak(self.device, IDEAL, kind in MATRIX_KINDS, dtype.compute, sustained=False)[0]
             except PerfmodelError:
                 return self.peak(kind, dtype)[0]
 
@@ -232,7 +232,10 @@ def _fp32_first(chain: tuple[str, ...]) -> tuple[str, ...]:
     return ("fp32", *(p for p in chain if p != "fp32"))
 
 
-def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tuple[float, str, str]:
+def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str,
+          sustained: bool = True) -> tuple[float, str, str]:
+    """(FLOP/s, unit, precision) of `precision` work at efficiency `eff`. `sustained`: matrix peaks at the clock the
+    matrix units hold under load (Processor.matrix_clock_ratio), not the quoted boost clock."""
     chain = COMPUTE_FALLBACK[precision]
     units = (("matrix", eff.matrix), ("vector", eff.vector)) if matrix else (("vector", eff.vector),)
     if matrix and eff.vector_matmul:  # no matrix-unit path: the vector ALUs; on a GPU float GEMMs accumulate in FP32
@@ -249,6 +252,8 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str) -> tupl
             if peak is not None:
                 if unit == "matrix" and device.compute.async_mma:
                     e = e * eff.sync_mma_fraction
+                if unit == "matrix" and sustained and device.processor is not None:
+                    e = e * device.processor.matrix_clock_ratio
                 return peak * e, unit, p
     unit = units[0][0]
     raise PerfmodelError(

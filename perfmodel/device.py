@@ -38,6 +38,16 @@ class Processor(_Strict):
     simd_width_bits: PositiveInt | None = None
     fma_units_per_core: PositiveInt | None = None
     tdp_w: PositiveFloat | None = None
+    matrix_clock_ghz: PositiveFloat | None = Field(
+        None, description="clock the matrix units hold under a dense GEMM (power management lowers it below the "
+                          "clock the peaks are quoted at), where measured")
+
+    @property
+    def matrix_clock_ratio(self) -> float:
+        """Sustained matrix-unit clock over the peaks' clock: 1 where no sustained clock is given."""
+        if self.matrix_clock_ghz and self.peak_clock_hz:
+            return min(self.matrix_clock_ghz * 1e9 / self.peak_clock_hz, 1.0)
+        return 1.0
 
     @property
     def peak_clock_hz(self) -> float | None:

@@ -52,10 +52,12 @@ class Efficiency(BaseModel):
                            "(a backend without a matrix-unit path, or a workload with matrix_units false: "
                            "with_backend); float GEMMs on a GPU then run at the FP32 rate (FP16 operands, FP32 "
                            "accumulator: one FMA per lane per cycle)")
-    unit_bytes_per_cycle: float | None = Field(
-        None, gt=0, description="most main-memory bytes per cycle one compute unit (SM, CU, core) streams for the "
-                                "engine's kernels: a concurrency ceiling, units x clock x this, on main-memory "
-                                "bandwidth; None: no ceiling")
+    unit_bytes_per_s: float | None = Field(
+        None, gt=0, description="most main-memory bytes per second one compute unit (SM, CU, core) streams for the "
+                                "engine's kernels: a concurrency ceiling, units x this, on main-memory bandwidth "
+                                "(Little's law: the bytes a unit's kernel keeps in flight over a DRAM latency, which "
+                                "is set in nanoseconds by the memory, not in cycles by the core clock); None: no "
+                                "ceiling")
     source: str = "defaults (perfmodel.efficiency)"
 
     # Calibrated values (perfmodel calibrate). Where present they replace peak x fraction. Keys of the per-class

@@ -33,11 +33,11 @@ GRIDS = {
     "interconnect": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
     "sync_mma_fraction": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
     "attention_keys_half": [0.0, 16.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 2048.0],
-    "unit_bytes_per_cycle": [None, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0],
+    "unit_bytes_per_s": [None, 2e9, 3e9, 4e9, 5e9, 6e9, 7e9, 8e9, 9e9, 10e9, 12e9, 14e9, 16e9, 20e9, 24e9],
 }
 START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0,
          "token_overhead_s": 0.0, "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0,
-         "unit_bytes_per_cycle": None}
+         "unit_bytes_per_s": None}
 MIN_ROWS = 4
 KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
@@ -66,8 +66,8 @@ PARAMS = {
     "interconnect": ("fraction of link bandwidth", "1", "0.8: NCCL maintainer, NVIDIA/nccl#1054"),
     "sync_mma_fraction": ("fraction synchronous mma.sync reaches where the peak needs wgmma", "1", "1: neutral"),
     "attention_keys_half": ("keys per query at which fused attention reaches half its rate", "keys", "0: neutral"),
-    "unit_bytes_per_cycle": ("main-memory bytes per cycle per compute unit (Little's-law ceiling)", "B/cycle",
-                             "none: neutral (no ceiling)"),
+    "unit_bytes_per_s": ("main-memory bytes per second per compute unit (Little's-law ceiling: bytes in flight over "
+                         "a DRAM latency in ns)", "B/s", "none: neutral (no ceiling)"),
 }
 # Regularisation: a fit of n rows pays PRIOR_ROWS / n x |log((v + s) / (default + s))| per number moved from its
 # default (s: the number's softening scale, so that a zero default can move): a factor e away from the default costs

@@ -93,6 +93,10 @@ def own_figures(device: "Device", use_family: bool = False) -> dict[str, Figure]
     clock = _clock(device, use_family)
     if clock:
         figs["processor.clock"] = clock
+    if device.processor is not None and device.processor.matrix_clock_ghz:
+        src = next((_title(x) for x in device.sources if "matrix_clock" in x.covers), _cite(device, "processor"))
+        figs["processor.matrix_clock"] = Figure("processor.matrix_clock", device.processor.matrix_clock_ghz * 1e9,
+                                                "sourced", f"measured under a dense GEMM: {src}")
     for unit in ("matrix", "vector"):
         c = getattr(device.compute, unit)
         for p in COMPUTE_KEYS:

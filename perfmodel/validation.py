@@ -45,7 +45,7 @@ ROW_FIELDS = {
     "prompt_len": int, "gen_len": int, "tp": int, "pp": int,
     "n_devices": int, "metric": str, "value": float, "where": str, "note": str,
     "m": int, "n": int, "k": int, "dtype": str, "seq_len": int, "heads": int, "head_dim": int, "causal": bool,
-    "kernel": str, "groups": int,
+    "kernel": str, "groups": int, "quant_input": bool,
 }
 REQUIRED = ("engine", "metric", "value", "where")
 SOURCE_REQUIRED = ("title", "url")
@@ -337,6 +337,16 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
         scale, variant = block_scale_work(dt, dt, flops)
         op = Op("gemm", OpKind.MATMUL, dt, flops=flops, weight_bytes=k * n * it * g,
                 act_in_bytes=m * k * it * g, act_out_bytes=m * n * it * g, rows=m, scale_flops=scale, variant=variant)
+        if r.get("quant_input") is True:
+            # the timed call first quantises a BF16 input to `dtype` in its own kernel (vLLM's
+            # W8A8BlockFp8LinearOp.apply): it reads m x k BF16 and writes m x k at `dtype` plus an FP32 scale per
+            # 128-wide group, with an abs-max, a divide and a convert per element
+            quant = Op("quant_input", OpKind.ELEMENTWISE, DType.parse("bf16"), flops=3.0 * m * k * g,
+                       act_in_bytes=2.0 * m * k * g, act_out_bytes=m * k * g * (it + 4.0 / 128))
+            qbw = float(mach.bandwidth_for(quant.bytes))
+            bw = float(mach.bandwidth_for(op.bytes))
+            t = op_cost(op, mach, bw, bw)["time_s"] + op_cost(quant, mach, qbw, qbw)["time_s"]
+            return op.flops / float(t) / 1e12
     else:  # attention_tflops: FLOPs 4 x s^2 x d x heads x batch, halved when causal (the FlashAttention papers')
         s, h, d, b = (int(_n(r.get(x), 1)) for x in ("seq_len", "heads", "head_dim", "batch"))
         causal = bool(r.get("causal", False))

@@ -86,6 +86,11 @@ def scaled(device: "Device | str", name: str | None = None, **changes: Any) -> "
         for k in ("all_core_clock_ghz", "base_clock_ghz", "max_clock_ghz"):
             new_proc.pop(k, None)
         new_proc["clock_ghz"] = positive("clock_ghz")
+        if proc.get("matrix_clock_ghz"):  # the clock held under a GEMM keeps its ratio to the quoted one
+            from .device import Processor
+
+            ratio = Processor(**proc).matrix_clock_ratio
+            new_proc["matrix_clock_ghz"] = new_proc["clock_ghz"] * ratio
     if proc:
         from .device import Processor
 

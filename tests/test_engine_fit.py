@@ -22,7 +22,7 @@ def test_prior_cost_by_hand():
     assert ef.prior_cost(dict(ef.START), 4) == 0
     assert ef.prior_cost({**ef.START, "matrix": 0.35}, 400) == pytest.approx(0.005 * math.log(2))
     # a concurrency ceiling where the default has none counts one e-fold
-    assert ef.prior_cost({**ef.START, "unit_bytes_per_cycle": 6.0}, 2) == pytest.approx(1.0)
+    assert ef.prior_cost({**ef.START, "unit_bytes_per_s": 6e9}, 2) == pytest.approx(1.0)
 
 
 def test_at_bounds_names_the_numbers_at_a_grid_end_but_not_a_neutral_default():

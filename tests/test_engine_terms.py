@@ -19,16 +19,16 @@ def _main_bw(device: str, **eff) -> float:
 
 
 def test_concurrency_ceiling_caps_main_memory_bandwidth():
-    # A100 80GB SXM: 108 SMs x 1.41 GHz x 6 B/cycle = 913.7 GB/s, below its 2,039 GB/s; an RTX 4090's
-    # 128 x 2.52 GHz x 6 = 1,935 GB/s stays above its 1,008 GB/s, so the datasheet rate holds there
+    # A100 80GB SXM: 108 SMs x 6 GB/s = 648 GB/s, below its 2,039 GB/s; an RTX 4090's 128 x 8 GB/s = 1,024 GB/s stays
+    # above its 1,008 GB/s, so the datasheet rate holds there. The ceiling is per second, not per cycle: a unit's
+    # bytes in flight over a DRAM latency set in nanoseconds, so a faster core clock does not raise it
     a100 = pm.load_device("a100-80gb-sxm")
-    want = a100.processor.units * a100.processor.peak_clock_hz * 6
-    assert want == pytest.approx(108 * 1.41e9 * 6, rel=1e-3)
-    assert _main_bw("a100-80gb-sxm", unit_bytes_per_cycle=6.0) == pytest.approx(want)
+    assert _main_bw("a100-80gb-sxm", unit_bytes_per_s=6e9) == pytest.approx(108 * 6e9)
     assert _main_bw("a100-80gb-sxm") == pytest.approx(2039e9)
-    assert _main_bw("rtx-4090", unit_bytes_per_cycle=6.0) == pytest.approx(1008e9)
+    assert _main_bw("rtx-4090", unit_bytes_per_s=8e9) == pytest.approx(1008e9)
+    assert _main_bw("rtx-4090", unit_bytes_per_s=6e9) == pytest.approx(128 * 6e9)
     # the datasheet table (for MBU) never sees the ceiling
-    m = Machine(a100, IDEAL.model_copy(update={"unit_bytes_per_cycle": 6.0}), Parallel())
+    m = Machine(a100, IDEAL.model_copy(update={"unit_bytes_per_s": 6e9}), Parallel())
     assert float(m.datasheet_bandwidth(1e12)) == pytest.approx(2039e9)
 
 
@@ -291,3 +291,45 @@ def test_block_scaled_fp8_weights_in_a_model_cost_the_promotion_only_with_fp8_pr
                         for o in w8a8 if not o.name.endswith("lm_head"))
     assert all(o.scale_flops == 0 for o in w8)
     assert DType.parse("fp8_block") is DType.FP8_B128 and DType.FP8_B128.bits == pytest.approx(8 + 32 / 16384)
+
+
+def test_matrix_units_run_at_the_clock_they_hold_under_a_dense_gemm():
+    # MI300X: BF16 peak 1,307.4 TFLOP/s quoted at 2,100 MHz; AMD measured a median 1,207 MHz under a dense hipBLASLt
+    # GEMM, so the attainable rate at fraction 0.7 is 1,307.4 x 0.7 x 1.207 / 2.1 = 526.0 TFLOP/s; the datasheet
+    # peak (MFU's denominator) stays 1,307.4, and vector work keeps the quoted clock (163.4 FP32)
+    dev = pm.load_device("mi300x")
+    m = Machine(dev, Efficiency(matrix=0.7, vector=1.0), Parallel())
+    assert m.peak(OpKind.MATMUL, DType.BF16)[0] == pytest.approx(526.0e12, rel=1e-3)
+    assert m.datasheet_peak(OpKind.MATMUL, DType.BF16) == pytest.approx(1307.4e12)
+    assert m.peak(OpKind.ELEMENTWISE, DType.FP32)[0] == pytest.approx(163.4e12)
+    assert dev.figure("processor.matrix_clock").rung == "sourced"
+    # a part without a measured GEMM clock keeps its quoted peak: H100 SXM BF16 989.4 x 0.7 = 692.6
+    h = Machine(pm.load_device("h100-sxm"), Efficiency(matrix=0.7), Parallel())
+    assert h.peak(OpKind.MATMUL, DType.BF16)[0] == pytest.approx(692.58e12)
+
+
+def test_a_what_if_clock_keeps_the_gemm_clock_in_proportion():
+    # 2.1 -> 2.4 GHz scales the quoted peaks by 2.4 / 2.1 and the GEMM clock to 1.207 x 2.4 / 2.1 = 1.3794 GHz:
+    # the attainable BF16 rate is 1,307.4 x (2.4 / 2.1) x (1.3794 / 2.4) = 858.7 TFLOP/s at fraction 1
+    from perfmodel.whatif import scaled
+
+    dev = scaled("mi300x", clock_ghz=2.4)
+    assert dev.processor.matrix_clock_ghz == pytest.approx(1.207 * 2.4 / 2.1)
+    m = Machine(dev, Efficiency(matrix=1.0), Parallel())
+    assert m.peak(OpKind.MATMUL, DType.BF16)[0] == pytest.approx(858.79e12, rel=1e-4)
+
+
+def test_a_kernel_row_that_times_the_input_quantisation_adds_one_memory_pass():
+    # vLLM's W8A8BlockFp8LinearOp.apply quantises the BF16 input first: m x k x 2 bytes read, m x k x (1.00025 + 4/128)
+    # written (FP8 at 8.002 bits, one FP32 scale per 128). m = 4096, k = 7168: 29.36e6 elements x 3.0315 B = 89.0 MB at
+    # 3.35 TB/s (H100 HBM3, fractions 1, no overhead) = 26.57 us added to the GEMM's time
+    from perfmodel.validation import _predict_kernel
+
+    dev = pm.load_device("h100-sxm")
+    row = {"metric": "gemm_tflops", "dtype": "fp8_b128", "m": 4096, "n": 2112, "k": 7168}
+    plain = _predict_kernel(row, dev, IDEAL)
+    quant = _predict_kernel({**row, "quant_input": True}, dev, IDEAL)
+    flops = 2.0 * 4096 * 2112 * 7168
+    added = 4096 * 7168 * (2 + 8.002 / 8 + 4 / 128) / 3.35e12
+    assert added == pytest.approx(26.57e-6, rel=1e-3)
+    assert flops / quant / 1e12 == pytest.approx(flops / plain / 1e12 + added)

@@ -26,9 +26,6 @@ from perfmodel.validation import load_rows, predict  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 # Why a fitted number may sit at a bound of its grid, per (engine, class, number): read off the rows, not assumed.
 AT_BOUND: dict[tuple[str, str, str], str] = {
-    ("trtllm", "gpu", "memory"): "the datasheet bandwidth, where the fit stops: TensorRT-LLM's newer tables "
-    "(v0.20 on) run 25-40 % faster than the model allows at 1.0, so the rows push past it; the gap is a missing "
-    "mechanism (host time overlapped with the GPU, fused kernels), not a fraction above 1",
     ("hf", "gpu", "op_overhead_s"): "the grid's top, 192 us per op: eager transformers generate() on GPUs, where the "
     "2023 rows (optimum's GPTQ table, llama2-webui) run 2-4x below their bandwidth bound at batch 1; Python and "
     "launch time per op is the only term that slows a batch-1 step without touching prefill",
