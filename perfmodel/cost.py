@@ -59,6 +59,16 @@ def op_class(op: Op) -> str:
     return CLASS_OF_KIND[op.kind]
 
 
+# Collective latency, NCCL's own cost model (NVIDIA/nccl src/graph/tuning.cc at commit 01afd20a, "Latencies in us"):
+# a ring collective costs baseLat + steps x hwLat, per protocol. Ring baseLat: LL 3.6, Simple 8.4 us; hwLat per step
+# on NVLink: LL 0.47, Simple 3.4 us; on PCI: LL 1.0, Simple 5.7 us. LL carries 8 bytes of data per 16-byte line with
+# its flag, and the tuner takes a quarter of the bus bandwidth for an LL ring all-reduce (busBw *= 1.0/4.0). Fabrics
+# other than PCIe (NVLink, xGMI, ICI) take NCCL's NVLink figures, an estimate where the library is not NCCL.
+NCCL_BASE_S = {"ll": 3.6e-6, "simple": 8.4e-6}
+NCCL_HOP_S = {"nvlink": {"ll": 0.47e-6, "simple": 3.4e-6}, "pci": {"ll": 1.0e-6, "simple": 5.7e-6}}
+NCCL_LL_BANDWIDTH = 1 / 4
+
+
 @dataclass(frozen=True)
 class Machine:
     """A device with efficiencies applied: attainable rates, ready for costing."""
@@ -183,18 +193,24 @@ class Machine:
             return self.eff.op_overhead_s
         return (self.device.op_overhead_us or 0.0) * 1e-6
 
-    def comm_terms(self, comm: Comm, n: int) -> tuple[float, float]:
-        """(s per byte, s per call) of a collective over n ranks: ring all-reduce (reduce-scatter + all-gather,
-        2(N-1) steps), ring all-gather (N-1 steps), or one point-to-point send."""
+    def comm_terms(self, comm: Comm, n: int) -> tuple[tuple[float, float], tuple[float, float]]:
+        """((s per byte, s per call) with NCCL's Simple protocol, the same with its LL protocol) of a collective over
+        n ranks: ring all-reduce (reduce-scatter + all-gather, 2(N-1) steps), ring all-gather (N-1 steps), or one
+        point-to-point send (1 step). A call costs NCCL's base latency plus a hop latency per step (NCCL_BASE_S,
+        NCCL_HOP_S); LL moves a quarter of Simple's bytes per second. The cost is the cheaper of the two, as NCCL's
+        tuner picks per size: LL for the small all-reduces of decode, Simple for large ones."""
         link = self.device.interconnect
         # sourced, derived from the PCIe generation and lanes, or estimated from the launch year (provenance)
         bw = self.device.figure("interconnect.bandwidth").value * self.eff.interconnect
-        lat = link.latency_us * 1e-6 if link is not None and link.latency_us else self.eff.interconnect_latency_s
-        if comm == Comm.ALL_REDUCE:
-            return 2 * (n - 1) / n / bw, 2 * (n - 1) * lat
-        if comm == Comm.ALL_GATHER:
-            return (n - 1) / n / bw, (n - 1) * lat
-        return 1 / bw, lat
+        kind = "pci" if link is None or link.pcie_generation or "pcie" in link.name.lower() else "nvlink"
+        hop = (link.latency_us * 1e-6 if link is not None and link.latency_us else self.eff.interconnect_latency_s)
+        steps, share = {Comm.ALL_REDUCE: (2 * (n - 1), 2 * (n - 1) / n),
+                        Comm.ALL_GATHER: (n - 1, (n - 1) / n)}.get(comm, (1, 1.0))
+        out = []
+        for proto, bw_share in (("simple", 1.0), ("ll", NCCL_LL_BANDWIDTH)):
+            h = hop if hop is not None else NCCL_HOP_S[kind][proto]
+            out.append((share / (bw * bw_share), NCCL_BASE_S[proto] + steps * h))
+        return out[0], out[1]
 
 
 def level_arrays(machines: tuple[Machine, ...], datasheet: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -302,8 +318,10 @@ class OpParams:
     keys_half: np.ndarray  # fused attention on datasheet rates: keys at which it reaches half its rate, else 0
     vector_peak: np.ndarray  # FP32 vector FLOP/s for block-scale work beside a GEMM (nan where none is needed)
     exp_cost: np.ndarray  # datasheet matrix peak / special-function rate: exponentials' cost in matrix time
-    comm_per_byte: np.ndarray  # s per byte of a collective
-    comm_fixed: np.ndarray  # s per collective (latency per step)
+    comm_per_byte: np.ndarray  # s per byte of a collective (NCCL's Simple protocol)
+    comm_fixed: np.ndarray  # s per collective (base latency + steps x hop)
+    comm_per_byte_ll: np.ndarray  # the same with NCCL's LL protocol (a quarter of the bandwidth, less latency)
+    comm_fixed_ll: np.ndarray
     # ln(1 + u) of the estimated device figure (perfmodel.provenance) that bounds the op's compute-bound time, its
     # memory-bound time (main memory's bandwidth) and its communication (the link); 0 where the figure is not estimated
     widen_compute: np.ndarray
@@ -320,7 +338,8 @@ class OpParams:
 
     ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "rows_half", "rate_table", "one_row",
               "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half",
-              "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "widen_compute", "widen_memory", "widen_link")
+              "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "comm_per_byte_ll",
+              "comm_fixed_ll", "widen_compute", "widen_memory", "widen_link")
 
 
 def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
@@ -352,8 +371,9 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
         a["count"][i] = op.count
         if op.kind == OpKind.COMM:
             n_ranks = mach.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
-            per_byte, fixed = mach.comm_terms(op.comm, n_ranks)
+            (per_byte, fixed), (per_byte_ll, fixed_ll) = mach.comm_terms(op.comm, n_ranks)
             a["comm"][i], a["comm_per_byte"][i], a["comm_fixed"][i] = True, per_byte, fixed
+            a["comm_per_byte_ll"][i], a["comm_fixed_ll"][i] = per_byte_ll, fixed_ll
             a["peak"][i] = a["alt_peak"][i] = np.inf
             a["frac"][i] = a["alt_frac"][i] = 1.0
             unit.append("link")
@@ -474,7 +494,9 @@ def terms(P: dict[str, np.ndarray], tables: tuple, q: dict[str, np.ndarray], res
     oh = pick("overhead")
     # an op with nothing to do (e.g. a conversion only large batches need) launches no kernel
     overhead = np.where(flops + resident + act > 0, oh, 0.0) if np.any(oh > 0) else np.zeros_like(compute)
-    comm = (np.where(P["comm"], q["comm_bytes"] * P["comm_per_byte"] + P["comm_fixed"], 0.0) if P["comm"].any()
+    comm = (np.where(P["comm"], np.minimum(q["comm_bytes"] * P["comm_per_byte"] + P["comm_fixed"],
+                                           q["comm_bytes"] * P["comm_per_byte_ll"] + P["comm_fixed_ll"]), 0.0)
+            if P["comm"].any()
             else np.zeros_like(compute))
     return {"compute_s": compute, "memory_s": memory, "comm_s": comm, "overhead_s": overhead}
 

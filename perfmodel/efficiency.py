@@ -29,7 +29,9 @@ class Efficiency(BaseModel):
     vector: float = Field(0.7, gt=0, le=1, description="fraction of vector-unit peak")
     memory: float = Field(0.8, gt=0, le=1, description="fraction of each memory level's bandwidth")
     interconnect: float = Field(0.8, gt=0, le=1, description="fraction of link bandwidth")
-    interconnect_latency_s: float = Field(10e-6, ge=0, description="per ring step, when the device gives none")
+    interconnect_latency_s: float | None = Field(
+        None, ge=0, description="latency per ring step; None: the device's latency_us, else NCCL's own per-hop latency "
+                                "for the link type (perfmodel.cost.NCCL_HOP_S)")
     op_overhead_s: float | None = Field(None, ge=0, description="per kernel; None: the device's, else 0")
     step_overhead_s: float = Field(
         0.0, ge=0, description="fixed host time per forward pass (scheduling, sampling, synchronisation): once per "

@@ -40,17 +40,25 @@ def test_pipeline_parallel_splits_layers_and_adds_sends(llama2):
 def test_pipeline_parallel_costs_its_hops(llama2):
     a = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=16)
     b = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=16, pp=2)
-    # same work run stage after stage, plus one send per step of 8 KB over NVLink (~10 us latency each)
+    # same work run stage after stage, plus one send per pass over NVLink (450 GB/s x 0.8), each NCCL's base + one
+    # hop: 15 decode sends of 8 KB with LL (3.6 + 0.47 us + 8,192 B at a quarter of 360 GB/s = 4.16 us) and the
+    # prefill's 1 MiB (128 x 4096 x 2 B) with Simple (8.4 + 3.4 us + 1,048,576 / 360e9 = 14.71 us; LL 15.72)
+    decode = 15 * (3.6e-6 + 0.47e-6 + 8192 / (450e9 * 0.8 / 4))
+    prefill = 8.4e-6 + 3.4e-6 + 128 * 4096 * 2 / (450e9 * 0.8)
     assert b.e2e_latency_s > a.e2e_latency_s
-    assert b.e2e_latency_s - a.e2e_latency_s == pytest.approx(16 * (10e-6 + 4096 * 2 / (450e9 * 0.8)), rel=0.05)
+    assert b.e2e_latency_s - a.e2e_latency_s == pytest.approx(decode + prefill, rel=0.02)
     assert b.memory["weights_bytes"] < 0.55 * a.memory["weights_bytes"]
 
 
 def test_tensor_parallel_all_reduce_cost(llama2):
     est = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=2, tp=2)
     ar = est.ops[(est.ops.phase == "decode") & (est.ops.name == "layers.attn.all_reduce")].iloc[0]
-    # ring all-reduce of 4096 x 2 bytes on 2 ranks: 2(N-1)/N x 8192 B / (450 GB/s x 0.8) + 2(N-1) x 10 us, x 32 layers
-    assert ar.time_s == pytest.approx(32 * (8192 / 360e9 + 2 * 10e-6))
+    # ring all-reduce of 4096 x 2 bytes on 2 ranks, NCCL's LL protocol (the cheaper for 8 KB): base 3.6 us + 2(N-1)
+    # hops of 0.47 us + 2(N-1)/N x 8192 B at a quarter of 450 GB/s x 0.8 = 4.54 + 0.091 = 4.63 us, x 32 layers; the
+    # Simple protocol would take 8.4 + 2 x 3.4 + 0.023 = 15.2 us
+    ll = 3.6e-6 + 2 * 0.47e-6 + 8192 / (360e9 / 4)
+    assert ll == pytest.approx(4.631e-6, rel=1e-3)
+    assert ar.time_s == pytest.approx(32 * ll)
 
 
 def test_efficiency_profile_file(tmp_path, llama2, a100):
