@@ -94,9 +94,9 @@ def own_figures(device: "Device", use_family: bool = False) -> dict[str, Figure]
     if clock:
         figs["processor.clock"] = clock
     if device.processor is not None and device.processor.matrix_clock_ghz:
-        src = next((_title(x) for x in device.sources if "matrix_clock" in x.covers), _cite(device, "processor"))
+        cite = _cite(device, "matrix_clock")
         figs["processor.matrix_clock"] = Figure("processor.matrix_clock", device.processor.matrix_clock_ghz * 1e9,
-                                                "sourced", f"measured under a dense GEMM: {src}")
+                                                "sourced", f"measured under a dense GEMM: {cite}")
     for unit in ("matrix", "vector"):
         c = getattr(device.compute, unit)
         for p in COMPUTE_KEYS:
@@ -343,6 +343,7 @@ _TOPIC_WORDS = {
     "memory": ("bandwidth", "memory", "hbm", "gddr", "ddr", "lpddr", "gb/s", "channel"),
     "interconnect": ("nvlink", "interconnect", "pcie", "link", "infinity fabric", "ici"),
     "processor": ("clock", "ghz", "mhz", "frequency", "boost", "processor", "cores", "sm"),
+    "matrix_clock": ("matrix_clock",),
 }
 
 

@@ -86,15 +86,13 @@ def scaled(device: "Device | str", name: str | None = None, **changes: Any) -> "
         for k in ("all_core_clock_ghz", "base_clock_ghz", "max_clock_ghz"):
             new_proc.pop(k, None)
         new_proc["clock_ghz"] = positive("clock_ghz")
-        if proc.get("matrix_clock_ghz"):  # the clock held under a GEMM keeps its ratio to the quoted one
-            from .device import Processor
-
-            ratio = Processor(**proc).matrix_clock_ratio
-            new_proc["matrix_clock_ghz"] = new_proc["clock_ghz"] * ratio
     if proc:
         from .device import Processor
 
-        old_p, new_p = Processor(**proc), Processor(**new_proc)
+        old_p = Processor(**proc)
+        if "clock_ghz" in changes and old_p.matrix_clock_ghz:  # the clock held under a GEMM keeps its ratio
+            new_proc["matrix_clock_ghz"] = new_proc["clock_ghz"] * old_p.matrix_clock_ratio
+        new_p = Processor(**new_proc)
         f = (new_p.units / old_p.units) * ((new_p.peak_clock_hz / old_p.peak_clock_hz)
                                           if old_p.peak_clock_hz and new_p.peak_clock_hz else 1.0)
         if f != 1.0:
