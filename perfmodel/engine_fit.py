@@ -44,7 +44,7 @@ KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
 # TensorRT-LLM, vLLM and SGLang ship Hopper kernels with wgmma; elsewhere these stay at their neutral START value
 # and a host cost per sequence is told apart from one per pass only where batches exceed 1 (the serving stacks)
-ONLY_FOR = {"sync_mma_fraction": ("llamacpp",), "token_overhead_s": ("trtllm", "vllm")}
+ONLY_FOR = {"sync_mma_fraction": ("llamacpp", "fa2"), "token_overhead_s": ("trtllm", "vllm")}
 # numbers only some device classes have: a CPU runs its GEMMs on the vector units (AMX aside), where a GPU's vector
 # fraction only scales its elementwise kernels, which the rows cannot tell apart from the memory fraction
 CLASS_ONLY = {"vector": ("cpu",)}
@@ -61,15 +61,40 @@ PARAMS = {
                "0.75-0.90 for 10-100 MB transfers (calculon-ai/calculon systems/a100_80g.json)"),
     "op_overhead_s": ("host/launch time per kernel", "s", "4 us: estimated, no datasheet gives it; below an eager "
                       "PyTorch op (LLMCompass's calibrated A100 overheads, 12-45 us per op, PrincetonUniversity/"
-                      "LLMCompass hardware_model/compute_module.py), above zero for a graph-replayed kernel"),
+                      "LLMCompass hardware_model/compute_module.py), above zero for a graph-replayed kernel; "
+                      "llama.cpp on Metal 10 us (CLASS_START: Metal's per-dispatch cost)"),
     "step_overhead_s": ("host time per forward pass", "s", "0: neutral"),
     "token_overhead_s": ("host time per sequence per step", "s", "0: neutral"),
     "interconnect": ("fraction of link bandwidth", "1", "0.8: NCCL maintainer, NVIDIA/nccl#1054"),
-    "sync_mma_fraction": ("fraction synchronous mma.sync reaches where the peak needs wgmma", "1", "1: neutral"),
+    "sync_mma_fraction": ("fraction synchronous mma.sync reaches where the peak needs wgmma", "1", "1: neutral; "
+                          "FlashAttention-2 0.7 (CLASS_START: Hopper microbenchmarks, mma.sync against wgmma)"),
     "attention_keys_half": ("keys per query at which fused attention reaches half its rate", "keys", "0: neutral"),
     "unit_bytes_per_s": ("main-memory bytes per second per compute unit (Little's-law ceiling: bytes in flight over "
                          "a DRAM latency in ns)", "B/s", "none: neutral (no ceiling)"),
 }
+# Defaults that differ by engine and device class where a source measures the mechanism there, each with its
+# citation (the rest of START holds). They are where a fit starts and what it is pulled toward (prior_cost), and the
+# values a leave-one-source-out fold uses when too few rows are left to fit the class.
+CLASS_START: dict[tuple[str, str], dict[str, float]] = {
+    # Metal: a kernel encoded and dispatched costs ~10 us ("There is immense overhead to encode kernels on the CPU in
+    # separate encoders or command buffers. This latency (~10 microseconds)", P. Turner, philipturner/
+    # metal-flash-attention#18; "~378 Metal dispatches/token at 5-15us each", ohdearquant/lattice#172)
+    ("llamacpp", "apple"): {"op_overhead_s": 10e-6},
+    # FlashAttention-2 runs Ampere's synchronous mma.sync on Hopper, which reaches ~0.7 of what wgmma reaches: on an
+    # H800 PCIe, dense FP16 mma.sync m16n8k16 494.4 TFLOP/s (65.3 % of 756.5) against wgmma m64n256k16 729.3
+    # (96.4 %), 0.68 (Luo et al., "Dissecting the NVIDIA Hopper Architecture through Microbenchmarking and Multiple
+    # Level Analysis", arXiv:2501.12084, section 6.2, as tabulated in waynehacking8/blackwell-tensorcore-kernels
+    # VALIDATION.md); their suite rerun on an H100 SXM5, 713.7 against 976.6 per clock, 0.73 (Johnsonms/
+    # NVIDIA-Hopper-Benchmark reproduction/H100-dapperdingo/raw/mma_m16n8k16.log and wgmma_fp16.log)
+    ("fa2", "gpu"): {"sync_mma_fraction": 0.7},
+}
+
+
+def start(engine: str | None = None, cls: str | None = None) -> dict:
+    """The defaults of (engine, class): START with that pair's cited CLASS_START values."""
+    return {**START, **CLASS_START.get((engine, cls), {})}
+
+
 # Regularisation: a fit of n rows pays PRIOR_ROWS / n x |log((v + s) / (default + s))| per number moved from its
 # default (s: the number's softening scale, so that a zero default can move): a factor e away from the default costs
 # what PRIOR_ROWS rows each missed by a factor e would. A source with a handful of rows cannot drag a number far;
@@ -87,13 +112,14 @@ SOURCE_POWER = 1.0
 SOFTEN = {"op_overhead_s": 2e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6, "attention_keys_half": 64.0}
 
 
-def prior_cost(params: dict, n: int) -> float:
-    """The regularisation term for `params` fitted on `n` rows (PRIOR_ROWS)."""
+def prior_cost(params: dict, n: int, defaults: dict | None = None) -> float:
+    """The regularisation term for `params` fitted on `n` rows (PRIOR_ROWS), toward `defaults` (START)."""
+    defaults = START if defaults is None else defaults
     total = 0.0
     for key, v in params.items():
-        if key not in START or key not in GRIDS:
+        if key not in defaults or key not in GRIDS:
             continue
-        d = START[key]
+        d = defaults[key]
         if v is None or d is None:
             total += 0.0 if v is d else 1.0  # a ceiling where the default has none: one e-fold
             continue
@@ -102,12 +128,13 @@ def prior_cost(params: dict, n: int) -> float:
     return PRIOR_ROWS / max(n, 1) * total
 
 
-def at_bounds(params: dict) -> list[str]:
-    """The fitted numbers that sit at an end of their grid, other than at their neutral default."""
+def at_bounds(params: dict, defaults: dict | None = None) -> list[str]:
+    """The fitted numbers that sit at an end of their grid, other than at their default (START)."""
+    defaults = START if defaults is None else defaults
     out = []
     for key, v in params.items():
         grid = [g for g in GRIDS.get(key, []) if g is not None]
-        if not grid or v is None or v == START.get(key):
+        if not grid or v is None or v == defaults.get(key):
             continue
         if v <= min(grid) or v >= max(grid):
             out.append(key)
@@ -119,7 +146,7 @@ def pinned(rows, base: EngineProfile, cls: str):
     concurrency's KV cache does not fit) runs at the largest batch that fits, which memory alone decides, not any
     number fitted here; pinning it costs one point per row per trial instead of the whole batch grid."""
     run = np.full(len(rows), np.nan)
-    prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: dict(START)})
+    prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: start(base.id, cls)})
     predict(rows, profiles={base.id: prof}, batch_out=run)
     return rows.assign(run_batch=run)  # validation._points uses it for the serving metrics only
 
@@ -155,7 +182,8 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
     rows = pinned(rows, base, cls)
     # facts about the engine written in its profile (e.g. half_accumulate) are kept, not fitted
     fixed = {k: v for k, v in base.classes.get(cls, {}).items() if k not in GRIDS}
-    params = {**START, **fixed}
+    defaults = start(engine, cls)
+    params = {**defaults, **fixed}
     if engine in KERNEL_ENGINES:
         bw = rows.metric == "bandwidth_gb_per_s"
         on = {k: rows[bw] if k == "memory" else rows[~bw] for k in GRIDS}
@@ -167,7 +195,7 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
         memo_key = (id(on[key]), tuple(sorted((k, v) for k, v in trial.items() if k in GRIDS)))
         if memo_key not in seen:
             val, n = loss(sub, base, cls, trial)
-            seen[memo_key] = val + prior_cost(trial, n)
+            seen[memo_key] = val + prior_cost(trial, n, defaults)
         return seen[memo_key]
 
     for sweep in range(2):
@@ -228,8 +256,10 @@ def fit_groups(rows):
 
 
 def neutral(prof: EngineProfile) -> dict[str, dict[str, float]]:
-    """A profile's classes with every fitted number at its neutral START value; facts (half_accumulate) kept."""
-    return {cls: {**START, **{k: v for k, v in vals.items() if k not in GRIDS}} for cls, vals in prof.classes.items()}
+    """A profile's classes with every fitted number at its default (start: START and the class's cited values);
+    facts (half_accumulate) kept."""
+    return {cls: {**start(prof.id, cls), **{k: v for k, v in vals.items() if k not in GRIDS}}
+            for cls, vals in prof.classes.items()}
 
 
 def fit_profiles(rows, memo: dict | None = None, untrained: bool = False, log=print) -> dict[str, EngineProfile]:

@@ -92,7 +92,8 @@ class Precision:
     kv: DType = DType.BF16
     act: DType = DType.BF16
     gemm: DType | None = None  # compute format of the weight GEMMs where it differs from act (llama.cpp MMQ: int8)
-    dequant: str = "fused"  # fused: quantised weights are expanded inside the GEMM; fp16_copy: into an FP16 copy first
+    dequant: str = "fused"  # fused: quantised weights are expanded inside the GEMM; fp16_copy, fp16_scratch: into an
+    # FP16 copy first (llama.cpp CUDA before PR #8075 above 32 rows; ONNX Runtime MatMulNBits above one row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +165,14 @@ class _Builder:
         block, variant = block_scale_work(self.prec.weights, self.prec.gemm or self.prec.act, flops)
         scale += block  # never both: MMQ's block scales need int8 products, these FP8 ones
         fp16_read = 0.0
-        if self.prec.dequant == "fp16_copy" and blocks:
-            # llama.cpp's CUDA path before PR #8075 (batches over 32 rows): a conversion kernel first writes an FP16
-            # copy of the weights, and cuBLAS reads that copy; once per micro-batch of 512 tokens (llama-bench's
-            # default n_ubatch)
-            passes = call("fp16_passes", tokens)
+        if (self.prec.dequant == "fp16_copy" and blocks) or (self.prec.dequant == "fp16_scratch"
+                                                              and self.prec.weights.bits < self.prec.act.bits):
+            # a conversion kernel first writes an FP16 copy of the weights, and cuBLAS reads that copy. llama.cpp's
+            # CUDA path before PR #8075 (batches over 32 rows): once per micro-batch of 512 tokens (llama-bench's
+            # default n_ubatch). ONNX Runtime's MatMulNBits: its int4/int8 GEMV refuses more than one row
+            # (matmul_4bits.cu, TryMatMul4Bits: `m > 1` returns false), and the fallback dequantises the whole
+            # weight into a scratch buffer for a cuBLAS GEMM on every call (matmul_nbits.cc, DequantizeBlockwise4b)
+            passes = call("fp16_passes" if self.prec.dequant == "fp16_copy" else "scratch_passes", tokens)
             elems = k * n * w_count
             self.add(name + ".to_fp16", OpKind.ELEMENTWISE, count, flops=elems * passes,
                      act_in_bytes=elems * self.w * passes, act_out_bytes=2.0 * elems * passes)

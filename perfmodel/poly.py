@@ -138,6 +138,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     # weight conversion passes of llama.cpp's fp16_copy path: one per 512-token micro-batch above 32 rows
     "fp16_passes": lambda t: np.where(np.asarray(t, dtype=float) > 32, np.ceil(np.asarray(t, dtype=float) / 512.0),
                                       0.0),
+    # ONNX Runtime's MatMulNBits (fp16_scratch): its fused kernel takes one row only, so every call of more rows
+    # expands the whole weight into an FP16 scratch buffer first, once per call
+    "scratch_passes": lambda t: np.where(np.asarray(t, dtype=float) > 1, 1.0, 0.0),
     "recip": lambda x: 1.0 / np.asarray(x, dtype=float),
     "at_least_one": lambda x: np.maximum(np.asarray(x, dtype=float), 1.0),
 }

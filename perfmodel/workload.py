@@ -45,9 +45,11 @@ class Workload(BaseModel):
     pp: int = Field(1, description="pipeline-parallel degree", json_schema_extra={"name": "pp"})
     attention: Literal["flash", "unfused"] = Field("flash", description="flash (fused) or unfused",
                                                    json_schema_extra={"name": "attention"})
-    dequant: Literal["fused", "fp16_copy"] = Field(
-        "fused", description="how quantised weights reach the GEMMs: fused (dequantised inside them) or fp16_copy "
-                             "(an FP16 copy first: llama.cpp's CUDA path before PR #8075, batches over 32)",
+    dequant: Literal["fused", "fp16_copy", "fp16_scratch"] = Field(
+        "fused", description="how quantised weights reach the GEMMs: fused (dequantised inside them), fp16_copy "
+                             "(an FP16 copy first: llama.cpp's CUDA path before PR #8075, batches over 32) or "
+                             "fp16_scratch (an FP16 copy on every call of more than one row: ONNX Runtime's "
+                             "MatMulNBits)",
         json_schema_extra={"name": "dequant"})
 
     backend: str | None = Field(
@@ -105,9 +107,10 @@ class Workload(BaseModel):
     @field_validator("attention", "dequant", mode="before")
     @classmethod
     def _choice(cls, v: Any, info) -> str:
-        allowed = {"attention": ("flash", "unfused"), "dequant": ("fused", "fp16_copy")}[info.field_name]
+        allowed = {"attention": ("flash", "unfused"), "dequant": ("fused", "fp16_copy", "fp16_scratch")}[info.field_name]
         if v not in allowed:
-            raise PerfmodelError(f"{info.field_name} must be {' or '.join(map(repr, allowed))}; got {v!r}")
+            choices = f"{', '.join(map(repr, allowed[:-1]))} or {allowed[-1]!r}"
+            raise PerfmodelError(f"{info.field_name} must be {choices}; got {v!r}")
         return v
 
     @property

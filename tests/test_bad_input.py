@@ -63,7 +63,7 @@ CASES = [
     (E + ["--tp", "0"], "tp must be an integer"),
     (E + ["--pp", "1000"], "pp must be at most n_layers"),
     (E + ["--attention", "fast"], "attention must be 'flash' or 'unfused'"),
-    (E + ["--dequant", "copy"], "dequant must be 'fused' or 'fp16_copy'"),
+    (E + ["--dequant", "copy"], "dequant must be 'fused', 'fp16_copy' or 'fp16_scratch'"),
     (["estimate", "--model", "bert-base", "--hardware", "h100", "--gen", "5"], "encoder-only"),
     (["estimate", "--model", "mixtral-8x7b", "--hardware", "a100-80gb-sxm"], "Would fit"),
     (["estimate", "--model", "{bin}", "--hardware", "h100"], "not text"),

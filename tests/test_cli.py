@@ -72,7 +72,8 @@ def test_encoder_defaults_to_no_generation(capsys):
         (["--model", "mixtral-8x7b", "--hardware", "a100-80gb-sxm"], "does not fit"),
         (["--model", "gpt2", "--hardware", "h100", "--attention", "fast"], "attention must be 'flash' or 'unfused'"),
         (["--model", "gpt2", "--hardware", "h100", "--gemm", "q4_0"], "gemm must be one of"),
-        (["--model", "gpt2", "--hardware", "h100", "--dequant", "copy"], "dequant must be 'fused' or 'fp16_copy'"),
+        (["--model", "gpt2", "--hardware", "h100", "--dequant", "copy"],
+         "dequant must be 'fused', 'fp16_copy' or 'fp16_scratch'"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(capsys, argv, needle):

@@ -25,6 +25,21 @@ def test_prior_cost_by_hand():
     assert ef.prior_cost({**ef.START, "unit_bytes_per_s": 6e9}, 2) == pytest.approx(1.0)
 
 
+def test_class_defaults_are_where_a_fit_starts_and_what_it_is_pulled_toward():
+    # llama.cpp on Metal starts from 10 us per kernel (Metal's dispatch cost, CLASS_START): 4 rows fitted at 4 us
+    # pay 0.5 x ln((10 + 2) / (4 + 2)) = 0.5 x ln 2 toward it, 10 us pays nothing; elsewhere 4 us is the default
+    apple = ef.start("llamacpp", "apple")
+    assert apple["op_overhead_s"] == 10e-6 and ef.start("llamacpp", "gpu")["op_overhead_s"] == ef.START["op_overhead_s"]
+    assert ef.prior_cost({**apple, "op_overhead_s": 4e-6}, 4, apple) == pytest.approx(0.5 * math.log(2))
+    assert ef.prior_cost(apple, 4, apple) == 0
+    # FlashAttention-2's mma.sync on Hopper: 0.7 of what wgmma reaches; a leave-one-source-out fold with too few rows
+    # to fit starts every class from these defaults, facts kept
+    fa2 = ef.neutral(load_engine("fa2"))["gpu"]
+    assert fa2["sync_mma_fraction"] == 0.7 and fa2["matrix"] == ef.START["matrix"]
+    # a number sitting at its class default is not "at a bound" even where that default is a grid end
+    assert ef.at_bounds({**apple, "op_overhead_s": 10e-6}, apple) == []
+
+
 def test_at_bounds_names_the_numbers_at_a_grid_end_but_not_a_neutral_default():
     assert ef.at_bounds({**ef.START, "memory": 1.0, "matrix": 0.15}) == ["matrix", "memory"]
     assert ef.at_bounds({**ef.START, "sync_mma_fraction": 1.0, "matrix": 0.5}) == []  # 1.0 is its neutral start

@@ -130,6 +130,27 @@ def test_fp16_copy_converts_weights_once_per_micro_batch_of_large_batches_only()
     assert [o.name for o in fused.ops] == ["mm"]
 
 
+def test_fp16_scratch_expands_int4_weights_on_every_call_of_more_than_one_row():
+    # ONNX Runtime's MatMulNBits: one 5120 x 17920 int4 product (phi-3-medium's gate/up width) = 91.75 M weights.
+    # One row: the fused GEMV, no copy. Sixteen rows (a batch-16 decode step) or 512: one expansion per call, reading
+    # 0.5 B per weight and writing 2 B, and the GEMM then reads the 2-byte copy: 91,750,400 x 0.5 = 45.9 MB in,
+    # 183.5 MB out. FP16 weights have nothing to expand.
+    from perfmodel.graph import _Builder
+
+    prec = Precision(DType.INT4, DType.FP16, DType.FP16, None, "fp16_scratch")
+    b = _Builder(pm.load_model("phi-3-medium"), prec, Parallel(), True)
+    b.matmul("mm", np.array([1.0, 16.0, 512.0]), 5120, 17920, 1)
+    conv = next(o for o in b.ops if o.name == "mm.to_fp16")
+    assert np.allclose(conv.act_in_bytes, [0, 45_875_200, 45_875_200])
+    assert np.allclose(conv.act_out_bytes, [0, 183_500_800, 183_500_800])
+    gemm = next(o for o in b.ops if o.name == "mm")
+    assert np.allclose(gemm.act_in_bytes - np.array([1.0, 16.0, 512.0]) * 5120 * 2, [0, 183_500_800, 183_500_800])
+    plain = _Builder(pm.load_model("phi-3-medium"), Precision(DType.FP16, DType.FP16, DType.FP16, None,
+                                                              "fp16_scratch"), Parallel(), True)
+    plain.matmul("mm", 16.0, 5120, 17920, 1)
+    assert [o.name for o in plain.ops] == ["mm"]
+
+
 def test_validation_rows_carry_the_attention_and_dequant_of_their_runs():
     import pandas as pd
 

@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perfmodel.engine_fit import MIN_ROWS, at_bounds, fit, fit_groups, fit_profiles, neutral, prepared  # noqa: E402
+from perfmodel.engine_fit import (MIN_ROWS, at_bounds, fit, fit_groups, fit_profiles, neutral,  # noqa: E402
+                                   prepared, start)
 from perfmodel.engines import EngineProfile, load_engine  # noqa: E402
 from perfmodel.validation import load_rows, predict  # noqa: E402
 
@@ -45,7 +46,7 @@ def render(prof: EngineProfile, classes: dict[str, dict[str, float]], fitted: st
              f"fitted = {q(fitted)}"]
     notes = []
     for cls, vals in sorted(classes.items()):
-        for key in at_bounds(vals):
+        for key in at_bounds(vals, start(prof.id, cls)):
             why = AT_BOUND.get((prof.id, cls, key))
             if why is None:
                 raise SystemExit(f"{prof.id} [{cls}] {key} = {vals[key]} sits at a bound of its grid: say why in "
