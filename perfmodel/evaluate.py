@@ -9,7 +9,7 @@ per phase; decode is summed exactly over the growing context. `evaluate` is its 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping
 
@@ -430,7 +430,7 @@ def capacity_messages(model: ModelSpec, device: Device, wl: Workload, mem: Memor
     fmt_hint = np.full(b.shape, "", dtype=object)
     for fmt in (DType.FP8, DType.INT4):
         if fmt.bits < wl.weights.bits:
-            prec = Precision(fmt, wl.kv, wl.act, wl.gemm, wl.dequant)
+            prec = replace(wl.precision, weights=fmt)
             need = weight_bytes(model, prec, wl.parallel) + kv + act
             fmt_hint = np.where((fmt_hint == "") & (need <= cap), fmt.value, fmt_hint)
     advice: dict[tuple, str] = {}

@@ -94,6 +94,7 @@ class Precision:
     gemm: DType | None = None  # compute format of the weight GEMMs where it differs from act (llama.cpp MMQ: int8)
     dequant: str = "fused"  # fused: quantised weights are expanded inside the GEMM; fp16_copy, fp16_scratch: into an
     # FP16 copy first (llama.cpp CUDA before PR #8075 above 32 rows; ONNX Runtime MatMulNBits above one row)
+    kv_per_query_head: bool = False  # unfused attention reads a KV head's K and V once per query head of its group
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +319,11 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
     else:
         # Unfused (eager) attention materialises the full (B, H, q, keys) score matrix, masked but computed.
         full = batch * q * keys * h
+        if b.prec.kv_per_query_head and not shape.shared_kv:
+            # ggml-metal's broadcast products: the grid's z is the query head and each head's threadgroups read the
+            # rows of its KV head (offset (i12 / r2) x nb02 in kernel_mul_mv and kernel_mul_mm), so under GQA a KV
+            # head is streamed once per query head of its group
+            kv_read = kv_read * h / kv_heads
         k_share = shape.qk_dim / (shape.qk_dim + shape.v_dim) if not shape.shared_kv else 1.0
         v_share = 1.0 - k_share if not shape.shared_kv else shape.v_dim / shape.qk_dim
         b.add(tag + ".scores", OpKind.MATMUL, n, flops=2.0 * full * shape.qk_dim, act_in_bytes=act_in,

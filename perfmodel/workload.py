@@ -117,7 +117,8 @@ class Workload(BaseModel):
     def precision(self) -> Precision:
         from .graph import Precision  # NumPy and the model schema load when a workload is costed, not for --help
 
-        return Precision(self.weights, self.kv, self.act, self.gemm, self.dequant)
+        return Precision(self.weights, self.kv, self.act, self.gemm, self.dequant,
+                         kv_per_query_head=self.attention == "unfused" and self.backend == "metal")
 
     @property
     def parallel(self) -> Parallel:

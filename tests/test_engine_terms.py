@@ -151,6 +151,27 @@ def test_fp16_scratch_expands_int4_weights_on_every_call_of_more_than_one_row():
     assert [o.name for o in plain.ops] == ["mm"]
 
 
+def test_metal_unfused_attention_reads_a_kv_head_once_per_query_head():
+    # Llama-3-8B decoding one token at 1,000 cached positions, FP16 cache: a layer's K and V are 1,000 x 2 x 8 KV
+    # heads x 128 x 2 B = 4,096,000 B, K half of it. ggml-metal's broadcast products read a KV head once per query
+    # head of its group (32 / 8 = 4), so the score product reads 2,048,000 x 4 = 8,192,000 B of K and the context
+    # product as much V; flash attention, or another backend, reads each once.
+    m = pm.load_model("llama-3-8b")
+    p = Pass("decoder", batch=1, q_len=1, kv_len=1000)
+
+    def kv(**kw):
+        prec = Workload(weights="fp16", kv="fp16", act="fp16", **kw).precision
+        return {o.name.split(".")[-1]: o.kv_read_bytes for o in lower(m, p, prec, Parallel(), fused=False)
+                if ".attn." in o.name}
+
+    assert Workload(attention="unfused", backend="metal").precision.kv_per_query_head
+    assert not Workload(attention="flash", backend="metal").precision.kv_per_query_head
+    assert not Workload(attention="unfused", backend="cuda").precision.kv_per_query_head
+    metal, cuda = kv(attention="unfused", backend="metal"), kv(attention="unfused", backend="cuda")
+    assert metal["scores"] == pytest.approx(8_192_000) and metal["context"] == pytest.approx(8_192_000)
+    assert cuda["scores"] == pytest.approx(2_048_000) and cuda["context"] == pytest.approx(2_048_000)
+
+
 def test_validation_rows_carry_the_attention_and_dequant_of_their_runs():
     import pandas as pd
 

@@ -102,7 +102,9 @@ def test_held_out_error_does_not_regress(rows):
 # (its 127 rows) while leave-one-source-out decode fell 20.1 / 28.3 -> 19.3 / 27.7 % on the same rows.
 # Cited class defaults (Metal's per-kernel cost, FlashAttention-2's mma.sync on Hopper) and ONNX Runtime's FP16
 # scratch copy: fixed split decode 20.1 / 23.6 -> 16.0 / 22.4 %, kernel mean 30.2 -> 27.8 %.
-REACHED = {"decode median": 16.5, "decode mean": 23.0, "prefill mean": 33.5, "serving mean": 24.0,
+# Metal's per-query-head KV re-read and the llama.cpp refit it brought: fixed split decode 16.0 / 22.4 -> 16.7 / 22.7 %
+# while leave-one-source-out decode fell 17.9 / 25.3 -> 17.4 / 24.8 %.
+REACHED = {"decode median": 17.0, "decode mean": 23.0, "prefill mean": 33.5, "serving mean": 24.0,
            "kernel mean": 28.5}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
@@ -253,7 +255,7 @@ def test_shipped_loso_table_is_current(rows):
 
 # leave-one-source-out as shipped with issue 14 (median / mean |error| %, docs/validation.md): a guard against a
 # refit or a mechanism that makes unseen sources worse; issue 14's targets are far below (decode 10 / 15, ...)
-LOSO_REACHED = {"decode": (18.5, 26.0), "prefill": (19.0, 38.5), "serving": (16.0, 23.0), "kernel": (20.5, 32.0)}
+LOSO_REACHED = {"decode": (18.0, 25.5), "prefill": (19.0, 38.5), "serving": (16.0, 23.0), "kernel": (20.5, 32.0)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
