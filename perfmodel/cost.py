@@ -268,9 +268,14 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str,
             if peak is not None:
                 if unit == "matrix" and device.compute.async_mma:
                     e = e * eff.sync_mma_fraction
-                if unit == "matrix" and sustained and device.processor is not None:
-                    e = e * device.processor.matrix_clock_ratio
-                return peak * e, unit, p
+                proc = device.processor
+                if unit == "matrix" and sustained and proc is not None:
+                    e = e * proc.matrix_clock_ratio
+                rate = peak * e
+                per_unit = _unit_int8_rate(device, eff, sustained) if unit == "matrix" and p == "int8" else None
+                if per_unit is not None:  # the engine's own int8 kernels: a rate per unit per clock
+                    rate = min(peak * (proc.matrix_clock_ratio if sustained else 1.0), per_unit)
+                return rate, unit, p
     unit = units[0][0]
     raise PerfmodelError(
         f"{device.id} has no figure for {unit} {precision} (or {', '.join(chain[1:]) or 'any fallback'}) and no rule "
@@ -279,6 +284,15 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str,
         f"(with its source), or [processor] units and clock_ghz with compute.{unit}.flops_per_cycle_per_unit."
         f"{precision}, or a `family` whose siblings give it"
     )
+
+
+def _unit_int8_rate(device: Device, eff: Efficiency, sustained: bool = True) -> float | None:
+    """int8 ops/s of the engine's own int8 GEMM kernels where the profile measures them per unit per clock for this
+    device's vendor (Efficiency.unit_int8_ops_per_cycle): units x (sustained) clock x that; None elsewhere."""
+    per_cycle, proc = eff.unit_int8_ops_per_cycle.get(device.vendor or ""), device.processor
+    if per_cycle is None or proc is None or proc.peak_clock_hz is None:
+        return None
+    return proc.units * proc.peak_clock_hz * (proc.matrix_clock_ratio if sustained else 1.0) * per_cycle
 
 
 def scales_in_mma(device: Device) -> bool:
@@ -389,8 +403,11 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
         a["rate_table"][i] = table_id(key)
         if op.kind == OpKind.ATTENTION and u != "calibrated":
             a["keys_half"][i] = eff.attention_keys_half
-        if scale[i] and u != "calibrated" and not (op.variant == "block_scaled" and scales_in_mma(mach.device)):
-            # vector work serial with the matrix products (block scales of quantised GEMMs)
+        per_unit = u == "matrix" and p == "int8" and _unit_int8_rate(mach.device, eff) is not None
+        if scale[i] and u != "calibrated" and not per_unit and not (op.variant == "block_scaled"
+                                                                    and scales_in_mma(mach.device)):
+            # vector work serial with the matrix products (block scales of quantised GEMMs); a rate per unit per
+            # clock measured on whole kernels (unit_int8_ops_per_cycle) already holds it
             a["vector_peak"][i] = mach._memo(("vector fp32",), lambda: _peak(mach.device, eff, False, "fp32")[0])
         if sfu and exp[i] and u != "calibrated":
             # softmax's exponentials on the special-function units, in turn with the matrix work (FlashAttention-3:

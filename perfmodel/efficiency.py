@@ -18,7 +18,9 @@ Attainable = peak x efficiency. The defaults below come from published achieved 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 
@@ -60,6 +62,13 @@ class Efficiency(BaseModel):
                                 "(Little's law: the bytes a unit's kernel keeps in flight over a DRAM latency, which "
                                 "is set in nanoseconds by the memory, not in cycles by the core clock); None: no "
                                 "ceiling")
+    unit_int8_ops_per_cycle: dict[str, float] = Field(
+        {}, description="int8 matrix operations per cycle one compute unit (SM, CU) completes in the engine's own "
+                        "quantised GEMM kernels (llama.cpp's MMQ), by device vendor where measured: int8 matrix work "
+                        "on that vendor's parts runs at units x sustained clock x this (at most the int8 peak), a "
+                        "rate set by what the kernel does per tile besides the MMA (loading and unpacking quantised "
+                        "blocks, applying their scales), not a fraction of the tensor cores' rate; elsewhere matrix x "
+                        "the int8 peak")
     source: str = "defaults (perfmodel.efficiency)"
 
     # Calibrated values (perfmodel calibrate). Where present they replace peak x fraction. Keys of the per-class
@@ -80,6 +89,14 @@ class Efficiency(BaseModel):
     raw_sha256: str = Field("", description="checksum of the raw measurements saved beside the profile")
     values_sha256: str = Field("", description="checksum of every value of the profile (calibration.profile."
                                                "values_digest): an edited calibrated profile is refused")
+
+    @field_validator("unit_int8_ops_per_cycle")
+    @classmethod
+    def _positive_rates(cls, v: dict[str, float]) -> dict[str, float]:
+        for vendor, rate in v.items():
+            if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+                raise ValueError(f"unit_int8_ops_per_cycle.{vendor} must be a finite number > 0, got {rate!r}")
+        return v
 
     @property
     def calibrated(self) -> bool:

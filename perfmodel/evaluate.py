@@ -239,8 +239,9 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
     low = lowered(model, prec, par, wl.attention == "flash")
     n = len(batch)
 
-    # Prefill: the prompt, and the first generated token's logits (all positions' logits when nothing is generated).
-    env = {"B": batch, "P": prompt, "LG": np.where(gen > 0, 1.0, prompt)}
+    # Prefill: the prompt, and the logits of its last position (the first generated token's), or of every position
+    # (Workload.logits "all": a scoring pass)
+    env = {"B": batch, "P": prompt, "LG": prompt if wl.logits == "all" else np.ones_like(prompt)}
     params = [op_params(m, low.prefill) for m in machines]
     P, tables = _gather(params, mi)
     mono = low.prefill.monomials_at(env, n)

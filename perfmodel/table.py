@@ -4,8 +4,8 @@
 quantities become a row of coefficients, and any number of rows is then evaluated with one matrix product:
 quantities of a field (ops, rows) = coef (ops, monomials) @ monomial values (monomials, rows).
 
-Variables: prefill `B` sequences, `P` prompt tokens, `LG` logit positions per sequence (1 when tokens are
-generated, else P); decode `B`, `C` the context of the step, `X` the cross-attended prompt (encoder-decoder).
+Variables: prefill `B` sequences, `P` prompt tokens, `LG` logit positions per sequence (1, the last;
+P with Workload.logits "all"); decode `B`, `C` the context of the step, `X` the cross-attended prompt (encoder-decoder).
 """
 
 from __future__ import annotations

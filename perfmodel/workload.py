@@ -51,6 +51,11 @@ class Workload(BaseModel):
                              "fp16_scratch (an FP16 copy on every call of more than one row: ONNX Runtime's "
                              "MatMulNBits)",
         json_schema_extra={"name": "dequant"})
+    logits: Literal["last", "all"] = Field(
+        "last", description="prompt positions whose logits the prompt pass computes: last (the next token's only: "
+                            "llama.cpp, vLLM, TensorRT-LLM, Hugging Face generate since logits_to_keep) or all (a "
+                            "scoring or perplexity pass)",
+        json_schema_extra={"name": "logits"})
 
     backend: str | None = Field(
         None, description="the engine's kernel backend where it has several (llama.cpp): " + " ".join(BACKENDS)
@@ -104,10 +109,11 @@ class Workload(BaseModel):
             raise PerfmodelError(f"{info.field_name} must be one of: {', '.join(ACT_DTYPES)}; got {d.value!r}")
         return d
 
-    @field_validator("attention", "dequant", mode="before")
+    @field_validator("attention", "dequant", "logits", mode="before")
     @classmethod
     def _choice(cls, v: Any, info) -> str:
-        allowed = {"attention": ("flash", "unfused"), "dequant": ("fused", "fp16_copy", "fp16_scratch")}[info.field_name]
+        allowed = {"attention": ("flash", "unfused"), "dequant": ("fused", "fp16_copy", "fp16_scratch"),
+                   "logits": ("last", "all")}[info.field_name]
         if v not in allowed:
             choices = f"{', '.join(map(repr, allowed[:-1]))} or {allowed[-1]!r}"
             raise PerfmodelError(f"{info.field_name} must be {choices}; got {v!r}")

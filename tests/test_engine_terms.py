@@ -104,6 +104,43 @@ def test_int8_gemms_of_block_quantised_weights_pay_their_block_scales_on_vector_
         2 * 512 * 4096**2 / 660.6e12 + 4 * 512 * 4096**2 / 32 / 82.6e12, rel=1e-6)
 
 
+def test_int8_kernels_measured_per_unit_run_at_units_x_clock_whatever_the_matrix_fraction():
+    # llama.cpp's MMQ on NVIDIA: 540 int8 ops per SM per clock. H100 SXM: 132 SMs x 1.98 GHz x 540 = 141.14e12 ops/s,
+    # 7.1 % of its 1,978.9 TOPS, at any matrix fraction; RTX 4090: 128 x 2.52 GHz x 540 = 174.18e12 (26.4 % of 660.6)
+    eff = Efficiency(matrix=0.2, unit_int8_ops_per_cycle={"nvidia": 540.0})
+    h100, g = pm.load_device("h100-sxm"), pm.load_device("rtx-4090")
+    assert Machine(h100, eff, Parallel()).peak(OpKind.MATMUL, DType.INT8)[0] == pytest.approx(141.14e12, rel=1e-4)
+    assert Machine(g, eff, Parallel()).peak(OpKind.MATMUL, DType.INT8)[0] == pytest.approx(174.18e12, rel=1e-4)
+    # never above the int8 peak: 4096 ops per SM per clock would be 128 x 2.52e9 x 4096 = 1,321 TOPS > 660.6
+    fast = eff.model_copy(update={"unit_int8_ops_per_cycle": {"nvidia": 4096.0}})
+    assert Machine(g, fast, Parallel()).peak(OpKind.MATMUL, DType.INT8)[0] == pytest.approx(660.6e12)
+    # other precisions keep matrix x peak (0.2 x 165.2 TFLOPS FP16), and another vendor's int8 too (RX 7900 XTX:
+    # 0.2 x 96 CUs x 2.5 GHz x 512 = 24.58 TOPS)
+    assert Machine(g, eff, Parallel()).peak(OpKind.MATMUL, DType.FP16)[0] == pytest.approx(0.2 * 165.2e12)
+    assert Machine(pm.load_device("rx-7900-xtx"), eff, Parallel()).peak(OpKind.MATMUL, DType.INT8)[0] == \
+        pytest.approx(0.2 * 96 * 2.5e9 * 512)
+    # the measured rate holds the kernel's block-scale work: no vector term is added (compare the test above)
+    mach = Machine(g, IDEAL.model_copy(update={"unit_int8_ops_per_cycle": {"nvidia": 540.0}}), Parallel())
+    op = Op("mm", OpKind.MATMUL, DType.INT8, flops=2 * 512 * 4096**2, scale_flops=4 * 512 * 4096**2 / 32, rows=512)
+    assert float(op_cost(op, mach, 1e15, 1e15)["compute_s"]) == pytest.approx(2 * 512 * 4096**2 / 174.18e12, rel=1e-4)
+    with pytest.raises(ValueError, match="unit_int8_ops_per_cycle.nvidia"):
+        Efficiency(unit_int8_ops_per_cycle={"nvidia": -1.0})
+
+
+def test_a_prompt_pass_computes_the_last_positions_logits_unless_asked_for_all():
+    # LLaMA 3 8B, 512-token prompt, nothing generated: the LM head (4,096 x 128,256) runs on 1 position by default
+    # (llama-bench, vLLM, TensorRT-LLM) and on all 512 with logits "all": 511 x 2 x 4,096 x 128,256 = 5.3688e11 FLOPs
+    # more, in the prefill only
+    last = pm.estimate("llama-3-8b", "rtx-4090", prompt_len=512, gen_len=0, weights="fp16", engine="ideal")
+    every = pm.estimate("llama-3-8b", "rtx-4090", prompt_len=512, gen_len=0, weights="fp16", logits="all",
+                        engine="ideal")
+    assert every.phase("prefill")["flops"] - last.phase("prefill")["flops"] == pytest.approx(511 * 2 * 4096 * 128256)
+    head = last.ops[(last.ops.phase == "prefill") & (last.ops.name == "lm_head")]
+    assert float(head.flops.iloc[0]) == pytest.approx(2 * 4096 * 128256)
+    with pytest.raises(ValueError, match="logits must be 'last' or 'all'"):  # a ValidationError
+        Workload(logits="some")
+
+
 def test_gemm_format_defaults_to_act():
     # a bad --gemm is refused like a bad --act (tests/test_cli.py, test_bad_input_exits_2_with_a_message)
     assert Workload(gemm="int8").precision.gemm == DType.INT8 and Workload().precision.gemm is None

@@ -37,6 +37,8 @@ AT_BOUND: dict[tuple[str, str, str], str] = {
 
 
 def _toml(v) -> str:
+    if isinstance(v, dict):  # a fact by vendor (unit_int8_ops_per_cycle)
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in sorted(v.items())) + " }"
     return ("true" if v else "false") if isinstance(v, bool) else repr(float(v))
 
 
