@@ -330,6 +330,7 @@ class OpParams:
     alt_rows_half: np.ndarray
     alt_rate_table: np.ndarray
     keys_half: np.ndarray  # fused attention on datasheet rates: keys at which it reaches half its rate, else 0
+    gemm_half: np.ndarray  # weight GEMMs on datasheet rates: rows per call at which they reach half their rate
     vector_peak: np.ndarray  # FP32 vector FLOP/s for block-scale work beside a GEMM (nan where none is needed)
     exp_cost: np.ndarray  # datasheet matrix peak / special-function rate: exponentials' cost in matrix time
     comm_per_byte: np.ndarray  # s per byte of a collective (NCCL's Simple protocol)
@@ -351,7 +352,7 @@ class OpParams:
         return {k: getattr(self, k)[:, None] for k in self.ARRAYS}
 
     ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "rows_half", "rate_table", "one_row",
-              "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half",
+              "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half", "gemm_half",
               "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "comm_per_byte_ll",
               "comm_fixed_ll", "widen_compute", "widen_memory", "widen_link")
 
@@ -400,6 +401,8 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
         a["frac"][i] = mach.memory_fraction(op.kind, op.dtype, cls)
         a["overhead"][i] = mach.overhead_for(op.kind, op.dtype, cls)
         a["rows_half"][i] = eff.rows_half.get(key, 0.0) if key else 0.0
+        if op.kind == OpKind.MATMUL and u != "calibrated":
+            a["gemm_half"][i] = eff.gemm_rows_half
         a["rate_table"][i] = table_id(key)
         if op.kind == OpKind.ATTENTION and u != "calibrated":
             a["keys_half"][i] = eff.attention_keys_half
@@ -456,12 +459,15 @@ def stack_params(params: list[OpParams]) -> tuple[dict[str, np.ndarray], tuple]:
 
 
 COST_FIELDS = ("compute_s", "memory_s", "comm_s", "overhead_s")
+# rows up to which weight products run a GEMV kernel, not a tiled GEMM: llama.cpp's mul_mat_vec_q takes batches up to
+# MMVQ_MAX_BATCH_SIZE = 8 (ggml/src/ggml-cuda/mmvq.cuh)
+GEMV_ROWS = 8.0
 
 
 def needed(P: dict[str, np.ndarray]) -> tuple[str, ...]:
     """The quantities (perfmodel.table fields and sums) that terms() reads with these parameters."""
     out = ["flops", "resident_bytes", "act_bytes"]
-    if P["one_row"].any() or (P["rate_table"] >= 0).any() or (P["rows_half"] > 0).any():
+    if P["one_row"].any() or (P["rate_table"] >= 0).any() or (P["rows_half"] > 0).any() or (P["gemm_half"] > 0).any():
         out.append("rows")
     if (P["keys_half"] > 0).any():
         out.append("keys")
@@ -491,6 +497,12 @@ def terms(P: dict[str, np.ndarray], tables: tuple, q: dict[str, np.ndarray], res
         # GEMM rate saturates with the number of rows: rate(m) = rate x m / (m + half) (where no table was measured)
         x = np.maximum(rows, 1.0)
         peak = np.where((half > 0) & (tid < 0), peak * x / (x + half), peak)
+    gh = P["gemm_half"] if alt is None else np.where(calibrated, 0.0, P["gemm_half"])
+    if np.any(gh > 0):
+        # a tiled GEMM loads and unpacks each weight tile once per tile of rows; up to GEMV_ROWS rows the engine
+        # runs a GEMV kernel instead (memory-bound, no tiles)
+        x = np.maximum(rows, 1.0)
+        peak = np.where((gh > 0) & (x > GEMV_ROWS), peak * x / (x + gh), peak)
     # op_params sets these only for datasheet rates; a one-row kernel that replaces them is calibrated
     kh = P["keys_half"] if alt is None else np.where(calibrated, 0.0, P["keys_half"])
     if np.any(kh > 0):

@@ -62,6 +62,10 @@ class Efficiency(BaseModel):
                                 "(Little's law: the bytes a unit's kernel keeps in flight over a DRAM latency, which "
                                 "is set in nanoseconds by the memory, not in cycles by the core clock); None: no "
                                 "ceiling")
+    gemm_rows_half: float = Field(
+        0.0, ge=0, description="rows per weight-GEMM call (tokens, or tokens per expert) at which the engine's GEMMs "
+                               "reach half their rate: each weight tile is loaded and unpacked once per tile of rows, "
+                               "so rate x m / (m + this); 0: no such cost")
     unit_int8_ops_per_cycle: dict[str, float] = Field(
         {}, description="int8 matrix operations per cycle one compute unit (SM, CU) completes in the engine's own "
                         "quantised GEMM kernels (llama.cpp's MMQ), by device vendor where measured: int8 matrix work "

@@ -33,24 +33,26 @@ GRIDS = {
     "interconnect": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
     "sync_mma_fraction": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
     "attention_keys_half": [0.0, 16.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 2048.0],
+    "gemm_rows_half": [0.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0],
     "unit_bytes_per_s": [None, 2e9, 3e9, 4e9, 5e9, 6e9, 7e9, 8e9, 9e9, 10e9, 12e9, 14e9, 16e9, 20e9, 24e9, 32e9, 40e9,
                          48e9, 64e9],
 }
 START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0,
          "token_overhead_s": 0.0, "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0,
-         "unit_bytes_per_s": None}
+         "unit_bytes_per_s": None, "gemm_rows_half": 0.0}
 # The order coordinate descent visits the numbers: a ceiling before the fraction it caps (unit_bytes_per_s before
 # memory), so the fraction is fitted on the parts the ceiling leaves; visited the other way round, a fraction lowered
 # to fit the capped parts first makes the ceiling look useless, and the descent stops in that local minimum
 ORDER = ("matrix", "vector", "unit_bytes_per_s", "memory", "op_overhead_s", "step_overhead_s", "token_overhead_s",
-         "interconnect", "sync_mma_fraction", "attention_keys_half")
+         "interconnect", "sync_mma_fraction", "attention_keys_half", "gemm_rows_half")
 assert sorted(ORDER) == sorted(GRIDS)
 MIN_ROWS = 4
 KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
 # TensorRT-LLM, vLLM and SGLang ship Hopper kernels with wgmma; elsewhere these stay at their neutral START value
 # and a host cost per sequence is told apart from one per pass only where batches exceed 1 (the serving stacks)
-ONLY_FOR = {"sync_mma_fraction": ("llamacpp", "fa2"), "token_overhead_s": ("trtllm", "vllm")}
+ONLY_FOR = {"sync_mma_fraction": ("llamacpp", "fa2"), "token_overhead_s": ("trtllm", "vllm"),
+            "gemm_rows_half": ("llamacpp",)}
 # numbers only some device classes have: a CPU runs its GEMMs on the vector units (AMX aside), where a GPU's vector
 # fraction only scales its elementwise kernels, which the rows cannot tell apart from the memory fraction
 CLASS_ONLY = {"vector": ("cpu",)}
@@ -75,6 +77,9 @@ PARAMS = {
     "sync_mma_fraction": ("fraction synchronous mma.sync reaches where the peak needs wgmma", "1", "1: neutral; "
                           "FlashAttention-2 0.7 (CLASS_START: Hopper microbenchmarks, mma.sync against wgmma)"),
     "attention_keys_half": ("keys per query at which fused attention reaches half its rate", "keys", "0: neutral"),
+    "gemm_rows_half": ("rows per weight-GEMM call (tokens, or tokens per expert) at which tiled GEMMs reach half their "
+                       "rate (each weight tile loaded and unpacked once per tile of rows; GEMV kernels up to "
+                       "cost.GEMV_ROWS rows are exempt)", "rows", "0: neutral"),
     "unit_bytes_per_s": ("main-memory bytes per second per compute unit (Little's-law ceiling: bytes in flight over "
                          "a DRAM latency in ns)", "B/s", "none: neutral (no ceiling)"),
 }
@@ -115,7 +120,8 @@ PRIOR_ROWS = 2.0
 # 20.1/40.4; power 0.5 22.3/46.9, 25.3/45.1, 19.2/26.8, 20.0/39.8; power 1 21.0/36.0, 20.0/40.5, 19.7/28.0,
 # 21.6/40.6.
 SOURCE_POWER = 1.0
-SOFTEN = {"op_overhead_s": 2e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6, "attention_keys_half": 64.0}
+SOFTEN = {"op_overhead_s": 2e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6, "attention_keys_half": 64.0,
+          "gemm_rows_half": 16.0}
 
 
 def prior_cost(params: dict, n: int, defaults: dict | None = None) -> float:

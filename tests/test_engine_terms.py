@@ -127,6 +127,21 @@ def test_int8_kernels_measured_per_unit_run_at_units_x_clock_whatever_the_matrix
         Efficiency(unit_int8_ops_per_cycle={"nvidia": -1.0})
 
 
+def test_tiled_gemms_reach_half_their_rate_at_gemm_rows_half_and_gemvs_are_exempt():
+    # RTX 4090, FP16 at the full 165.2 TFLOPS (matrix 1), gemm_rows_half 32: a 64-row product of 4096 x 4096 runs at
+    # 165.2 x 64 / (64 + 32) = 110.13 TFLOPS, 2 x 64 x 4096^2 / 110.13e12 = 19.50 us; 8 rows run the GEMV kernel
+    # (llama.cpp's MMVQ takes up to 8) at the full rate; attention products are not weight GEMMs
+    mach = Machine(pm.load_device("rtx-4090"), IDEAL.model_copy(update={"gemm_rows_half": 32.0}), Parallel())
+
+    def compute_s(rows, kind=OpKind.MATMUL):
+        op = Op("mm", kind, DType.FP16, flops=2 * rows * 4096**2, rows=rows)
+        return float(op_cost(op, mach, 1e15, 1e15)["compute_s"])
+
+    assert compute_s(64) == pytest.approx(2 * 64 * 4096**2 / (165.2e12 * 64 / 96), rel=1e-6)
+    assert compute_s(8) == pytest.approx(2 * 8 * 4096**2 / 165.2e12, rel=1e-6)
+    assert compute_s(64, OpKind.ATTENTION) == pytest.approx(2 * 64 * 4096**2 / 165.2e12, rel=1e-6)
+
+
 def test_a_prompt_pass_computes_the_last_positions_logits_unless_asked_for_all():
     # LLaMA 3 8B, 512-token prompt, nothing generated: the LM head (4,096 x 128,256) runs on 1 position by default
     # (llama-bench, vLLM, TensorRT-LLM) and on all 512 with logits "all": 511 x 2 x 4,096 x 128,256 = 5.3688e11 FLOPs

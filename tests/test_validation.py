@@ -105,8 +105,9 @@ def test_held_out_error_does_not_regress(rows):
 # Metal's per-query-head KV re-read and the llama.cpp refit it brought: fixed split decode 16.0 / 22.4 -> 16.7 / 22.7 %
 # while leave-one-source-out decode fell 17.9 / 25.3 -> 17.4 / 24.8 %.
 # llama.cpp's MMQ at a measured rate per SM per clock, and the fits' descent visiting a ceiling before the fraction it
-# caps: fixed split decode 16.7 / 22.7 -> 14.8 / 23.1 %, prefill 19.1 / 33.0 -> 15.3 / 33.0 %.
-REACHED = {"decode median": 15.5, "decode mean": 23.5, "prefill mean": 33.5, "serving mean": 23.0,
+# caps: fixed split decode 16.7 / 22.7 -> 14.8 / 23.1 %, prefill 19.1 / 33.0 -> 15.3 / 33.0 %; a GEMM's rate growing
+# with its rows per call (gemm_rows_half): prefill 15.3 / 33.0 -> 13.3 / 28.8 %.
+REACHED = {"decode median": 15.5, "decode mean": 23.5, "prefill mean": 29.5, "serving mean": 23.0,
            "kernel mean": 28.5}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
@@ -260,7 +261,7 @@ def test_shipped_loso_table_is_current(rows):
 # The descent's new order (a ceiling before the fraction it caps) raised decode's mean 24.8 -> 28.0: the fold without
 # one 3-row source now fits transformers' GPU numbers at a lower objective with a per-SM ceiling instead of 192 us per
 # op, and that source's bitsandbytes LLM.int8() row (3.76 t/s on a 2080 Ti) is predicted at 48 t/s, not 19
-LOSO_REACHED = {"decode": (18.0, 28.5), "prefill": (16.5, 37.5), "serving": (15.5, 22.5), "kernel": (20.5, 32.0)}
+LOSO_REACHED = {"decode": (18.0, 28.5), "prefill": (16.0, 36.5), "serving": (15.5, 22.5), "kernel": (20.5, 32.0)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
