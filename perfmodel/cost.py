@@ -269,13 +269,11 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str,
                 if unit == "matrix" and device.compute.async_mma:
                     e = e * eff.sync_mma_fraction
                 proc = device.processor
-                if unit == "matrix" and sustained and proc is not None:
-                    e = e * proc.matrix_clock_ratio
-                rate = peak * e
+                clock = proc.matrix_clock_ratio if unit == "matrix" and sustained and proc is not None else 1.0
                 per_unit = _unit_int8_rate(device, eff, sustained) if unit == "matrix" and p == "int8" else None
                 if per_unit is not None:  # the engine's own int8 kernels: a rate per unit per clock
-                    rate = min(peak * (proc.matrix_clock_ratio if sustained else 1.0), per_unit)
-                return rate, unit, p
+                    return min(peak * clock, per_unit), unit, p
+                return peak * e * clock, unit, p
     unit = units[0][0]
     raise PerfmodelError(
         f"{device.id} has no figure for {unit} {precision} (or {', '.join(chain[1:]) or 'any fallback'}) and no rule "
@@ -371,6 +369,7 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
     tables: list[tuple] = []
     unit, prec = [], []
     scale, exp = tab.nonzero("scale_flops"), tab.nonzero("exp_ops")
+    mmq = _unit_int8_rate(mach.device, eff) is not None  # int8 kernels at a measured rate that holds their scale work
     sfu = mach.device.compute.special_function_tflops
 
     def table_id(key: str | None) -> int:
@@ -406,7 +405,7 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
         a["rate_table"][i] = table_id(key)
         if op.kind == OpKind.ATTENTION and u != "calibrated":
             a["keys_half"][i] = eff.attention_keys_half
-        per_unit = u == "matrix" and p == "int8" and _unit_int8_rate(mach.device, eff) is not None
+        per_unit = mmq and u == "matrix" and p == "int8"
         if scale[i] and u != "calibrated" and not per_unit and not (op.variant == "block_scaled"
                                                                     and scales_in_mma(mach.device)):
             # vector work serial with the matrix products (block scales of quantised GEMMs); a rate per unit per

@@ -22,9 +22,14 @@ from .catalog import load_device
 from .engines import EngineProfile, device_class, load_engine
 from .validation import predict, profiles_of
 
+# Coordinate descent visits the numbers in this order: a ceiling before the fraction it caps (unit_bytes_per_s before
+# memory), so the fraction is fitted on the parts the ceiling leaves; visited the other way round, a fraction lowered
+# to fit the capped parts first makes the ceiling look useless, and the descent stops in that local minimum
 GRIDS = {
     "matrix": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
     "vector": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
+    "unit_bytes_per_s": [None, 2e9, 3e9, 4e9, 5e9, 6e9, 7e9, 8e9, 9e9, 10e9, 12e9, 14e9, 16e9, 20e9, 24e9, 32e9, 40e9,
+                         48e9, 64e9],
     "memory": [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
     "op_overhead_s": [0.0, 1e-6, 2e-6, 3e-6, 4e-6, 6e-6, 8e-6, 12e-6, 16e-6, 24e-6, 32e-6, 48e-6, 64e-6, 96e-6, 128e-6,
                       192e-6],
@@ -34,18 +39,10 @@ GRIDS = {
     "sync_mma_fraction": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
     "attention_keys_half": [0.0, 16.0, 32.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 768.0, 1024.0, 2048.0],
     "gemm_rows_half": [0.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0],
-    "unit_bytes_per_s": [None, 2e9, 3e9, 4e9, 5e9, 6e9, 7e9, 8e9, 9e9, 10e9, 12e9, 14e9, 16e9, 20e9, 24e9, 32e9, 40e9,
-                         48e9, 64e9],
 }
 START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0,
          "token_overhead_s": 0.0, "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0,
          "unit_bytes_per_s": None, "gemm_rows_half": 0.0}
-# The order coordinate descent visits the numbers: a ceiling before the fraction it caps (unit_bytes_per_s before
-# memory), so the fraction is fitted on the parts the ceiling leaves; visited the other way round, a fraction lowered
-# to fit the capped parts first makes the ceiling look useless, and the descent stops in that local minimum
-ORDER = ("matrix", "vector", "unit_bytes_per_s", "memory", "op_overhead_s", "step_overhead_s", "token_overhead_s",
-         "interconnect", "sync_mma_fraction", "attention_keys_half", "gemm_rows_half")
-assert sorted(ORDER) == sorted(GRIDS)
 MIN_ROWS = 4
 KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
@@ -211,8 +208,7 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
         return seen[memo_key]
 
     for sweep in range(2):
-        for key in ORDER:
-            grid = GRIDS[key]
+        for key, grid in GRIDS.items():
             sub = on[key].reset_index(drop=True)
             if sub.empty or engine not in ONLY_FOR.get(key, (engine,)) or cls not in CLASS_ONLY.get(key, (cls,)):
                 continue
