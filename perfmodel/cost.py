@@ -370,7 +370,8 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
     unit, prec = [], []
     scale, exp = tab.nonzero("scale_flops"), tab.nonzero("exp_ops")
     mmq = _unit_int8_rate(mach.device, eff) is not None  # int8 kernels at a measured rate that holds their scale work
-    sfu = mach.device.compute.special_function_tflops
+    sfu_fig = mach.device.figure("compute.special_function")  # sourced, or the family's rate per unit per clock
+    sfu = sfu_fig.value if sfu_fig else None
 
     def table_id(key: str | None) -> int:
         rates = eff.rate_by_rows.get(key) if key else None
@@ -415,7 +416,7 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
             # softmax's exponentials on the special-function units, in turn with the matrix work (FlashAttention-3:
             # on an H100 "exponential can take 50% of the cycle compared to matmul" at head dim 128), at the same
             # fraction of their peak as the matrix units reach of theirs
-            a["exp_cost"][i] = mach.datasheet_peak(op.kind, op.dtype) / (sfu * 1e12)
+            a["exp_cost"][i] = mach.datasheet_peak(op.kind, op.dtype) / sfu
         one = _ONE_ROW_CLASS.get(cls)
         if one and mach.calibrated_key(op.kind, op.dtype, one, strict=True):
             # single-row products run a GEMV kernel, and one query per sequence a decode-attention kernel, each with
@@ -432,6 +433,8 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
     for i, (u, p) in enumerate(zip(unit, prec)):
         if u in ("matrix", "vector"):
             a["widen_compute"][i] = mach.estimated_log(f"compute.{u}.{p}")
+            if a["exp_cost"][i] > 0:  # its exponentials ride on the special-function rate, perhaps an estimate
+                a["widen_compute"][i] = max(a["widen_compute"][i], mach.estimated_log("compute.special_function"))
     link = np.array([u == "link" for u in unit], dtype=bool)
     a["widen_memory"] = np.where(link, 0.0, mach.estimated_log(f"memory.{mach.device.levels[-1].name}.bandwidth"))
     a["widen_link"] = np.where(link, mach.estimated_log("interconnect.bandwidth") if link.any() else 0.0, 0.0)

@@ -246,7 +246,8 @@ class Device(_Strict):
 
     def figure(self, key: str) -> Figure | None:
         """One figure with its rung (sourced, derived, estimated) and note: `compute.<unit>.<precision>`,
-        `processor.clock`, `memory.<level>.bandwidth`, `memory.<level>.capacity`, `interconnect.bandwidth`."""
+        `processor.clock`, `memory.<level>.bandwidth`, `memory.<level>.capacity`, `interconnect.bandwidth`,
+        `compute.special_function` (operations/s)."""
         return self.figures.get(key)
 
     @cached_property

@@ -84,6 +84,10 @@ NORM_FLOPS = {"rmsnorm": 4, "layernorm": 7}  # rms: x^2, sum, x*r, *g; ln: sum, 
 ACT_FLOPS = {"silu": 4, "gelu": 8, "gelu_tanh": 8, "relu": 1}  # silu: exp, +1, /, *; gelu(tanh): ~8 ops
 ROPE_FLOPS = 3  # x*cos + rotate(x)*sin
 SOFTMAX_FLOPS = 5  # max, -, exp, sum, /
+# Keys per tile of a fused causal attention kernel: the diagonal tile of each query block is computed whole and masked.
+# FlashAttention-3's Hopper forward at head dim 128 runs 128 x 128 tiles when causal (kBlockN = Is_causal ? 128 : 176,
+# hopper/flash_fwd_launch_template.h, run_mha_fwd_hdim128); FlashAttention-2's Ampere/Hopper kernel 128 x 64.
+CAUSAL_TILE_KEYS = 128.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,13 @@ class Pass:
     cross_len: Num = 0.0
     logits: Num = 0.0
     embed: bool = True
+
+
+def tiled_causal_pairs(q_len: Num, kv_len: Num, window: float = math.inf, tile: float = CAUSAL_TILE_KEYS) -> Num:
+    """Pairs a fused causal kernel computes: the causal pairs plus the masked rest of each query's last key tile,
+    (tile - 1) / 2 per query of a pass of more than one query, at most all q x kv pairs; a single query (decode)
+    computes its causal pairs only."""
+    return call("tiled_causal_pairs", q_len, kv_len, params=(window, tile))
 
 
 def causal_pairs(q_len: Num, kv_len: Num, window: float = math.inf) -> Num:
@@ -313,9 +324,11 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
     if not cached:  # encoder: K/V are activations, not a cache
         act_in, kv_read = act_in + kv_read, 0.0
     if b.fused:
-        b.add(tag + ".attention", OpKind.ATTENTION, n, flops=2.0 * batch * pairs * h * (shape.qk_dim + shape.v_dim),
+        # a causal pass of several queries also computes the masked part of each query's last key tile
+        done = pairs if (p.stack == "encoder" or cross) else tiled_causal_pairs(q, kv_len, window)
+        b.add(tag + ".attention", OpKind.ATTENTION, n, flops=2.0 * batch * done * h * (shape.qk_dim + shape.v_dim),
               act_in_bytes=act_in, act_out_bytes=act_out, kv_read_bytes=kv_read, kv_write_bytes=kv_write, rows=q,
-              exp_ops=batch * pairs * h, keys=pairs / call("at_least_one", q))
+              exp_ops=batch * done * h, keys=done / call("at_least_one", q))
     else:
         # Unfused (eager) attention materialises the full (B, H, q, keys) score matrix, masked but computed.
         full = batch * q * keys * h

@@ -128,6 +128,13 @@ def _causal_pairs(q_len: Any, kv_len: Any, window: float) -> Any:
     return s(kv_len) - s(kv_len - q_len)
 
 
+def _tiled_causal_pairs(q_len: Any, kv_len: Any, window: float, tile: float) -> Any:
+    q = np.asarray(q_len, dtype=float)
+    extra = np.where(q > 1, q * (tile - 1.0) / 2.0, 0.0)  # one query (decode) ends on no diagonal
+    seen = np.minimum(kv_len, q + window - 1) if math.isfinite(window) else kv_len
+    return np.minimum(_causal_pairs(q_len, kv_len, window) + extra, q * seen)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     # query-key pairs when q new tokens follow kv - q cached ones, each attending to at most `window` positions
     "causal_pairs": _causal_pairs,
@@ -141,6 +148,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     # ONNX Runtime's MatMulNBits (fp16_scratch): its fused kernel takes one row only, so every call of more rows
     # expands the whole weight into an FP16 scratch buffer first, once per call
     "scratch_passes": lambda t: np.where(np.asarray(t, dtype=float) > 1, 1.0, 0.0),
+    # pairs a fused causal kernel computes: each query of a multi-query pass ends inside a key tile, computed whole
+    # and masked, (tile - 1) / 2 keys past the diagonal on average, at most every key there is
+    "tiled_causal_pairs": _tiled_causal_pairs,
     "recip": lambda x: 1.0 / np.asarray(x, dtype=float),
     "at_least_one": lambda x: np.maximum(np.asarray(x, dtype=float), 1.0),
 }

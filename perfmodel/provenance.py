@@ -7,7 +7,8 @@
 - **estimated**: a stated rule from siblings or the family, used only where no sourced or derived figure exists:
   1. family ratio: a sibling of the same microarchitecture (`family`) gives both this precision and one this device
      has; the device's own figure is scaled by the siblings' median ratio (e.g. bf16 from fp4 on GB20x parts);
-  2. family rate: the siblings' median FLOPs per cycle per unit, at this device's units and clock;
+  2. family rate: the siblings' median FLOPs per cycle per unit, at this device's units and clock (and so for the
+     special-function units' exponentials, `compute.special_function`);
   3. clock: a missing clock is the family's median clock (or a CPU's max turbo, an upper bound);
   4. CPU FMA pipes: two per core when the file does not say (x86 cores since Haswell, recent Arm cores);
   5. kind ratio: a device with matrix peaks and no vector figure gets the median vector/matrix ratio of the
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .device import Device
 
 RUNGS = ("sourced", "derived", "estimated")
+SFU = "compute.special_function"  # special-function (SFU/MUFU) operations per second
 COMPUTE_KEYS = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
 # Bits per element of the SIMD lane for a CPU's vector peak: lanes = SIMD width / bits.
 _LANE_BITS = {"fp64": 64, "fp32": 32}
@@ -134,6 +136,9 @@ def own_figures(device: "Device", use_family: bool = False) -> dict[str, Figure]
                    f"FLOPs")
             rule = "cpu-fma" if not proc.fma_units_per_core else clock.rule
             figs[key] = Figure(key, value, _worst(rung, clock.rung), how, rule if rung == "estimated" else clock.rule)
+    if device.compute.special_function_tflops:
+        figs[SFU] = Figure(SFU, device.compute.special_function_tflops * 1e12, "sourced",
+                           _cite(device, "special_function"))
     for spec, lv in zip(device.memory, device.levels):
         if lv.bandwidth_bytes_per_s is not None:
             key = f"memory.{lv.name}.bandwidth"
@@ -225,6 +230,19 @@ def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
                                   f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
             if best is not None and (key not in figs or best.uncertainty < figs[key].uncertainty):
                 figs[key] = best
+
+
+    # the special-function units (softmax's exponentials): the siblings' rate per unit per cycle, at this device's
+    # units and clock (a die's SFU count per SM does not change between its SKUs: an H200 is an H100's GH100)
+    if SFU not in figs and proc is not None and clock is not None:
+        rates = [f[SFU].value / (d.processor.units * f["processor.clock"].value) for d, f in everyone
+                 if SFU in f and f[SFU].rung != "estimated" and d.processor is not None and "processor.clock" in f]
+        if rates:
+            r = statistics.median(rates)
+            rule = max("family-rate", clock.rule or "family-rate", key=RULE_UNCERTAINTY.get)
+            figs[SFU] = Figure(SFU, r * proc.units * clock.value, "estimated",
+                               f"{r:.4g} exponentials/cycle/{proc.unit_name} (median of {len(rates)} {device.family} "
+                               f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
 
 
 def _kind_vector_rule(device: "Device", figs: dict[str, Figure]) -> None:
@@ -344,6 +362,7 @@ _TOPIC_WORDS = {
     "interconnect": ("nvlink", "interconnect", "pcie", "link", "infinity fabric", "ici"),
     "processor": ("clock", "ghz", "mhz", "frequency", "boost", "processor", "cores", "sm"),
     "matrix_clock": ("matrix_clock",),
+    "special_function": ("special_function", "sfu"),
 }
 
 
@@ -388,6 +407,10 @@ def used_figures(ev: Any) -> dict[str, dict[str, Any]]:
             add("interconnect.bandwidth", v["comm_s"][link].sum(axis=0))
         for unit, prec in sorted({(u, p) for u, p in zip(units, precs) if u in ("matrix", "vector")}):
             add(f"compute.{unit}.{prec}", v["compute_bound_s"][(units == unit) & (precs == prec)].sum(axis=0))
+        if SFU in ev.device.figures:  # fused attention's exponentials: its compute-bound time, an upper bound
+            att = np.array([o.kind.name == "ATTENTION" for o in ph.ops]) & (units != "calibrated")
+            if att.any():
+                add(SFU, v["compute_bound_s"][att].sum(axis=0))
         memory_bound = np.maximum(v["time_s"] - v["compute_bound_s"] - v["overhead_s"], 0.0)
         add(main, memory_bound[~link].sum(axis=0))
     return out

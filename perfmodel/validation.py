@@ -321,7 +321,7 @@ def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -
 
 def _predict_kernel(r: dict[str, Any], device, eff) -> float:
     from .cost import Machine, op_cost
-    from .graph import Op, OpKind, Parallel, block_scale_work
+    from .graph import Op, OpKind, Parallel, block_scale_work, tiled_causal_pairs
 
     mach = Machine(device, eff, Parallel())
     metric = r["metric"]
@@ -349,14 +349,16 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
         s, h, d, b = (int(_n(r.get(x), 1)) for x in ("seq_len", "heads", "head_dim", "batch"))
         causal = bool(r.get("causal", False))
         flops = 4.0 * s * s * d * h * b / (2 if causal else 1)
-        op = Op("attention", OpKind.ATTENTION, dt, flops=flops, act_in_bytes=3 * b * h * s * d * it,
-                act_out_bytes=b * h * s * d * it, rows=s, exp_ops=flops / (4 * d),  # one exp per pair and head
-                keys=(s + 1) / 2 if causal else s)
+        # pairs per sequence and head the kernel computes: causal ones plus the masked rest of each diagonal tile
+        pairs = float(tiled_causal_pairs(float(s), float(s))) if causal else float(s * s)
+        op = Op("attention", OpKind.ATTENTION, dt, flops=4.0 * pairs * d * h * b, act_in_bytes=3 * b * h * s * d * it,
+                act_out_bytes=b * h * s * d * it, rows=s, exp_ops=pairs * h * b,  # one exp per pair and head
+                keys=pairs / s)
     t = 0.0
     for o in (*before, op):
         bw = float(mach.bandwidth_for(o.bytes))
         t += float(op_cost(o, mach, bw, bw)["time_s"])
-    return op.flops / t / 1e12
+    return flops / t / 1e12 if metric == "attention_tflops" else op.flops / t / 1e12
 
 
 # Error bands: held-out residuals and their coverage -----------------------------------------------------------------

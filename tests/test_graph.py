@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import perfmodel as pm
-from perfmodel.graph import OpKind, Parallel, Pass, Precision, causal_pairs, expected_experts, lower, totals
+from perfmodel.graph import (OpKind, Parallel, Pass, Precision, causal_pairs, expected_experts, lower,
+                             tiled_causal_pairs, totals)
 from perfmodel.model import ModelSpec
 
 BF16 = Precision()
@@ -47,12 +48,22 @@ def _attn_flops(model, q, kv):
     return sum(o.flops * o.count for o in ops if o.kind == OpKind.ATTENTION)
 
 
+def test_tiled_causal_pairs():
+    # 512 queries over 512 keys: 512 x 513 / 2 causal pairs + 512 x 127 / 2 past the diagonal (128-key tiles)
+    assert tiled_causal_pairs(512.0, 512.0) == 512 * 513 / 2 + 512 * 127 / 2
+    assert tiled_causal_pairs(8.0, 8.0) == 64  # one tile holds every key: the whole 8 x 8 block, masked
+    assert tiled_causal_pairs(1.0, 700.0) == 700  # decode: no diagonal
+    assert tiled_causal_pairs(512.0, 512.0, tile=1.0) == 512 * 513 / 2  # 1-key tiles: exactly the causal pairs
+
+
 @given(p=st.integers(8, 8192))
 def test_prefill_attention_quadratic_decode_linear(llama2, p):
-    # prefill: 2 * pairs * heads * (qk + v) per layer with pairs = p (p + 1) / 2
-    assert _attn_flops(llama2, p, p) == pytest.approx(32 * 2 * p * (p + 1) / 2 * 32 * 256)
+    # prefill: 2 * pairs * heads * (qk + v) per layer with pairs = p (p + 1) / 2 causal ones + p x 127 / 2 computed
+    # and masked in each query's last 128-key tile, at most p^2
+    pairs = lambda n: min(n * (n + 1) / 2 + n * 127 / 2, n * n)  # noqa: E731
+    assert _attn_flops(llama2, p, p) == pytest.approx(32 * 2 * pairs(p) * 32 * 256)
     ratio = _attn_flops(llama2, 2 * p, 2 * p) / _attn_flops(llama2, p, p)
-    assert ratio == pytest.approx((4 * p + 2) / (p + 1))  # -> 4 as p grows
+    assert ratio == pytest.approx(pairs(2 * p) / pairs(p))  # -> 4 as p grows
     assert _attn_flops(llama2, 1, 2 * p) == pytest.approx(2 * _attn_flops(llama2, 1, p))  # decode: linear
 
 

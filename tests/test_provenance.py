@@ -133,6 +133,31 @@ def test_family_rules(family_catalog):
     assert "ratio" in f.note
 
 
+def test_special_function_rate_comes_from_the_family_per_unit_per_clock(family_catalog):
+    (family_catalog / "sib-a.toml").write_text(GPU.format(id="sib-a", extra=(
+        "[processor]\nunits = 100\nclock_ghz = 2.0\n[compute]\nspecial_function_tflops = 3.2\n"
+        "[compute.matrix.flops_per_cycle_per_unit]\nbf16 = 1024\n")))
+    _clear_caches()
+    a = pm.load_device("sib-a").figure("compute.special_function")
+    assert (a.rung, a.value) == ("sourced", pytest.approx(3.2e12))
+    b = pm.load_device("sib-b").figure("compute.special_function")
+    # sib-a: 3.2e12 / (100 SMs x 2.0 GHz) = 16 per SM per cycle; sib-b: 16 x 50 SMs x 2.0 GHz (the family's clock)
+    assert (b.rung, b.value) == ("estimated", pytest.approx(1.6e12))
+    assert b.rule == "family-clock"  # it rests on an estimated clock: the looser rule's uncertainty
+    assert pm.load_device("sib-c").figure("compute.special_function") is None  # no units, no clock: no rule
+
+
+def test_catalog_hopper_parts_get_the_h100s_exponential_rate_per_sm():
+    h100 = pm.load_device("h100-sxm").figure("compute.special_function")
+    assert (h100.rung, h100.value) == ("sourced", 3.9e12) and "FlashAttention-3" in h100.note
+    # H200: the same GH100 at 132 SMs and 1.98 GHz (both measured) -> the H100's 3.9e12 exactly
+    h200 = pm.load_device("h200").figure("compute.special_function")
+    assert (h200.rung, h200.value) == ("estimated", pytest.approx(3.9e12))
+    # H100 PCIe: 3.9e12 / (132 x 1.98e9) x 114 x 1.755e9 = 2.985e12
+    pcie = pm.load_device("h100-pcie").figure("compute.special_function")
+    assert pcie.value == pytest.approx(3.9e12 / (132 * 1.98e9) * 114 * 1.755e9)
+
+
 def test_estimated_figure_is_reported_and_widens_the_band(family_catalog):
     est = pm.estimate("llama-3.2-1b", "sib-b", weights="q4_0", batch=1, prompt_len=512, gen_len=128)
     d = est.to_dict()
