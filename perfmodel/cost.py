@@ -28,7 +28,7 @@ from .device import Device
 from .dtypes import COMPUTE_FALLBACK, DType
 from .efficiency import Efficiency, rate_at_rows
 from .errors import PerfmodelError
-from .graph import MATRIX_KINDS, Comm, Num, Op, OpKind, Parallel
+from .graph import DENSE16, MATRIX_KINDS, Comm, Num, Op, OpKind, Parallel
 from .table import FIELDS, table
 
 IDEAL = Efficiency(matrix=1, vector=1, memory=1, interconnect=1)
@@ -130,16 +130,23 @@ class Machine:
                 return name
         return self.levels[-1][2]
 
-    def peak(self, kind: OpKind, dtype: DType, cls: str | None = None) -> tuple[float, str, str]:
+    def peak(self, kind: OpKind, dtype: DType, cls: str | None = None, variant: str = "") -> tuple[float, str, str]:
         """(attainable FLOP/s, unit, precision) for an op kind at a dtype: the calibrated rate of its class where a
-        profile has one (along COMPUTE_FALLBACK), else datasheet peak x efficiency."""
+        profile has one (along COMPUTE_FALLBACK), else datasheet peak x efficiency. A 16-bit product (`variant`
+        graph.DENSE16) runs at the vendor BLAS's fraction where the engine hands those to it (Efficiency.blas_matrix)."""
+        blas = (variant == DENSE16 and kind == OpKind.MATMUL and self.eff.blas_matrix is not None
+                and dtype.compute in ("fp16", "bf16"))
+
         def make() -> tuple[float, str, str]:
             cal = self.calibrated_key(kind, dtype, cls)
             if cal is not None:
                 return self.eff.rate_flops_per_s[cal], "calibrated", cal.split(".")[1]
-            return _peak(self.device, self.eff, kind in MATRIX_KINDS, dtype.compute)
+            # the vendor's BLAS runs its own (asynchronous-MMA) kernels, not the engine's
+            eff = self.eff.model_copy(update={"matrix": self.eff.blas_matrix, "sync_mma_fraction": 1.0}) if blas \
+                else self.eff
+            return _peak(self.device, eff, kind in MATRIX_KINDS, dtype.compute)
 
-        return self._memo(("peak", kind, dtype.compute, cls), make)
+        return self._memo(("peak", kind, dtype.compute, cls, blas), make)
 
     def datasheet_peak(self, kind: OpKind, dtype: DType) -> float:
         """Datasheet peak (no efficiency) for MFU; the calibrated rate where the datasheet has none."""
@@ -395,7 +402,7 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
             prec.append("-")
             continue
         cls = op_class(op)
-        peak, u, p = mach.peak(op.kind, op.dtype, cls)
+        peak, u, p = mach.peak(op.kind, op.dtype, cls, op.variant)
         key = mach.calibrated_key(op.kind, op.dtype, cls)
         a["peak"][i], a["calibrated"][i] = peak, u == "calibrated"
         a["frac"][i] = mach.memory_fraction(op.kind, op.dtype, cls)

@@ -44,6 +44,12 @@ class Efficiency(BaseModel):
     half_accumulate: bool = Field(
         False, description="the engine's FP16/FP8 GEMMs accumulate in FP16 (llama.cpp's cuBLAS path), so they run at "
                            "a device's FP16-accumulate rate where it has one")
+    blas_matrix: float | None = Field(
+        None, gt=0, le=1, description="fraction of the matrix peak that 16-bit GEMMs reach where the engine hands them "
+                                      "to the vendor's BLAS (llama.cpp's CUDA and ROCm backends: FP16/BF16 weights "
+                                      "and the FP16 copies of dequantised ones go to cuBLAS/hipBLAS); None: its own "
+                                      "kernels' `matrix` fraction. Backends without a BLAS path drop it "
+                                      "(with_backend)")
     sync_mma_fraction: float = Field(
         1.0, gt=0, le=1, description="the engine's kernels use synchronous MMA instructions: on devices whose matrix "
                                      "peak needs asynchronous MMA (Device.compute.async_mma) they reach this fraction "
@@ -144,6 +150,21 @@ def backend_facts(vendor: str, kind: str, family: str | None, backend: str | Non
     return {}
 
 
+# Backends that hand 16-bit GEMMs to the vendor's BLAS: llama.cpp's ggml-cuda.cu sends FP16 weights and FP16 copies
+# of dequantised ones to cublasGemmEx / cublasGemmBatchedEx above its GEMV's 8 rows (ggml_cuda_op_mul_mat_cublas,
+# ggml_cuda_mul_mat_batched_cublas), and ROCm builds the same file against hipBLAS; Vulkan, Metal and SYCL's F16 path
+# run the backend's own shaders and kernels.
+BLAS_BACKENDS = ("cuda", "rocm")
+BLAS_VENDORS = ("nvidia", "amd")  # whose own GPU backend (a workload without --backend) is one of those
+
+
+def blas_backend(device, backend: str | None) -> bool:
+    """Whether `backend` on `device` runs 16-bit GEMMs through the vendor's BLAS (BLAS_BACKENDS)."""
+    if device.kind != "gpu":
+        return False
+    return backend in BLAS_BACKENDS if backend is not None else device.vendor in BLAS_VENDORS
+
+
 _WITH_BACKEND: dict[tuple, tuple[Efficiency, Efficiency]] = {}
 
 
@@ -154,6 +175,8 @@ def with_backend(eff: Efficiency, device, backend: str | None, matrix_units: boo
     facts = backend_facts(device.vendor, device.kind, device.family, backend)
     if not matrix_units:
         facts = {**facts, "vector_matmul": True}
+    if eff.blas_matrix is not None and not blas_backend(device, backend):
+        facts = {**facts, "blas_matrix": None}
     if not facts or all(getattr(eff, k) == v for k, v in facts.items()):
         return eff
     key = (id(eff), tuple(sorted(facts.items())))

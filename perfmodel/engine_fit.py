@@ -28,6 +28,7 @@ from .validation import predict, profiles_of
 GRIDS = {
     "matrix": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
     "vector": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
+    "blas_matrix": [None] + [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
     "unit_bytes_per_s": [None, 2e9, 3e9, 4e9, 5e9, 6e9, 7e9, 8e9, 9e9, 10e9, 12e9, 14e9, 16e9, 20e9, 24e9, 32e9, 40e9,
                          48e9, 64e9],
     "memory": [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
@@ -42,14 +43,14 @@ GRIDS = {
 }
 START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0,
          "token_overhead_s": 0.0, "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0,
-         "unit_bytes_per_s": None, "gemm_rows_half": 0.0}
+         "unit_bytes_per_s": None, "gemm_rows_half": 0.0, "blas_matrix": None}
 MIN_ROWS = 4
 KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
 # TensorRT-LLM, vLLM and SGLang ship Hopper kernels with wgmma; elsewhere these stay at their neutral START value
 # and a host cost per sequence is told apart from one per pass only where batches exceed 1 (the serving stacks)
 ONLY_FOR = {"sync_mma_fraction": ("llamacpp", "fa2"), "token_overhead_s": ("trtllm", "vllm"),
-            "gemm_rows_half": ("llamacpp",)}
+            "gemm_rows_half": ("llamacpp",), "blas_matrix": ("llamacpp",)}
 # numbers only some device classes have: a CPU runs its GEMMs on the vector units (AMX aside), where a GPU's vector
 # fraction only scales its elementwise kernels, which the rows cannot tell apart from the memory fraction
 CLASS_ONLY = {"vector": ("cpu",)}
@@ -77,6 +78,9 @@ PARAMS = {
     "gemm_rows_half": ("rows per weight-GEMM call (tokens, or tokens per expert) at which tiled GEMMs reach half their "
                        "rate (each weight tile loaded and unpacked once per tile of rows; GEMV kernels up to "
                        "cost.GEMV_ROWS rows are exempt)", "rows", "0: neutral"),
+    "blas_matrix": ("fraction of the matrix peak of 16-bit GEMMs handed to the vendor's BLAS (cuBLAS, hipBLAS)", "1",
+                    "none: neutral (the engine's own matrix fraction); llama.cpp on GPUs 0.8 (CLASS_START: what a tuned "
+                    "library GEMM reaches)"),
     "unit_bytes_per_s": ("main-memory bytes per second per compute unit (Little's-law ceiling: bytes in flight over "
                          "a DRAM latency in ns)", "B/s", "none: neutral (no ceiling)"),
 }
@@ -95,6 +99,10 @@ CLASS_START: dict[tuple[str, str], dict[str, float]] = {
     # VALIDATION.md); their suite rerun on an H100 SXM5, 713.7 against 976.6 per clock, 0.73 (Johnsonms/
     # NVIDIA-Hopper-Benchmark reproduction/H100-dapperdingo/raw/mma_m16n8k16.log and wgmma_fp16.log)
     ("fa2", "gpu"): {"sync_mma_fraction": 0.7},
+    # cuBLAS/hipBLAS GEMMs (llama.cpp's FP16 path on CUDA and ROCm) reach what a tuned library GEMM reaches: mamf-finder's
+    # best shapes, H100 SXM bf16 792 of 989.4 TFLOP/s (0.80; stas00/ml-engineering compute/accelerator/README.md, the
+    # "Maximum Achievable Matmul FLOPS" table, as read into validation/kernel-mamf-ml-engineering.toml)
+    ("llamacpp", "gpu"): {"blas_matrix": 0.8},
 }
 
 

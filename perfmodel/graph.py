@@ -88,6 +88,9 @@ SOFTMAX_FLOPS = 5  # max, -, exp, sum, /
 # FlashAttention-3's Hopper forward at head dim 128 runs 128 x 128 tiles when causal (kBlockN = Is_causal ? 128 : 176,
 # hopper/flash_fwd_launch_template.h, run_mha_fwd_hdim128); FlashAttention-2's Ampere/Hopper kernel 128 x 64.
 CAUSAL_TILE_KEYS = 128.0
+# Op variant of a product whose operands reach it in 16 bits (FP16/BF16 weights, an FP16 copy of quantised ones, a
+# 16-bit KV cache in unfused attention): what an engine may hand to the vendor's BLAS (Efficiency.blas_matrix)
+DENSE16 = "dense16"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +180,11 @@ class _Builder:
         block, variant = block_scale_work(self.prec.weights, self.prec.gemm or self.prec.act, flops)
         scale += block  # never both: MMQ's block scales need int8 products, these FP8 ones
         fp16_read = 0.0
-        if (self.prec.dequant == "fp16_copy" and blocks) or (self.prec.dequant == "fp16_scratch"
-                                                              and self.prec.weights.bits < self.prec.act.bits):
+        copied = (self.prec.dequant == "fp16_copy" and blocks) or (self.prec.dequant == "fp16_scratch"
+                                                                   and self.prec.weights.bits < self.prec.act.bits)
+        if not variant and self.prec.gemm is None and (copied or self.prec.weights in (DType.FP16, DType.BF16)):
+            variant = DENSE16
+        if copied:
             # a conversion kernel first writes an FP16 copy of the weights, and cuBLAS reads that copy. llama.cpp's
             # CUDA path before PR #8075 (batches over 32 rows): once per micro-batch of 512 tokens (llama-bench's
             # default n_ubatch). ONNX Runtime's MatMulNBits: its int4/int8 GEMV refuses more than one row
@@ -339,12 +345,14 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
             kv_read = kv_read * h / kv_heads
         k_share = shape.qk_dim / (shape.qk_dim + shape.v_dim) if not shape.shared_kv else 1.0
         v_share = 1.0 - k_share if not shape.shared_kv else shape.v_dim / shape.qk_dim
+        dense = DENSE16 if b.prec.kv in (DType.FP16, DType.BF16) else ""
         b.add(tag + ".scores", OpKind.MATMUL, n, flops=2.0 * full * shape.qk_dim, act_in_bytes=act_in,
-              act_out_bytes=full * b.a, kv_read_bytes=kv_read * k_share, kv_write_bytes=kv_write, rows=q)
+              act_out_bytes=full * b.a, kv_read_bytes=kv_read * k_share, kv_write_bytes=kv_write, rows=q,
+              variant=dense)
         b.add(tag + ".softmax", OpKind.ELEMENTWISE, n, flops=SOFTMAX_FLOPS * full, act_in_bytes=full * b.a,
               act_out_bytes=full * b.a)
         b.add(tag + ".context", OpKind.MATMUL, n, flops=2.0 * full * shape.v_dim, act_in_bytes=full * b.a,
-              act_out_bytes=act_out, kv_read_bytes=kv_read * v_share, rows=q)
+              act_out_bytes=act_out, kv_read_bytes=kv_read * v_share, rows=q, variant=dense)
 
     # Output projection --------------------------------------------------------------------------------------------
     if m.is_mla:

@@ -54,6 +54,33 @@ def test_sync_mma_fraction_applies_only_on_devices_that_need_async_mma():
         h100.peak_flops_per_s("vector", "fp32"))
 
 
+def test_sixteen_bit_products_run_at_the_blas_fraction_where_the_backend_has_one():
+    from perfmodel.efficiency import with_backend
+    from perfmodel.graph import DENSE16
+
+    g = pm.load_device("rtx-4090")
+    eff = IDEAL.model_copy(update={"matrix": 0.25, "blas_matrix": 0.55, "half_accumulate": True})
+    m = Machine(g, eff, Parallel())
+    # cuBLAS's share of the 4090's FP16-accumulate peak: 0.55 x 330.3 = 181.7 TFLOP/s; the engine's own kernels 0.25
+    assert m.peak(OpKind.MATMUL, DType.FP16, variant=DENSE16)[0] == pytest.approx(0.55 * 330.3e12)
+    assert m.peak(OpKind.MATMUL, DType.FP16)[0] == pytest.approx(0.25 * 330.3e12)
+    assert m.peak(OpKind.ATTENTION, DType.FP16, variant=DENSE16)[0] == pytest.approx(0.25 * 330.3e12)  # fused: own
+    assert with_backend(eff, g, "cuda").blas_matrix == 0.55 and with_backend(eff, g, None).blas_matrix == 0.55
+    assert with_backend(eff, g, "vulkan").blas_matrix is None  # the backend's own shaders
+    assert with_backend(eff, pm.load_device("m2-max-38c"), None).blas_matrix is None  # Metal
+    # which products are 16-bit: FP16 weights and FP16 copies of quantised ones, not fused quantised GEMMs or MMQ
+    spec = pm.load_model("llama-3-8b")
+
+    def qkv(**prec):
+        ops = lower(spec, Pass("decoder", 1.0, 512.0, 512.0, logits=1.0), Precision(**prec), Parallel(), True)
+        return next(o for o in ops if o.name.endswith(".qkv")).variant
+
+    assert qkv(weights=DType.FP16, act=DType.FP16) == DENSE16
+    assert qkv(weights=DType.parse("q4_0"), act=DType.FP16, dequant="fp16_copy") == DENSE16
+    assert qkv(weights=DType.parse("q4_0"), act=DType.FP16) == ""
+    assert qkv(weights=DType.parse("q4_0"), act=DType.FP16, gemm=DType.INT8) == ""
+
+
 def test_attention_rate_grows_with_the_keys_each_query_sees():
     # A100 (no special-function figure): 1e12 FLOPs at 312 TFLOPS = 3.205 ms; with half-rate at 128 keys,
     # 128 keys per query run at 1/2 the rate (6.41 ms) and 1152 keys at 1152/1280 = 0.9 of it (3.561 ms)

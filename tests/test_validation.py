@@ -117,7 +117,8 @@ def test_held_out_error_does_not_regress(rows):
 # the B200/GB200 (sourced), and causal attention's diagonal tiles: kernel mean 27.8 -> 24.9 %, while the train-split
 # refit of TensorRT-LLM and vLLM with the H200's exponentials moved serving's mean 22.5 -> 23.9 % (leave-one-source-out
 # serving 22.0 -> 22.3 % on the same rows).
-REACHED = {"decode median": 15.5, "decode mean": 23.5, "prefill mean": 29.5, "serving mean": 24.5,
+# llama.cpp's 16-bit GEMMs at cuBLAS's fraction (blas_matrix): fixed split prefill 14.2 / 28.7 -> 11.3 / 26.7 %.
+REACHED = {"decode median": 15.5, "decode mean": 22.5, "prefill mean": 27.5, "serving mean": 24.5,
            "kernel mean": 25.5}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
@@ -275,7 +276,9 @@ def test_shipped_loso_table_is_current(rows):
 # current stack, and the llama2-webui fold no longer needs 192 us per op), kernel 19.8 / 31.3 -> 17.3 / 28.7, while
 # prefill's median rose 15.6 -> 16.1 (24 new rows of transformers' launch-bound prefill at -17 % bias) and serving's
 # 14.9 -> 15.6 (the vLLM and TensorRT-LLM folds refitted with the H200's exponentials: vLLM's CI latency rows 2 -> 9 %)
-LOSO_REACHED = {"decode": (18.0, 25.5), "prefill": (16.5, 36.0), "serving": (16.0, 22.5), "kernel": (18.0, 29.0)}
+# llama.cpp's FP16 GEMMs and FP16 weight copies at cuBLAS's own fraction (blas_matrix): prefill 16.1 / 35.3 -> 15.1 /
+# 34.7, the XiongjieDai GPU table's prefill 35.1 -> 28.0
+LOSO_REACHED = {"decode": (18.0, 25.5), "prefill": (15.5, 35.0), "serving": (16.0, 22.5), "kernel": (18.0, 29.0)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
