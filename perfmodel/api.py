@@ -232,7 +232,7 @@ class Estimate:
         out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
                          "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
-                         "matrix_units": wl.matrix_units, "logits": wl.logits,
+                         "matrix_units": wl.matrix_units, "logits": wl.logits, "ubatch": wl.ubatch,
                          "devices": wl.tp * wl.pp,
                          "efficiency": self.ev.mach.eff.model_dump(), "engine": self.engine}
         out["intervals"] = self.intervals

@@ -102,6 +102,8 @@ class Precision:
     dequant: str = "fused"  # fused: quantised weights are expanded inside the GEMM; fp16_copy, fp16_scratch: into an
     # FP16 copy first (llama.cpp CUDA before PR #8075 above 32 rows; ONNX Runtime MatMulNBits above one row)
     kv_per_query_head: bool = False  # unfused attention reads a KV head's K and V once per query head of its group
+    ubatch: float = math.inf  # tokens per micro-batch of a pass (llama.cpp's n_ubatch): rows per weight-GEMM call
+    # at most this, and the weights read once per micro-batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +169,12 @@ class _Builder:
             self.ops.append(Op(name, kind, dtype or self.prec.act, count=count, **q))
 
     def matmul(self, name: str, tokens: Num, k: float, n: float, count: int, *, bias: bool = False,
-               full_input: bool = True, weight_rows: Num | None = None, w_count: Num = 1.0) -> None:
+               full_input: bool = True, weight_rows: Num | None = None, w_count: Num = 1.0,
+               micro: tuple[Num, Num, Num] | None = None) -> None:
         """(tokens, k) @ (k, n). `full_input`: column-parallel layers read the whole input on every TP rank.
-        `w_count` weight matrices (MoE experts) share the tokens, so each product has tokens / w_count rows."""
+        `w_count` weight matrices (MoE experts) share the tokens, so each product has tokens / w_count rows.
+        Micro-batches (Precision.ubatch): `micro` = (tokens per call, weight matrices per call, calls), by default
+        min(tokens, ubatch), w_count and ceil(tokens / ubatch): each call reads its weights again."""
         flops = 2.0 * tokens * k * n
         blocks = self.prec.weights.is_gguf or self.prec.weights == DType.MXFP4  # block-quantised weights
         scale = 0.0
@@ -195,14 +200,28 @@ class _Builder:
             self.add(name + ".to_fp16", OpKind.ELEMENTWISE, count, flops=elems * passes,
                      act_in_bytes=elems * self.w * passes, act_out_bytes=2.0 * elems * passes)
             fp16_read = 2.0 * elems * passes
+        one, per_call, calls = tokens, w_count, 1.0  # rows of a call before the experts share them, matrices, calls
+        if micro is not None:
+            one, per_call, calls = micro
+        elif math.isfinite(self.prec.ubatch):
+            one, calls = self.micro_rows(tokens), self.micro_passes(tokens)
+        weights = per_call * calls * (k * n * self.w + (n * self.a if bias else 0.0))
         self.add(
             name, OpKind.MATMUL, count, self.prec.gemm,
             flops=flops + (tokens * n if bias else 0.0), scale_flops=scale, variant=variant,
-            weight_bytes=w_count * (k * n * self.w + (n * self.a if bias else 0.0)),
+            weight_bytes=weights,
             act_in_bytes=tokens * k * self.a + fp16_read,
             act_out_bytes=tokens * n * self.a,
-            rows=tokens / call("at_least_one", w_count),
+            rows=one / call("at_least_one", per_call),
         )
+
+    def micro_rows(self, tokens: Num) -> Num:
+        """Tokens of one micro-batch: at most Precision.ubatch."""
+        return call("micro_rows", tokens, params=(self.prec.ubatch,))
+
+    def micro_passes(self, tokens: Num) -> Num:
+        """Micro-batches of a pass of `tokens` tokens."""
+        return call("micro_passes", tokens, params=(self.prec.ubatch,))
 
     def norm(self, name: str, tokens: Num, width: float, count: int) -> None:
         wb = (2 if self.m.norm == "layernorm" else 1) * width * self.a
@@ -371,16 +390,20 @@ def _mlp_block(b: _Builder, tag: str, p: Pass, n: int, moe: bool) -> None:
     n_in = 2 if m.gated_mlp else 1
     act_flops = ACT_FLOPS[m.activation] + (1 if m.gated_mlp else 0)
 
-    def dense(name: str, d_ff: float, tokens: Num, experts: Num = 1.0) -> None:
+    def dense(name: str, d_ff: float, tokens: Num, experts: Num = 1.0, micro: tuple | None = None) -> None:
         width = d_ff / tp
-        b.matmul(name + ".up", tokens, d, n_in * width, n, bias=m.mlp_bias, w_count=experts)
+        b.matmul(name + ".up", tokens, d, n_in * width, n, bias=m.mlp_bias, w_count=experts, micro=micro)
         b.elementwise(name + ".act", tokens * width, act_flops, n, n_in=n_in, variant=m.activation)
-        b.matmul(name + ".down", tokens, width, d, n, bias=m.mlp_bias, w_count=experts)
+        b.matmul(name + ".down", tokens, width, d, n, bias=m.mlp_bias, w_count=experts, micro=micro)
 
     if moe:
         e, k = m.n_experts, m.experts_per_token
         b.matmul(tag + ".moe.router", T, d, e, n, bias=m.router_bias)
-        dense(tag + ".moe.experts", m.expert_d_ff, T * k, experts=expected_experts(T, e, k))
+        micro = None
+        if math.isfinite(b.prec.ubatch):  # each micro-batch routes its own tokens: experts touched per micro-batch
+            mt = b.micro_rows(T)
+            micro = (mt * k, expected_experts(mt, e, k), b.micro_passes(T))
+        dense(tag + ".moe.experts", m.expert_d_ff, T * k, experts=expected_experts(T, e, k), micro=micro)
         if m.shared_d_ff:
             dense(tag + ".moe.shared", m.shared_d_ff, T)
     else:

@@ -151,6 +151,9 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     # pairs a fused causal kernel computes: each query of a multi-query pass ends inside a key tile, computed whole
     # and masked, (tile - 1) / 2 keys past the diagonal on average, at most every key there is
     "tiled_causal_pairs": _tiled_causal_pairs,
+    # a pass of t tokens in micro-batches of u (llama.cpp's n_ubatch): rows per call, and passes over the weights
+    "micro_rows": lambda t, u: np.minimum(np.asarray(t, dtype=float), u),
+    "micro_passes": lambda t, u: np.maximum(np.ceil(np.asarray(t, dtype=float) / u), 1.0),
     "recip": lambda x: 1.0 / np.asarray(x, dtype=float),
     "at_least_one": lambda x: np.maximum(np.asarray(x, dtype=float), 1.0),
 }

@@ -41,7 +41,8 @@ ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel", "fa
 ROW_FIELDS = {
     "hardware": str, "hardware_name": str, "model": str, "model_name": str, "engine": str, "software": str,
     "backend": str, "matrix_units": bool, "kept_out": str, "batching": str,
-    "weights": str, "kv": str, "act": str, "gemm": str, "dequant": str, "attention": str, "logits": str, "batch": int,
+    "weights": str, "kv": str, "act": str, "gemm": str, "dequant": str, "attention": str, "logits": str, "ubatch": int,
+    "batch": int,
     "prompt_len": int, "gen_len": int, "tp": int, "pp": int,
     "n_devices": int, "metric": str, "value": float, "where": str, "note": str,
     "m": int, "n": int, "k": int, "dtype": str, "seq_len": int, "heads": int, "head_dim": int, "causal": bool,
@@ -206,21 +207,27 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
                    _s(r.get("act")) or _default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
                    _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
                    int(_n(r.get("pp"), 1)), _s(r.get("backend")) or None, r.get("matrix_units") is not False,
-                   _s(r.get("logits")) or "last")
+                   _s(r.get("logits")) or "last", int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None)
             groups.setdefault(cfg, []).append((i, r))
         except PerfmodelError as e:
             skip[i] = str(e).splitlines()[0][:160]
-    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx, logits), members in \
+    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx, logits, ubatch), members in \
             groups.items():
         try:
             model, device = model_of(mdl), dev_of(hw)
             wl = Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant, attention=attention, tp=tp,
-                          pp=pp, backend=backend, matrix_units=mx, logits=logits)
+                          pp=pp, backend=backend, matrix_units=mx, logits=logits, ubatch=ubatch)
             _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip, batch_out)
         except PerfmodelError as e:
             for i, _ in members:
                 skip[i] = str(e).splitlines()[0][:160]
     return out, skip
+
+
+# Tokens per micro-batch where a row does not say: llama.cpp runs a prompt in micro-batches of n_ubatch = 512 tokens
+# (llama-bench's `-ub` default since n_ubatch was split from n_batch, ggml-org/llama.cpp#6017, March 2024; before it
+# n_batch = 512 played that part)
+UBATCH = {"llamacpp": 512}
 
 
 def _default_act(engine: str, weights: str, device) -> str:

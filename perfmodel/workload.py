@@ -5,6 +5,8 @@ sweeps are generated from these fields.
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -57,6 +59,12 @@ class Workload(BaseModel):
                             "scoring or perplexity pass)",
         json_schema_extra={"name": "logits"})
 
+    ubatch: int | None = Field(
+        None, description="tokens per micro-batch of a prompt (llama.cpp's n_ubatch, 512 in llama-bench): each is a "
+                          "pass of its own, so a weight GEMM call has at most that many rows (an MoE expert's share of "
+                          "them) and the weights are read once per micro-batch; default: the whole prompt in one pass",
+        json_schema_extra={"name": "ubatch"})
+
     backend: str | None = Field(
         None, description="the engine's kernel backend where it has several (llama.cpp): " + " ".join(BACKENDS)
                           + "; default: the device's own (CUDA on NVIDIA, ROCm on AMD, Metal on Apple)",
@@ -94,6 +102,13 @@ class Workload(BaseModel):
     def _positive(cls, v: Any, info) -> int:
         return _int_at_least(v, 1, info.field_name)
 
+    @field_validator("ubatch", mode="before")
+    @classmethod
+    def _ubatch(cls, v: Any) -> int | None:
+        if v is None or str(v).strip().lower() in ("", "none"):
+            return None
+        return _int_at_least(v, 1, "ubatch", 2**30)
+
     @field_validator("gen_len", mode="before")
     @classmethod
     def _nonneg(cls, v: Any) -> int | None:
@@ -124,7 +139,8 @@ class Workload(BaseModel):
         from .graph import Precision  # NumPy and the model schema load when a workload is costed, not for --help
 
         return Precision(self.weights, self.kv, self.act, self.gemm, self.dequant,
-                         kv_per_query_head=self.attention == "unfused" and self.backend == "metal")
+                         kv_per_query_head=self.attention == "unfused" and self.backend == "metal",
+                         ubatch=float(self.ubatch) if self.ubatch else math.inf)
 
     @property
     def parallel(self) -> Parallel:

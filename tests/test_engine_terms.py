@@ -184,6 +184,26 @@ def test_a_prompt_pass_computes_the_last_positions_logits_unless_asked_for_all()
         Workload(logits="some")
 
 
+def test_ubatch_is_a_workload_field_its_flag_and_its_json_key(capsys):
+    from perfmodel.cli import main
+
+    # a 4,096-token prompt in micro-batches of 512 reads LLaMA 3 8B's layer weights 8 times, not once (the LM head
+    # runs on the last position only, one row, in the last micro-batch): 7 x their bytes more, all in the prefill
+    one = pm.estimate("llama-3-8b", "h100-sxm", prompt_len=4096, gen_len=0, engine="ideal")
+    eight = pm.estimate("llama-3-8b", "h100-sxm", prompt_len=4096, gen_len=0, engine="ideal", ubatch=512)
+    layers = 32 * 2 * (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336)  # qkv, o, gate/up/down in bf16
+    def weights(est):  # the op table's bytes are per op over all its layers (counts applied)
+        return float(est.ops[est.ops.phase == "prefill"].weight_bytes.sum())
+
+    assert weights(eight) - weights(one) == pytest.approx(7 * layers)
+    assert Workload(ubatch="none").ubatch is None and Workload(ubatch="512").ubatch == 512
+    with pytest.raises(ValueError, match="ubatch must be an integer from 1"):
+        Workload(ubatch=0)
+    assert main(["estimate", "--model", "llama-3-8b", "--hardware", "h100-sxm", "--ubatch", "512", "--json"]) == 0
+    import json
+    assert json.loads(capsys.readouterr().out)["config"]["ubatch"] == 512
+
+
 def test_gemm_format_defaults_to_act():
     # a bad --gemm is refused like a bad --act (tests/test_cli.py, test_bad_input_exits_2_with_a_message)
     assert Workload(gemm="int8").precision.gemm == DType.INT8 and Workload().precision.gemm is None

@@ -148,3 +148,29 @@ def test_moe_expert_products_have_the_rows_each_expert_sees():
         ops = lower(m, Pass("decoder", 1.0, q, q, logits=1.0), Precision(), Parallel(), True)
         experts = [o for o in ops if ".moe.experts." in o.name and o.kind == OpKind.MATMUL]
         assert experts and all(float(o.rows) == pytest.approx(rows) for o in experts)
+
+
+def test_micro_batches_cap_the_rows_of_a_call_and_reread_the_weights():
+    llama3 = pm.load_model("llama-3-8b")
+    whole = {o.name: o for o in lower(llama3, Pass("decoder", 1.0, 2048.0, 2048.0, logits=1.0), Precision(),
+                                      Parallel())}
+    micro = {o.name: o for o in lower(llama3, Pass("decoder", 1.0, 2048.0, 2048.0, logits=1.0),
+                                      Precision(ubatch=512.0), Parallel())}
+    name = next(k for k in whole if k.endswith(".qkv"))
+    # QKV of LLaMA 3 8B: 4096 x (32 + 2 x 8) x 128 = 4096 x 6144 bf16 weights, 2048 tokens in 4 micro-batches of 512
+    assert (whole[name].rows, micro[name].rows) == (2048, 512)
+    assert whole[name].weight_bytes == 4096 * 6144 * 2 and micro[name].weight_bytes == 4 * 4096 * 6144 * 2
+    assert micro[name].flops == whole[name].flops  # the same products, in four calls
+    gpt = pm.load_model("gpt-oss-20b")
+    ops = {o.name: o for o in lower(gpt, Pass("decoder", 1.0, 2048.0, 2048.0, logits=1.0), Precision(ubatch=512.0),
+                                    Parallel())}
+    up = next(o for k, o in ops.items() if k.endswith(".moe.experts.up"))
+    # 512 tokens x top-4 over the experts a micro-batch touches, 32 (1 - (1 - 4/32)^512) = 32: 64 rows per call
+    touched = 32 * (1 - (1 - 4 / 32) ** 512)
+    assert up.rows == pytest.approx(512 * 4 / touched)
+    one = {o.name: o for o in lower(gpt, Pass("decoder", 1.0, 2048.0, 2048.0, logits=1.0), Precision(), Parallel())}
+    assert up.weight_bytes == pytest.approx(4 * one[up.name].weight_bytes)  # every expert read in each micro-batch
+    decode = {o.name: o for o in lower(llama3, Pass("decoder", 1.0, 1.0, 600.0, logits=1.0), Precision(ubatch=512.0),
+                                       Parallel())}
+    assert decode[name].rows == 1 and decode[name].weight_bytes == 4096 * 6144 * 2  # a decode step: one micro-batch
+

@@ -278,7 +278,8 @@ def test_shipped_loso_table_is_current(rows):
 # 14.9 -> 15.6 (the vLLM and TensorRT-LLM folds refitted with the H200's exponentials: vLLM's CI latency rows 2 -> 9 %)
 # llama.cpp's FP16 GEMMs and FP16 weight copies at cuBLAS's own fraction (blas_matrix): prefill 16.1 / 35.3 -> 15.1 /
 # 34.7, the XiongjieDai GPU table's prefill 35.1 -> 28.0
-LOSO_REACHED = {"decode": (18.0, 25.5), "prefill": (15.5, 35.0), "serving": (16.0, 22.5), "kernel": (18.0, 29.0)}
+# Micro-batches (ubatch, llama-bench's 512 unless the source says): prefill 15.1 / 34.7 -> 14.5 / 34.1
+LOSO_REACHED = {"decode": (18.0, 25.5), "prefill": (15.0, 34.5), "serving": (16.0, 22.5), "kernel": (18.0, 29.0)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
