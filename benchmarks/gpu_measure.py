@@ -22,6 +22,8 @@ What is measured, and how (every figure is the median of timed repeats after war
   verbatim config.json (tests/fixtures/hf) with random bf16 weights (no download): TTFT = `generate(max_new_tokens=1)`
   wall time; decode tokens/s = batch x (gen - 1) / (wall(gen) - TTFT); and, under the profiler, the CUDA kernels one
   decode step launches and their summed GPU time.
+- hfstep (only when asked, `--only hfstep`): a bare decode step (the model's forward over its cache, argmax on the
+  device) against a `generate()` step of the same model: what generate()'s loop adds per step. Not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -275,23 +277,32 @@ HF_CASES_2 = [  # the second run: batches and prompts large enough to leave the 
 ]
 
 
+def hf_config(model_id: str, tiny: bool):
+    """The transformers config of a catalog model from its verbatim config.json (tests/fixtures/hf); `tiny`: two
+    small layers, to check the code paths on a CPU."""
+    from transformers import AutoConfig
+
+    d = json.loads((ROOT / "tests" / "fixtures" / "hf" / f"{model_id}.json").read_text())
+    d = {k: v for k, v in d.items() if not k.startswith("_")}
+    mt = d.pop("model_type")
+    if tiny:
+        d.update(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=64, vocab_size=1024, moe_intermediate_size=128,
+                 num_local_experts=min(d.get("num_local_experts", 4), 4), num_experts=min(d.get("num_experts", 4), 4),
+                 num_experts_per_tok=2)
+    return AutoConfig.for_model(mt, **d)
+
+
 def hf(rec: Recorder, dev: str, tiny: bool, which: int) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     for model_id, cases, need_s in (HF_CASES if which == 1 else HF_CASES_2):
         if rec.left_s() < need_s:
             rec.put(kind="hf", model=model_id, skipped=f"{rec.left_s():.0f} s left, needs about {need_s} s")
             continue
-        d = json.loads((ROOT / "tests" / "fixtures" / "hf" / f"{model_id}.json").read_text())
-        d = {k: v for k, v in d.items() if not k.startswith("_")}
-        mt = d.pop("model_type")
         if tiny:
-            d.update(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=64, vocab_size=1024, moe_intermediate_size=128,
-                     num_local_experts=min(d.get("num_local_experts", 4), 4), num_experts=min(d.get("num_experts", 4), 4),
-                     num_experts_per_tok=2)
             cases = [(1, 16, 4), (2, 16, 4)]
-        cfg = AutoConfig.for_model(mt, **d)
+        cfg = hf_config(model_id, tiny)
         t = time.perf_counter()
         try:
             with torch.device(dev):
@@ -362,13 +373,56 @@ def kernel_count(rec: Recorder, dev: str, model, model_id: str, vocab: int, p: i
             gpu_busy_s_per_decode_step=(res[9][1] - res[1][1]) / 8)
 
 
+def hf_step(rec: Recorder, dev: str, tiny: bool) -> None:
+    """Host time of a bare decode step (the model's forward with its KV cache, greedy argmax on the device, no
+    generate() loop) against generate()'s: what generate() adds per step."""
+    from transformers import AutoModelForCausalLM
+
+    for model_id in ("llama-3-8b", "llama-3.2-1b"):
+        if rec.left_s() < 20:
+            return
+        cfg = hf_config(model_id, tiny)
+        with torch.device(dev):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model.eval()
+        p, steps = (16, 4) if tiny else (512, 64)
+        ids = torch.randint(10, cfg.vocab_size - 10, (1, p), device=dev)
+        with torch.inference_mode():
+            for rep in range(3):
+                sync(dev)
+                t0 = time.perf_counter()
+                out = model(input_ids=ids, use_cache=True)
+                sync(dev)
+                t1 = time.perf_counter()
+                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                for _ in range(steps):
+                    out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+                    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                sync(dev)
+                t2 = time.perf_counter()
+                gc = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
+                model.generate(input_ids=ids, max_new_tokens=1, min_new_tokens=1, **gc)
+                sync(dev)
+                t3 = time.perf_counter()
+                model.generate(input_ids=ids, max_new_tokens=steps + 1, min_new_tokens=steps + 1, **gc)
+                sync(dev)
+                t4 = time.perf_counter()
+                if rep:  # the first round warms up
+                    rec.put(kind="hf_step", model=model_id, batch=1, prompt=p, steps=steps, forward_prefill_s=t1 - t0,
+                            forward_step_s=(t2 - t1) / steps, generate_first_s=t3 - t2,
+                            generate_step_s=(t4 - t3 - (t3 - t2)) / steps)
+        model = None
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget-s", type=float, default=330.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--only", default="launch,stream,gemm,attention,hf")
+    ap.add_argument("--only", default="launch,stream,gemm,attention,hf", help="sections, comma-separated; also hfstep")
     ap.add_argument("--hf-set", type=int, choices=(1, 2), default=1, help="which list of transformers cases to run")
     a = ap.parse_args()
     rec = Recorder(a.out, a.budget_s)
@@ -376,7 +430,7 @@ def main() -> int:
     l2 = info.get("l2_cache_bytes") or 64 * 2**20
     steps = {"launch": lambda: launch(rec, a.device), "stream": lambda: stream(rec, a.device, a.tiny),
              "gemm": lambda: gemm(rec, a.device, a.tiny, l2), "attention": lambda: attention(rec, a.device, a.tiny),
-             "hf": lambda: hf(rec, a.device, a.tiny, a.hf_set)}
+             "hf": lambda: hf(rec, a.device, a.tiny, a.hf_set), "hfstep": lambda: hf_step(rec, a.device, a.tiny)}
     for name in a.only.split(","):
         try:
             steps[name]()
