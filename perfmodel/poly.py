@@ -128,18 +128,21 @@ def _causal_pairs(q_len: Any, kv_len: Any, window: float) -> Any:
     return s(kv_len) - s(kv_len - q_len)
 
 
+def _window_keys(q_len: Any, kv_len: Any, window: float) -> Any:
+    return np.minimum(kv_len, q_len + window - 1)
+
+
 def _tiled_causal_pairs(q_len: Any, kv_len: Any, window: float, tile: float) -> Any:
     q = np.asarray(q_len, dtype=float)
     extra = np.where(q > 1, q * (tile - 1.0) / 2.0, 0.0)  # one query (decode) ends on no diagonal
-    seen = np.minimum(kv_len, q + window - 1) if math.isfinite(window) else kv_len
-    return np.minimum(_causal_pairs(q_len, kv_len, window) + extra, q * seen)
+    return np.minimum(_causal_pairs(q_len, kv_len, window) + extra, q * _window_keys(q, kv_len, window))
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     # query-key pairs when q new tokens follow kv - q cached ones, each attending to at most `window` positions
     "causal_pairs": _causal_pairs,
     # keys a query sees under a sliding window: min(kv, q + window - 1)
-    "window_keys": lambda q, kv, window: np.minimum(kv, q + window - 1),
+    "window_keys": _window_keys,
     # distinct experts touched when `tokens` tokens each pick k of n (uniform routing): n (1 - (1 - k/n)^tokens)
     "expected_experts": lambda tokens, n, k: n * (1.0 - (1.0 - k / n) ** np.asarray(tokens, dtype=float)),
     # weight conversion passes of llama.cpp's fp16_copy path: one per 512-token micro-batch above 32 rows

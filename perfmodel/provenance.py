@@ -196,7 +196,7 @@ def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
     # rate apart); professional and datacentre parts of the same die do not: siblings of the device's own kind first
     half = bool(device.compute.matrix.half_accumulate_dense_tflops)
     alike = [(d, f) for d, f in everyone if bool(d.compute.matrix.half_accumulate_dense_tflops) == half]
-    proc, clock = device.processor, figs.get("processor.clock")
+    clock = figs.get("processor.clock")
     for unit in ("matrix", "vector"):
         for p in COMPUTE_KEYS:
             key = f"compute.{unit}.{p}"
@@ -219,30 +219,33 @@ def _family_rules(device: "Device", figs: dict[str, Figure]) -> None:
                                   "family-ratio")
                     break
             # 2. the siblings' rate per unit per cycle, at this device's units and clock
-            if best is None and proc is not None and clock is not None:
-                rates = [f[key].value / (d.processor.units * f["processor.clock"].value) for d, f in sib
-                         if key in f and d.processor is not None and "processor.clock" in f]
-                if rates:
-                    r = statistics.median(rates)
-                    rule = max("family-rate", clock.rule or "family-rate", key=RULE_UNCERTAINTY.get)
-                    best = Figure(key, r * proc.units * clock.value, "estimated",
-                                  f"{r:.4g} FLOPs/cycle/{proc.unit_name} (median of {len(rates)} {device.family} "
-                                  f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
+            if best is None:
+                best = _family_rate(device, key, sib, clock, "FLOPs")
             if best is not None and (key not in figs or best.uncertainty < figs[key].uncertainty):
                 figs[key] = best
+    # the special-function units (softmax's exponentials), by rule 2: a die's SFU count per SM does not change between
+    # its SKUs (an H200 is an H100's GH100)
+    if SFU not in figs:
+        fig = _family_rate(device, SFU, everyone, clock, "exponentials")
+        if fig is not None:
+            figs[SFU] = fig
 
 
-    # the special-function units (softmax's exponentials): the siblings' rate per unit per cycle, at this device's
-    # units and clock (a die's SFU count per SM does not change between its SKUs: an H200 is an H100's GH100)
-    if SFU not in figs and proc is not None and clock is not None:
-        rates = [f[SFU].value / (d.processor.units * f["processor.clock"].value) for d, f in everyone
-                 if SFU in f and f[SFU].rung != "estimated" and d.processor is not None and "processor.clock" in f]
-        if rates:
-            r = statistics.median(rates)
-            rule = max("family-rate", clock.rule or "family-rate", key=RULE_UNCERTAINTY.get)
-            figs[SFU] = Figure(SFU, r * proc.units * clock.value, "estimated",
-                               f"{r:.4g} exponentials/cycle/{proc.unit_name} (median of {len(rates)} {device.family} "
-                               f"sibling(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
+def _family_rate(device: "Device", key: str, sib: list, clock: Figure | None, what: str) -> Figure | None:
+    """Rule 2: the siblings' median `key` per unit per cycle, at this device's units and clock; None where the device
+    has no units or clock, or no sibling gives the figure with its own."""
+    proc = device.processor
+    if proc is None or clock is None:
+        return None
+    rates = [f[key].value / (d.processor.units * f["processor.clock"].value) for d, f in sib
+             if key in f and d.processor is not None and "processor.clock" in f]
+    if not rates:
+        return None
+    r = statistics.median(rates)
+    rule = max("family-rate", clock.rule or "family-rate", key=RULE_UNCERTAINTY.get)
+    return Figure(key, r * proc.units * clock.value, "estimated",
+                  f"{r:.4g} {what}/cycle/{proc.unit_name} (median of {len(rates)} {device.family} sibling(s)) x "
+                  f"{proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
 
 
 def _kind_vector_rule(device: "Device", figs: dict[str, Figure]) -> None:

@@ -52,12 +52,14 @@ def header(env: dict, d: Path, title: str, setup: str, metrics: str) -> list[str
 
 
 def machine(env: dict) -> str:
-    smi = env.get("nvidia_smi", "").splitlines()
-    drv = smi[1].split(",")[1].strip() if len(smi) > 1 else "?"
+    # nvidia-smi's CSV: the field names of the query (env.json's nvidia_smi_query) over one line of values
+    values = (env.get("nvidia_smi", "").splitlines() + ["", ""])[1].split(",")
+    smi = dict(zip(env.get("nvidia_smi_query", "").split(","), (v.strip() for v in values)))
+    watts = float(smi["power.limit"].split()[0])
     return (f"one {env['gpu']} ({env['sm_count']} SMs, {env['l2_cache_bytes'] / 2**20:.0f} MiB L2, "
-            f"{env['total_memory_bytes'] / 2**30:.1f} GiB visible, max SM clock 1980 MHz by nvidia-smi, power limit "
-            f"700 W), driver {drv}, CUDA {env['cuda']}, torch {env['torch']}, on a {env['cpu_count']}-vCPU "
-            f"'{env['cpu_model']}' virtual machine (the project's device tool)")
+            f"{env['total_memory_bytes'] / 2**30:.1f} GiB visible, max SM clock {smi['clocks.max.sm']} by nvidia-smi, "
+            f"power limit {watts:.0f} W), driver {smi['driver_version']}, CUDA {env['cuda']}, torch {env['torch']}, on "
+            f"a {env['cpu_count']}-vCPU '{env['cpu_model']}' virtual machine (the project's device tool)")
 
 
 def kernel_file(env: dict, recs: list, d: Path) -> str:
