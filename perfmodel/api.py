@@ -13,7 +13,7 @@ import numpy as np
 from .catalog import load_device, load_model
 from .device import Device
 from .efficiency import Efficiency
-from .engines import device_class, efficiency_for
+from .engines import checkpoint_formats, device_class, efficiency_for
 from .errors import CapacityError, PerfmodelError
 from .evaluate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 from .bands import TIME_METRICS, intervals
@@ -39,6 +39,7 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     if wl.gen_len is None:
         wl = Workload(**{**wl.model_dump(), "gen_len": default_gen(m)})
     eff, band_engine = efficiency_for(d, engine, efficiency)
+    wl = checkpoint_formats(wl, m, engine)
     one = np.ones(1)
     err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
     if err:
@@ -229,7 +230,9 @@ class Estimate:
         out["params"] = {"total": m.params_total(), "active": m.params_active()}
         out["memory"] = self.memory
         out["phases"] = {"prefill": self.phase("prefill"), "decode": self.phase("decode")}
-        out["config"] = {"weights": wl.weights.value, "kv": wl.kv.value, "act": wl.act.value,
+        prec = wl.precision
+        out["config"] = {"weights": wl.weights.value, "dense_weights": prec.dense_format.value,
+                         "head_weights": prec.head_format.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
                          "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
                          "matrix_units": wl.matrix_units, "logits": wl.logits, "ubatch": wl.ubatch,

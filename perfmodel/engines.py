@@ -11,14 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from .calibration.profile import auto_profile, read_profile
 from .catalog import data_roots, read_toml, validation_message
 from .device import Device
+from .dtypes import DType
 from .efficiency import Efficiency, default_for
 from .errors import PerfmodelError, did_you_mean
+
+if TYPE_CHECKING:
+    from .model import ModelSpec
+    from .workload import Workload
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,45 @@ def efficiency_for(device: Device, engine: str | None = None, profile: "Efficien
         if mine is not None:
             return mine, "calibrated"
     return default_for(device.kind), "default"
+
+
+# Which tensors a quantised checkpoint leaves out of its format (docs/model.md, "Checkpoint formats"). Facts about the
+# tools that write the checkpoints each engine loads, not fitted:
+# - The LM head and the token-embedding table stay at 16 bits in the checkpoints made for TensorRT-LLM (its
+#   examples/quantization/quantize.py: `--quantize_lm_head` default False; `--dtype` is "the data type for the model
+#   weights and activations of the non-quantized part, e.g., embedding and lm_head", NVIDIA/TensorRT-LLM at 059c97c),
+#   for vLLM and SGLang (llm-compressor recipes `targets: [Linear]`, `ignore: [lm_head]`, e.g. neuralmagic/
+#   Llama-3.2-1B-FP8 recipe.yaml; AWQ and GPTQ quantise the decoder layers' linear modules), and for transformers
+#   and LMDeploy (the same AWQ/GPTQ/bitsandbytes checkpoints). No engine named: the same rule, the common case.
+# - GGUF files quantise them with the rest (the mixes' bits per weight include them, perfmodel.dtypes
+#   GGUF_MIX_BITS); mlx-lm quantises every module that can be (nn.quantize with `hasattr(m, "to_quantized")`:
+#   Linear and Embedding); ExLlamaV2, ONNX Runtime, CTranslate2, OpenVINO and IPEX-LLM have their own converters and
+#   keep the format as given.
+HEAD_16BIT_ENGINES = ("trtllm", "vllm", "sglang", "hf", "lmdeploy", "mlperf", None)
+# - Formats a checkpoint applies to an MoE model's routed experts only. MXFP4: gpt-oss is "post-trained with
+#   quantization of the mixture-of-experts (MoE) weights to MXFP4 format ... The MoE weights are responsible for 90+%
+#   of the total parameter count" (OpenAI gpt-oss model card); "it uses the standard bfloat16 for attention and other
+#   layers" (vLLM blog, GPT-OSS, 2025-08-05). llama.cpp's GGUF (ggml-org/gpt-oss-*-GGUF) holds the other tensors,
+#   embedding and LM head included, as Q8_0: derived from llama-bench's sizes, 11.27 GiB for gpt-oss-20b (19.12 B
+#   expert parameters x 4.25 bits + 1.80 B others x 8.5 bits = 11.24 GiB; BF16 others would make 12.81, MXFP4 10.35)
+#   and 59.02 GiB for gpt-oss-120b (58.86; 60.71, 57.80), validation/llamacpp-dgx-spark.toml.
+EXPERT_ONLY_FORMATS = {DType.MXFP4: {"llamacpp": DType.Q8_0, "other": DType.BF16}}
+
+
+def checkpoint_formats(wl: "Workload", model: "ModelSpec", engine: str | None) -> "Workload":
+    """`wl` with the formats of the tensors a quantised checkpoint for `engine` keeps apart filled in where it leaves
+    them open (Workload.dense_weights, head_weights): an MoE model's non-expert matrices under an experts-only format
+    (EXPERT_ONLY_FORMATS), and the LM head and embedding table at 16 bits (the activation format, else BF16) where
+    the engine's checkpoints keep them so (HEAD_16BIT_ENGINES)."""
+    w, update = wl.weights, {}
+    rule = EXPERT_ONLY_FORMATS.get(w)
+    if wl.dense_weights is None and rule and model.is_moe:
+        update["dense_weights"] = rule.get(engine or "", rule["other"])
+    dense = update.get("dense_weights", wl.dense_weights) or w
+    quantised = dense.bits < 16 and not dense.is_gguf
+    if wl.head_weights is None and quantised and engine in HEAD_16BIT_ENGINES:
+        update["head_weights"] = wl.act if wl.act in (DType.BF16, DType.FP16) else DType.BF16
+    return wl.model_copy(update=update) if update else wl
 
 
 _ENGINE_EFFICIENCY: dict[tuple, Efficiency] = {}

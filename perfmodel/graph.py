@@ -104,6 +104,18 @@ class Precision:
     kv_per_query_head: bool = False  # unfused attention reads a KV head's K and V once per query head of its group
     ubatch: float = math.inf  # tokens per micro-batch of a pass (llama.cpp's n_ubatch): rows per weight-GEMM call
     # at most this, and the weights read once per micro-batch
+    dense: DType | None = None  # matrices outside the routed experts, where not `weights` (an MXFP4 checkpoint's)
+    head: DType | None = None  # LM head and embedding table, where not `dense` (16-bit in most quantised checkpoints)
+
+    @property
+    def dense_format(self) -> DType:
+        """Format of the weight matrices outside an MoE model's routed experts (all of a dense model's layers)."""
+        return self.dense or self.weights
+
+    @property
+    def head_format(self) -> DType:
+        """Format of the LM head and the token-embedding table."""
+        return self.head or self.dense_format
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +173,7 @@ def block_scale_work(weights: DType, gemm: DType, flops: Num) -> tuple[Num, str]
 class _Builder:
     def __init__(self, model: ModelSpec, prec: Precision, par: Parallel, fused: bool):
         self.m, self.prec, self.par, self.fused = model, prec, par, fused
-        self.w, self.a, self.kvb = prec.weights.bytes, prec.act.bytes, prec.kv.bytes
+        self.a, self.kvb = prec.act.bytes, prec.kv.bytes
         self.ops: list[Op] = []
 
     def add(self, name: str, kind: OpKind, count: int, dtype: DType | None = None, **q: Num | str) -> None:
@@ -170,24 +182,31 @@ class _Builder:
 
     def matmul(self, name: str, tokens: Num, k: float, n: float, count: int, *, bias: bool = False,
                full_input: bool = True, weight_rows: Num | None = None, w_count: Num = 1.0,
-               micro: tuple[Num, Num, Num] | None = None) -> None:
+               micro: tuple[Num, Num, Num] | None = None, fmt: DType | None = None) -> None:
         """(tokens, k) @ (k, n). `full_input`: column-parallel layers read the whole input on every TP rank.
         `w_count` weight matrices (MoE experts) share the tokens, so each product has tokens / w_count rows.
         Micro-batches (Precision.ubatch): `micro` = (tokens per call, weight matrices per call, calls), by default
-        min(tokens, ubatch), w_count and ceil(tokens / ubatch): each call reads its weights again."""
+        min(tokens, ubatch), w_count and ceil(tokens / ubatch): each call reads its weights again. `fmt`: the
+        weights' format (default Precision.dense_format; routed experts Precision.weights, the LM head
+        Precision.head_format). A 16-bit matrix among quantised ones multiplies at 16 bits."""
+        fmt = fmt or self.prec.dense_format
+        w = fmt.bytes
+        gemm = self.prec.gemm
+        if fmt is not self.prec.weights and fmt.bits >= 16:
+            gemm = fmt if self.prec.act.bits < 16 else None
         flops = 2.0 * tokens * k * n
-        blocks = self.prec.weights.is_gguf or self.prec.weights == DType.MXFP4  # block-quantised weights
+        blocks = fmt.is_gguf or fmt == DType.MXFP4  # block-quantised weights
         scale = 0.0
-        if self.prec.gemm == DType.INT8 and blocks:
+        if gemm == DType.INT8 and blocks:
             # MMQ: int8 products per 32-wide block of k, then on the vector units two FMAs per output and block (the
             # weight block's scale and the activation block's; llama.cpp mmq.cuh, vec_dot_q4_0_q8_1 and kin)
             scale = 4.0 * tokens * n * k / 32
-        block, variant = block_scale_work(self.prec.weights, self.prec.gemm or self.prec.act, flops)
+        block, variant = block_scale_work(fmt, gemm or self.prec.act, flops)
         scale += block  # never both: MMQ's block scales need int8 products, these FP8 ones
         fp16_read = 0.0
         copied = (self.prec.dequant == "fp16_copy" and blocks) or (self.prec.dequant == "fp16_scratch"
-                                                                   and self.prec.weights.bits < self.prec.act.bits)
-        if not variant and self.prec.gemm is None and (copied or self.prec.weights in (DType.FP16, DType.BF16)):
+                                                                   and fmt.bits < self.prec.act.bits)
+        if not variant and (gemm is None or gemm.bits >= 16) and (copied or fmt in (DType.FP16, DType.BF16)):
             variant = DENSE16
         if copied:
             # a conversion kernel first writes an FP16 copy of the weights, and cuBLAS reads that copy. llama.cpp's
@@ -198,16 +217,16 @@ class _Builder:
             passes = call("fp16_passes" if self.prec.dequant == "fp16_copy" else "scratch_passes", tokens)
             elems = k * n * w_count
             self.add(name + ".to_fp16", OpKind.ELEMENTWISE, count, flops=elems * passes,
-                     act_in_bytes=elems * self.w * passes, act_out_bytes=2.0 * elems * passes)
+                     act_in_bytes=elems * w * passes, act_out_bytes=2.0 * elems * passes)
             fp16_read = 2.0 * elems * passes
         one, per_call, calls = tokens, w_count, 1.0  # rows of a call before the experts share them, matrices, calls
         if micro is not None:
             one, per_call, calls = micro
         elif math.isfinite(self.prec.ubatch):
             one, calls = self.micro_rows(tokens), self.micro_passes(tokens)
-        weights = per_call * calls * (k * n * self.w + (n * self.a if bias else 0.0))
+        weights = per_call * calls * (k * n * w + (n * self.a if bias else 0.0))
         self.add(
-            name, OpKind.MATMUL, count, self.prec.gemm,
+            name, OpKind.MATMUL, count, gemm,
             flops=flops + (tokens * n if bias else 0.0), scale_flops=scale, variant=variant,
             weight_bytes=weights,
             act_in_bytes=tokens * k * self.a + fp16_read,
@@ -246,7 +265,8 @@ def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool
 
     if p.embed:
         rows = T * (1 + (m.position == "learned") + (m.token_types > 0))
-        b.add(prefix + "embed", OpKind.EMBEDDING, 1, weight_bytes=rows * d * b.w / tp, act_out_bytes=T * d * b.a)
+        b.add(prefix + "embed", OpKind.EMBEDDING, 1, weight_bytes=rows * d * b.prec.head_format.bytes / tp,
+              act_out_bytes=T * d * b.a)
         if tp > 1:  # vocab-parallel embedding: partial rows summed across ranks
             b.comm(prefix + "embed.all_reduce", Comm.ALL_REDUCE, T * d * b.a, 1)
         if m.embedding_norm:
@@ -275,10 +295,10 @@ def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool
 
     b.norm(prefix + "final_norm", T, d, 1 if m.final_norm else 0)
     if m.pooler and p.stack == "encoder":
-        b.matmul("pooler", p.batch, d, d, 1, bias=True)
+        b.matmul("pooler", p.batch, d, d, 1, bias=True, fmt=b.prec.head_format)
     heads = p.batch * p.logits
     if positive(heads):
-        b.matmul(prefix + "lm_head", heads, d, m.vocab_size / tp, 1)
+        b.matmul(prefix + "lm_head", heads, d, m.vocab_size / tp, 1, fmt=b.prec.head_format)
         if tp > 1:
             b.comm(prefix + "lm_head.all_gather", Comm.ALL_GATHER, heads * m.vocab_size * b.a, 1)
     if par.pp > 1:
@@ -390,11 +410,12 @@ def _mlp_block(b: _Builder, tag: str, p: Pass, n: int, moe: bool) -> None:
     n_in = 2 if m.gated_mlp else 1
     act_flops = ACT_FLOPS[m.activation] + (1 if m.gated_mlp else 0)
 
-    def dense(name: str, d_ff: float, tokens: Num, experts: Num = 1.0, micro: tuple | None = None) -> None:
+    def dense(name: str, d_ff: float, tokens: Num, experts: Num = 1.0, micro: tuple | None = None,
+              fmt: DType | None = None) -> None:
         width = d_ff / tp
-        b.matmul(name + ".up", tokens, d, n_in * width, n, bias=m.mlp_bias, w_count=experts, micro=micro)
+        b.matmul(name + ".up", tokens, d, n_in * width, n, bias=m.mlp_bias, w_count=experts, micro=micro, fmt=fmt)
         b.elementwise(name + ".act", tokens * width, act_flops, n, n_in=n_in, variant=m.activation)
-        b.matmul(name + ".down", tokens, width, d, n, bias=m.mlp_bias, w_count=experts, micro=micro)
+        b.matmul(name + ".down", tokens, width, d, n, bias=m.mlp_bias, w_count=experts, micro=micro, fmt=fmt)
 
     if moe:
         e, k = m.n_experts, m.experts_per_token
@@ -403,7 +424,8 @@ def _mlp_block(b: _Builder, tag: str, p: Pass, n: int, moe: bool) -> None:
         if math.isfinite(b.prec.ubatch):  # each micro-batch routes its own tokens: experts touched per micro-batch
             mt = b.micro_rows(T)
             micro = (mt * k, expected_experts(mt, e, k), b.micro_passes(T))
-        dense(tag + ".moe.experts", m.expert_d_ff, T * k, experts=expected_experts(T, e, k), micro=micro)
+        dense(tag + ".moe.experts", m.expert_d_ff, T * k, experts=expected_experts(T, e, k), micro=micro,
+              fmt=b.prec.weights)
         if m.shared_d_ff:
             dense(tag + ".moe.shared", m.shared_d_ff, T)
     else:

@@ -42,16 +42,18 @@ class Memory:
 
 def weight_bytes(model: ModelSpec, prec: Precision, par: Parallel) -> float:
     """Weights on the busiest device: layers split over pp stages (the first stage also holds the embedding, the last
-    the LM head), every matrix split over tp ranks. Norm weights are kept at the activation precision."""
+    the LM head), every matrix split over tp ranks. Routed experts in Precision.weights, the other layer matrices in
+    its dense_format, embedding and LM head in its head_format; norm weights at the activation precision."""
     parts = model.param_breakdown()
-    norms = parts.get("norms", 0)
-    layer = sum(v for k, v in parts.items() if k in _LAYER_PARTS) - norms
+    norms, experts = parts.get("norms", 0), parts.get("experts", 0)
+    layer = sum(v for k, v in parts.items() if k in _LAYER_PARTS) - norms - experts
     n_layers = model.n_layers + model.n_encoder_layers
     share = math.ceil(n_layers / par.pp) / n_layers
     ends = [parts.get("embedding", 0), parts.get("lm_head", 0) + parts.get("pooler", 0)]
     edge = sum(ends) if par.pp == 1 else max(ends)
-    edge += parts.get("relative_position", 0)
-    matrices = (layer * share + edge) * prec.weights.bytes / par.tp
+    layers = experts * prec.weights.bytes + layer * prec.dense_format.bytes
+    rel = parts.get("relative_position", 0) * prec.dense_format.bytes
+    matrices = (layers * share + rel + edge * prec.head_format.bytes) / par.tp
     return matrices + norms * share * prec.act.bytes
 
 

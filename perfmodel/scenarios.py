@@ -13,7 +13,7 @@ import numpy as np
 from ._io import atomic_write_text
 from .bands import METRIC_CATEGORY, intervals
 from .catalog import load_device, load_model
-from .engines import device_class, efficiency_for
+from .engines import checkpoint_formats, device_class, efficiency_for
 from .errors import PerfmodelError
 from .cost import Machine
 from .evaluate import (BOUNDS, Workload, capacity_messages, check, default_gen, evaluate_rows, machine_errors,
@@ -118,7 +118,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             if config not in workloads:
                 workloads[config] = Workload(**{field: cfg[name] or None if field == "gemm" else cfg[name]
                                                 for field, name, _, _ in _OPTIONS if name not in _ROW}, gen_len=0)
-            wl = workloads[config]
+            wl = checkpoint_formats(workloads[config], m, cfg["engine"] or None)
             check(m, wl)
         except (PerfmodelError, ValueError) as e:
             errors[idx] = _message(e)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .bands import BAND_CATEGORIES, Band, fit_table, lookup, rate_ratio
 from .catalog import data_roots, load_device, load_model, read_toml
-from .engines import EngineProfile, device_class, engine_files, engine_ids, load_engine  # noqa: F401 (re-exported)
+from .engines import EngineProfile, checkpoint_formats, device_class, engine_files, engine_ids, load_engine  # noqa: F401 (re-exported)
 from .efficiency import BACKENDS
 from .errors import PerfmodelError, did_you_mean
 from .dtypes import DType
@@ -207,16 +207,18 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
                    _s(r.get("act")) or _default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
                    _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
                    int(_n(r.get("pp"), 1)), _s(r.get("backend")) or None, r.get("matrix_units") is not False,
-                   _s(r.get("logits")) or "last", int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None)
+                   _s(r.get("logits")) or "last", int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None,
+                   profile_of(r["engine"], r.get("software")))  # whose checkpoint: engines.checkpoint_formats
             groups.setdefault(cfg, []).append((i, r))
         except PerfmodelError as e:
             skip[i] = str(e).splitlines()[0][:160]
-    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx, logits, ubatch), members in \
-            groups.items():
+    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx, logits, ubatch, stack), \
+            members in groups.items():
         try:
             model, device = model_of(mdl), dev_of(hw)
-            wl = Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant, attention=attention, tp=tp,
-                          pp=pp, backend=backend, matrix_units=mx, logits=logits, ubatch=ubatch)
+            wl = checkpoint_formats(Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant,
+                                             attention=attention, tp=tp, pp=pp, backend=backend, matrix_units=mx,
+                                             logits=logits, ubatch=ubatch), model, stack)
             _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip, batch_out)
         except PerfmodelError as e:
             for i, _ in members:

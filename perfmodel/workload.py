@@ -37,6 +37,18 @@ class Workload(BaseModel):
                                                   "models)", json_schema_extra={"name": "gen"})
     weights: DType = Field(DType.BF16, description="weight format: " + " ".join(d.value for d in DType),
                            json_schema_extra={"name": "weights"})
+    dense_weights: DType | None = Field(
+        None, description="format of the weight matrices outside an MoE model's routed experts (attention, router, "
+                          "shared experts, dense layers) where it differs from --weights; default: the checkpoint's "
+                          "rule for the engine (an MXFP4 checkpoint quantises only the experts: BF16 elsewhere, Q8_0 "
+                          "in llama.cpp's GGUF; docs/model.md, 'Checkpoint formats')",
+        json_schema_extra={"name": "dense_weights"})
+    head_weights: DType | None = Field(
+        None, description="format of the LM head and token-embedding table where it differs from the other "
+                          "matrices; default: the checkpoint's rule for the engine (quantised checkpoints for "
+                          "TensorRT-LLM, vLLM, SGLang, transformers and LMDeploy keep them at 16 bits; GGUF and MLX "
+                          "quantise them with the rest)",
+        json_schema_extra={"name": "head_weights"})
     kv: DType = Field(DType.BF16, description="KV-cache format (as --weights)", json_schema_extra={"name": "kv"})
     act: DType = Field(DType.BF16, description="activation/compute format: " + " ".join(ACT_DTYPES),
                        json_schema_extra={"name": "act"})
@@ -114,10 +126,11 @@ class Workload(BaseModel):
     def _nonneg(cls, v: Any) -> int | None:
         return None if v is None else _int_at_least(v, 0, "gen_len")
 
-    @field_validator("weights", "kv", "act", "gemm", mode="before")
+    @field_validator("weights", "kv", "act", "gemm", "dense_weights", "head_weights", mode="before")
     @classmethod
     def _dtype(cls, v: Any, info) -> DType | None:
-        if v is None and info.field_name == "gemm":
+        if info.field_name in ("gemm", "dense_weights", "head_weights") and (
+                v is None or str(v).strip().lower() in ("", "none")):
             return None
         d = DType.parse(v, field=info.field_name)
         if info.field_name in ("act", "gemm") and d.value not in ACT_DTYPES:
@@ -140,7 +153,8 @@ class Workload(BaseModel):
 
         return Precision(self.weights, self.kv, self.act, self.gemm, self.dequant,
                          kv_per_query_head=self.attention == "unfused" and self.backend == "metal",
-                         ubatch=float(self.ubatch) if self.ubatch else math.inf)
+                         ubatch=float(self.ubatch) if self.ubatch else math.inf, dense=self.dense_weights,
+                         head=self.head_weights)
 
     @property
     def parallel(self) -> Parallel:

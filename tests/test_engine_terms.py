@@ -475,3 +475,67 @@ def test_a_kernel_row_that_times_the_input_quantisation_adds_one_memory_pass():
     added = 4096 * 7168 * (2 + 8.002 / 8 + 4 / 128) / 3.35e12
     assert added == pytest.approx(26.57e-6, rel=1e-3)
     assert flops / quant / 1e12 == pytest.approx(flops / plain / 1e12 + added)
+
+
+def test_experts_only_mxfp4_and_its_gguf_match_the_published_sizes():
+    # gpt-oss-20b: 24 MoE layers of 32 experts, each a fused gate/up 2880 x 5760 and a down 5760/2 x 2880 with biases:
+    # 24 x 32 x (2880 x 5760 + 5760 + 2880 x 2880 + 2880) = 19,115,950,080 expert parameters (plus nothing else
+    # routed); the rest are attention, router, embedding and LM head (norms apart, kept at 16 bits).
+    from perfmodel.engines import checkpoint_formats
+    from perfmodel.memory import weight_bytes
+
+    m = pm.load_model("gpt-oss-20b")
+    parts = m.param_breakdown()
+    experts = 24 * 32 * (2880 * 5760 + 5760 + 2880 * 2880 + 2880)
+    assert parts["experts"] == experts
+    norms = parts.get("norms", 0)
+    others = m.params_total() - experts - norms
+    wl = Workload(weights="mxfp4")
+    gguf = checkpoint_formats(wl, m, "llamacpp")  # llama.cpp's GGUF: the others in Q8_0 (8.5 bits)
+    assert gguf.dense_weights == DType.Q8_0 and gguf.precision.head_format == DType.Q8_0
+    size = weight_bytes(m, gguf.precision, Parallel())
+    assert size == pytest.approx(experts * 4.25 / 8 + others * 8.5 / 8 + norms * 2)
+    assert size / 2**30 == pytest.approx(11.27, rel=0.005)  # llama-bench: "gpt-oss 20B MXFP4 MoE | 11.27 GiB"
+    hf = checkpoint_formats(wl, m, "vllm")  # the Hugging Face checkpoint: BF16 outside the experts
+    assert hf.dense_weights == DType.BF16 and hf.head_weights is None and hf.precision.head_format == DType.BF16
+    assert weight_bytes(m, hf.precision, Parallel()) == pytest.approx(experts * 4.25 / 8 + (others + norms) * 2)
+    # a format given by the user is kept; a dense model has no experts to single out
+    assert checkpoint_formats(Workload(weights="mxfp4", dense_weights="fp8"), m, "vllm").dense_weights == DType.FP8
+    assert checkpoint_formats(wl, pm.load_model("llama-3-8b"), "llamacpp") == wl
+
+
+def test_quantised_checkpoints_keep_the_head_at_16_bits_where_their_tools_do():
+    from perfmodel.engines import checkpoint_formats
+
+    m = pm.load_model("llama-3-8b")
+    fp8 = Workload(weights="fp8", act="fp8")
+    assert checkpoint_formats(fp8, m, "vllm").head_weights == DType.BF16  # llm-compressor: ignore lm_head
+    assert checkpoint_formats(Workload(weights="int4", act="fp16"), m, "trtllm").head_weights == DType.FP16
+    assert checkpoint_formats(Workload(weights="int4"), m, "mlx").head_weights is None  # mlx-lm quantises it
+    assert checkpoint_formats(Workload(weights="q4_k_m"), m, "llamacpp").head_weights is None  # in the GGUF mix
+    assert checkpoint_formats(Workload(), m, "vllm").head_weights is None  # nothing quantised
+    # LLaMA 3 8B's LM head, 4096 x 128,256, read once per decode step: 1,050,673,152 bytes at 16 bits against
+    # 525,336,576 at FP8, and it multiplies at 16 bits (not on the FP8 units) while the layers stay FP8
+    est = pm.estimate("llama-3-8b", "h100-sxm", engine="vllm", weights="fp8", act="fp8", prompt_len=128, gen_len=2)
+    head = est.ops[(est.ops.phase == "decode") & (est.ops.name == "lm_head")]
+    assert float(head.weight_bytes.iloc[0]) == pytest.approx(4096 * 128_256 * 2)
+    low = lower(m, Pass("decoder", 1, 1, 129, logits=1), checkpoint_formats(fp8, m, "vllm").precision, Parallel())
+    kinds = {op.name: op.dtype for op in low}
+    assert kinds["lm_head"] == DType.BF16 and kinds["layers.attn.o"] == DType.FP8
+
+
+def test_checkpoint_format_flags_and_json_keys(capsys):
+    import json
+
+    from perfmodel.cli import main
+
+    assert main(["estimate", "--model", "gpt-oss-20b", "--hardware", "h100-sxm", "--weights", "mxfp4", "--engine",
+                 "vllm", "--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["config"]
+    assert (cfg["weights"], cfg["dense_weights"], cfg["head_weights"]) == ("mxfp4", "bf16", "bf16")
+    assert main(["estimate", "--model", "gpt-oss-20b", "--hardware", "h100-sxm", "--weights", "mxfp4",
+                 "--dense-weights", "mxfp4", "--head-weights", "mxfp4", "--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["config"]
+    assert (cfg["dense_weights"], cfg["head_weights"]) == ("mxfp4", "mxfp4")
+    assert main(["estimate", "--model", "gpt-oss-20b", "--hardware", "h100-sxm", "--head-weights", "fp5"]) == 2
+    assert "head_weights must be one of" in capsys.readouterr().err
