@@ -326,6 +326,7 @@ class OpParams:
     calibrated: np.ndarray
     frac: np.ndarray  # fraction of a level's attainable bandwidth the op's kernel reaches
     overhead: np.ndarray  # s per call
+    graph_overhead: np.ndarray  # s per call in a single-sequence decode step replayed from a CUDA graph; nan: none
     rows_half: np.ndarray
     rate_table: np.ndarray  # index into `tables` of a measured rate-by-rows table, -1 for none
     one_row: np.ndarray
@@ -356,7 +357,7 @@ class OpParams:
         """The arrays as (ops, 1) columns, which broadcast over rows."""
         return {k: getattr(self, k)[:, None] for k in self.ARRAYS}
 
-    ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "rows_half", "rate_table", "one_row",
+    ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "graph_overhead", "rows_half", "rate_table", "one_row",
               "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half", "gemm_half",
               "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "comm_per_byte_ll",
               "comm_fixed_ll", "widen_compute", "widen_memory", "widen_link")
@@ -373,6 +374,7 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
     a["rate_table"] = np.full(n, -1)
     a["alt_rate_table"] = np.full(n, -1)
     a["vector_peak"] = np.full(n, np.nan)
+    a["graph_overhead"] = np.full(n, np.nan)
     tables: list[tuple] = []
     unit, prec = [], []
     scale, exp = tab.nonzero("scale_flops"), tab.nonzero("exp_ops")
@@ -407,6 +409,8 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
         a["peak"][i], a["calibrated"][i] = peak, u == "calibrated"
         a["frac"][i] = mach.memory_fraction(op.kind, op.dtype, cls)
         a["overhead"][i] = mach.overhead_for(op.kind, op.dtype, cls)
+        if eff.graph_op_overhead_s is not None and not (key and key in eff.overhead_by_class_s):
+            a["graph_overhead"][i] = eff.graph_op_overhead_s
         a["rows_half"][i] = eff.rows_half.get(key, 0.0) if key else 0.0
         if op.kind == OpKind.MATMUL and u != "calibrated":
             a["gemm_half"][i] = eff.gemm_rows_half

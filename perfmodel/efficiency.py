@@ -35,6 +35,11 @@ class Efficiency(BaseModel):
         None, ge=0, description="latency per ring step; None: the device's latency_us, else NCCL's own per-hop latency "
                                 "for the link type (perfmodel.cost.NCCL_HOP_S)")
     op_overhead_s: float | None = Field(None, ge=0, description="per kernel; None: the device's, else 0")
+    graph_op_overhead_s: float | None = Field(
+        None, ge=0, description="per kernel of a decode step of one sequence that the engine replays from a captured "
+                                "CUDA graph (llama.cpp's CUDA backend since PR #6766 on Ampere and newer: "
+                                "graph_backend): no host launch, the GPU's gap between dependent kernels; None: no "
+                                "graph replay, op_overhead_s everywhere")
     step_overhead_s: float = Field(
         0.0, ge=0, description="fixed host time per forward pass (scheduling, sampling, synchronisation): once per "
                                "prefill and once per decode step; in the metrics, not in the per-op breakdown")
@@ -165,18 +170,37 @@ def blas_backend(device, backend: str | None) -> bool:
     return backend in BLAS_BACKENDS if backend is not None else device.vendor in BLAS_VENDORS
 
 
+# CUDA graphs: llama.cpp's CUDA backend captures a decode step of one sequence as a CUDA graph and replays it (PR
+# #6766, "Introduction of CUDA Graphs to LLama.cpp", merged May 2024: the H100 PCIe's LLaMA 2 7B Q4_K_M tg went from
+# 143.35 to 163.83 t/s, issue #6763); batches of more than one token and MUL_MAT_ID over several tokens disable it
+# (ggml_backend_cuda_graph_compute's compatibility check), and so did GPUs before Ampere until PR #25749 (2026).
+# HIP graphs are off by default (GGML_HIP_GRAPHS), and Vulkan, Metal and SYCL have none.
+GRAPH_NO_FAMILIES = ("nvidia-pascal", "nvidia-volta", "nvidia-turing")
+
+
+def graph_backend(device, backend: str | None) -> bool:
+    """Whether `backend` on `device` replays single-sequence decode steps from CUDA graphs (GRAPH_NO_FAMILIES)."""
+    if device.kind != "gpu" or device.vendor != "nvidia" or backend not in (None, "cuda"):
+        return False
+    return not (device.family or "").startswith(GRAPH_NO_FAMILIES)
+
+
 _WITH_BACKEND: dict[tuple, tuple[Efficiency, Efficiency]] = {}
 
 
-def with_backend(eff: Efficiency, device, backend: str | None, matrix_units: bool = True) -> Efficiency:
+def with_backend(eff: Efficiency, device, backend: str | None, matrix_units: bool = True,
+                 graphs: bool = True) -> Efficiency:
     """`eff` with the backend's facts applied (backend_facts), and GEMMs on the vector ALUs where the workload says
     its kernels do not use the matrix units; the same object where nothing changes, and one kept object per
-    (efficiency, facts), so machines built on it share their derived rates."""
+    (efficiency, facts), so machines built on it share their derived rates. `graphs` false: a build without graph
+    replay (before it existed, or switched off)."""
     facts = backend_facts(device.vendor, device.kind, device.family, backend)
     if not matrix_units:
         facts = {**facts, "vector_matmul": True}
     if eff.blas_matrix is not None and not blas_backend(device, backend):
         facts = {**facts, "blas_matrix": None}
+    if eff.graph_op_overhead_s is not None and not (graphs and graph_backend(device, backend)):
+        facts = {**facts, "graph_op_overhead_s": None}
     if not facts or all(getattr(eff, k) == v for k, v in facts.items()):
         return eff
     key = (id(eff), tuple(sorted(facts.items())))

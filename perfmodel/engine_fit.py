@@ -34,6 +34,7 @@ GRIDS = {
     "memory": [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
     "op_overhead_s": [0.0, 1e-6, 2e-6, 3e-6, 4e-6, 6e-6, 8e-6, 12e-6, 16e-6, 24e-6, 32e-6, 48e-6, 64e-6, 96e-6, 128e-6,
                       192e-6],
+    "graph_op_overhead_s": [None, 0.0, 0.5e-6, 1e-6, 1.5e-6, 2e-6, 3e-6, 4e-6, 6e-6, 8e-6],
     "step_overhead_s": [0.0, 0.25e-3, 0.5e-3, 1e-3, 2e-3, 3e-3, 4e-3, 6e-3, 8e-3],
     "token_overhead_s": [0.0, 2e-6, 5e-6, 10e-6, 20e-6, 30e-6, 40e-6, 60e-6, 80e-6, 120e-6],
     "interconnect": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
@@ -43,14 +44,14 @@ GRIDS = {
 }
 START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0,
          "token_overhead_s": 0.0, "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0,
-         "unit_bytes_per_s": None, "gemm_rows_half": 0.0, "blas_matrix": None}
+         "unit_bytes_per_s": None, "gemm_rows_half": 0.0, "blas_matrix": None, "graph_op_overhead_s": None}
 MIN_ROWS = 4
 KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
 # TensorRT-LLM, vLLM and SGLang ship Hopper kernels with wgmma; elsewhere these stay at their neutral START value
 # and a host cost per sequence is told apart from one per pass only where batches exceed 1 (the serving stacks)
 ONLY_FOR = {"sync_mma_fraction": ("llamacpp", "fa2"), "token_overhead_s": ("trtllm", "vllm"),
-            "gemm_rows_half": ("llamacpp",), "blas_matrix": ("llamacpp",)}
+            "gemm_rows_half": ("llamacpp",), "blas_matrix": ("llamacpp",), "graph_op_overhead_s": ("llamacpp",)}
 # numbers only some device classes have: a CPU runs its GEMMs on the vector units (AMX aside), where a GPU's vector
 # fraction only scales its elementwise kernels, which the rows cannot tell apart from the memory fraction
 CLASS_ONLY = {"vector": ("cpu",)}
@@ -69,6 +70,10 @@ PARAMS = {
                       "PyTorch op (LLMCompass's calibrated A100 overheads, 12-45 us per op, PrincetonUniversity/"
                       "LLMCompass hardware_model/compute_module.py), above zero for a graph-replayed kernel; "
                       "llama.cpp on Metal 10 us (CLASS_START: Metal's per-dispatch cost)"),
+    "graph_op_overhead_s": ("time per kernel of a one-sequence decode step replayed from a CUDA graph (no host "
+                            "launch: the gap between dependent kernels on the GPU)", "s",
+                            "none: neutral (op_overhead_s, as without graphs); llama.cpp on GPUs 2 us (CLASS_START: "
+                            "PR #6766's measured saving per kernel)"),
     "step_overhead_s": ("host time per forward pass", "s", "0: neutral"),
     "token_overhead_s": ("host time per sequence per step", "s", "0: neutral"),
     "interconnect": ("fraction of link bandwidth", "1", "0.8: NCCL maintainer, NVIDIA/nccl#1054"),
@@ -102,7 +107,11 @@ CLASS_START: dict[tuple[str, str], dict[str, float]] = {
     # cuBLAS/hipBLAS GEMMs (llama.cpp's FP16 path on CUDA and ROCm) reach what a tuned library GEMM reaches: mamf-finder's
     # best shapes, H100 SXM bf16 792 of 989.4 TFLOP/s (0.80; stas00/ml-engineering compute/accelerator/README.md, the
     # "Maximum Achievable Matmul FLOPS" table, as read into validation/kernel-mamf-ml-engineering.toml)
-    ("llamacpp", "gpu"): {"blas_matrix": 0.8},
+    # and CUDA graphs (PR #6766) replace a host launch per decode kernel by a replay: on LLaMA 2 7B, whose decode step
+    # this model counts as ~420 kernels, the PR's tables save 0.87 ms per token on an H100 PCIe (Q4_K_M, 143.35 ->
+    # 163.83 t/s, issue #6763), 0.80 ms on an RTX 3090 and 0.42 ms on an RTX 4090 (Q4_0 tg, 116.31 -> 128.27 and
+    # 138.31 -> 146.81, JohannesGaessler's table in the PR): 1.0-2.1 us per kernel, so 2 us below START's 4 us launch
+    ("llamacpp", "gpu"): {"blas_matrix": 0.8, "graph_op_overhead_s": 2e-6},
 }
 
 
@@ -125,8 +134,8 @@ PRIOR_ROWS = 2.0
 # 20.1/40.4; power 0.5 22.3/46.9, 25.3/45.1, 19.2/26.8, 20.0/39.8; power 1 21.0/36.0, 20.0/40.5, 19.7/28.0,
 # 21.6/40.6.
 SOURCE_POWER = 1.0
-SOFTEN = {"op_overhead_s": 2e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6, "attention_keys_half": 64.0,
-          "gemm_rows_half": 16.0}
+SOFTEN = {"op_overhead_s": 2e-6, "graph_op_overhead_s": 1e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6,
+          "attention_keys_half": 64.0, "gemm_rows_half": 16.0}
 
 
 def prior_cost(params: dict, n: int, defaults: dict | None = None) -> float:

@@ -216,8 +216,8 @@ class Evaluation:
 def workload_machine(device: Device, eff: Efficiency | None, wl: Workload) -> Machine:
     """The machine a workload runs on: the device with its efficiency, the workload's backend facts applied
     (efficiency.with_backend), at the workload's parallelism."""
-    return machine(device, with_backend(eff or default_for(device.kind), device, wl.backend, wl.matrix_units),
-                   wl.parallel)
+    return machine(device, with_backend(eff or default_for(device.kind), device, wl.backend, wl.matrix_units,
+                                        wl.graphs), wl.parallel)
 
 
 def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, batch: np.ndarray,
@@ -395,6 +395,9 @@ def _stretch(tab: OpTable, params: list[OpParams], P: dict, tables: tuple, machi
             a1 = t1[k][dep]
             out[k][dep] = steps * (a1 + (t2[k] - a1) * (mid - x1))
     oh = t1["overhead_s"]
+    g = P["graph_overhead"]
+    if np.isfinite(g).any():  # one sequence's decode step replayed from a CUDA graph: no host launch per kernel
+        oh = np.where(np.isfinite(g) & (batch == 1.0) & (oh > 0), g, oh)
     out = {k: v * count for k, v in out.items()}
     out.update(overhead_s=oh * steps * count, time_s=(body + oh * steps) * count + out["comm_s"],
                compute_bound_s=comp * count)

@@ -40,7 +40,7 @@ ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel", "fa
            "onnxruntime", "openvino", "ipex-llm", "lmdeploy")
 ROW_FIELDS = {
     "hardware": str, "hardware_name": str, "model": str, "model_name": str, "engine": str, "software": str,
-    "backend": str, "matrix_units": bool, "kept_out": str, "batching": str,
+    "backend": str, "matrix_units": bool, "graphs": bool, "kept_out": str, "batching": str,
     "weights": str, "kv": str, "act": str, "gemm": str, "dequant": str, "attention": str, "logits": str, "ubatch": int,
     "batch": int,
     "prompt_len": int, "gen_len": int, "tp": int, "pp": int,
@@ -208,17 +208,18 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
                    _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
                    int(_n(r.get("pp"), 1)), _s(r.get("backend")) or None, r.get("matrix_units") is not False,
                    _s(r.get("logits")) or "last", int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None,
-                   profile_of(r["engine"], r.get("software")))  # whose checkpoint: engines.checkpoint_formats
+                   profile_of(r["engine"], r.get("software")),  # whose checkpoint: engines.checkpoint_formats
+                   r.get("graphs") is not False)
             groups.setdefault(cfg, []).append((i, r))
         except PerfmodelError as e:
             skip[i] = str(e).splitlines()[0][:160]
-    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx, logits, ubatch, stack), \
-            members in groups.items():
+    for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx, logits, ubatch, stack,
+         graphs), members in groups.items():
         try:
             model, device = model_of(mdl), dev_of(hw)
             wl = checkpoint_formats(Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant,
                                              attention=attention, tp=tp, pp=pp, backend=backend, matrix_units=mx,
-                                             logits=logits, ubatch=ubatch), model, stack)
+                                             logits=logits, ubatch=ubatch, graphs=graphs), model, stack)
             _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip, batch_out)
         except PerfmodelError as e:
             for i, _ in members:

@@ -87,9 +87,15 @@ class Workload(BaseModel):
                           "GEMMs on the vector ALUs (e.g. llama.cpp's CPU backend before AMX kernels, PR #8998)",
         json_schema_extra={"name": "matrix_units"})
 
-    @field_validator("matrix_units", mode="before")
+    graphs: bool = Field(
+        True, description="whether the engine replays decode steps from captured CUDA graphs where it can (llama.cpp: "
+                          "one sequence on its CUDA backend, Ampere and newer, builds since PR #6766 of May 2024); "
+                          "false: an older build, or graphs switched off",
+        json_schema_extra={"name": "graphs"})
+
+    @field_validator("matrix_units", "graphs", mode="before")
     @classmethod
-    def _flag(cls, v: Any) -> bool:
+    def _flag(cls, v: Any, info) -> bool:
         if isinstance(v, bool):
             return v
         text = str(v).strip().lower()
@@ -97,7 +103,7 @@ class Workload(BaseModel):
             return True
         if text in ("false", "0", "no", "off"):
             return False
-        raise PerfmodelError(f"matrix_units must be true or false; got {v!r}")
+        raise PerfmodelError(f"{info.field_name} must be true or false; got {v!r}")
 
     @field_validator("backend", mode="before")
     @classmethod

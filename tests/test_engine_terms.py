@@ -539,3 +539,25 @@ def test_checkpoint_format_flags_and_json_keys(capsys):
     assert (cfg["dense_weights"], cfg["head_weights"]) == ("mxfp4", "mxfp4")
     assert main(["estimate", "--model", "gpt-oss-20b", "--hardware", "h100-sxm", "--head-weights", "fp5"]) == 2
     assert "head_weights must be one of" in capsys.readouterr().err
+
+
+def test_cuda_graph_replay_replaces_the_launch_cost_of_one_sequences_decode_step():
+    # 6 us per kernel launched from the host, 2 us per kernel of a replayed CUDA graph: a batch-1 decode step's kernel
+    # time is a third (2 / 6) of the same step without graphs; batches of two, other backends, pre-Ampere parts and
+    # builds without graphs pay the launches. The prompt pass never replays a graph.
+    eff = Efficiency(matrix=0.5, memory=0.8, op_overhead_s=6e-6, graph_op_overhead_s=2e-6)
+
+    def overhead(hw="rtx-4090", batch=1, phase="decode", **kw):
+        est = pm.estimate("llama-2-7b", hw, efficiency=eff, batch=batch, prompt_len=64, gen_len=9, weights="q4_0",
+                          ignore_capacity=True, **kw)
+        return float(est.ops[est.ops.phase == phase].overhead_s.sum())
+
+    launched = overhead(graphs=False)
+    assert overhead() == pytest.approx(launched / 3)
+    assert overhead(batch=2) == pytest.approx(overhead(batch=2, graphs=False))
+    assert overhead(backend="vulkan") == pytest.approx(launched)
+    assert overhead("rtx-2080-ti") == pytest.approx(overhead("rtx-2080-ti", graphs=False))  # Turing: none
+    assert overhead(phase="prefill") == pytest.approx(overhead(phase="prefill", graphs=False))
+    assert Workload(graphs="false").graphs is False
+    with pytest.raises(ValueError, match="graphs must be true or false"):
+        Workload(graphs="maybe")
