@@ -235,8 +235,8 @@ class Estimate:
                          "head_weights": prec.head_format.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
                          "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
-                         "matrix_units": wl.matrix_units, "logits": wl.logits, "ubatch": wl.ubatch,
-                         "devices": wl.tp * wl.pp,
+                         "matrix_units": wl.matrix_units, "graphs": wl.graphs, "logits": wl.logits,
+                         "ubatch": wl.ubatch, "devices": wl.tp * wl.pp,
                          "efficiency": self.ev.mach.eff.model_dump(), "engine": self.engine}
         out["intervals"] = self.intervals
         out["provenance"] = self.provenance

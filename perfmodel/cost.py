@@ -357,9 +357,9 @@ class OpParams:
         """The arrays as (ops, 1) columns, which broadcast over rows."""
         return {k: getattr(self, k)[:, None] for k in self.ARRAYS}
 
-    ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "graph_overhead", "rows_half", "rate_table", "one_row",
-              "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half", "gemm_half",
-              "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "comm_per_byte_ll",
+    ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "graph_overhead", "rows_half", "rate_table",
+              "one_row", "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half",
+              "gemm_half", "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "comm_per_byte_ll",
               "comm_fixed_ll", "widen_compute", "widen_memory", "widen_link")
 
 
