@@ -130,10 +130,11 @@ HEAD_16BIT_ENGINES = ("trtllm", "vllm", "sglang", "hf", "lmdeploy", "mlperf", No
 # - Formats a checkpoint applies to an MoE model's routed experts only. MXFP4: gpt-oss is "post-trained with
 #   quantization of the mixture-of-experts (MoE) weights to MXFP4 format ... The MoE weights are responsible for 90+%
 #   of the total parameter count" (OpenAI gpt-oss model card); "it uses the standard bfloat16 for attention and other
-#   layers" (vLLM blog, GPT-OSS, 2025-08-05). llama.cpp's GGUF (ggml-org/gpt-oss-*-GGUF) holds the other tensors,
-#   embedding and LM head included, as Q8_0: derived from llama-bench's sizes, 11.27 GiB for gpt-oss-20b (19.12 B
-#   expert parameters x 4.25 bits + 1.80 B others x 8.5 bits = 11.24 GiB; BF16 others would make 12.81, MXFP4 10.35)
-#   and 59.02 GiB for gpt-oss-120b (58.86; 60.71, 57.80), validation/llamacpp-dgx-spark.toml.
+#   layers" (vLLM blog, GPT-OSS, 2025-08-05). llama.cpp's GGUF holds the other tensors, embedding and LM head
+#   included, as Q8_0: llama-quant.cpp, llama_tensor_get_type, for LLAMA_FTYPE_MOSTLY_MXFP4_MOE "MoE tensors ->
+#   MXFP4, other tensors -> Q8_0" and the output tensor Q8_0; llama-bench's sizes agree, 11.27 GiB for gpt-oss-20b
+#   (19.12 B expert parameters x 4.25 bits + 1.80 B others x 8.5 bits = 11.24 GiB; BF16 others would make 12.81,
+#   MXFP4 10.35) and 59.02 GiB for gpt-oss-120b (58.86; 60.71, 57.80), validation/llamacpp-dgx-spark.toml.
 EXPERT_ONLY_FORMATS = {DType.MXFP4: {"llamacpp": DType.Q8_0, "other": DType.BF16}}
 
 
