@@ -126,7 +126,7 @@ def efficiency_for(device: Device, engine: str | None = None, profile: "Efficien
 #   GGUF_MIX_BITS); mlx-lm quantises every module that can be (nn.quantize with `hasattr(m, "to_quantized")`:
 #   Linear and Embedding); ExLlamaV2, ONNX Runtime, CTranslate2, OpenVINO and IPEX-LLM have their own converters and
 #   keep the format as given.
-HEAD_16BIT_ENGINES = ("trtllm", "vllm", "sglang", "hf", "lmdeploy", "mlperf", None)
+HEAD_16BIT_ENGINES = ("trtllm", "vllm", "sglang", "hf", "lmdeploy", None)  # MLPerf rows: their stack's (profile_of)
 # - Formats a checkpoint applies to an MoE model's routed experts only. MXFP4: gpt-oss is "post-trained with
 #   quantization of the mixture-of-experts (MoE) weights to MXFP4 format ... The MoE weights are responsible for 90+%
 #   of the total parameter count" (OpenAI gpt-oss model card); "it uses the standard bfloat16 for attention and other

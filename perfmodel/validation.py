@@ -22,7 +22,8 @@ import numpy as np
 
 from .bands import BAND_CATEGORIES, Band, fit_table, lookup, rate_ratio
 from .catalog import data_roots, load_device, load_model, read_toml
-from .engines import EngineProfile, checkpoint_formats, device_class, engine_files, engine_ids, load_engine  # noqa: F401 (re-exported)
+from .engines import (EngineProfile, checkpoint_formats, device_class, engine_files, engine_ids,  # noqa: F401
+                      load_engine)  # (engine_files, engine_ids re-exported)
 from .efficiency import BACKENDS
 from .errors import PerfmodelError, did_you_mean
 from .dtypes import DType

@@ -542,6 +542,10 @@ def test_checkpoint_format_flags_and_json_keys(capsys):
 
 
 def test_cuda_graph_replay_replaces_the_launch_cost_of_one_sequences_decode_step(capsys):
+    import json
+
+    from perfmodel.cli import main
+
     # 6 us per kernel launched from the host, 2 us per kernel of a replayed CUDA graph: a batch-1 decode step's kernel
     # time is a third (2 / 6) of the same step without graphs; batches of two, other backends, pre-Ampere parts and
     # builds without graphs pay the launches. The prompt pass never replays a graph.
@@ -559,8 +563,6 @@ def test_cuda_graph_replay_replaces_the_launch_cost_of_one_sequences_decode_step
     assert overhead("rtx-2080-ti") == pytest.approx(overhead("rtx-2080-ti", graphs=False))  # Turing: none
     assert overhead(phase="prefill") == pytest.approx(overhead(phase="prefill", graphs=False))
     assert Workload(graphs="false").graphs is False
-    from perfmodel.cli import main
-    import json
     assert main(["estimate", "--model", "llama-2-7b", "--hardware", "rtx-4090", "--graphs", "false", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["graphs"] is False
     with pytest.raises(ValueError, match="graphs must be true or false"):
