@@ -37,9 +37,10 @@ class Efficiency(BaseModel):
     op_overhead_s: float | None = Field(None, ge=0, description="per kernel; None: the device's, else 0")
     graph_op_overhead_s: float | None = Field(
         None, ge=0, description="per kernel of a decode step of one sequence that the engine replays from a captured "
-                                "CUDA graph (llama.cpp's CUDA backend since PR #6766 on Ampere and newer: "
-                                "graph_backend): no host launch, the GPU's gap between dependent kernels; None: no "
-                                "graph replay, op_overhead_s everywhere")
+                                "CUDA graph (llama.cpp's CUDA backend since PR #6766 on Ampere and newer) or "
+                                "records into command buffers (its Vulkan backend; graph_backend): no host launch, "
+                                "the GPU's gap between dependent kernels; None: no graph replay, op_overhead_s "
+                                "everywhere")
     step_overhead_s: float = Field(
         0.0, ge=0, description="fixed host time per forward pass (scheduling, sampling, synchronisation): once per "
                                "prefill and once per decode step; in the metrics, not in the per-op breakdown")
@@ -174,13 +175,23 @@ def blas_backend(device, backend: str | None) -> bool:
 # #6766, "Introduction of CUDA Graphs to LLama.cpp", merged May 2024: the H100 PCIe's LLaMA 2 7B Q4_K_M tg went from
 # 143.35 to 163.83 t/s, issue #6763); batches of more than one token and MUL_MAT_ID over several tokens disable it
 # (ggml_backend_cuda_graph_compute's compatibility check), and so did GPUs before Ampere until PR #25749 (2026).
-# HIP graphs are off by default (GGML_HIP_GRAPHS), and Vulkan, Metal and SYCL have none.
+# HIP graphs are off by default (GGML_HIP_GRAPHS), and Metal and SYCL have none.
+# Vulkan has no host launch per kernel either: ggml-vulkan records the whole graph's dispatches into command buffers,
+# submitted every ~100 nodes while the rest is recorded (ggml_backend_vk_graph_compute, GGML_VK_MAX_NODES_PER_SUBMIT),
+# so a dispatch costs the GPU's gap between dependent dispatches (a pipeline barrier), as a replayed graph does; that
+# holds for every vendor's Vulkan driver and every GPU generation.
 GRAPH_NO_FAMILIES = ("nvidia-pascal", "nvidia-volta", "nvidia-turing")
+RECORDED_BACKENDS = ("vulkan",)
 
 
 def graph_backend(device, backend: str | None) -> bool:
-    """Whether `backend` on `device` replays single-sequence decode steps from CUDA graphs (GRAPH_NO_FAMILIES)."""
-    if device.kind != "gpu" or device.vendor != "nvidia" or backend not in (None, "cuda"):
+    """Whether `backend` on `device` runs single-sequence decode steps without a host launch per kernel: replayed
+    from CUDA graphs (NVIDIA, not GRAPH_NO_FAMILIES) or recorded into command buffers (RECORDED_BACKENDS)."""
+    if device.kind != "gpu":
+        return False
+    if backend in RECORDED_BACKENDS:
+        return True
+    if device.vendor != "nvidia" or backend not in (None, "cuda"):
         return False
     return not (device.family or "").startswith(GRAPH_NO_FAMILIES)
 
@@ -199,7 +210,9 @@ def with_backend(eff: Efficiency, device, backend: str | None, matrix_units: boo
         facts = {**facts, "vector_matmul": True}
     if eff.blas_matrix is not None and not blas_backend(device, backend):
         facts = {**facts, "blas_matrix": None}
-    if eff.graph_op_overhead_s is not None and not (graphs and graph_backend(device, backend)):
+    # (`graphs` false turns off graph replay; Vulkan's recorded command buffers have no off switch)
+    if eff.graph_op_overhead_s is not None and not ((graphs or backend in RECORDED_BACKENDS)
+                                                    and graph_backend(device, backend)):
         facts = {**facts, "graph_op_overhead_s": None}
     if not facts or all(getattr(eff, k) == v for k, v in facts.items()):
         return eff

@@ -120,7 +120,9 @@ def test_held_out_error_does_not_regress(rows):
 # llama.cpp's 16-bit GEMMs at cuBLAS's fraction (blas_matrix): fixed split prefill 14.2 / 28.7 -> 11.3 / 26.7 %.
 # Checkpoint formats (16-bit LM heads, MXFP4 experts only) and the refit they led to: decode 14.8 / 21.9 -> 12.0 / 20.6.
 # CUDA graph replay (llama.cpp): decode 12.0 / 20.6 -> 13.2 / 19.6, prefill 11.2 / 26.7 -> 11.5 / 26.6.
-REACHED = {"decode median": 15.5, "decode mean": 21.0, "prefill mean": 27.5, "serving mean": 24.5,
+# Vulkan's command buffers and the refit they led to (host launches 8 -> 16 us): decode 13.2 / 19.6 -> 11.6 / 17.1,
+# prefill 11.5 / 26.6 -> 13.3 / 26.8 (with 30 new Vulkan prompt rows).
+REACHED = {"decode median": 12.5, "decode mean": 18.0, "prefill mean": 27.5, "serving mean": 24.5,
            "kernel mean": 25.5}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
@@ -285,7 +287,11 @@ def test_shipped_loso_table_is_current(rows):
 # CUDA graph replay for llama.cpp's one-sequence decode steps (graph_op_overhead_s 2 us, host launches refitted to
 # 8 us): decode 17.2 / 25.0 -> 16.0 / 24.5, while prefill rose 14.3 / 34.1 -> 16.1 / 34.6 (the launches of the
 # prompt passes of the non-CUDA backends and of the folds that refit without a CUDA table: docs/validation.md)
-LOSO_REACHED = {"decode": (16.5, 25.0), "prefill": (16.5, 35.0), "serving": (15.5, 22.5), "kernel": (18.0, 29.0)}
+# Vulkan's command buffers (its decode kernels at the graph-replay cost on every vendor; host launches refitted 8 ->
+# 16 us) and 45 rows of three llama.cpp Vulkan PR tables: decode 16.0 / 24.5 -> 14.4 / 22.7; prefill 16.1 / 34.6 ->
+# 17.2 / 34.4, its median raised by the 30 new prompt rows (21.9 / 30.0 at -20 % bias: NVIDIA's DP4A rows on the FP32
+# rate, no int8 vector figure); on the 362 rows scored before, 15.2 / 34.8
+LOSO_REACHED = {"decode": (15.0, 23.5), "prefill": (17.5, 35.0), "serving": (15.5, 22.5), "kernel": (18.0, 29.0)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
