@@ -196,13 +196,9 @@ class Machine:
 
     @property
     def overhead_s(self) -> float:
-        """Per kernel: the profile's (else the device's) launch cost, plus on a CPU the threads' join after it, one
-        thread per core (Efficiency.thread_sync_s)."""
-        base = (self.eff.op_overhead_s if self.eff.op_overhead_s is not None
-                else (self.device.op_overhead_us or 0.0) * 1e-6)
-        if self.eff.thread_sync_s and self.device.kind == "cpu" and self.device.processor is not None:
-            base += self.eff.thread_sync_s * self.device.processor.units
-        return base
+        if self.eff.op_overhead_s is not None:
+            return self.eff.op_overhead_s
+        return (self.device.op_overhead_us or 0.0) * 1e-6
 
     def comm_terms(self, comm: Comm, n: int) -> tuple[tuple[float, float], tuple[float, float]]:
         """((s per byte, s per call) with NCCL's Simple protocol, the same with its LL protocol) of a collective over

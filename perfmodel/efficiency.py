@@ -41,11 +41,6 @@ class Efficiency(BaseModel):
                                 "records into command buffers (its Vulkan backend; graph_backend): no host launch, "
                                 "the GPU's gap between dependent kernels; None: no graph replay, op_overhead_s "
                                 "everywhere")
-    thread_sync_s: float = Field(
-        0.0, ge=0, description="per kernel and per thread on a CPU whose engine joins all its threads after every "
-                               "kernel (ggml's CPU backend: ggml_graph_compute_thread calls ggml_barrier after each "
-                               "graph node, one atomic counter that every thread increments in turn): a kernel's "
-                               "overhead grows by cores x this; 0: no such cost")
     step_overhead_s: float = Field(
         0.0, ge=0, description="fixed host time per forward pass (scheduling, sampling, synchronisation): once per "
                                "prefill and once per decode step; in the metrics, not in the per-op breakdown")

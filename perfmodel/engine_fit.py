@@ -24,17 +24,13 @@ from .validation import predict, profiles_of
 
 # Coordinate descent visits the numbers in this order: a ceiling before the fraction it caps (unit_bytes_per_s before
 # memory), so the fraction is fitted on the parts the ceiling leaves; visited the other way round, a fraction lowered
-# to fit the capped parts first makes the ceiling look useless, and the descent stops in that local minimum. The same
-# holds for a cost only the many-core parts feel (thread_sync_s): visited after memory, the fraction has already been
-# lowered to slow the 56- and 128-core Xeons' decode steps and the join looks useless (llama.cpp's CPU fit: loss
-# 0.462 with the join left at 0, 0.359 with it fitted first: 0.5 us per thread, and memory 0.65 -> 0.75)
+# to fit the capped parts first makes the ceiling look useless, and the descent stops in that local minimum
 GRIDS = {
     "matrix": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
     "vector": [round(float(x), 2) for x in np.arange(0.15, 1.001, 0.05)],
     "blas_matrix": [None] + [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
     "unit_bytes_per_s": [None, 2e9, 3e9, 4e9, 5e9, 6e9, 7e9, 8e9, 9e9, 10e9, 12e9, 14e9, 16e9, 20e9, 24e9, 32e9, 40e9,
                          48e9, 64e9],
-    "thread_sync_s": [0.0, 0.05e-6, 0.1e-6, 0.2e-6, 0.3e-6, 0.5e-6, 0.7e-6, 1e-6, 1.5e-6, 2e-6, 3e-6],
     "memory": [round(float(x), 2) for x in np.arange(0.30, 1.001, 0.05)],
     "op_overhead_s": [0.0, 1e-6, 2e-6, 3e-6, 4e-6, 6e-6, 8e-6, 12e-6, 16e-6, 24e-6, 32e-6, 48e-6, 64e-6, 96e-6, 128e-6,
                       192e-6],
@@ -48,19 +44,17 @@ GRIDS = {
 }
 START = {"matrix": 0.7, "vector": 0.7, "memory": 0.8, "op_overhead_s": 4e-6, "step_overhead_s": 0.0,
          "token_overhead_s": 0.0, "interconnect": 0.8, "sync_mma_fraction": 1.0, "attention_keys_half": 0.0,
-         "unit_bytes_per_s": None, "gemm_rows_half": 0.0, "blas_matrix": None, "graph_op_overhead_s": None,
-         "thread_sync_s": 0.0}
+         "unit_bytes_per_s": None, "gemm_rows_half": 0.0, "blas_matrix": None, "graph_op_overhead_s": None}
 MIN_ROWS = 4
 KERNEL_ENGINES = ("kernel", "fa2")
 # numbers only some engines have: llama.cpp's CUDA kernels are written with synchronous MMA (mma.sync), while
 # TensorRT-LLM, vLLM and SGLang ship Hopper kernels with wgmma; elsewhere these stay at their neutral START value
 # and a host cost per sequence is told apart from one per pass only where batches exceed 1 (the serving stacks)
 ONLY_FOR = {"sync_mma_fraction": ("llamacpp", "fa2"), "token_overhead_s": ("trtllm", "vllm"),
-            "gemm_rows_half": ("llamacpp",), "blas_matrix": ("llamacpp",), "graph_op_overhead_s": ("llamacpp",),
-            "thread_sync_s": ("llamacpp",)}
+            "gemm_rows_half": ("llamacpp",), "blas_matrix": ("llamacpp",), "graph_op_overhead_s": ("llamacpp",)}
 # numbers only some device classes have: a CPU runs its GEMMs on the vector units (AMX aside), where a GPU's vector
 # fraction only scales its elementwise kernels, which the rows cannot tell apart from the memory fraction
-CLASS_ONLY = {"vector": ("cpu",), "thread_sync_s": ("cpu",)}
+CLASS_ONLY = {"vector": ("cpu",)}
 
 
 # Each number's meaning, unit and cited default (the value it starts from and is pulled toward): the grids above are
@@ -80,9 +74,6 @@ PARAMS = {
                             "launch: the gap between dependent kernels on the GPU)", "s",
                             "none: neutral (op_overhead_s, as without graphs); llama.cpp on GPUs 2 us (CLASS_START: "
                             "PR #6766's measured saving per kernel)"),
-    "thread_sync_s": ("time per thread of the join after each kernel on a CPU (ggml's barrier: one shared counter "
-                      "each thread increments, a cache-line transfer per thread; one thread per core)", "s",
-                      "0: neutral (no measurement of ggml's barrier per thread was found)"),
     "step_overhead_s": ("host time per forward pass", "s", "0: neutral"),
     "token_overhead_s": ("host time per sequence per step", "s", "0: neutral"),
     "interconnect": ("fraction of link bandwidth", "1", "0.8: NCCL maintainer, NVIDIA/nccl#1054"),
@@ -143,8 +134,8 @@ PRIOR_ROWS = 2.0
 # 20.1/40.4; power 0.5 22.3/46.9, 25.3/45.1, 19.2/26.8, 20.0/39.8; power 1 21.0/36.0, 20.0/40.5, 19.7/28.0,
 # 21.6/40.6.
 SOURCE_POWER = 1.0
-SOFTEN = {"op_overhead_s": 2e-6, "thread_sync_s": 0.1e-6, "graph_op_overhead_s": 1e-6, "step_overhead_s": 0.5e-3,
-          "token_overhead_s": 10e-6, "attention_keys_half": 64.0, "gemm_rows_half": 16.0}
+SOFTEN = {"op_overhead_s": 2e-6, "graph_op_overhead_s": 1e-6, "step_overhead_s": 0.5e-3, "token_overhead_s": 10e-6,
+          "attention_keys_half": 64.0, "gemm_rows_half": 16.0}
 
 
 def prior_cost(params: dict, n: int, defaults: dict | None = None) -> float:

@@ -579,21 +579,3 @@ def test_cuda_graph_replay_replaces_the_launch_cost_of_one_sequences_decode_step
     assert json.loads(capsys.readouterr().out)["config"]["graphs"] is False
     with pytest.raises(ValueError, match="graphs must be true or false"):
         Workload(graphs="maybe")
-
-
-def test_a_cpu_kernel_pays_the_join_of_every_thread_after_it():
-    # ggml's CPU backend runs a barrier after every graph node, one shared counter each thread increments: with
-    # 0.5 us per thread, a Xeon 8480+ (56 cores, one thread each) pays 4 us + 56 x 0.5 us = 32 us per kernel, a
-    # Ryzen 9 7950X (16 cores) 4 + 16 x 0.5 = 12 us; a GPU's kernels keep their launch cost (4 us)
-    eff = Efficiency(op_overhead_s=4e-6, thread_sync_s=0.5e-6)
-    assert Machine(pm.load_device("xeon-8480plus"), eff, Parallel()).overhead_s == pytest.approx(32e-6)
-    assert Machine(pm.load_device("ryzen-9-7950x"), eff, Parallel()).overhead_s == pytest.approx(12e-6)
-    assert Machine(pm.load_device("rtx-4090"), eff, Parallel()).overhead_s == pytest.approx(4e-6)
-    # in an estimate every kernel of Llama-2-7B's decode steps on the Xeon pays it: 32 us against 4 us, 8x the
-    def decode_overhead(e):
-        est = pm.estimate("llama-2-7b", "xeon-8480plus", efficiency=e, batch=1, prompt_len=64, gen_len=9,
-                          weights="q4_0", ignore_capacity=True)
-        return float(est.ops[est.ops.phase == "decode"].overhead_s.sum())
-
-    alone = decode_overhead(eff.model_copy(update={"thread_sync_s": 0.0}))
-    assert alone > 0 and decode_overhead(eff) == pytest.approx(8 * alone)
