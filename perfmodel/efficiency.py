@@ -184,14 +184,15 @@ GRAPH_NO_FAMILIES = ("nvidia-pascal", "nvidia-volta", "nvidia-turing")
 RECORDED_BACKENDS = ("vulkan",)
 
 
-def graph_backend(device, backend: str | None) -> bool:
+def graph_backend(device, backend: str | None, graphs: bool = True) -> bool:
     """Whether `backend` on `device` runs single-sequence decode steps without a host launch per kernel: replayed
-    from CUDA graphs (NVIDIA, not GRAPH_NO_FAMILIES) or recorded into command buffers (RECORDED_BACKENDS)."""
+    from CUDA graphs (NVIDIA, not GRAPH_NO_FAMILIES; `graphs` false: a build without replay) or recorded into command
+    buffers (RECORDED_BACKENDS, which have no off switch)."""
     if device.kind != "gpu":
         return False
     if backend in RECORDED_BACKENDS:
         return True
-    if device.vendor != "nvidia" or backend not in (None, "cuda"):
+    if not graphs or device.vendor != "nvidia" or backend not in (None, "cuda"):
         return False
     return not (device.family or "").startswith(GRAPH_NO_FAMILIES)
 
@@ -210,9 +211,7 @@ def with_backend(eff: Efficiency, device, backend: str | None, matrix_units: boo
         facts = {**facts, "vector_matmul": True}
     if eff.blas_matrix is not None and not blas_backend(device, backend):
         facts = {**facts, "blas_matrix": None}
-    # (`graphs` false turns off graph replay; Vulkan's recorded command buffers have no off switch)
-    if eff.graph_op_overhead_s is not None and not ((graphs or backend in RECORDED_BACKENDS)
-                                                    and graph_backend(device, backend)):
+    if eff.graph_op_overhead_s is not None and not graph_backend(device, backend, graphs):
         facts = {**facts, "graph_op_overhead_s": None}
     if not facts or all(getattr(eff, k) == v for k, v in facts.items()):
         return eff
