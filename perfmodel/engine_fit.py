@@ -7,8 +7,8 @@ physical reading (perfmodel/efficiency.py): fractions of matrix and (CPU) vector
 per-kernel overhead; host time per forward pass and per sequence; a per-unit concurrency ceiling on main-memory
 bandwidth; the key count at which fused attention reaches half its rate; and, for llama.cpp only, the fraction
 synchronous MMA reaches on Hopper. They are chosen by coordinate descent over fixed grids to minimise the mean absolute
-log error on the rows of that engine and class, each source weighing the square root of its rows (SOURCE_POWER), plus a pull toward the
-cited defaults (prior_cost); facts written in a profile (half_accumulate) are kept.
+log error on the rows of that engine and class, each source weighing the square root of its rows (SOURCE_POWER), plus
+a pull toward the cited defaults (prior_cost); facts written in a profile (half_accumulate) are kept.
 """
 
 from __future__ import annotations
