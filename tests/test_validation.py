@@ -127,8 +127,10 @@ def test_held_out_error_does_not_regress(rows):
 # 23.8 -> 22.8, kernel mean 24.9 -> 24.7.
 # The six re-read sources and the refit: decode tokens/s 9.5 / 17.1 -> 9.5 / 15.9, prefill mean (all metrics)
 # 26.8 -> 26.0, serving mean 22.8 -> 22.2 (the TensorRT-LLM v0.11 misprint kept out) -> 22.4.
+# AITER PR #1092's plain CK column back (one of its rows is in the test split, missed by ~770 %): kernel mean
+# 24.7 -> 29.4; TensorRT-LLM v0.10's LLaMA 3 rows out: serving 22.4 -> 22.3.
 REACHED = {"decode median": 10.0, "decode mean": 17.5, "prefill mean": 27.5, "serving mean": 23.5,
-           "kernel mean": 25.5}
+           "kernel mean": 30.0}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
 
@@ -302,7 +304,10 @@ def test_shipped_loso_table_is_current(rows):
 # of decode; block-scaled FP8 checkpoints; superseded llama2-webui figures; ...): decode 13.7 / 22.8 -> 13.9 / 24.9,
 # prefill 17.3 / 34.9 -> 16.3 / 34.9. Decode's mean rose because the fold without this project's H200 transformers
 # rows now fits 2022-23 stacks that want 48-64 us per op where transformers 5.17 wants 96 (those rows 28.9 -> 80.3 %)
-LOSO_REACHED = {"decode": (14.0, 25.5), "prefill": (17.5, 35.5), "serving": (15.5, 22.5), "kernel": (16.0, 28.0)}
+# A second re-reading: TensorRT-LLM v0.10's LLaMA 3 rows out (its build configs swap 8B's and 70B's MLP widths),
+# AITER PR #1092's plain CK column back (an op test's output, not a tuner's rejected candidates): kernel
+# 15.1 / 27.5 -> 16.0 / 40.8 (those 9 rows missed by up to 1,200 %), serving 15.0 / 21.6 -> 14.9 / 21.5
+LOSO_REACHED = {"decode": (14.0, 25.5), "prefill": (17.5, 35.5), "serving": (15.5, 22.5), "kernel": (16.5, 41.5)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
