@@ -20,7 +20,7 @@ import time
 import pandas as pd
 
 import perfmodel as pm
-from perfmodel.calibration import Calibrator, make_backend, profile_from, run_suite
+from perfmodel.calibration import NOISY_SPREAD, Calibrator, device_peaks, make_backend, profile_from, run_suite
 from perfmodel._local import detect_local
 
 SPEC = pm.ModelSpec(id="bench-llama", name="Llama-architecture benchmark model (random weights)", n_layers=8,
@@ -189,7 +189,10 @@ def main() -> None:
     if e2e is None:
         return
     e2e.measure(rounds=3)
-    cal = Calibrator(levels).fit(df)
+    cal = Calibrator(levels, peaks=device_peaks(dev)).fit(df)
+    broken = cal.violations()
+    print(f"trust checks (perfmodel calibrate's): {len(broken)} bound(s) broken, "
+          f"{(df.spread > NOISY_SPREAD).mean():.0%} of kernels noisy" + "".join(f"\n  {v}" for v in broken))
     profile = profile_from(cal, "local", a.backend, backend.versions(), int(df.threads.iloc[0]), a.mode)
     print("end to end (plain-Torch Llama-architecture model, %.0fM params, random weights):"
           % (SPEC.params_total() / 1e6))

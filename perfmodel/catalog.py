@@ -256,6 +256,65 @@ def _catalog_devices() -> tuple[Any, ...]:
 provenance.set_catalog(catalog_devices)
 
 
+# Matching the name a GPU reports (torch.cuda.get_device_name, nvidia-smi) to a catalog device. Vendor and brand words
+# say nothing of the model; form factors are matched when the name gives one (an SXM part reports "H100 80GB HBM3",
+# its PCIe sibling "H100 PCIe"), and the memory size decides between siblings.
+_GPU_NOISE = {"nvidia", "geforce", "amd", "radeon", "instinct", "tesla", "intel", "generation", "gpu",
+              "graphics", "hbm3", "hbm3e", "hbm2", "hbm2e", "gddr6", "gddr6x", "gddr7", "the"}
+_GPU_FORMS = ("sxm", "pcie", "nvl")
+_GPU_VARIANTS = {"ti", "super", "max", "nvl", "ultra", "mini", "mobile", "laptop", "ada", "pro", "xt", "xtx"}
+
+
+def _gpu_tokens(name: str) -> set[str]:
+    import re
+
+    name = re.sub(r"\(.*?\)", " ", name.lower())
+    return {t for t in re.split(r"[\s\-_/,]+", name) if t and t not in _GPU_NOISE}
+
+
+def match_gpu(name: str, memory_bytes: float | None = None) -> str | None:
+    """The catalog id of the GPU that reports itself as `name` (with `memory_bytes` of memory, if known), or None
+    when no device or more than one matches equally well."""
+    import math
+    import re
+
+    seen = _gpu_tokens(name)
+    seen_forms = {f for t in seen for f in _GPU_FORMS if t.startswith(f)}
+    best: list[tuple[float, str]] = []
+    for d in _catalog_devices():
+        if d.kind != "gpu":
+            continue
+        toks = _gpu_tokens(d.name)
+        forms = {f for t in toks for f in _GPU_FORMS if t.startswith(f)}
+        sizes = {t for t in toks if re.fullmatch(r"\d+gb", t)}
+        # the model number (tokens with a digit) and its variant words must all be in the reported name
+        core = {t for t in toks - sizes if any(c.isdigit() for c in t) and not any(t.startswith(f) for f in _GPU_FORMS)}
+        core |= toks & _GPU_VARIANTS
+        if not core or not core <= seen:
+            continue
+        if (seen & _GPU_VARIANTS) - toks:  # a Ti, SUPER, NVL... the catalog entry is not
+            continue
+        if seen_forms and not seen_forms <= forms:
+            continue
+        score = float(len(core)) + 0.1 * len((toks - core) & seen)
+        seen_sizes = {t for t in seen if re.fullmatch(r"\d+gb", t)}
+        if seen_sizes and sizes:
+            score += 1.0 if seen_sizes & sizes else -1.0
+        if not seen_forms:  # datacenter parts name their PCIe form and not their SXM one
+            score += 0.5 if "sxm" in forms else (-0.5 if forms else 0.0)
+        cap = d.main_memory.capacity_bytes
+        if memory_bytes and cap:
+            # the reported memory is the usable part (ECC, reservations): within 15 % counts as the same size
+            score -= 2.0 * max(0.0, abs(math.log(cap / memory_bytes)) - 0.15)
+        best.append((score, d.id))
+    if not best:
+        return None
+    best.sort(reverse=True)
+    if len(best) > 1 and best[0][0] - best[1][0] < 0.05:
+        return None
+    return best[0][1]
+
+
 def hardware_rows() -> list[dict[str, Any]]:
     """One summary row per catalog device (what `perfmodel list hardware` prints)."""
     rows = []

@@ -73,10 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     speed = ca.add_mutually_exclusive_group()
     speed.add_argument("--quick", action="store_true", help="the short suite (default; under 2 minutes here)")
     speed.add_argument("--full", action="store_true", help="the full suite (under 10 minutes here)")
-    ca.add_argument("--backend", default="numpy", help="numpy (default) or torch")
+    ca.add_argument("--device", default="cpu", help="cpu (this machine's CPU, default), cuda or cuda:N (a GPU, "
+                                                     "with the Torch backend)")
+    ca.add_argument("--hardware", default=None, help="with --device cuda: the catalog id of the GPU, where its "
+                                                     "reported name does not match one")
+    ca.add_argument("--backend", default=None, help="numpy (default on the CPU) or torch (default on a GPU)")
     ca.add_argument("--threads", default=None, help="threads to pin (default: all)")
-    ca.add_argument("-o", "--output", default=None, help="profile path (default: the local profile that estimates "
-                                                         "on --hardware local use)")
+    ca.add_argument("-o", "--output", default=None, help="profile path (default: the profile estimates on that "
+                                                         "device use: --hardware local, or the GPU's catalog id)")
     ca.add_argument("--no-progress", action="store_true")
 
     va = sub.add_parser("validate", help="predict every published measurement of validation/ and report the error")
@@ -486,22 +490,25 @@ def _sweep(a: argparse.Namespace) -> int:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
-    from .calibration import calibrate
+    from .calibration import calibrate, summary_lines
 
     threads = None
     if a.threads is not None:
         from .workload import _int_at_least
 
         threads = _int_at_least(a.threads, 1, "--threads")
-    eff, df, path = calibrate(backend=a.backend, mode="full" if a.full else "quick", threads=threads,
-                              output=a.output, progress=not a.no_progress)
-    print(f"profile written to {path} (raw measurements: {path.with_suffix('.csv')})")
-    print(f"  {len(df)} kernels, backend {a.backend}, {int(df.threads.iloc[0])} threads")
-    for name, bw in eff.level_bandwidth_bytes_per_s.items():
-        print(f"  {name:<8} {bw / 1e9:8.1f} GB/s")
-    for key, rate in sorted(eff.rate_flops_per_s.items()):
-        print(f"  {key:<18} {rate / 1e9:8.1f} GFLOP/s   {eff.memory_fraction[key]:6.2f} x level bandwidth   "
-              f"{eff.overhead_by_class_s[key] * 1e6:7.1f} us per call")
+    c = calibrate(backend=a.backend, mode="full" if a.full else "quick", threads=threads, output=a.output,
+                  progress=not a.no_progress, device=a.device, hardware=a.hardware)
+    df = c.measurements
+    print(f"profile written to {c.path} (raw measurements: {c.path.with_suffix('.csv')})")
+    what = c.device.id if c.device.id != "local" else "this machine's CPU (local)"
+    print(f"  {what}: {len(df)} kernels in {c.noise['suite_s']:.0f} s, backend {c.efficiency.host.get('backend')}, "
+          f"{int(df.threads.iloc[0])} threads; {c.noise['noisy_share']:.0%} of kernels noisy, median spread "
+          f"{c.noise['median_spread']:.1%}")
+    for line in summary_lines(c):
+        print(line)
+    for w in c.warnings:
+        print(f"perfmodel: warning: {w}", file=sys.stderr)
     return 0
 
 

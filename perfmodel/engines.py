@@ -97,7 +97,8 @@ def efficiency_for(device: Device, engine: str | None = None, profile: "Efficien
 
     An engine profile (`engine`), or a calibration profile (`profile`: a file, checked for edits and for the machine
     it was measured on, or an Efficiency), not both; with neither, this machine's own calibration for `local` when
-    one was made here, else the literature defaults (`default`)."""
+    one was made here (or for a catalog GPU, one calibrated on such a GPU), else the literature defaults
+    (`default`)."""
     if engine and profile is not None:
         raise PerfmodelError("give an efficiency profile (a calibration of a machine) or an engine (a software "
                              "stack), not both")
@@ -107,10 +108,11 @@ def efficiency_for(device: Device, engine: str | None = None, profile: "Efficien
         return read_profile(profile, device_id=device.id), "calibrated"
     if isinstance(profile, Efficiency):
         return profile, "calibrated"
-    if device.id == "local":
-        mine = auto_profile("local")
-        if mine is not None:
-            return mine, "calibrated"
+    # this machine's calibration (`local`), or a GPU's from `perfmodel calibrate --device cuda` (written under the
+    # catalog id its name matched)
+    mine = auto_profile(device.id)
+    if mine is not None:
+        return mine, "calibrated"
     return default_for(device.kind), "default"
 
 

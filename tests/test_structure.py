@@ -17,7 +17,7 @@ STAGES = [
     {"device", "hf"},
     {"_local", "catalog"},
     {"graph", "table", "memory", "bands", "workload"},
-    {"cost", "calibration", "calibration.fit", "calibration.suite", "calibration.profile"},
+    {"cost", "calibration", "calibration.fit", "calibration.suite", "calibration.profile", "calibration.fake"},
     {"engines"},
     {"evaluate"},
     {"api", "scenarios"},

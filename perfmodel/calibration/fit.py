@@ -24,6 +24,19 @@ if TYPE_CHECKING:
 
 Levels = Sequence[tuple[str, float]]  # (name, capacity bytes), fastest first
 
+# Physical bounds a fitted profile must respect (Calibrator.violations):
+# - A class streams at most 2x what the add stream (a = b + c) counts at the same level: the add stream counts three
+#   arrays but the hardware moves four (write-allocate reads the destination first), so a read-only kernel can reach
+#   4/3 of the counted rate, and a level is assigned by the reported cache sizes, which victim and non-inclusive
+#   caches exceed (a read-only GEMV reached 1.52x here); twice the level's rate is beyond both.
+EFF_MAX = 2.0
+# - An attained rate at most 10 % above the device's stated peak (that peak is taken at a sustained clock; short
+#   bursts may run at a higher boost clock).
+RATE_SLACK = 1.10
+# - A fixed per-call time no longer than 1.5x the fastest call of its class took: it is part of every call, and
+#   the fit's error on the shortest calls stays well within half of their time on a quiet machine.
+OVERHEAD_SLACK = 1.5
+
 
 def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 0.5, iters: int = 400,
                 tol: float = 1e-10) -> np.ndarray:
@@ -80,8 +93,13 @@ class Calibrator:
     >>> cal.bandwidth_, cal.rate_, cal.overhead_
     """
 
-    def __init__(self, levels: Levels):
+    def __init__(self, levels: Levels, peaks: dict[str, float] | None = None,
+                 level_limits: dict[str, float] | None = None):
+        """`peaks`: the device's stated peak FLOP/s per precision (fp32, bf16, ...), and `level_limits`: stated
+        bandwidths per level name, both bounds the fitted values are checked against (violations())."""
         self.levels = list(levels)
+        self.peaks = dict(peaks or {})
+        self.level_limits = dict(level_limits or {})
 
     def fit(self, df: "pd.DataFrame") -> "Calibrator":
         streams = df[df.cls.str.startswith("stream.")]
@@ -89,6 +107,7 @@ class Calibrator:
             raise ValueError("no stream measurements to fit memory bandwidth from")
         adds = streams[streams.cls == "stream.add"]
         self.stream_overhead_s_, self.bandwidth_ = self._fit_levels(adds if len(adds) else streams)
+        self.measured_levels_ = set(self.bandwidth_)  # the others inherit a slower level's (too small to time)
         # levels without their own streams (too small to time) inherit the next slower level's bandwidth
         known = [n for n, _ in self.levels if n in self.bandwidth_]
         if not known:
@@ -104,17 +123,65 @@ class Calibrator:
         self.overhead_: dict[str, float] = {}
         self.rows_half_: dict[str, float] = {}
         self.rate_by_rows_: dict[str, list[tuple[float, float]]] = {}
-        kernels = df[df.cls != "stream.add"]
+        self.binds_: dict[str, tuple[bool, bool]] = {}  # (compute binds some kernel, memory binds some kernel)
+        self.fastest_s_: dict[str, float] = {}
+        # per class, the fastest streaming its calls showed, as a fraction of their level's measured bandwidth: bytes
+        # over the time beyond the fixed part, on levels the add stream measured, from calls at least twice as long
+        # as that fixed part (shorter ones say little about streaming)
+        self.stream_ratio_: dict[str, float] = {}
+        kernels = df[(df.cls != "stream.add") & (df.cls != "allreduce")]
         for (cls, dt), rows in kernels.groupby(["cls", "dtype"]):
             key = f"{cls}.{dt}"
             t0, rate, eff, half = self._fit_class(rows, saturate_rows=cls == "gemm")
             self.rate_[key], self.mem_eff_[key], self.overhead_[key] = rate, eff, t0
+            self.binds_[key] = self._sides(rows, t0, rate, eff, half)
+            t = rows.time_s.to_numpy()
+            self.fastest_s_[key] = float(t.min())
+            fp = footprint(rows)
+            ok = (t - t0 >= 0.5 * t) & np.isin(level_of(fp, self.levels), list(self.measured_levels_))
+            ratio = rows.bytes.to_numpy() / (np.maximum(t - t0, 1e-30) * self._bw(fp))
+            self.stream_ratio_[key] = float(ratio[ok].max()) if ok.any() else 0.0
             if half:
                 self.rows_half_[key] = half
                 table = self._rate_by_rows(rows, t0)
                 if table:
                     self.rate_by_rows_[key] = table
         return self
+
+    def _sides(self, rows: "pd.DataFrame", t0: float, rate: float, eff: float, half: float) -> tuple[bool, bool]:
+        f, b = rows.flops.to_numpy(), rows.bytes.to_numpy()
+        m = rows["rows"].to_numpy() if "rows" in rows else np.zeros(len(rows))
+        r = rate * m / (m + half) if half else np.full(len(rows), rate)
+        comp, mem = f / r, b / (eff * self._bw(footprint(rows)))
+        return bool(np.any((comp >= mem) & (f > 0))), bool(np.any(mem > comp))
+
+    def violations(self) -> list[str]:
+        """What in the fitted profile breaks a physical bound, one sentence each (empty: none). A value only the
+        noise of the run could produce; a profile with any is not to be trusted."""
+        out = []
+        # (Levels are not compared with one another: cache-sized streams run on fewer threads than DRAM-sized ones,
+        # NumPy's on one core, so a private cache can measure below a shared level or below main memory.)
+        for name, bw in self.bandwidth_.items():
+            limit = self.level_limits.get(name)
+            if limit and bw > RATE_SLACK * limit:
+                out.append(f"the {name} level measured {bw / 1e9:.1f} GB/s, above its stated {limit / 1e9:.1f} GB/s")
+        for key in sorted(self.rate_):
+            compute, memory = self.binds_.get(key, (True, True))
+            dt = key.rsplit(".", 1)[1]
+            peak = self.peaks.get(dt)
+            rates = [self.rate_[key]] if compute and key not in self.rate_by_rows_ else []
+            rates += [r for _, r in self.rate_by_rows_.get(key, [])]
+            if peak and rates and max(rates) > RATE_SLACK * peak:
+                out.append(f"{key} computes at {max(rates) / 1e9:.1f} GFLOP/s, {max(rates) / peak:.0%} of this "
+                           f"device's {dt} peak ({peak / 1e9:.1f} GFLOP/s)")
+            if self.stream_ratio_.get(key, 0.0) > EFF_MAX:
+                out.append(f"{key} streamed at {self.stream_ratio_[key]:.0%} of the bandwidth the add stream measured "
+                           f"at the same memory level (at most {EFF_MAX:.0%} is physical: write-allocate traffic)")
+            t0, fastest = self.overhead_[key], self.fastest_s_.get(key, np.inf)
+            if t0 > OVERHEAD_SLACK * fastest:
+                out.append(f"{key} has a fixed {t0 * 1e6:.1f} us per call, more than its fastest call took "
+                           f"({fastest * 1e6:.1f} us)")
+        return out
 
     def _rate_by_rows(self, rows: "pd.DataFrame", t0: float) -> list[tuple[float, float]]:
         """GEMM rate at each measured row count: total FLOPs over total time less overhead of its shapes (the rate
@@ -204,7 +271,11 @@ class Calibrator:
         if saturate_rows:
             return t0, rate, eff, half
         if not np.any(b / (eff * bw) >= f / rate):
-            eff = max(eff, 1.0)
+            # memory never binds: the fraction is only bounded below, by the fastest streaming the calls showed;
+            # the level's full bandwidth (1) unless they streamed faster
+            busy = t - t0
+            needed = float(np.max(b[busy > 0] / (bw[busy > 0] * busy[busy > 0]))) if np.any(busy > 0) else 0.0
+            eff = max(1.0, needed)
         if not np.any(f / rate >= b / (eff * bw)):
             rate = min(rate, 4 * float(np.max(f / t))) if np.any(f > 0) else rate
         eff = min(eff, 4 * float(np.max(b / (t * bw)))) if np.any(b / (eff * bw) >= f / rate) else eff
@@ -218,6 +289,8 @@ class Calibrator:
             bw = self._bw(np.array([ws]))[0]
             if cls == "stream.add":
                 out[i] = self.stream_overhead_s_ + b / bw
+            elif f"{cls}.{dt}" not in self.rate_:  # a class fitted elsewhere (the all-reduce)
+                out[i] = np.nan
             else:
                 key = f"{cls}.{dt}"
                 rate = self.rate_[key]
