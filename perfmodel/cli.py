@@ -395,8 +395,8 @@ def _show(a: argparse.Namespace) -> int:
         extra = {
             "memory_levels": [{"name": lv.name,
                                "capacity_gb": None if lv.capacity_bytes is None else lv.capacity_bytes / 1e9,
-                               "bandwidth_gb_per_s": None if lv.bandwidth_bytes_per_s is None
-                               else lv.bandwidth_bytes_per_s / 1e9} for lv in spec.levels],
+                               "bandwidth_gb_per_s": None if (f := spec.figure(f"memory.{lv.name}.bandwidth")) is None
+                               else f.value / 1e9} for lv in spec.levels],  # caches: derived or estimated (rule 8)
             "peak_tflops": {f"{u}.{p}": spec.peak_flops_per_s(u, p) / 1e12 for u in ("matrix", "vector")
                             for p in COMPUTE_DTYPES if spec.peak_flops_per_s(u, p)},
         }

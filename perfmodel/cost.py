@@ -92,7 +92,9 @@ class Machine:
             out = []
             measured = self.eff.level_bandwidth_bytes_per_s
             for lv in self.device.levels:
-                spec = lv.bandwidth_bytes_per_s
+                # a cache bandwidth the file does not give may be derived or estimated (provenance rule 8)
+                fig = self.device.figure(f"memory.{lv.name}.bandwidth") if lv.bandwidth_bytes_per_s is None else None
+                spec = lv.bandwidth_bytes_per_s if fig is None else fig.value
                 if datasheet:
                     bw = spec if spec is not None else measured.get(lv.name)
                 else:

@@ -73,8 +73,12 @@ class Ceiling:
 def ceilings(device: "Device") -> list[Ceiling]:
     """The ceilings of a device: one per memory level with a known bandwidth, and one per unit (matrix, vector) and
     precision with a dense peak on the provenance ladder (estimated ones say so)."""
-    out = [Ceiling(f"{lv.name} {lv.bandwidth_bytes_per_s / 1e9:,.0f} GB/s", lv.bandwidth_bytes_per_s, "memory")
-           for lv in device.levels if lv.bandwidth_bytes_per_s]
+    out = []
+    for lv in device.levels:  # caches too, where the ladder derives or estimates their bandwidth
+        fig = device.figure(f"memory.{lv.name}.bandwidth")
+        if fig is not None:
+            est = " (estimated)" if fig.rung == "estimated" else ""
+            out.append(Ceiling(f"{lv.name} {fig.value / 1e9:,.0f} GB/s{est}", fig.value, "memory"))
     same: dict[float, list[tuple[str, str]]] = {}  # precisions at one rate share a line: "matrix fp8/int8"
     estimated = set()
     for unit in ("matrix", "vector"):

@@ -15,7 +15,9 @@
      catalog's devices of its kind;
   6. matrix lower bound: a device with matrix units but no matrix figure at a precision runs at its vector rate
      there, a lower bound, said as such;
-  7. host link: a device that states no interconnect is given the PCIe generation current at its launch, x16.
+  7. host link: a device that states no interconnect is given the PCIe generation current at its launch, x16;
+  8. CPU caches: a cache level with no bandwidth gets its family's bytes per cycle per core at that tier, else a
+     stated number of SIMD registers per cycle per core (CACHE_REGISTERS_PER_CYCLE).
 Only when no rule applies is a figure missing, and the estimate that needs it stops with a message naming it and
 the keys that would supply it.
 
@@ -57,7 +59,14 @@ FMA_ISAS = ("avx2", "avx-512", "avx512", "avx10", "neon", "asimd", "sve")
 # up to the next 0.05 (the printout gives the figures). The matrix lower bound and the host-link rule are said to be
 # off by 2x or more, so u = 1.
 RULE_UNCERTAINTY = {"family-ratio": 0.05, "family-rate": 0.05, "family-clock": 0.2, "max-turbo-clock": 0.3,
-                    "cpu-fma": 1.0, "kind-ratio": 1.0, "matrix-lower-bound": 1.0, "host-link": 1.0}
+                    "cpu-fma": 1.0, "kind-ratio": 1.0, "matrix-lower-bound": 1.0, "host-link": 1.0,
+                    "cpu-cache": 1.0}
+# SIMD registers a core's cache tier moves per cycle, for a CPU whose family states no cache bandwidth (rule 8):
+# L1 two loads of a full register (two load ports of the SIMD width), L2 one register, L3 three quarters of one:
+# the medians, per tier, of bytes per cycle per core over SIMD register bytes of the 18 catalog families whose guides
+# (or secondary sources quoting them) state it, in the CPU files (L1 12 families: 1-4 registers, median 2; L2 11:
+# 0.5-4, median 1; L3 8: 0.25-1, median 0.75). They spread by 2x either way, so u = 1.
+CACHE_REGISTERS_PER_CYCLE = {1: 2.0, 2: 1.0, 3: 0.75}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,7 @@ def resolve(device: "Device") -> dict[str, Figure]:
     """Every figure of `device`: its own (sourced and derived), then the estimation rules for what is missing."""
     figs = own_figures(device, use_family=True)
     _family_rules(device, figs)
+    _cache_rules(device, figs)
     _kind_vector_rule(device, figs)
     _matrix_lower_bound(device, figs)
     _interconnect_rule(device, figs)
@@ -246,6 +256,56 @@ def _family_rate(device: "Device", key: str, sib: list, clock: Figure | None, wh
     return Figure(key, r * proc.units * clock.value, "estimated",
                   f"{r:.4g} {what}/cycle/{proc.unit_name} (median of {len(rates)} {device.family} sibling(s)) x "
                   f"{proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)", rule)
+
+
+def cache_tier(name: str) -> int | None:
+    """1, 2 or 3 for a CPU cache level's name (L1, L1d, L2, L3, LLC, SLC); None for anything else."""
+    n = name.lower().replace(" ", "")
+    if n.startswith("l1"):
+        return 1
+    if n.startswith("l2"):
+        return 2
+    if n.startswith(("l3", "llc", "slc")):
+        return 3
+    return None
+
+
+def _cache_rules(device: "Device", figs: dict[str, Figure]) -> None:
+    """Rule 8, a CPU cache level with no bandwidth: the family's median bytes per cycle per core at the same tier
+    (L1, L2, L3; at this device's cores and clock), else the SIMD-width rule (CACHE_REGISTERS_PER_CYCLE)."""
+    proc, clock = device.processor, figs.get("processor.clock")
+    if device.kind != "cpu" or proc is None or clock is None:
+        return
+    sib = _siblings(device)
+    width = proc.simd_width_bits or _simd_width(proc.simd)
+    faster = None  # the figure of the level above: a cache serves its core through the levels above it
+    for lv in device.levels[:-1]:
+        key, tier = f"memory.{lv.name}.bandwidth", cache_tier(lv.name)
+        if key in figs or tier is None:
+            faster = figs.get(key, faster)
+            continue
+        rates = [f[k].value / (d.processor.units * f["processor.clock"].value) for d, f in sib
+                 if d.processor is not None and "processor.clock" in f
+                 for k in f if k.startswith("memory.") and k.endswith(".bandwidth")
+                 and cache_tier(k[len("memory."):-len(".bandwidth")]) == tier]
+        if rates:
+            r = statistics.median(rates)
+            figs[key] = Figure(key, r * proc.units * clock.value, "estimated",
+                               f"{r:.4g} B/cycle/core (median of {len(rates)} {device.family} sibling L{tier} "
+                               f"figure(s)) x {proc.units} x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)",
+                               max("family-rate", clock.rule or "family-rate", key=RULE_UNCERTAINTY.get))
+        elif width:
+            per_cycle = CACHE_REGISTERS_PER_CYCLE[tier] * width / 8
+            figs[key] = Figure(key, per_cycle * proc.units * clock.value, "estimated",
+                               f"{CACHE_REGISTERS_PER_CYCLE[tier]:g} x {width}-bit registers = {per_cycle:g} B/cycle/"
+                               f"core (the L{tier} median of the catalog CPUs whose guides state it) x {proc.units} "
+                               f"cores x {clock.value / 1e9:.4g} GHz ({clock.rung} clock)",
+                               max("cpu-cache", clock.rule or "cpu-cache", key=RULE_UNCERTAINTY.get))
+        fig = figs.get(key)
+        if fig is not None and faster is not None and fig.value > faster.value:
+            figs[key] = Figure(key, faster.value, "estimated", f"{fig.note}; held to the {faster.key.split('.')[1]} "
+                               f"figure above it ({faster.value / 1e9:,.0f} GB/s)", fig.rule)
+        faster = figs.get(key, faster)
 
 
 def _kind_vector_rule(device: "Device", figs: dict[str, Figure]) -> None:

@@ -193,3 +193,25 @@ def test_fit_allreduce_golden():
     assert link["fraction"] == pytest.approx(0.5, rel=1e-6)
     # per ring step beyond NCCL's 8.4 us base: (30 - 8.4) / (2 x 3) = 3.6 us
     assert link["hop_s"] == pytest.approx(3.6e-6, rel=1e-6)
+
+
+def test_cache_levels_come_from_re_read_buffers_where_measured():
+    # add streams: L2 80 GB/s and DRAM 20 GB/s plus 1 us a call; re-reads of L2-sized buffers: 256 MiB read in
+    # 1 us + 256 MiB / 200 GB/s. The L2 is then the re-read's 200 GB/s; DRAM stays the add stream's.
+    ws = np.array([64e3, 256e3, 512e3])
+    reread = _rows("stream.reread", "fp32", 0.0, np.full(3, 256 * 2**20), np.full(3, 1e-6 + 256 * 2**20 / 200e9), ws=ws)
+    cal = Calibrator(LEVELS).fit(pd.concat([_streams(), reread], ignore_index=True))
+    assert cal.bandwidth_["L2"] == pytest.approx(200e9, rel=1e-6)
+    assert cal.bandwidth_["DRAM"] == pytest.approx(20e9, rel=0.01)
+    assert "stream.reread.fp32" not in cal.rate_  # a level measurement, not a kernel class
+
+
+def test_the_torch_suite_re_reads_cache_sized_buffers():
+    pytest.importorskip("torch")
+    from perfmodel.calibration import make_backend
+    from perfmodel.calibration.suite import QUICK, REREAD_BYTES, kernels
+
+    ks = [k for k in kernels(make_backend("torch"), QUICK) if k.cls == "stream.reread"]
+    # one per stream size up to a quarter of REREAD_BYTES (64 MiB), each reading REREAD_BYTES in one call
+    assert [k.working_set for k in ks] == [kib * 1024 for kib in QUICK.stream_kib if kib * 1024 <= REREAD_BYTES // 4]
+    assert all(k.bytes == REREAD_BYTES for k in ks)

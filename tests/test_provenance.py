@@ -328,3 +328,52 @@ def test_every_catalog_device_gives_an_estimate(entry):
         assert np.isfinite(est.ttft_s) and est.ttft_s > 0
         return
     pytest.fail(f"{d.id}: neither small model fits")
+
+
+def test_cpu_cache_bandwidth_is_derived_from_bytes_per_cycle_and_else_estimated_by_rule_8():
+    # EPYC 9684X (Zen 4): L2 32 B/cycle/core (AMD SOG 2.6.3) x 96 cores x 3.42 GHz all-core = 10,506.24 GB/s
+    d = pm.load_device("epyc-9684x")
+    f = d.figure("memory.L2.bandwidth")
+    assert (f.rung, f.value) == ("derived", pytest.approx(32 * 96 * 3.42e9))
+    # its L3 has no stated rate: 0.75 x 64-byte (AVX-512) registers = 48 B/cycle/core by rule 8, more than the L2
+    # above it, so held to the L2's 10,506 GB/s
+    f = d.figure("memory.L3.bandwidth")
+    assert (f.rung, f.rule, f.value) == ("estimated", "cpu-cache", pytest.approx(32 * 96 * 3.42e9))
+    assert "held to the L2 figure" in f.note
+    # a CPU of no family: 8 cores x 3 GHz, AVX2 (32-byte registers): L1 2 x 32 = 64 B/cycle -> 1,536 GB/s; L2 32 B
+    # -> 768 GB/s; L3 0.75 x 32 = 24 B -> 576 GB/s
+    d = Device(id="c", name="c", kind="cpu", vendor="v", processor={"units": 8, "base_clock_ghz": 3.0, "simd": "AVX2"},
+               memory=[{"name": "L1d", "capacity_kib_per_unit": 32}, {"name": "L2", "capacity_mib_per_unit": 1},
+                       {"name": "L3", "capacity_mib": 32}, {"name": "DDR", "bandwidth_gb_per_s": 50}])
+    got = {n: d.figure(f"memory.{n}.bandwidth").value for n in ("L1d", "L2", "L3")}
+    assert got == {"L1d": pytest.approx(1536e9), "L2": pytest.approx(768e9), "L3": pytest.approx(576e9)}
+
+
+def test_a_cpu_cache_level_takes_its_familys_bytes_per_cycle():
+    # Ryzen AI Max+ 395 (Zen 5) states no L1d rate; its Zen 5 siblings (EPYC 9755, Ryzen 9 9950X) state 128 B/cycle
+    d = pm.load_device("ryzen-ai-max-395-cpu")
+    f = d.figure("memory.L1d.bandwidth")
+    clock = d.figure("processor.clock").value
+    assert (f.rung, f.rule) == ("estimated", "family-rate")
+    assert f.value == pytest.approx(128 * d.processor.units * clock)
+
+
+def test_a_model_whose_weights_fit_in_l3_decodes_faster_than_dram_allows():
+    # EPYC 9684X: 1,152 MB of L3, 460.8 GB/s of DDR5. Qwen2.5-0.5B at int8 (0.63 GB with its KV) lives in the L3:
+    # decode beats even the DRAM's full bandwidth over the weights; Llama-3-8B at bf16 (16 GB) cannot
+    d = pm.load_device("epyc-9684x")
+    dram = d.main_memory.bandwidth_bytes_per_s
+    small = pm.estimate("qwen2.5-0.5b", d, batch=1, prompt_len=128, gen_len=32, weights="int8")
+    assert small.memory["weights_bytes"] < 1152 * 2**20
+    assert small.decode_tokens_per_s > dram / small.memory["weights_bytes"]
+    big = pm.estimate("llama-3-8b", d, batch=1, prompt_len=128, gen_len=32, weights="bf16")
+    assert big.decode_tokens_per_s < dram / big.memory["weights_bytes"]
+
+
+def test_the_roofline_shows_each_cache_level_of_a_cpu():
+    from perfmodel.plots import ceilings
+
+    labels = [c.label for c in ceilings(pm.load_device("xeon-8480plus")) if c.kind == "memory"]
+    # L1d 128 B, L2 64 B, L3 16 B per cycle per core x 56 cores x 2.0 GHz (the clock this file derives at)
+    assert [lab.split()[0] for lab in labels] == ["L1d", "L2", "L3", "DDR5"]
+    assert labels[2] == f"L3 {16 * 56 * pm.load_device('xeon-8480plus').processor.peak_clock_hz / 1e9:,.0f} GB/s"

@@ -107,6 +107,16 @@ class Calibrator:
             raise ValueError("no stream measurements to fit memory bandwidth from")
         adds = streams[streams.cls == "stream.add"]
         self.stream_overhead_s_, self.bandwidth_ = self._fit_levels(adds if len(adds) else streams)
+        rereads = streams[streams.cls == "stream.reread"]
+        if len(rereads):
+            # caches, from buffers re-read within one call (Torch): what the level delivers to every thread, with
+            # no call per pass; the add stream's single passes over a cache take less than the call's overhead
+            lv = level_of(footprint(rereads), self.levels)
+            t, b = rereads.time_s.to_numpy(), rereads.bytes.to_numpy()
+            for name in set(lv) - {self.levels[-1][0]}:
+                here = lv == name
+                self.bandwidth_[name] = float(np.median(b[here] / np.maximum(t[here] - self.stream_overhead_s_,
+                                                                              1e-12)))
         self.measured_levels_ = set(self.bandwidth_)  # the others inherit a slower level's (too small to time)
         # levels without their own streams (too small to time) inherit the next slower level's bandwidth
         known = [n for n, _ in self.levels if n in self.bandwidth_]
@@ -129,7 +139,7 @@ class Calibrator:
         # over the time beyond the fixed part, on levels the add stream measured, from calls at least twice as long
         # as that fixed part (shorter ones say little about streaming)
         self.stream_ratio_: dict[str, float] = {}
-        kernels = df[(df.cls != "stream.add") & (df.cls != "allreduce")]
+        kernels = df[~df.cls.isin(("stream.add", "stream.reread", "allreduce"))]
         for (cls, dt), rows in kernels.groupby(["cls", "dtype"]):
             key = f"{cls}.{dt}"
             t0, rate, eff, half = self._fit_class(rows, saturate_rows=cls == "gemm")
@@ -287,7 +297,7 @@ class Calibrator:
         m_all = df["rows"].to_numpy() if "rows" in df else np.zeros(len(df))
         for i, (cls, dt, f, b, ws) in enumerate(zip(df.cls, df.dtype, df.flops, df.bytes, footprint(df))):
             bw = self._bw(np.array([ws]))[0]
-            if cls == "stream.add":
+            if cls in ("stream.add", "stream.reread"):
                 out[i] = self.stream_overhead_s_ + b / bw
             elif f"{cls}.{dt}" not in self.rate_:  # a class fitted elsewhere (the all-reduce)
                 out[i] = np.nan

@@ -83,6 +83,7 @@ DECODE_SHAPES = ((1, 2048, 2048), (1, 4096, 4096), (4, 2048, 8192), (16, 4096, 4
 
 _ITEMSIZE = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 PARALLEL_STREAM_BYTES = 8 * 2**20
+REREAD_BYTES = 256 * 2**20  # bytes one re-read call reads: ~1-2 ms from L1 here, long beside a call's overhead
 # A kernel is noisy when its two fastest round medians differ by more than this: on a quiet machine they agree within
 # a few per cent (the figures in docs/calibration.md); contention comes in bursts, so a noisy kernel is timed again.
 NOISY_SPREAD = 0.10
@@ -318,6 +319,13 @@ class TorchBackend(Backend):
         # streams are there to measure the memory levels, not the allocator
         return lambda: self.torch.add(a, b, out=out)
 
+    def reread(self, a, times: int):
+        """Read `a` `times` times in one call: a sum over rows of `a` expanded (stride 0) to `times` rows. Torch
+        reduces it with every thread and no per-pass call, so a buffer that fits a cache is read at that cache's
+        rate: the way to measure L1 and L2, whose single passes take less than a call's overhead."""
+        v = a.expand(times, a.shape[0])
+        return lambda: v.sum(dim=1)
+
     def mul(self, a, b, out):
         return lambda: a * b
 
@@ -402,6 +410,14 @@ def kernels(backend: Backend, mode: Mode) -> list[Kernel]:
                           lambda copies, make=make: _cycling(B, make, copies), float(rows), cold))
 
     # Memory streams over working sets from L1 to DRAM, fp32 elements.
+    if getattr(B, "reread", None) is not None and not B.is_gpu:
+        # cache levels without a call per pass: each working set read REREAD_BYTES / working set times in one call
+        for kib in mode.stream_kib:
+            if kib * 1024 > REREAD_BYTES // 4:
+                continue
+            n, times = kib * 1024 // 4, REREAD_BYTES // (kib * 1024)
+            add("stream.reread", f"reread {kib} KiB x{times}", "fp32", n * times, n * 4 * times, n * 4,
+                lambda n=n, times=times: B.reread(B.array((n,), "fp32"), times))
     for kib in mode.stream_kib:
         n = kib * 1024 // 4 // 2  # two arrays per working set
         add("stream.copy", f"copy {kib} KiB", "fp32", 0, 2 * n * 4, 2 * n * 4,
@@ -474,7 +490,7 @@ def _copies(k: Kernel, llc_bytes: float) -> int:
     """Buffer sets to rotate among: one for cache-sized working sets, else enough to span 3x the last-level cache
     (always for `cold` kernels: a decode step reads every weight matrix once, from DRAM unless the whole model fits
     in the caches)."""
-    if k.working_set < llc_bytes / 2 and not k.cold:
+    if (k.working_set < llc_bytes / 2 and not k.cold) or k.cls == "stream.reread":  # a re-read is its own reuse
         return 1
     return int(math.ceil(3 * llc_bytes / k.working_set)) + 1
 
