@@ -13,7 +13,8 @@ import numpy as np
 from .catalog import load_device, load_model
 from .device import Device
 from .efficiency import Efficiency
-from .engines import checkpoint_formats, device_class, efficiency_for
+from .dtypes import DType
+from .engines import checkpoint_formats, default_act, device_class, efficiency_for
 from .errors import CapacityError, PerfmodelError
 from .evaluate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 from .bands import TIME_METRICS, intervals
@@ -36,9 +37,13 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     """
     m, d = load_model(model), load_device(device)
     wl = workload or Workload(**kw)
+    act_open = "act" not in wl.model_fields_set
     if wl.gen_len is None:
         wl = Workload(**{**wl.model_dump(), "gen_len": default_gen(m)})
     eff, band_engine = efficiency_for(d, engine, efficiency)
+    if engine and engine not in ("ideal", "default") and act_open:
+        # the engine's own compute format where the workload leaves it open (llama.cpp on a CPU: FP32)
+        wl = wl.model_copy(update={"act": DType.parse(default_act(engine, wl.weights, d))})
     wl = checkpoint_formats(wl, m, engine)
     one = np.ones(1)
     err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]

@@ -114,8 +114,10 @@ def _workload_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--hardware", required=True, help="catalog id, device .toml, or 'local'")
     from .workload import Workload  # the flags are its fields: one name, default and help per quantity
 
-    for _, name, default, text in Workload.options():
+    for field, name, default, text in Workload.options():
         shown = f" (default {default})" if default is not None and "default" not in text else ""
+        if field == "act":  # left open, an engine's own format applies (llama.cpp on a CPU: fp32)
+            shown, default = f" (default {default}, or with --engine that engine's: fp32 for llama.cpp on a CPU)", None
         e.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=text + shown)
     e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
     e.add_argument("--engine", default=None, help="software-stack profile: ideal, default, llamacpp, vllm, trtllm, hf, "
@@ -158,7 +160,8 @@ def _make_estimate(a: argparse.Namespace):
     from .api import estimate
     from .workload import Workload
 
-    wl = Workload(**{field: getattr(a, name) for field, name, _, _ in Workload.options()})
+    wl = Workload(**{field: getattr(a, name) for field, name, _, _ in Workload.options()
+                     if not (field == "act" and getattr(a, name) is None)})
     if a.engine and a.profile:
         raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
     return estimate(a.model, a.hardware, wl, efficiency=a.profile, engine=a.engine,

@@ -97,6 +97,8 @@ class Machine:
                 spec = lv.bandwidth_bytes_per_s if fig is None else fig.value
                 if datasheet:
                     bw = spec if spec is not None else measured.get(lv.name)
+                elif lv.measured:  # attained here already (the local device's main memory): no fraction again
+                    bw = measured.get(lv.name, spec)
                 else:
                     bw = measured.get(lv.name, spec * self.eff.memory if spec is not None else None)
                 if bw is not None:
@@ -104,7 +106,7 @@ class Machine:
                     out.append((cap, bw, lv.name))
             cap_bw, name = out[-1][1], out[-1][2]
             proc, per_unit = self.device.processor, self.eff.unit_bytes_per_s
-            if not datasheet and per_unit and proc and name not in measured:
+            if not datasheet and per_unit and proc and name not in measured and not self.device.levels[-1].measured:
                 # kernels that keep too few loads in flight per SM/core cannot reach a bandwidth whose
                 # latency x bandwidth product exceeds what the units hold (Little's law)
                 cap_bw = min(cap_bw, per_unit * proc.units)
@@ -269,6 +271,11 @@ def _peak(device: Device, eff: Efficiency, matrix: bool, precision: str,
             chain = _fp32_first(chain)
     elif not matrix and precision == "fp32":
         chain = _fp32_first(COMPUTE_FALLBACK["bf16"])
+    if device.kind == "cpu" and precision not in ("fp32", "fp64"):
+        # a CPU's SIMD units run a format they have no instructions for at FP32 after converting it: an FP16
+        # product cannot use bf16's VDPBF16PS, nor an int8 dot FP16 arithmetic (llama.cpp's F16 GEMMs convert
+        # to FP32 with F16C where the core has no AVX512-FP16)
+        chain = (precision, "fp32")
     for unit, e in units:
         if unit == "vector" and matrix and not eff.vector_matmul and not _may_use_vector_for_matmul(device, precision):
             continue  # the ladder already gave the matrix unit its vector rate as a stated lower bound, if any

@@ -108,6 +108,8 @@ class MemoryLevelSpec(_Strict):
     channels: PositiveInt | None = None
     transfer_rate_mt_per_s: PositiveFloat | None = None
     bus_width_bits: PositiveInt = 64
+    measured: bool = Field(False, description="the bandwidth was measured on this machine (perfmodel._local): an "
+                                              "attained rate, which no efficiency fraction discounts again")
     note: str = ""
 
     @model_validator(mode="after")
@@ -133,7 +135,7 @@ class MemoryLevelSpec(_Strict):
         elif self.channels and self.transfer_rate_mt_per_s:
             # DRAM peak = channels x transfers/s x bytes per transfer
             bw = self.channels * self.transfer_rate_mt_per_s * 1e6 * self.bus_width_bits / 8
-        return MemoryLevel(self.name, capacity, bw)
+        return MemoryLevel(self.name, capacity, bw, self.measured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,7 @@ class MemoryLevel:
     name: str
     capacity_bytes: float | None  # None: not sourced
     bandwidth_bytes_per_s: float | None  # None: not sourced; the level is then not used for residency
+    measured: bool = False  # an attained bandwidth measured here, not a datasheet peak
 
 
 class Interconnect(_Strict):

@@ -156,6 +156,19 @@ def checkpoint_formats(wl: "Workload", model: "ModelSpec", engine: str | None) -
     return wl.model_copy(update=update) if update else wl
 
 
+def default_act(engine: str | None, weights: "str | DType", device: Device) -> str:
+    """The compute format an engine uses when the workload does not say: serving stacks quantise activations along
+    with FP8/FP4/INT8 weights (W8A8, W4A4 GEMMs) where the device's matrix units multiply in that format, and otherwise
+    dequantise the weights and multiply at 16 bits (weight-only: MXFP4 gpt-oss on an H100 runs W4A16 kernels, there
+    being no FP4 tensor cores); llama.cpp dequantises GGUF blocks and computes in fp16 on GPUs, fp32 on CPUs."""
+    weights = weights.value if isinstance(weights, DType) else str(weights)
+    if engine in ("trtllm", "vllm", "sglang", "mlperf") and weights in ("fp8", "fp8_b128", "nvfp4", "mxfp4", "int8"):
+        act = "fp8" if weights == "fp8_b128" else weights
+        if device.peak_flops_per_s("matrix", DType.parse(act).compute) is not None:
+            return act
+    return "fp32" if device.kind == "cpu" else "fp16"
+
+
 _ENGINE_EFFICIENCY: dict[tuple, Efficiency] = {}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ._io import atomic_write_text
 from .bands import METRIC_CATEGORY, intervals
 from .catalog import load_device, load_model
-from .engines import checkpoint_formats, device_class, efficiency_for
+from .engines import checkpoint_formats, default_act, device_class, efficiency_for
 from .errors import PerfmodelError
 from .cost import Machine
 from .evaluate import (BOUNDS, Workload, capacity_messages, check, default_gen, evaluate_rows, machine_errors,
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 # The columns are the workload's fields by their outside names (Workload.options), with its defaults.
 _OPTIONS = Workload.options()
 INPUT_COLUMNS = ("model", "hardware", *(name for _, name, _, _ in _OPTIONS), "engine")
-DEFAULTS = {**{name: (np.nan if field == "gen_len" else "" if default is None else default)
-               for field, name, default, _ in _OPTIONS}, "engine": ""}
+DEFAULTS = {**{name: (np.nan if field == "gen_len" else "" if default is None or field == "act" else default)
+               for field, name, default, _ in _OPTIONS}, "engine": ""}  # act left blank: the engine's, else bf16
+_ACT_DEFAULT = next(str(default) for field, _, default, _ in _OPTIONS if field == "act")
 METRICS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "throughput_tokens_per_s",
            "e2e_latency_s", "mfu", "mbu")
 MEMORY = ("weights_bytes", "kv_cache_bytes", "activation_bytes", "total_bytes", "capacity_bytes", "fits")
@@ -97,6 +98,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             errors[i] = f"{c} is empty: every row needs a catalog id, alias or file path"
 
     gen_out = nums["gen"].copy()
+    act_col = np.array(values["act"], dtype=object)[codes["act"]]  # blanks resolved per group below
     models, devices, effs, workloads = {}, {}, {}, {}
     groups = _groups([codes[c] for c in _GROUP], [len(values[c]) for c in _GROUP])
     batches: dict[tuple, _Batch] = {}  # rows of one model and configuration, on any number of machines
@@ -114,6 +116,11 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
             if (cfg["hardware"], cfg["engine"]) not in effs:
                 effs[cfg["hardware"], cfg["engine"]] = efficiency_for(d, cfg["engine"] or None, efficiency)
             eff, band_engine = effs[cfg["hardware"], cfg["engine"]]
+            if cfg["act"] == "":  # as estimate does: the engine's own compute format (llama.cpp on a CPU: fp32)
+                eng = cfg["engine"]
+                cfg["act"] = default_act(eng, cfg["weights"], d) if eng not in ("", "ideal", "default") else (
+                    _ACT_DEFAULT)
+                act_col[idx] = cfg["act"]
             config = tuple(cfg[name] for _, name, _, _ in _OPTIONS if name not in _ROW)
             if config not in workloads:
                 workloads[config] = Workload(**{field: cfg[name] or None if field == "gemm" else cfg[name]
@@ -147,6 +154,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
                 bar.step(len(idx[part]), b.groups if lo + CHUNK_ROWS >= len(idx) else 0)
     if bar:
         bar.done()
+    filled["act"] = act_col
     cols = {c: filled[c] if c in filled else df[c] for c in df.columns}
     cols.update({c: v for c, v in filled.items() if c not in cols})
     text = df["gen"].notna().to_numpy() & np.isnan(nums["gen"]) if "gen" in df.columns else np.zeros(n, dtype=bool)

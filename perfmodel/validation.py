@@ -22,8 +22,8 @@ import numpy as np
 
 from .bands import BAND_CATEGORIES, Band, fit_table, lookup, rate_ratio
 from .catalog import data_roots, load_device, load_model, read_toml
-from .engines import (EngineProfile, checkpoint_formats, device_class, engine_files, engine_ids,  # noqa: F401
-                      load_engine)  # (engine_files, engine_ids re-exported)
+from .engines import (EngineProfile, checkpoint_formats, default_act, device_class, engine_files,  # noqa: F401
+                      engine_ids, load_engine)  # (engine_files, engine_ids re-exported)
 from .efficiency import BACKENDS
 from .errors import PerfmodelError, did_you_mean
 from .dtypes import DType
@@ -234,16 +234,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
 UBATCH = {"llamacpp": 512}
 
 
-def _default_act(engine: str, weights: str, device) -> str:
-    """The compute format when a row does not say: serving stacks quantise activations along with FP8/FP4/INT8
-    weights (W8A8, W4A4 GEMMs) where the device's matrix units multiply in that format, and otherwise dequantise
-    the weights and multiply at 16 bits (weight-only: MXFP4 gpt-oss on an H100 runs W4A16 kernels, there being no
-    FP4 tensor cores); llama.cpp dequantises GGUF blocks and computes in fp16 on GPUs, fp32 on CPUs."""
-    if engine in ("trtllm", "vllm", "sglang", "mlperf") and weights in ("fp8", "fp8_b128", "nvfp4", "mxfp4", "int8"):
-        act = "fp8" if weights == "fp8_b128" else weights
-        if device.peak_flops_per_s("matrix", DType.parse(act).compute) is not None:
-            return act
-    return "fp32" if device.kind == "cpu" else "fp16"
+_default_act = default_act  # perfmodel.engines: the compute format an engine uses when a row does not say
 
 
 def _s(v: Any) -> str:

@@ -135,3 +135,33 @@ def test_small_model_served_from_cache():
     step_bytes = est.ops[est.ops.phase == "decode"].weight_bytes.sum() / 7  # 7 decode steps
     at_cache = step_bytes / 17.2e12
     assert est.tpot_s == pytest.approx(at_cache, rel=0.05)  # charged at 17.2 TB/s, not HBM's 5.3 TB/s
+
+
+def _cpu(memory_measured: bool):
+    from perfmodel.device import Device
+
+    # 4 cores x 2 GHz, AVX-512 with 2 FMA pipes: fp32 4 x 2e9 x 64 = 512 GFLOP/s; a bf16 dot (VDPBF16PS) at 2x
+    return Device(id="c", name="c", kind="cpu", vendor="v",
+                  processor={"units": 4, "base_clock_ghz": 2.0, "simd_width_bits": 512, "fma_units_per_core": 2},
+                  compute={"vector": {"flops_per_cycle_per_unit": {"fp32": 64, "bf16": 128}}},
+                  memory=[{"name": "DRAM", "bandwidth_gb_per_s": 20, "measured": memory_measured}])
+
+
+def test_a_measured_main_memory_is_not_discounted_again():
+    from perfmodel.cost import Machine
+
+    eff = pm.Efficiency(memory=0.5)
+    # a datasheet 20 GB/s at a memory fraction of 0.5: 10 GB/s; the same figure measured here: 20 GB/s as it is
+    assert float(Machine(_cpu(False), eff, Parallel()).bandwidth_for(1e12)) == pytest.approx(10e9)
+    assert float(Machine(_cpu(True), eff, Parallel()).bandwidth_for(1e12)) == pytest.approx(20e9)
+
+
+def test_cpu_fp16_and_int8_work_runs_at_fp32_not_at_the_bf16_dot_rate():
+    from perfmodel.cost import Machine
+    from perfmodel.graph import OpKind
+
+    mach = Machine(_cpu(False), pm.Efficiency(vector=0.5), Parallel())
+    # bf16 has its instruction: 4 x 2e9 x 128 x 0.5 = 512 GFLOP/s; fp16 and int8 have none: fp32's 512 x 0.5 = 256
+    assert mach.peak(OpKind.MATMUL, pm.DType.BF16)[:2] == (pytest.approx(512e9), "vector")
+    assert mach.peak(OpKind.MATMUL, pm.DType.FP16)[0] == pytest.approx(256e9)
+    assert mach.peak(OpKind.MATMUL, pm.DType.INT8)[0] == pytest.approx(256e9)

@@ -69,7 +69,7 @@ def test_malformed_toml(tmp_path):
 def test_local_detection(monkeypatch):
     from perfmodel import _local
 
-    monkeypatch.setattr(_local, "measure_copy_bandwidth", lambda: 12.5e9)
+    monkeypatch.setattr(_local, "measure_read_bandwidth", lambda: 12.5e9)
     _local.detect.cache_clear()
     d = pm.load_device("local")
     _local.detect.cache_clear()

@@ -84,3 +84,24 @@ def test_a_group_evaluated_in_chunks_gives_what_one_pass_gives(monkeypatch):
     chunked = pm.sweep(df)
     assert (whole.error != "").any() and (whole.error == "").any()  # refused and computed rows in the same group
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_an_engines_own_compute_format_applies_where_act_is_left_open():
+    # llama.cpp on a CPU computes in FP32 on dequantised blocks: with --engine llamacpp and no --act, the estimate
+    # (and a sweep row with a blank act) uses fp32; an explicit act is kept
+    est = pm.estimate("llama-3-8b", "ryzen-9-7950x", batch=1, prompt_len=512, gen_len=16, weights="q4_0",
+                      engine="llamacpp")
+    assert est.workload.act == pm.DType.FP32
+    kept = pm.estimate("llama-3-8b", "ryzen-9-7950x", batch=1, prompt_len=512, gen_len=16, weights="q4_0",
+                       engine="llamacpp", act="bf16")
+    assert kept.workload.act == pm.DType.BF16
+    on_gpu = pm.estimate("llama-3-8b", "rtx-4090", weights="q4_0", engine="llamacpp")  # gen left to its default
+    assert on_gpu.workload.act == pm.DType.FP16
+    assert pm.estimate("llama-3-8b", "ryzen-9-7950x", batch=1, prompt_len=512, gen_len=16,
+                       weights="q4_0").workload.act == pm.DType.BF16  # no engine: the workload's default
+    res = pm.sweep(pd.DataFrame({"model": ["llama-3-8b"] * 2, "hardware": ["ryzen-9-7950x"] * 2, "batch": [1, 1],
+                                 "prompt": [512, 512], "gen": [16, 16], "weights": ["q4_0"] * 2,
+                                 "act": ["", "bf16"], "engine": ["llamacpp"] * 2}))
+    assert list(res.act) == ["fp32", "bf16"]
+    assert res.ttft_s[0] == pytest.approx(est.ttft_s, rel=1e-9)
+    assert res.ttft_s[1] == pytest.approx(kept.ttft_s, rel=1e-9)
