@@ -160,6 +160,8 @@ def test_a_gpu_calibration_matches_the_catalog_device_and_estimates_pick_it_up(m
     assert c.efficiency.device_id == "h100-sxm" and c.efficiency.host["gpu_name"] == "NVIDIA H100 80GB HBM3"
     assert {"fp8", "bf16"} <= set(c.measurements.dtype) and "allreduce" in set(c.measurements.cls)
     assert set(c.measurements.name[c.measurements.cls == "gemm"]) >= {"gemm 64x4096x14336", "gemm 256x2048x7168"}
+    fp8 = c.measurements[c.measurements.dtype == "fp8"]
+    assert len(fp8) and (fp8.rows % 16 == 0).all()  # torch._scaled_mm's multiple-of-16 rule: no 1- or 8-row GEMMs
     # the all-reduce: 20 us + 2 (2 - 1) / 2 x bytes / 360 GB/s, fitted back
     assert c.link["bus_bytes_per_s"] == pytest.approx(360e9, rel=0.02)
     assert c.link["latency_s"] == pytest.approx(20e-6, rel=0.05)
