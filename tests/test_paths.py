@@ -1,6 +1,8 @@
 """Paths beyond the plain decoder: encoder-decoder, pipeline parallelism, profiles, user catalogs, Gemma 3 mapping."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import perfmodel as pm
 from perfmodel.graph import OpKind, Parallel, Pass, Precision, lower
@@ -117,3 +119,20 @@ def test_local_cpu_estimate(monkeypatch):
         assert 0 < est.tpot_s < 0.05
     finally:
         _local.detect.cache_clear()
+
+
+@given(st.sampled_from(["llama-3-70b", "llama-3-8b", "qwen2.5-32b", "mixtral-8x7b", "llama-2-13b"]),
+       st.sampled_from([1, 2, 4, 8, 16, 32, 64]), st.sampled_from([128, 1024, 4096]))
+@settings(max_examples=25, deadline=None)
+def test_decode_step_shrinks_with_tensor_parallelism_on_nvswitch(model, batch, context):
+    # H100 SXM (NVLink 4 through NVSwitch, 450 GB/s per direction): TPOT strictly decreases from TP 2 to 4 to 8
+    # wherever the model fits, as every published TensorRT-LLM and vLLM table shows for models of 8B and up (each
+    # step reads 1/TP of the weights; two small all-reduces per layer cost far less than the reads they save)
+    tpot = []
+    for tp in (2, 4, 8):
+        try:
+            tpot.append(pm.estimate(model, "h100-sxm", batch=batch, prompt_len=context, gen_len=64, tp=tp).tpot_s)
+        except pm.CapacityError:
+            tpot.append(None)
+    fits = [t for t in tpot if t is not None]
+    assert all(a > b for a, b in zip(fits, fits[1:])), (model, batch, context, tpot)
