@@ -166,6 +166,7 @@ class Estimate:
                 moved = r["weight_bytes"] + r["act_in_bytes"] + r["act_out_bytes"] + r["kv_read_bytes"] + r["kv_write_bytes"]
                 r["bytes"] = moved
                 r["intensity_flops_per_byte"] = r["flops"] / moved if moved else math.inf
+                r["algorithm"], r["link"] = self._collective(op, phase, ph, r["comm_bytes"]) if op.comm else ("", "")
                 comp = float(v["compute_bound_s"][i])
                 body = r["time_s"] - r["overhead_s"] - r["comm_s"]
                 if op.kind.value == "comm":
@@ -176,6 +177,35 @@ class Estimate:
                     r["bound"] = "compute" if comp >= body - comp else "memory"
                 rows.append(r)
         return pd.DataFrame(rows)
+
+    def _collective(self, op: Any, phase: str, ph: Any, comm_bytes: float) -> tuple[str, str]:
+        """(algorithm and protocol, link) of one collective as the cost model costs it: NCCL's ring with the
+        protocol its tuner would pick at this message size (LL for small messages, Simple for large), or one send."""
+        from .graph import Comm
+
+        mach = self.ev.machines[int(self.ev.mi[0])]
+        calls = op.count * (float(np.asarray(ph.steps)[0]) if phase == "decode" else 1.0)
+        msg = comm_bytes / calls if calls else 0.0
+        ranks = mach.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
+        (pb, fixed), (pb_ll, fixed_ll) = mach.comm_terms(op.comm, ranks)
+        proto = "LL" if pb_ll * msg + fixed_ll < pb * msg + fixed else "Simple"
+        shape = {Comm.ALL_REDUCE: "ring all-reduce", Comm.ALL_GATHER: "ring all-gather"}.get(op.comm, "send")
+        link, fig = self.device.interconnect, self.device.figure("interconnect.bandwidth")
+        name = link.name if link is not None else "host link (estimated)"
+        bw = f", {fig.value / 1e9:,.0f} GB/s per direction" if fig is not None else ""
+        size = f"{msg / 1e6:,.2f} MB" if msg >= 1e6 else f"{msg / 1e3:,.1f} kB"
+        return f"{shape} over {ranks}, {proto} ({size} a call)", f"{name}{bw}"
+
+    def communication(self) -> "pd.DataFrame":
+        """One row per collective and phase: what it is (algorithm, protocol, ranks, bytes a call), over which link,
+        its bytes and time in the phase, and its share of the phase's time. Empty without parallelism."""
+        ops = self.ops
+        comm = ops[ops.algorithm != ""].copy()
+        totals = ops.groupby("phase").time_s.sum()
+        phase_time = np.array([float(totals.get(p, np.nan)) for p in comm.phase], dtype=float)
+        comm["share_of_phase"] = comm.time_s.to_numpy(dtype=float) / np.where(phase_time > 0, phase_time, np.nan)
+        return comm[["phase", "name", "algorithm", "link", "count", "comm_bytes", "comm_s", "time_s",
+                     "share_of_phase"]].reset_index(drop=True)
 
     @cached_property
     def _used(self) -> dict[str, dict[str, Any]]:
@@ -245,6 +275,9 @@ class Estimate:
                          "efficiency": self.ev.mach.eff.model_dump(), "engine": self.engine}
         out["intervals"] = self.intervals
         out["provenance"] = self.provenance
+        comm = self.communication()  # one entry per collective and phase (empty without parallelism)
+        out["communication"] = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+                                for r in comm.to_dict(orient="records")]
         out["warnings"] = self.warnings
         return out
 

@@ -178,9 +178,14 @@ def _estimate(a: argparse.Namespace) -> int:
             import pandas as pd
 
             cols = ["phase", "name", "count", "flops", "bytes", "intensity_flops_per_byte", "time_s", "bound"]
-            with pd.option_context("display.width", 200, "display.max_rows", 500):
+            with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_colwidth", 80):
                 print()
                 print(est.ops[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+                comm = est.communication()
+                if not comm.empty:  # each collective: algorithm and protocol, link, bytes, time
+                    print()
+                    print(comm[["phase", "name", "algorithm", "link", "comm_bytes", "time_s"]].to_string(
+                        index=False, float_format=lambda x: f"{x:.3g}"))
     return 0
 
 

@@ -102,6 +102,17 @@ def _ops_table(est: "Estimate") -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _comm_table(est: "Estimate") -> tuple[list[str], list[list[str]]] | None:
+    """Communication per collective and phase (None without parallelism)."""
+    c = est.communication()
+    if c.empty:
+        return None
+    head = ["phase", "collective", "algorithm", "link", "calls/step", "bytes", "time", "share of phase"]
+    body = [[r.phase, r.name, r.algorithm, r.link, f"{r.count:g}", f"{r.comm_bytes / 1e6:,.2f} MB",
+             f"{r.time_s * 1e3:,.3f} ms", f"{r.share_of_phase * 100:.1f} %"] for r in c.itertuples()]
+    return head, body
+
+
 def _sources(est: "Estimate") -> list[tuple[str, str, str, str]]:
     out = [("hardware", s.title, s.url, "; ".join(x for x in (s.covers, s.note) if x)) for s in est.device.sources]
     out += [("model", s.title, s.url, "; ".join(x for x in (s.covers, s.note) if x)) for s in est.model.sources]
@@ -158,7 +169,10 @@ def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str]) ->
              table(["metric", "value"], [list(x) for x in r["metrics"]]), "", table(*_phase_table(est)), ""]
     for key, t, _ in figs:
         parts += [f"## {t}", ""] + ([f"![{t}]({names[key]})", ""] if key in names else [])
-    parts += ["## Heaviest ops", "", table(*_ops_table(est)), "", "## Efficiency profile", "",
+    comm = _comm_table(est)
+    parts += ["## Heaviest ops", "", table(*_ops_table(est)), ""]
+    parts += ["## Communication", "", table(*comm), ""] if comm else []
+    parts += ["## Efficiency profile", "",
               table(["setting", "value"], [list(x) for x in r["profile"]]), "", "## Device figures used", "",
               table(FIGURES_HEAD, r["figures"]), ""] + [f"- warning: {w}" for w in r["warnings"]] + [
               "", "## Assumptions", ""]
@@ -196,7 +210,9 @@ def _html(est: "Estimate", title: str, figs: list) -> str:
         if data:
             b64 = base64.b64encode(data).decode()
             out.append(f"<img alt=\"{e(t)}\" src=\"data:image/png;base64,{b64}\">")
+    comm = _comm_table(est)
     out += ["<h2>Heaviest ops</h2>", table(*_ops_table(est)),
+            *(["<h2>Communication</h2>", table(*comm)] if comm else []),
             "<h2>Efficiency profile</h2>", table(["setting", "value"], r["profile"]),
             "<h2>Device figures used</h2>", table(FIGURES_HEAD, r["figures"]),
             *(f"<p>warning: {e(w)}</p>" for w in r["warnings"]),

@@ -136,3 +136,29 @@ def test_decode_step_shrinks_with_tensor_parallelism_on_nvswitch(model, batch, c
             tpot.append(None)
     fits = [t for t in tpot if t is not None]
     assert all(a > b for a, b in zip(fits, fits[1:])), (model, batch, context, tpot)
+
+
+def test_each_collective_says_its_algorithm_protocol_link_and_message(tmp_path):
+    est = pm.estimate("llama-3-70b", "h100-sxm", batch=1, prompt_len=1024, gen_len=128, tp=8)
+    c = est.communication().set_index(["phase", "name"])
+    # one decode token's all-reduce: 1 x 8,192 x 2 bytes = 16.4 kB, latency-bound: NCCL's LL protocol; the prompt's
+    # 1,024 x 8,192 x 2 = 16.8 MB: bandwidth-bound, Simple
+    assert c.loc[("decode", "layers.attn.all_reduce"), "algorithm"] == "ring all-reduce over 8, LL (16.4 kB a call)"
+    assert c.loc[("prefill", "layers.mlp.all_reduce"), "algorithm"] == (
+        "ring all-reduce over 8, Simple (16.78 MB a call)")
+    assert set(c.link) == {"NVLink 4, 450 GB/s per direction"}
+    # the collectives' times are the ops table's communication, and their shares are of each phase's time
+    ops = est.ops
+    assert c.comm_s.sum() == pytest.approx(ops.comm_s.sum())
+    dec = c.xs("decode")
+    assert dec.share_of_phase.sum() == pytest.approx(dec.time_s.sum() / ops[ops.phase == "decode"].time_s.sum())
+    one = pm.estimate("llama-3-8b", "h100-sxm", batch=1, prompt_len=1024, gen_len=128)
+    assert one.communication().empty and (one.ops.algorithm == "").all()
+    js = est.to_dict()["communication"]  # --json: the same rows
+    assert len(js) == len(c) and {"algorithm", "link", "comm_bytes", "time_s", "share_of_phase"} <= set(js[0])
+    assert one.to_dict()["communication"] == []
+    from perfmodel.report import write_report
+
+    text = write_report(est, tmp_path / "r.md").read_text()
+    assert "## Communication" in text and "ring all-reduce over 8, LL (16.4 kB a call)" in text
+    assert "## Communication" not in write_report(one, tmp_path / "one.md").read_text()
