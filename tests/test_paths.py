@@ -162,3 +162,15 @@ def test_each_collective_says_its_algorithm_protocol_link_and_message(tmp_path):
     text = write_report(est, tmp_path / "r.md").read_text()
     assert "## Communication" in text and "ring all-reduce over 8, LL (16.4 kB a call)" in text
     assert "## Communication" not in write_report(one, tmp_path / "one.md").read_text()
+
+
+def test_a_large_all_reduce_takes_the_simple_protocol(llama2):
+    est = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=512, gen_len=2, tp=2)
+    ar = est.ops[(est.ops.phase == "prefill") & (est.ops.name == "layers.mlp.all_reduce")].iloc[0]
+    # the prompt's all-reduce: 512 x 4096 x 2 bytes = 4 MiB on 2 ranks. Simple: 8.4 us + 2 hops x 3.4 us + 2(N-1)/N x
+    # 4,194,304 B / (450 GB/s x 0.8) = 15.2 + 11.651 = 26.851 us; LL: 3.6 + 2 x 0.47 + 4,194,304 / 90 GB/s = 4.54 +
+    # 46.60 = 51.14 us, so NCCL's tuner takes Simple; x 32 layers
+    simple = 8.4e-6 + 2 * 3.4e-6 + 4_194_304 / 360e9
+    assert simple == pytest.approx(26.851e-6, rel=1e-4)
+    assert ar.time_s == pytest.approx(32 * simple)
+    assert ar.algorithm == "ring all-reduce over 2, Simple (4.19 MB a call)"
