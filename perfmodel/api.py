@@ -13,8 +13,7 @@ import numpy as np
 from .catalog import load_device, load_model
 from .device import Device
 from .efficiency import Efficiency
-from .dtypes import DType
-from .engines import checkpoint_formats, default_act, device_class, efficiency_for
+from .engines import checkpoint_formats, device_class, efficiency_for, open_act
 from .errors import CapacityError, PerfmodelError
 from .evaluate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
 from .bands import TIME_METRICS, intervals
@@ -41,9 +40,8 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     if wl.gen_len is None:
         wl = Workload(**{**wl.model_dump(), "gen_len": default_gen(m)})
     eff, band_engine = efficiency_for(d, engine, efficiency)
-    if engine and engine not in ("ideal", "default") and act_open:
-        # the engine's own compute format where the workload leaves it open (llama.cpp on a CPU: FP32)
-        wl = wl.model_copy(update={"act": DType.parse(default_act(engine, wl.weights, d))})
+    if act_open:  # the engine's own compute format (llama.cpp on a CPU: FP32), with none the workload's default
+        wl = wl.model_copy(update={"act": open_act(engine, wl.weights, d)})
     wl = checkpoint_formats(wl, m, engine)
     one = np.ones(1)
     err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
@@ -186,7 +184,7 @@ class Estimate:
         mach = self.ev.machines[int(self.ev.mi[0])]
         calls = op.count * (float(np.asarray(ph.steps)[0]) if phase == "decode" else 1.0)
         msg = comm_bytes / calls if calls else 0.0
-        ranks = mach.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
+        ranks = mach.comm_ranks(op.comm)
         (pb, fixed), (pb_ll, fixed_ll) = mach.comm_terms(op.comm, ranks)
         proto = "LL" if pb_ll * msg + fixed_ll < pb * msg + fixed else "Simple"
         shape = {Comm.ALL_REDUCE: "ring all-reduce", Comm.ALL_GATHER: "ring all-gather"}.get(op.comm, "send")

@@ -280,6 +280,7 @@ def match_gpu(name: str, memory_bytes: float | None = None) -> str | None:
 
     seen = _gpu_tokens(name)
     seen_forms = {f for t in seen for f in _GPU_FORMS if t.startswith(f)}
+    seen_sizes = {t for t in seen if re.fullmatch(r"\d+gb", t)}
     best: list[tuple[float, str]] = []
     for d in _catalog_devices():
         if d.kind != "gpu":
@@ -297,7 +298,6 @@ def match_gpu(name: str, memory_bytes: float | None = None) -> str | None:
         if seen_forms and not seen_forms <= forms:
             continue
         score = float(len(core)) + 0.1 * len((toks - core) & seen)
-        seen_sizes = {t for t in seen if re.fullmatch(r"\d+gb", t)}
         if seen_sizes and sizes:
             score += 1.0 if seen_sizes & sizes else -1.0
         if not seen_forms:  # datacenter parts name their PCIe form and not their SXM one

@@ -92,9 +92,9 @@ class Machine:
             out = []
             measured = self.eff.level_bandwidth_bytes_per_s
             for lv in self.device.levels:
-                # a cache bandwidth the file does not give may be derived or estimated (provenance rule 8)
-                fig = self.device.figure(f"memory.{lv.name}.bandwidth") if lv.bandwidth_bytes_per_s is None else None
-                spec = lv.bandwidth_bytes_per_s if fig is None else fig.value
+                # the ladder's figure: the file's, or a cache's derived or estimated one (provenance rule 8)
+                fig = self.device.figure(f"memory.{lv.name}.bandwidth")
+                spec = fig.value if fig is not None else None
                 if datasheet:
                     bw = spec if spec is not None else measured.get(lv.name)
                 elif lv.measured:  # attained here already (the local device's main memory): no fraction again
@@ -203,6 +203,10 @@ class Machine:
         if self.eff.op_overhead_s is not None:
             return self.eff.op_overhead_s
         return (self.device.op_overhead_us or 0.0) * 1e-6
+
+    def comm_ranks(self, comm: Comm) -> int:
+        """Ranks a collective spans: the tensor-parallel group for an all-reduce or all-gather, two for a send."""
+        return self.par.tp if comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
 
     def comm_terms(self, comm: Comm, n: int) -> tuple[tuple[float, float], tuple[float, float]]:
         """((s per byte, s per call) with NCCL's Simple protocol, the same with its LL protocol) of a collective over
@@ -403,8 +407,7 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
     for i, op in enumerate(tab.shells):
         a["count"][i] = op.count
         if op.kind == OpKind.COMM:
-            n_ranks = mach.par.tp if op.comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
-            (per_byte, fixed), (per_byte_ll, fixed_ll) = mach.comm_terms(op.comm, n_ranks)
+            (per_byte, fixed), (per_byte_ll, fixed_ll) = mach.comm_terms(op.comm, mach.comm_ranks(op.comm))
             a["comm"][i], a["comm_per_byte"][i], a["comm_fixed"][i] = True, per_byte, fixed
             a["comm_per_byte_ll"][i], a["comm_fixed_ll"][i] = per_byte_ll, fixed_ll
             a["peak"][i] = a["alt_peak"][i] = np.inf

@@ -169,6 +169,16 @@ def default_act(engine: str | None, weights: "str | DType", device: Device) -> s
     return "fp32" if device.kind == "cpu" else "fp16"
 
 
+def open_act(engine: str | None, weights: "str | DType", device: Device) -> DType:
+    """The compute format where a workload leaves it open: a software stack's own (default_act), and with no stack
+    (nor `ideal` or `default`, which are none) the workload's default."""
+    if engine and engine not in ("ideal", "default"):
+        return DType.parse(default_act(engine, weights, device))
+    from .workload import Workload
+
+    return Workload.model_fields["act"].default
+
+
 _ENGINE_EFFICIENCY: dict[tuple, Efficiency] = {}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ._io import atomic_write_text
 from .bands import METRIC_CATEGORY, intervals
 from .catalog import load_device, load_model
-from .engines import checkpoint_formats, default_act, device_class, efficiency_for
+from .engines import checkpoint_formats, device_class, efficiency_for, open_act
 from .errors import PerfmodelError
 from .cost import Machine
 from .evaluate import (BOUNDS, Workload, capacity_messages, check, default_gen, evaluate_rows, machine_errors,
@@ -29,7 +29,6 @@ _OPTIONS = Workload.options()
 INPUT_COLUMNS = ("model", "hardware", *(name for _, name, _, _ in _OPTIONS), "engine")
 DEFAULTS = {**{name: (np.nan if field == "gen_len" else "" if default is None or field == "act" else default)
                for field, name, default, _ in _OPTIONS}, "engine": ""}  # act left blank: the engine's, else bf16
-_ACT_DEFAULT = next(str(default) for field, _, default, _ in _OPTIONS if field == "act")
 METRICS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "prefill_tokens_per_s", "throughput_tokens_per_s",
            "e2e_latency_s", "mfu", "mbu")
 MEMORY = ("weights_bytes", "kv_cache_bytes", "activation_bytes", "total_bytes", "capacity_bytes", "fits")
@@ -117,10 +116,7 @@ def sweep(scenarios: "pd.DataFrame", *, ignore_capacity: bool = False, efficienc
                 effs[cfg["hardware"], cfg["engine"]] = efficiency_for(d, cfg["engine"] or None, efficiency)
             eff, band_engine = effs[cfg["hardware"], cfg["engine"]]
             if cfg["act"] == "":  # as estimate does: the engine's own compute format (llama.cpp on a CPU: fp32)
-                eng = cfg["engine"]
-                cfg["act"] = default_act(eng, cfg["weights"], d) if eng not in ("", "ideal", "default") else (
-                    _ACT_DEFAULT)
-                act_col[idx] = cfg["act"]
+                cfg["act"] = act_col[idx] = open_act(cfg["engine"], cfg["weights"], d).value
             config = tuple(cfg[name] for _, name, _, _ in _OPTIONS if name not in _ROW)
             if config not in workloads:
                 workloads[config] = Workload(**{field: cfg[name] or None if field == "gemm" else cfg[name]

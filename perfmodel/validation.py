@@ -205,7 +205,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
                 cache[name] = load_engine(name)
             weights = _s(r.get("weights")) or "bf16"
             cfg = (name, hw, mdl, weights, _s(r.get("kv")) or Workload.model_fields["kv"].default.value,
-                   _s(r.get("act")) or _default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
+                   _s(r.get("act")) or default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
                    _s(r.get("dequant")) or "fused", _s(r.get("attention")) or "flash", int(_n(r.get("tp"), 1)),
                    int(_n(r.get("pp"), 1)), _s(r.get("backend")) or None, r.get("matrix_units") is not False,
                    _s(r.get("logits")) or "last", int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None,
@@ -232,9 +232,6 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
 # (llama-bench's `-ub` default since n_ubatch was split from n_batch, ggml-org/llama.cpp#6017, March 2024; before it
 # n_batch = 512 played that part)
 UBATCH = {"llamacpp": 512}
-
-
-_default_act = default_act  # perfmodel.engines: the compute format an engine uses when a row does not say
 
 
 def _s(v: Any) -> str:

@@ -363,7 +363,7 @@ def test_serving_stacks_multiply_in_the_weight_format_only_where_the_matrix_unit
     # W4A4 / W8A8 where the tensor cores take the format, else the weights are dequantised and multiplied at 16 bits:
     # MXFP4 gpt-oss on an H100 (no FP4 rate) runs W4A16, on a B200 (FP4 9,000 TFLOP/s dense) W4A4; FP8 on an A100
     # (no FP8 rate) is weight-only; block-scaled FP8 computes in FP8 on an H100; llama.cpp keeps fp16 on GPUs
-    from perfmodel.validation import _default_act
+    from perfmodel.engines import default_act as _default_act
 
     h100, b200, a100 = (pm.load_device(d) for d in ("h100-sxm", "b200", "a100-80gb-sxm"))
     assert _default_act("vllm", "mxfp4", h100) == "fp16"

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..efficiency import Efficiency
-from ..errors import PerfmodelError
 import numpy as np
 
+from ..efficiency import Efficiency
+from ..errors import PerfmodelError, unknown_name
 from .fit import RATE_SLACK, Calibrator, footprint, level_of
 from .profile import auto_profile, default_profile_path, host_fingerprint, read_profile, write_profile
 from .suite import (FULL, GPU_FULL, GPU_QUICK, NOISY_SPREAD, QUICK, NumpyBackend, Progress, TorchBackend, _copies,
@@ -42,8 +42,6 @@ def make_backend(name: str, device: str = "cpu"):
         except ImportError:
             raise PerfmodelError("backend 'torch' needs PyTorch: pip install 'perfmodel[calibration]' "
                                  "(or torch==2.13.0 for the CPU build)") from None
-    from ..errors import unknown_name
-
     raise unknown_name("--backend", name, ["numpy", "torch"])
 
 
@@ -229,8 +227,10 @@ def calibrate(backend: str | None = None, mode: str = "quick", threads: int | No
     (PerfmodelError, no profile written, the raw measurements kept beside it as .rejected.csv) when a fitted value
     breaks a bound; warns when the run was noisy but the fit holds."""
     device = parse_device(device)
-    b = make_backend(backend or ("torch" if device != "cpu" else "numpy"), device) \
-        if backend is None or isinstance(backend, str) else backend
+    if backend is None or isinstance(backend, str):  # a GPU takes Torch, the CPU NumPy, unless named
+        b = make_backend(backend or ("numpy" if device == "cpu" else "torch"), device)
+    else:
+        b = backend
     dev, dev_id = target_device(b, hardware)
     levels = [(lv.name, lv.capacity_bytes or float("inf")) for lv in dev.levels]
     llc = max((c for n, c in levels[:-1]), default=32 * 2**20)
@@ -316,7 +316,7 @@ def summary_lines(c: Calibration) -> list[str]:
         else:
             comp = "compute never bound"
         if memory or cls.startswith("stream."):
-            level = level_of(footprint(rows)[[int(np.argmax(footprint(rows)))]], cal.levels)[0]
+            level = level_of(np.array([footprint(rows).max()]), cal.levels)[0]  # the level of its largest calls
             mem = (f"{cal.mem_eff_[key] * cal.bandwidth_[level] / 1e9:,.1f} GB/s "
                    f"({cal.mem_eff_[key]:.0%} of {level})")
         else:

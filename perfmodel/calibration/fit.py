@@ -136,20 +136,21 @@ class Calibrator:
         self.binds_: dict[str, tuple[bool, bool]] = {}  # (compute binds some kernel, memory binds some kernel)
         self.fastest_s_: dict[str, float] = {}
         # per class, the fastest streaming its calls showed, as a fraction of their level's measured bandwidth: bytes
-        # over the time beyond the fixed part, on levels the add stream measured, from calls at least twice as long
-        # as that fixed part (shorter ones say little about streaming)
+        # over the time beyond the fixed part, on levels that were measured (not inherited), from calls at least
+        # twice as long as that fixed part (shorter ones say little about streaming)
         self.stream_ratio_: dict[str, float] = {}
         kernels = df[~df.cls.isin(("stream.add", "stream.reread", "allreduce"))]
         for (cls, dt), rows in kernels.groupby(["cls", "dtype"]):
             key = f"{cls}.{dt}"
             t0, rate, eff, half = self._fit_class(rows, saturate_rows=cls == "gemm")
             self.rate_[key], self.mem_eff_[key], self.overhead_[key] = rate, eff, t0
-            self.binds_[key] = self._sides(rows, t0, rate, eff, half)
+            fp = footprint(rows)
+            bw = self._bw(fp)
+            self.binds_[key] = self._sides(rows, bw, rate, eff, half)
             t = rows.time_s.to_numpy()
             self.fastest_s_[key] = float(t.min())
-            fp = footprint(rows)
             ok = (t - t0 >= 0.5 * t) & np.isin(level_of(fp, self.levels), list(self.measured_levels_))
-            ratio = rows.bytes.to_numpy() / (np.maximum(t - t0, 1e-30) * self._bw(fp))
+            ratio = rows.bytes.to_numpy() / (np.maximum(t - t0, 1e-30) * bw)
             self.stream_ratio_[key] = float(ratio[ok].max()) if ok.any() else 0.0
             if half:
                 self.rows_half_[key] = half
@@ -158,11 +159,13 @@ class Calibrator:
                     self.rate_by_rows_[key] = table
         return self
 
-    def _sides(self, rows: "pd.DataFrame", t0: float, rate: float, eff: float, half: float) -> tuple[bool, bool]:
+    @staticmethod
+    def _sides(rows: "pd.DataFrame", bw: np.ndarray, rate: float, eff: float, half: float) -> tuple[bool, bool]:
+        """(compute binds some call, memory binds some call) under the fitted parameters (`bw`: each call's level)."""
         f, b = rows.flops.to_numpy(), rows.bytes.to_numpy()
         m = rows["rows"].to_numpy() if "rows" in rows else np.zeros(len(rows))
         r = rate * m / (m + half) if half else np.full(len(rows), rate)
-        comp, mem = f / r, b / (eff * self._bw(footprint(rows)))
+        comp, mem = f / r, b / (eff * bw)
         return bool(np.any((comp >= mem) & (f > 0))), bool(np.any(mem > comp))
 
     def violations(self) -> list[str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import PerfmodelError
 from ..graph import ACT_FLOPS, NORM_FLOPS, SOFTMAX_FLOPS
 
 Runner = Callable[[], object]
@@ -239,15 +240,11 @@ class TorchBackend(Backend):
             self.dtypes = ("fp32", "bf16")
             return
         if not torch.cuda.is_available():
-            from ..errors import PerfmodelError
-
             raise PerfmodelError(f"--device {device}: this PyTorch ({torch.__version__}, CUDA "
                                  f"{torch.version.cuda or 'none: a CPU build'}) sees no CUDA GPU; install a CUDA build "
                                  f"of PyTorch and check the driver (nvidia-smi), or calibrate the CPU (--device cpu)")
         index = int(device.split(":")[1]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            from ..errors import PerfmodelError
-
             raise PerfmodelError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
                                  f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); check CUDA_VISIBLE_DEVICES")
         self.device = f"cuda:{index}"
