@@ -40,8 +40,9 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     if wl.gen_len is None:
         wl = Workload(**{**wl.model_dump(), "gen_len": default_gen(m)})
     eff, band_engine = efficiency_for(d, engine, efficiency)
-    if act_open:  # the engine's own compute format (llama.cpp on a CPU: FP32), with none the workload's default
-        wl = wl.model_copy(update={"act": open_act(engine, wl.weights, d)})
+    act = open_act(engine, wl.weights, d) if act_open else wl.act  # the engine's own (llama.cpp on a CPU: FP32)
+    if act != wl.act:
+        wl = wl.model_copy(update={"act": act})
     wl = checkpoint_formats(wl, m, engine)
     one = np.ones(1)
     err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
