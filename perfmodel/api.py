@@ -15,7 +15,8 @@ from .device import Device
 from .efficiency import Efficiency
 from .engines import checkpoint_formats, device_class, efficiency_for, open_act
 from .errors import CapacityError, PerfmodelError
-from .evaluate import Evaluation, Workload, capacity_message, default_gen, evaluate, row_errors, row_warnings
+from .evaluate import (Evaluation, Workload, capacity_message, default_gen, evaluate, layout_error, row_errors,
+                       row_warnings)
 from .bands import TIME_METRICS, intervals
 from .model import ModelSpec
 from .provenance import used_figures
@@ -45,7 +46,7 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
         wl = wl.model_copy(update={"act": act})
     wl = checkpoint_formats(wl, m, engine)
     one = np.ones(1)
-    err = row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
+    err = layout_error(d, wl) or row_errors(m, one * wl.prompt_len, one * wl.gen_len)[0]
     if err:
         raise PerfmodelError(err)
     warn = row_warnings(m, one * wl.prompt_len, one * wl.gen_len)[0]
@@ -178,22 +179,27 @@ class Estimate:
         return pd.DataFrame(rows)
 
     def _collective(self, op: Any, phase: str, ph: Any, comm_bytes: float) -> tuple[str, str]:
-        """(algorithm and protocol, link) of one collective as the cost model costs it: NCCL's ring with the
-        protocol its tuner would pick at this message size (LL for small messages, Simple for large), or one send."""
+        """(algorithm and protocol, link) of one collective as the cost model costs it: the cheapest of the
+        library's algorithms at this message size (perfmodel.collectives.choose), over its ranks and link."""
+        from .collectives import choose
         from .graph import Comm
 
         mach = self.ev.machines[int(self.ev.mi[0])]
         calls = op.count * (float(np.asarray(ph.steps)[0]) if phase == "decode" else 1.0)
         msg = comm_bytes / calls if calls else 0.0
         ranks = mach.comm_ranks(op.comm)
-        (pb, fixed), (pb_ll, fixed_ll) = mach.comm_terms(op.comm, ranks)
-        proto = "LL" if pb_ll * msg + fixed_ll < pb * msg + fixed else "Simple"
-        shape = {Comm.ALL_REDUCE: "ring all-reduce", Comm.ALL_GATHER: "ring all-gather"}.get(op.comm, "send")
-        link, fig = self.device.interconnect, self.device.figure("interconnect.bandwidth")
-        name = link.name if link is not None else "host link (estimated)"
-        bw = f", {fig.value / 1e9:,.0f} GB/s per direction" if fig is not None else ""
+        best, _ = choose(mach.comm_candidates(op.comm), msg)
+        shape = {Comm.ALL_REDUCE: "all-reduce", Comm.ALL_GATHER: "all-gather", Comm.REDUCE_SCATTER: "reduce-scatter",
+                 Comm.ALL_TO_ALL: "all-to-all"}.get(op.comm, "send")
+        fab = mach.fabric
         size = f"{msg / 1e6:,.2f} MB" if msg >= 1e6 else f"{msg / 1e3:,.1f} kB"
-        return f"{shape} over {ranks}, {proto} ({size} a call)", f"{name}{bw}"
+        how = best.label if best is not None else "-"
+        over = f" over {ranks}" if op.comm != Comm.P2P else ""
+        if best is not None and best.link == "net":
+            link = f"{fab.net_name or 'network'}, {fab.net_bytes_per_s / 1e9:,.0f} GB/s a node per direction"
+        else:
+            link = f"{fab.name}, {fab.intra_bytes_per_s / 1e9:,.0f} GB/s per direction"
+        return f"{shape}{over}, {how} ({size} a call)", link
 
     def communication(self) -> "pd.DataFrame":
         """One row per collective and phase: what it is (algorithm, protocol, ranks, bytes a call), over which link,
@@ -268,9 +274,10 @@ class Estimate:
         out["config"] = {"weights": wl.weights.value, "dense_weights": prec.dense_format.value,
                          "head_weights": prec.head_format.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
-                         "pp": wl.pp, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
+                         "pp": wl.pp, "ep": wl.ep, "dp_attention": wl.dp_attention,
+                         "expert_imbalance": wl.expert_imbalance, "nodes": wl.nodes, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
                          "matrix_units": wl.matrix_units, "graphs": wl.graphs, "logits": wl.logits,
-                         "ubatch": wl.ubatch, "devices": wl.tp * wl.pp,
+                         "ubatch": wl.ubatch, "devices": wl.parallel.devices,
                          "efficiency": self.ev.mach.eff.model_dump(), "engine": self.engine}
         out["intervals"] = self.intervals
         out["provenance"] = self.provenance
@@ -304,9 +311,12 @@ class Estimate:
         fits = {True: "fits", False: "DOES NOT FIT", None: "capacity unknown"}[mem["fits"]]
         c = d["config"]
         lines = [
-            f"{self.model.name or self.model.id} on {self.device.name}",
+            f"{self.model.name or self.model.id} on {self.device.name}"
+            + (f" in {self.device.system.name}" if self.device.system is not None else ""),
             f"  batch {d['batch']}, prompt {d['prompt_len']}, generate {d['gen_len']}; weights {c['weights']}, "
-            f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}, {c['attention']} attention"
+            f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}"
+            + (f", ep {c['ep']}" if c["ep"] > 1 else "") + (", attention data-parallel" if c["dp_attention"] else "")
+            + (f" on {c['devices']} devices" if c["devices"] > 1 else "") + f", {c['attention']} attention"
             + (f", {c['backend']} backend" if c.get("backend") else ""),
             "",
             f"  {'TTFT':<26}{ms(d['ttft_s']):>16}   ({pre['bound']}-bound){band('ttft_s')}",

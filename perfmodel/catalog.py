@@ -40,7 +40,11 @@ def _files(sub: str) -> list[Path]:
 
 
 def device_files() -> list[Path]:
-    return _files("hardware_specs")
+    return [f for f in _files("hardware_specs") if f.parent.name != "systems"]
+
+
+def system_files() -> list[Path]:
+    return _files("hardware_specs/systems")
 
 
 def model_files() -> list[Path]:
@@ -371,7 +375,8 @@ def find_entry(kind: str, name: str) -> tuple[Path, str | None]:
     key = name.strip().lower()
     sub = "hardware_specs" if kind == "hardware" else "workloads/models"
     for root in data_roots():  # fast path: the id is the file name
-        hits = [h for h in (root / sub).rglob(f"{key}.toml") if "families" not in h.parts] if (
+        hits = [h for h in (root / sub).rglob(f"{key}.toml") if "families" not in h.parts
+                and "systems" not in h.parts] if (
             root / sub).is_dir() else []
         if hits:
             return hits[0], None
@@ -379,9 +384,42 @@ def find_entry(kind: str, name: str) -> tuple[Path, str | None]:
     if key in index:
         return index[key]
     flag = "--hardware" if kind == "hardware" else "--model"
+    names = {**index, **_system_index()} if kind == "hardware" else index
     raise unknown_name(
-        flag, name, index, what=f"See `perfmodel list {kind if kind == 'hardware' else 'models'}`, or pass a file path."
+        flag, name, names, what=f"See `perfmodel list {kind if kind == 'hardware' else 'models'}`, or pass a file path."
     )
+
+
+def _system_index() -> dict[str, Path]:
+    """Map system ids and aliases (lowercase) to their files (for the data roots in force)."""
+    return _system_index_of(tuple(str(r) for r in data_roots()))
+
+
+@lru_cache(maxsize=4)
+def _system_index_of(roots: tuple[str, ...]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in system_files():
+        data = read_toml(f)
+        for name in [data.get("id", f.stem), *data.get("aliases", ())]:
+            out.setdefault(str(name).lower(), f)
+    return out
+
+
+def load_system(name: str | Path) -> Any:
+    """A system (perfmodel.system.System) by catalog id or alias, or from a file."""
+    from .system import System
+
+    path = Path(name)
+    if path.suffix != ".toml":
+        key = str(name).strip().lower()
+        if key not in _system_index():
+            raise unknown_name("--hardware", str(name), _system_index(), what="See `perfmodel list hardware`.")
+        path = _system_index()[key]
+    return _kept(path, "system", lambda: _from_toml(path, System))
+
+
+def is_system(name: str) -> bool:
+    return isinstance(name, str) and name.strip().lower() in _system_index()
 
 
 # Loaders -----------------------------------------------------------------------------------------------------
@@ -410,6 +448,10 @@ def load_device(name: str | Path | Device) -> Device:
 
         return detect()
     path = Path(name)
+    if path.suffix != ".toml" and is_system(str(name)):  # a system: its device, carrying the system's fabric
+        system = load_system(str(name))
+        return _kept(_system_index()[str(name).strip().lower()], "system device",
+                     lambda: load_device(system.device).model_copy(update={"system": system}))
     path, variant = (path, None) if path.suffix == ".toml" else find_entry("hardware", str(name))
     return _kept(path, variant, lambda: device_from_file(path, variant))
 

@@ -51,6 +51,22 @@ def _parser() -> argparse.ArgumentParser:
                                                           "non-dominated ones")
     wi.add_argument("--json", action="store_true")
 
+    pn = sub.add_parser("plan", help="the layouts (tp x pp x ep, data-parallel attention, replicas) and batches of a "
+                                     "model on a system's devices: the Pareto front of throughput per device against "
+                                     "time per output token, and the best under latency targets")
+    pn.add_argument("--model", required=True, help="catalog id, .toml spec, or HF config.json")
+    pn.add_argument("--hardware", required=True, help="a system id (dgx-h100, mi300x-platform, ...) or a device")
+    pn.add_argument("--devices", default=None, help="devices per node (default: the system's, else 8)")
+    pn.add_argument("--nodes", default=None, help="nodes (default 1)")
+    pn.add_argument("--prompt", default=1024, help="prompt tokens per request (default 1024)")
+    pn.add_argument("--gen", default=256, help="generated tokens per request (default 256)")
+    pn.add_argument("--weights", default="bf16", help="weight format (default bf16)")
+    pn.add_argument("--kv", default="bf16", help="KV-cache format (default bf16)")
+    pn.add_argument("--slo-ttft", type=float, default=None, help="time to first token to meet, seconds")
+    pn.add_argument("--slo-tpot", type=float, default=None, help="time per output token to meet, seconds")
+    pn.add_argument("--engine", default=None, help="software-stack profile (vllm, trtllm, sglang, ...)")
+    pn.add_argument("--json", action="store_true")
+
     tr = sub.add_parser("trends", help="CPU and GPU design trends from the catalog, and LLM demands against them")
     tr.add_argument("--target", type=float, default=20.0, help="decode tokens/s to project (default 20)")
     tr.add_argument("-o", "--output", default=None, help="the four-panel figure, .png or .svg")
@@ -118,7 +134,8 @@ def _workload_args(e: argparse.ArgumentParser) -> None:
         shown = f" (default {default})" if default is not None and "default" not in text else ""
         if field == "act":  # left open, an engine's own format applies (llama.cpp on a CPU: fp32)
             shown, default = f" (default {default}, or with --engine that engine's: fp32 for llama.cpp on a CPU)", None
-        e.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=text + shown)
+        extra = {"nargs": "?", "const": "true"} if isinstance(default, bool) else {}  # `--dp-attention` alone: on
+        e.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=text + shown, **extra)
     e.add_argument("--profile", default=None, help="efficiency profile .toml (from calibration)")
     e.add_argument("--engine", default=None, help="software-stack profile: ideal, default, llamacpp, vllm, trtllm, hf, "
                                                   "mlx, exllamav2, onnxruntime, lmdeploy, ... (efficiencies fitted on "
@@ -136,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_output_path(getattr(args, attr), flag)
         return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep, "calibrate": _calibrate,
                 "validate": _validate, "report": _report, "plot": _plot, "whatif": _whatif,
-                "trends": _trends}[args.command](args)
+                "trends": _trends, "plan": _plan}[args.command](args)
     except PerfmodelError as e:
         print(f"perfmodel: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -230,6 +247,37 @@ def _positive_number(x: float, what: str) -> float:
     if not (math.isfinite(x) and x > 0):
         raise PerfmodelError(f"{what} must be a finite number > 0; got {x!r}")
     return x
+
+
+def _plan(a: argparse.Namespace) -> int:
+    from .plan import plan
+
+    res = plan(a.model, a.hardware, devices=a.devices, nodes=a.nodes, prompt_len=a.prompt, gen_len=a.gen,
+               slo_ttft_s=a.slo_ttft, slo_tpot_s=a.slo_tpot, engine=a.engine, weights=a.weights, kv=a.kv)
+    if a.json:
+        print(json.dumps(_clean(res), indent=2))
+        return 0
+    print(f"{a.model} on {a.hardware}: {res['devices']} devices, {res['layouts']} layouts x batches "
+          f"({res['evaluated']} costed)")
+
+    def line(p: dict) -> str:
+        lay = f"tp {p['tp']} pp {p['pp']}" + (f" ep {p['ep']}" if p["ep"] > 1 else "") + (
+            " dp-attn" if p["dp_attention"] else "") + f" x{p['replicas']}"
+        return (f"  {lay:<28} batch {p['batch']:>5}  TTFT {p['ttft_s'] * 1e3:>9,.1f} ms  TPOT {p['tpot_s'] * 1e3:>7,.2f} ms"
+                f"  {p['throughput_per_device_tokens_per_s']:>9,.1f} tok/s per device")
+
+    print("Pareto front (shortest TPOT first; each point has more throughput per device than every faster one):")
+    for p in res["front"]:
+        print(line(p))
+    slo = [f"TTFT <= {a.slo_ttft * 1e3:g} ms" if a.slo_ttft else "", f"TPOT <= {a.slo_tpot * 1e3:g} ms" if a.slo_tpot
+           else ""]
+    what = " and ".join(x for x in slo if x) or "no latency target"
+    if res["best"] is None:
+        print(f"No layout meets {what}" + (" (none fits in memory)" if not res["front"] else ""))
+    else:
+        print(f"Best with {what}:")
+        print(line(res["best"]))
+    return 0
 
 
 def _whatif(a: argparse.Namespace) -> int:
@@ -364,6 +412,14 @@ def _list(a: argparse.Namespace) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
     note = "; d: derived from sourced parts, e: estimated (perfmodel show ID says how)" if a.what == "hardware" else ""
     print(f"({len(rows)} {'devices' if a.what == 'hardware' else 'models'}{note})")
+    if a.what == "hardware" and not (a.kind or a.vendor or a.year):
+        from .catalog import load_system, system_files
+
+        print("\nsystems (--hardware SYSTEM; docs/multidevice.md):")
+        for f in system_files():
+            sy = load_system(f)
+            net = f"; {sy.network.name}" if sy.network else ""
+            print(f"  {sy.id:<18} {sy.devices_per_node} x {sy.device} a node, {sy.fabric.name}{net}")
     return 0
 
 

@@ -18,7 +18,7 @@ integer c has a closed form.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -28,6 +28,7 @@ from .device import Device
 from .dtypes import COMPUTE_FALLBACK, DType
 from .efficiency import Efficiency, rate_at_rows
 from .errors import PerfmodelError
+from .collectives import COMM_K, TREE_TABLE, Candidate, Fabric, engine_candidates, fabric_of, nccl_candidates, prune
 from .graph import DENSE16, MATRIX_KINDS, Comm, Num, Op, OpKind, Parallel
 from .table import FIELDS, table
 
@@ -59,16 +60,6 @@ def op_class(op: Op) -> str:
     return CLASS_OF_KIND[op.kind]
 
 
-# Collective latency, NCCL's own cost model (NVIDIA/nccl src/graph/tuning.cc at commit 01afd20a, "Latencies in us"):
-# a ring collective costs baseLat + steps x hwLat, per protocol. Ring baseLat: LL 3.6, Simple 8.4 us; hwLat per step
-# on NVLink: LL 0.47, Simple 3.4 us; on PCI: LL 1.0, Simple 5.7 us. LL carries 8 bytes of data per 16-byte line with
-# its flag, and the tuner takes a quarter of the bus bandwidth for an LL ring all-reduce (busBw *= 1.0/4.0). Fabrics
-# other than PCIe (NVLink, xGMI, ICI) take NCCL's NVLink figures, an estimate where the library is not NCCL.
-NCCL_BASE_S = {"ll": 3.6e-6, "simple": 8.4e-6}
-NCCL_HOP_S = {"nvlink": {"ll": 0.47e-6, "simple": 3.4e-6}, "pci": {"ll": 1.0e-6, "simple": 5.7e-6}}
-NCCL_LL_BANDWIDTH = 1 / 4
-
-
 @dataclass(frozen=True)
 class Machine:
     """A device with efficiencies applied: attainable rates, ready for costing."""
@@ -76,6 +67,7 @@ class Machine:
     device: Device
     eff: Efficiency
     par: Parallel
+    fabric_spec: Fabric | None = None  # a system's fabric (perfmodel.system); None: the device's own (fabric_of)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _memo(self, key: tuple, make):
@@ -204,28 +196,58 @@ class Machine:
             return self.eff.op_overhead_s
         return (self.device.op_overhead_us or 0.0) * 1e-6
 
-    def comm_ranks(self, comm: Comm) -> int:
-        """Ranks a collective spans: the tensor-parallel group for an all-reduce or all-gather, two for a send."""
-        return self.par.tp if comm in (Comm.ALL_REDUCE, Comm.ALL_GATHER) else 2
+    @property
+    def fabric(self) -> Fabric:
+        """How the devices are connected: the system's fabric, else the device's by rule (fabric_of)."""
+        return self.fabric_spec if self.fabric_spec is not None else self._memo(("fabric",),
+                                                                                lambda: fabric_of(self.device))
 
-    def comm_terms(self, comm: Comm, n: int) -> tuple[tuple[float, float], tuple[float, float]]:
-        """((s per byte, s per call) with NCCL's Simple protocol, the same with its LL protocol) of a collective over
-        n ranks: ring all-reduce (reduce-scatter + all-gather, 2(N-1) steps), ring all-gather (N-1 steps), or one
-        point-to-point send (1 step). A call costs NCCL's base latency plus a hop latency per step (NCCL_BASE_S,
-        NCCL_HOP_S); LL moves a quarter of Simple's bytes per second. The cost is the cheaper of the two, as NCCL's
-        tuner picks per size: LL for the small all-reduces of decode, Simple for large ones."""
-        link = self.device.interconnect
-        # sourced, derived from the PCIe generation and lanes, or estimated from the launch year (provenance)
-        bw = self.device.figure("interconnect.bandwidth").value * self.eff.interconnect
-        kind = "pci" if link is None or link.pcie_generation or "pcie" in link.name.lower() else "nvlink"
-        hop = (link.latency_us * 1e-6 if link is not None and link.latency_us else self.eff.interconnect_latency_s)
-        steps, share = {Comm.ALL_REDUCE: (2 * (n - 1), 2 * (n - 1) / n),
-                        Comm.ALL_GATHER: (n - 1, (n - 1) / n)}.get(comm, (1, 1.0))
-        out = []
-        for proto, bw_share in (("simple", 1.0), ("ll", NCCL_LL_BANDWIDTH)):
-            h = hop if hop is not None else NCCL_HOP_S[kind][proto]
-            out.append((share / (bw * bw_share), NCCL_BASE_S[proto] + steps * h))
-        return out[0], out[1]
+    def comm_ranks(self, comm: Comm) -> int:
+        """Ranks a collective spans: the tensor-parallel group for an all-reduce or all-gather, the expert-parallel
+        group for an all-to-all, two for a send between pipeline stages."""
+        if comm == Comm.ALL_REDUCE:
+            return self.par.att_tp
+        if comm in (Comm.ALL_GATHER, Comm.REDUCE_SCATTER):  # the MoE's gather over the stage, or the LM head's
+            return self.par.group if self.par.replicas > 1 else self.par.tp
+        if comm == Comm.ALL_TO_ALL:
+            return self.par.ep
+        return 2
+
+    def comm_candidates(self, comm: Comm, n: int | None = None) -> list[Candidate]:
+        """Every way the libraries run this collective over n ranks (default comm_ranks), with its alpha-beta cost
+        (perfmodel.collectives): NCCL's algorithms and protocols, and the serving engines' peer-to-peer kernels
+        where the efficiency allows them (Efficiency.custom_allreduce). A send between pipeline stages crosses
+        the network where the stages sit on different nodes (stages hold tp ranks each, filled node by node)."""
+        n = self.comm_ranks(comm) if n is None else n
+
+        def make() -> list[Candidate]:
+            fab = self.fabric
+            hop = self.eff.interconnect_latency_s
+            if hop is None and self.device.interconnect is not None and self.device.interconnect.latency_us:
+                hop = self.device.interconnect.latency_us * 1e-6
+            if comm == Comm.P2P:
+                return self._stage_sends(fab, hop)
+            out = nccl_candidates(comm, n, fab, self.eff.interconnect, hop)
+            if self.eff.custom_allreduce:
+                out += engine_candidates(comm, n, fab, self.eff.interconnect)
+            return prune(out)
+
+        return self._memo(("comm", comm, n), make)
+
+    def _stage_sends(self, fab: Fabric, hop: float | None) -> list[Candidate]:
+        """A send between neighbouring pipeline stages. Ranks fill nodes in order, a stage's tp (or ep) ranks
+        together; the send from stage s - 1 to s crosses the network unless both stages sit wholly on one node. The
+        op stands for all pp - 1 sends: its cost blends the crossing and the local ones by how many there are."""
+        par, ppn = self.par, fab.devices_per_node
+        stage = max(par.tp, par.ep)
+        cross = sum((s - 1) * stage // ppn != ((s + 1) * stage - 1) // ppn for s in range(1, par.pp))
+        f = cross / max(par.pp - 1, 1)
+        local = nccl_candidates(Comm.P2P, 2, fab, self.eff.interconnect, hop)
+        if f == 0 or not fab.net_bytes_per_s:
+            return local
+        net = nccl_candidates(Comm.P2P, 2, replace(fab, devices_per_node=1), self.eff.interconnect, hop)
+        return [Candidate(a.algorithm, a.protocol, (1 - f) * a.per_byte_s + f * b.per_byte_s,
+                          (1 - f) * a.fixed_s + f * b.fixed_s, "net") for a, b in zip(local, net)]
 
 
 def level_arrays(machines: tuple[Machine, ...], datasheet: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -352,10 +374,11 @@ class OpParams:
     gemm_half: np.ndarray  # weight GEMMs on datasheet rates: rows per call at which they reach half their rate
     vector_peak: np.ndarray  # FP32 vector FLOP/s for block-scale work beside a GEMM (nan where none is needed)
     exp_cost: np.ndarray  # datasheet matrix peak / special-function rate: exponentials' cost in matrix time
-    comm_per_byte: np.ndarray  # s per byte of a collective (NCCL's Simple protocol)
-    comm_fixed: np.ndarray  # s per collective (base latency + steps x hop)
-    comm_per_byte_ll: np.ndarray  # the same with NCCL's LL protocol (a quarter of the bandwidth, less latency)
-    comm_fixed_ll: np.ndarray
+    # a collective's candidates (perfmodel.collectives, up to COMM_K, the cheapest wins per size): s per byte, s per
+    # call, NCCL protocol index of a tree all-reduce (its size correction) else -1; (ops, COMM_K)
+    comm_per_byte: np.ndarray
+    comm_fixed: np.ndarray
+    comm_tree: np.ndarray
     # ln(1 + u) of the estimated device figure (perfmodel.provenance) that bounds the op's compute-bound time, its
     # memory-bound time (main memory's bandwidth) and its communication (the link); 0 where the figure is not estimated
     widen_compute: np.ndarray
@@ -372,8 +395,8 @@ class OpParams:
 
     ARRAYS = ("comm", "count", "peak", "calibrated", "frac", "overhead", "graph_overhead", "rows_half", "rate_table",
               "one_row", "alt_peak", "alt_frac", "alt_overhead", "alt_rows_half", "alt_rate_table", "keys_half",
-              "gemm_half", "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "comm_per_byte_ll",
-              "comm_fixed_ll", "widen_compute", "widen_memory", "widen_link")
+              "gemm_half", "vector_peak", "exp_cost", "comm_per_byte", "comm_fixed", "comm_tree",
+              "widen_compute", "widen_memory", "widen_link")
 
 
 def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
@@ -384,6 +407,8 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
         return hit[1]
     eff, n = mach.eff, len(tab)
     a = {k: np.zeros(n) for k in OpParams.ARRAYS}
+    a["comm_per_byte"], a["comm_fixed"] = np.zeros((n, COMM_K)), np.full((n, COMM_K), np.inf)
+    a["comm_tree"] = np.full((n, COMM_K), -1)
     a["rate_table"] = np.full(n, -1)
     a["alt_rate_table"] = np.full(n, -1)
     a["vector_peak"] = np.full(n, np.nan)
@@ -407,9 +432,10 @@ def op_params(mach: Machine, tab: Any, keep: bool = True) -> OpParams:
     for i, op in enumerate(tab.shells):
         a["count"][i] = op.count
         if op.kind == OpKind.COMM:
-            (per_byte, fixed), (per_byte_ll, fixed_ll) = mach.comm_terms(op.comm, mach.comm_ranks(op.comm))
-            a["comm"][i], a["comm_per_byte"][i], a["comm_fixed"][i] = True, per_byte, fixed
-            a["comm_per_byte_ll"][i], a["comm_fixed_ll"][i] = per_byte_ll, fixed_ll
+            a["comm"][i] = True
+            for k, c in enumerate(mach.comm_candidates(op.comm)):
+                a["comm_per_byte"][i, k], a["comm_fixed"][i, k] = c.per_byte_s, c.fixed_s
+                a["comm_tree"][i, k] = c.tree_index
             a["peak"][i] = a["alt_peak"][i] = np.inf
             a["frac"][i] = a["alt_frac"][i] = 1.0
             unit.append("link")
@@ -548,11 +574,25 @@ def terms(P: dict[str, np.ndarray], tables: tuple, q: dict[str, np.ndarray], res
     oh = pick("overhead")
     # an op with nothing to do (e.g. a conversion only large batches need) launches no kernel
     overhead = np.where(flops + resident + act > 0, oh, 0.0) if np.any(oh > 0) else np.zeros_like(compute)
-    comm = (np.where(P["comm"], np.minimum(q["comm_bytes"] * P["comm_per_byte"] + P["comm_fixed"],
-                                           q["comm_bytes"] * P["comm_per_byte_ll"] + P["comm_fixed_ll"]), 0.0)
-            if P["comm"].any()
-            else np.zeros_like(compute))
+    comm = np.zeros_like(compute)
+    if P["comm"].any():
+        ci = np.flatnonzero(P["comm"][:, 0])  # collectives are the same ops on every machine of a table
+        comm[ci] = comm_time(q["comm_bytes"][ci], P["comm_per_byte"][ci], P["comm_fixed"][ci], P["comm_tree"][ci])
     return {"compute_s": compute, "memory_s": memory, "comm_s": comm, "overhead_s": overhead}
+
+
+def comm_time(nbytes: np.ndarray, per_byte: np.ndarray, fixed: np.ndarray, tree: np.ndarray) -> np.ndarray:
+    """Time of collectives of `nbytes` (ops, rows) a call: the cheapest of each op's candidates (ops, [rows,] K),
+    a tree all-reduce's bandwidth scaled by NCCL's size correction (perfmodel.collectives.TREE_CORRECTION)."""
+    b = np.asarray(nbytes, dtype=float)
+    if per_byte.ndim == 2:  # one machine: (ops, K) broadcast over rows
+        per_byte, fixed, tree = per_byte[:, None, :], fixed[:, None, :], tree[:, None, :]
+    x = b[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        idx = np.floor(np.log2(np.maximum(x, 1.0) / 64.0)).astype(int)
+    ok = (tree >= 0) & (x >= 64) & (idx < TREE_TABLE.shape[1] - 1)
+    corr = np.where(ok, TREE_TABLE[np.clip(tree, 0, 2), np.clip(idx, 0, TREE_TABLE.shape[1] - 1)], 1.0)
+    return np.min(fixed + x * per_byte / corr, axis=-1)
 
 
 def point_costs(t: dict[str, np.ndarray], count: np.ndarray) -> dict[str, np.ndarray]:

@@ -208,6 +208,8 @@ class Device(_Strict):
     inherited: dict[str, str] = Field({}, description="figures a variant derives from its parent, with how (set by "
                                                       "the catalog)")
     op_overhead_us: float | None = Field(None, ge=0, description="per-kernel overhead, if sourced")
+    system: Any = Field(None, description="the system (perfmodel.system.System) this device was loaded as part of "
+                                          "(`--hardware dgx-h100`): its fabric and network; set by the catalog")
     sources: tuple[Source, ...] = ()
     notes: str = ""
 

@@ -33,7 +33,11 @@ class Efficiency(BaseModel):
     interconnect: float = Field(0.8, gt=0, le=1, description="fraction of link bandwidth")
     interconnect_latency_s: float | None = Field(
         None, ge=0, description="latency per ring step; None: the device's latency_us, else NCCL's own per-hop latency "
-                                "for the link type (perfmodel.cost.NCCL_HOP_S)")
+                                "for the link type (perfmodel.collectives.HW_LAT_US)")
+    custom_allreduce: bool = Field(
+        True, description="the engine runs its own peer-to-peer all-reduce kernels (one-shot, two-shot, multimem) "
+                          "beside NCCL's within a node where the fabric allows (vLLM, SGLang, TensorRT-LLM); false: "
+                          "NCCL's algorithms only (nccl-tests, torch.distributed)")
     op_overhead_s: float | None = Field(None, ge=0, description="per kernel; None: the device's, else 0")
     graph_op_overhead_s: float | None = Field(
         None, ge=0, description="per kernel of a decode step of one sequence that the engine replays from a captured "

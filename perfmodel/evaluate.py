@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .collectives import Fabric, fabric_of
 from .cost import (Machine, OpParams, level_bandwidth, needed, op_params, point_costs, stack_params, sum_max_linear,
                    terms)
 from .device import Device
@@ -38,6 +39,18 @@ def check(model: ModelSpec, wl: Workload) -> None:
         raise PerfmodelError(f"tp must divide n_heads ({model.n_heads}) of {model.id}; got {wl.tp}")
     if wl.pp > model.n_layers:
         raise PerfmodelError(f"pp must be at most n_layers ({model.n_layers}) of {model.id}; got {wl.pp}")
+    if wl.ep > 1:
+        if not model.n_experts:
+            raise PerfmodelError(f"ep (expert parallelism) needs an MoE model; {model.id} has no routed experts: use "
+                                 f"tp or pp")
+        if model.n_experts % wl.ep:
+            raise PerfmodelError(f"ep must divide the {model.n_experts} routed experts of {model.id}; got {wl.ep}")
+        if max(wl.tp, wl.ep) % min(wl.tp, wl.ep):
+            raise PerfmodelError(f"tp and ep must divide one another (a stage's devices are max(tp, ep)); got tp "
+                                 f"{wl.tp}, ep {wl.ep}")
+        if wl.dp_attention and wl.ep < wl.tp:
+            raise PerfmodelError(f"with --dp-attention the experts spread over the whole stage: ep must be 1 or at "
+                                 f"least tp ({wl.tp}); got ep {wl.ep}")
 
 
 def row_errors(model: ModelSpec, prompt: np.ndarray, gen: np.ndarray) -> np.ndarray:
@@ -64,17 +77,17 @@ def row_warnings(model: ModelSpec, prompt: np.ndarray, gen: np.ndarray) -> np.nd
 _MACHINES: dict[tuple, tuple[Device, Efficiency, Machine]] = {}
 
 
-def machine(device: Device, eff: Efficiency | None, par: Parallel) -> Machine:
+def machine(device: Device, eff: Efficiency | None, par: Parallel, fabric: Fabric | None = None) -> Machine:
     """A device with its efficiency, kept per process while the same objects are used (its derived rates and op
-    parameters are cached on it)."""
+    parameters are cached on it); `fabric`: how the devices connect (default: the device's, collectives.fabric_of)."""
     eff = eff or default_for(device.kind)
-    key = (id(device), id(eff), par)
+    key = (id(device), id(eff), par, fabric)
     hit = _MACHINES.get(key)
     if hit is not None and hit[0] is device and hit[1] is eff:
         return hit[2]
     if len(_MACHINES) >= 4096:
         _MACHINES.clear()
-    mach = Machine(device, eff, par)
+    mach = Machine(device, eff, par, fabric)
     _MACHINES[key] = (device, eff, mach)
     return mach
 
@@ -213,11 +226,36 @@ class Evaluation:
         return out
 
 
+def workload_fabric(device: Device, wl: Workload) -> Fabric | None:
+    """The fabric of the workload's devices: the system's or the device's (collectives.fabric_of), with --devices
+    a node where given; None where it is the device's own unchanged (the machine derives it)."""
+    if wl.devices is None:
+        return None
+    fab = fabric_of(device)
+    return fab if fab.devices_per_node == wl.devices else replace(fab, devices_per_node=wl.devices)
+
+
+def layout_error(device: Device, wl: Workload) -> str:
+    """Why the layout cannot run on the devices asked for ('' where it can): max(tp, ep) x pp devices against
+    devices a node x --nodes (nodes default to as many as the layout needs)."""
+    if wl.nodes is None:
+        return ""
+    par = wl.parallel
+    per_node = wl.devices or fabric_of(device).devices_per_node
+    have = per_node * wl.nodes
+    if par.devices > have:
+        what = device.system.id if device.system is not None else device.id
+        return (f"the layout needs {par.devices} devices (max(tp {par.tp}, ep {par.ep}) x pp {par.pp}); {what} with "
+                f"{per_node} a node x {wl.nodes} node{'s' if wl.nodes > 1 else ''} has {have}: raise --nodes to "
+                f"{-(-par.devices // per_node)}, or shrink the layout")
+    return ""
+
+
 def workload_machine(device: Device, eff: Efficiency | None, wl: Workload) -> Machine:
     """The machine a workload runs on: the device with its efficiency, the workload's backend facts applied
-    (efficiency.with_backend), at the workload's parallelism."""
+    (efficiency.with_backend), at the workload's parallelism, on its fabric."""
     return machine(device, with_backend(eff or default_for(device.kind), device, wl.backend, wl.matrix_units,
-                                        wl.graphs), wl.parallel)
+                                        wl.graphs), wl.parallel, workload_fabric(device, wl))
 
 
 def evaluate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, batch: np.ndarray,
@@ -238,6 +276,9 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
     prec, par = wl.precision, wl.parallel
     low = lowered(model, prec, par, wl.attention == "flash")
     n = len(batch)
+    # Pipeline parallelism: the batch runs as min(batch, pp) micro-batches, each costed at its share of the sequences
+    micro = micro_batches(batch, par.pp)
+    full, batch = batch, batch / micro
 
     # Prefill: the prompt, and the logits of its last position (the first generated token's), or of every position
     # (Workload.logits "all": a scoring pass)
@@ -250,7 +291,7 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
     caps = [m.device.main_memory.capacity_bytes for m in machines]
     mem = Memory(
         weights_bytes=np.full(n, _weights(low, prec, par)),
-        kv_cache_bytes=np.asarray(kv_bytes(model, prec, par, batch, prompt, gen), dtype=float),
+        kv_cache_bytes=np.asarray(kv_bytes(model, prec, par, full, prompt, gen), dtype=float),
         # peak live activations: the largest op's inputs and outputs (inference frees intermediates as it goes)
         activation_bytes=act.max(axis=0) if len(act) else np.zeros(n),
         capacity_bytes=caps[0] if len(machines) == 1 else np.array([np.nan if c is None else c for c in caps])[mi],
@@ -266,7 +307,8 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
     # Decode: steps 1..gen-1, each one token per sequence over a context that grows by one per step.
     if low.decode is None:
         decode = PhaseCost(None, {}, {}, np.zeros(n))
-        return Evaluation(model, wl, machines, mi, batch, prompt, gen, mem, prefill, decode)
+        return Evaluation(model, wl, machines, mi, full, prompt, gen, mem,
+                          _pipelined(prefill, micro, (micro + par.pp - 1) / par.pp), decode)
     if model.arch == "decoder":
         first, last = prompt + 1, prompt + gen - 1
     else:
@@ -283,7 +325,32 @@ def evaluate_rows(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...],
         seg = PhaseCost(low.decode, values, sums, steps, tuple(p.unit for p in params),
                         tuple(p.precision for p in params), _widen(P))
         decode = seg if decode is None else decode + seg
-    return Evaluation(model, wl, machines, mi, batch, prompt, gen, mem, prefill, decode)
+    if par.pp > 1:
+        prefill = _pipelined(prefill, micro, (micro + par.pp - 1) / par.pp)
+        decode = _pipelined(decode, micro, np.ones(n))
+    return Evaluation(model, wl, machines, mi, full, prompt, gen, mem, prefill, decode)
+
+
+def micro_batches(batch: np.ndarray, pp: int) -> np.ndarray:
+    """Micro-batches a pipeline of pp stages runs a batch as: min(batch, pp), so every stage has one to work on
+    (vLLM and TensorRT-LLM keep pp batches in flight; one sequence cannot be split); 1 without pipelining."""
+    return np.minimum(np.asarray(batch, dtype=float), float(pp)) if pp > 1 else np.ones(np.shape(batch))
+
+
+_TIMES = ("compute_s", "memory_s", "comm_s", "overhead_s", "time_s", "compute_bound_s")
+
+
+def _pipelined(ph: PhaseCost, micro: np.ndarray, stretch: np.ndarray) -> PhaseCost:
+    """A phase costed for one micro-batch walking through every stage, as the pipeline runs it: M micro-batches do
+    M times the work (quantities x M), and the phase takes the pipeline's time. Prefill: (M + pp - 1) stage times of
+    one micro-batch, (M + pp - 1) / pp of its walk through all pp stages (the fill-and-drain bubble); a decode step:
+    while M <= pp micro-batches are in flight each stage is busy M of every pp stage times, so a round (one token for
+    every sequence) takes one micro-batch's walk (stretch 1). Without pipelining M = 1 and nothing changes."""
+    if np.all(micro == 1.0) and np.all(stretch == 1.0):
+        return ph
+    values = {k: v * (stretch if k in _TIMES else micro) for k, v in ph.values.items()}
+    sums = {k: v * micro for k, v in ph.sums.items()}
+    return replace(ph, values=values, sums=sums)
 
 
 def machine_errors(model: ModelSpec, wl: Workload, machines: tuple[Machine, ...]) -> list[str]:

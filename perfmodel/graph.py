@@ -10,9 +10,9 @@ Conventions: a multiply-add is 2 FLOPs. Bytes are what an op reads and writes in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace, fields
 from enum import Enum
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 
@@ -38,6 +38,8 @@ MATRIX_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
 class Comm(str, Enum):
     ALL_REDUCE = "all_reduce"
     ALL_GATHER = "all_gather"
+    REDUCE_SCATTER = "reduce_scatter"
+    ALL_TO_ALL = "all_to_all"
     P2P = "p2p"
 
 
@@ -120,12 +122,40 @@ class Precision:
 
 @dataclass(frozen=True, slots=True)
 class Parallel:
+    """How a model is split: tensor (tp), pipeline (pp) and expert (ep) parallel degrees. Expert parallelism spreads
+    an MoE layer's experts over ep ranks (each holds n_experts / ep of them whole, and tokens reach them by an
+    all-to-all); with dp_attention the attention runs data-parallel over those ranks (DeepSeek-style: each rank
+    attends its own sequences with the whole attention weights) instead of tensor-parallel."""
+
     tp: int = 1
     pp: int = 1
+    ep: int = 1
+    dp_attention: bool = False
+    expert_imbalance: float = 1.0  # busiest EP rank's routed tokens over the mean
 
     @property
     def devices(self) -> int:
-        return self.tp * self.pp
+        return self.group * self.pp
+
+    @property
+    def group(self) -> int:
+        """Devices of one pipeline stage: max(tp, ep)."""
+        return max(self.tp, self.ep)
+
+    @property
+    def att_tp(self) -> int:
+        """Tensor-parallel degree of the attention (and dense layers): 1 with data-parallel attention, else tp."""
+        return 1 if self.dp_attention else self.tp
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel attention replicas in a stage, each attending batch / replicas sequences."""
+        return max(self.group // self.att_tp, 1)
+
+    @property
+    def expert_tp(self) -> int:
+        """Tensor-parallel degree within an expert: the stage's devices over the expert-parallel ranks."""
+        return max(self.group // self.ep, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +203,8 @@ def block_scale_work(weights: DType, gemm: DType, flops: Num) -> tuple[Num, str]
 class _Builder:
     def __init__(self, model: ModelSpec, prec: Precision, par: Parallel, fused: bool):
         self.m, self.prec, self.par, self.fused = model, prec, par, fused
+        self.tp = par.att_tp  # the attention's and dense layers' tensor-parallel degree
+        self.global_tokens: Num = 0.0
         self.a, self.kvb = prec.act.bytes, prec.kv.bytes
         self.ops: list[Op] = []
 
@@ -259,7 +291,10 @@ class _Builder:
 def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool = True) -> tuple[Op, ...]:
     """The operator graph of one pass, per device. See the module docstring for conventions."""
     b = _Builder(model, prec, par, fused)
-    m, tp = model, par.tp
+    b.global_tokens = p.batch * p.q_len  # what the experts see: every replica's tokens
+    if par.replicas > 1:  # data-parallel attention: this rank's share of the sequences (the busiest rank's)
+        p = replace(p, batch=call("ceil_div", p.batch, params=(float(par.replicas),)))
+    m, tp = model, b.tp
     d, T = m.d_model, p.batch * p.q_len
     prefix = "encoder." if (p.stack == "encoder" and m.arch == "encoder_decoder") else ""
 
@@ -320,7 +355,7 @@ def _layer(b: _Builder, tag: str, p: Pass, n: int, sliding: bool, moe: bool) -> 
 
 def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cached: bool, kv_len: Num,
                      cross: bool = False) -> None:
-    m, tp, d = b.m, b.par.tp, b.m.d_model
+    m, tp, d = b.m, b.tp, b.m.d_model
     T, batch, q = p.batch * p.q_len, p.batch, p.q_len
     shape = m.attention_shape()
     h = m.n_heads / tp
@@ -405,19 +440,21 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
 
 
 def _mlp_block(b: _Builder, tag: str, p: Pass, n: int, moe: bool) -> None:
-    m, tp, d = b.m, b.par.tp, b.m.d_model
+    m, tp, d, par = b.m, b.tp, b.m.d_model, b.par
     T = p.batch * p.q_len
     n_in = 2 if m.gated_mlp else 1
     act_flops = ACT_FLOPS[m.activation] + (1 if m.gated_mlp else 0)
 
     def dense(name: str, d_ff: float, tokens: Num, experts: Num = 1.0, micro: tuple | None = None,
-              fmt: DType | None = None) -> None:
-        width = d_ff / tp
+              fmt: DType | None = None, split: int = tp) -> None:
+        width = d_ff / split
         b.matmul(name + ".up", tokens, d, n_in * width, n, bias=m.mlp_bias, w_count=experts, micro=micro, fmt=fmt)
         b.elementwise(name + ".act", tokens * width, act_flops, n, n_in=n_in, variant=m.activation)
         b.matmul(name + ".down", tokens, width, d, n, bias=m.mlp_bias, w_count=experts, micro=micro, fmt=fmt)
 
-    if moe:
+    if moe and (par.ep > 1 or par.replicas > 1):
+        _expert_parallel(b, tag, T, n, dense)
+    elif moe:
         e, k = m.n_experts, m.experts_per_token
         b.matmul(tag + ".moe.router", T, d, e, n, bias=m.router_bias)
         micro = None
@@ -433,6 +470,44 @@ def _mlp_block(b: _Builder, tag: str, p: Pass, n: int, moe: bool) -> None:
     if tp > 1:
         b.comm(tag + ".mlp.all_reduce", Comm.ALL_REDUCE, T * d * b.a, n)
     b.elementwise(tag + ".mlp.residual", T * d, 1, n, n_in=2)
+
+
+def ranks_per_token(n_experts: int, k: int, ep: int) -> float:
+    """Expert-parallel ranks a token is sent to when it picks k of n experts spread evenly over ep ranks (routing
+    uniform): ep x (1 - C(n - n/ep, k) / C(n, k)); a token goes once to each rank holding any of its experts."""
+    per = n_experts // ep
+    miss = math.comb(n_experts - per, k) / math.comb(n_experts, k) if n_experts - per >= k else 0.0
+    return ep * (1.0 - miss)
+
+
+def _expert_parallel(b: _Builder, tag: str, T: Num, n: int, dense: Any) -> None:
+    """An MoE layer with its experts spread over ep ranks (n_experts / ep each, split further over expert_tp ranks
+    where the stage has more devices than ep). Every rank's experts see the tokens of the whole stage routed to them:
+    global tokens x k / ep on average, x expert_imbalance on the busiest rank, which the layer waits for. With
+    data-parallel attention replicas, each rank's own tokens go to the experts' ranks by an all-to-all (dispatch)
+    and their outputs come back by another (combine): once per rank holding any of a token's experts
+    (ranks_per_token), d_model activations each; with one replica (tensor-parallel attention over the stage) every
+    rank already holds every token, and the all-reduce after the layer sums the experts' outputs."""
+    m, par, d = b.m, b.par, b.m.d_model
+    e, k, ep = m.n_experts, m.experts_per_token, par.ep
+    G = b.global_tokens
+    b.matmul(tag + ".moe.router", T, d, e, n, bias=m.router_bias)
+    if par.replicas > 1:
+        if ep > 1:
+            sent = T * ranks_per_token(e, k, ep) * d * b.a
+            b.comm(tag + ".moe.dispatch", Comm.ALL_TO_ALL, sent, n)
+        else:  # experts tensor-parallel over the stage: gather every replica's tokens first
+            b.comm(tag + ".moe.all_gather", Comm.ALL_GATHER, G * d * b.a, n)
+    routed = G * k / ep * par.expert_imbalance
+    dense(tag + ".moe.experts", m.expert_d_ff, routed, experts=expected_experts(G, e, k) / ep, fmt=b.prec.weights,
+          split=par.expert_tp)
+    if par.replicas > 1:
+        if ep > 1:
+            b.comm(tag + ".moe.combine", Comm.ALL_TO_ALL, T * ranks_per_token(e, k, ep) * d * b.a, n)
+        else:
+            b.comm(tag + ".moe.reduce_scatter", Comm.REDUCE_SCATTER, G * d * b.a, n)
+    if m.shared_d_ff:
+        dense(tag + ".moe.shared", m.shared_d_ff, T)
 
 
 def totals(ops: tuple[Op, ...]) -> dict[str, Num]:

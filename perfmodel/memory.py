@@ -42,7 +42,9 @@ class Memory:
 
 def weight_bytes(model: ModelSpec, prec: Precision, par: Parallel) -> float:
     """Weights on the busiest device: layers split over pp stages (the first stage also holds the embedding, the last
-    the LM head), every matrix split over tp ranks. Routed experts in Precision.weights, the other layer matrices in
+    the LM head), every matrix split over the attention's tp ranks (whole with data-parallel attention), routed
+    experts over the stage's max(tp, ep) devices (Parallel.group: ep ranks, each expert split over expert_tp). Routed
+    experts in Precision.weights, the other layer matrices in
     its dense_format, embedding and LM head in its head_format; norm weights at the activation precision."""
     parts = model.param_breakdown()
     norms, experts = parts.get("norms", 0), parts.get("experts", 0)
@@ -51,9 +53,9 @@ def weight_bytes(model: ModelSpec, prec: Precision, par: Parallel) -> float:
     share = math.ceil(n_layers / par.pp) / n_layers
     ends = [parts.get("embedding", 0), parts.get("lm_head", 0) + parts.get("pooler", 0)]
     edge = sum(ends) if par.pp == 1 else max(ends)
-    layers = experts * prec.weights.bytes + layer * prec.dense_format.bytes
     rel = parts.get("relative_position", 0) * prec.dense_format.bytes
-    matrices = (layers * share + rel + edge * prec.head_format.bytes) / par.tp
+    matrices = ((layer * prec.dense_format.bytes * share + rel + edge * prec.head_format.bytes) / par.att_tp
+                + experts * prec.weights.bytes * share / par.group)
     return matrices + norms * share * prec.act.bytes
 
 
@@ -63,7 +65,9 @@ def kv_bytes(model: ModelSpec, prec: Precision, par: Parallel, batch: Num, promp
     if model.arch == "encoder":
         return np.zeros_like(np.asarray(batch, dtype=float))
     shape = model.attention_shape()
-    elems = shape.kv_elems if shape.shared_kv else 2 * math.ceil(shape.n_kv_heads / par.tp) * model.dim_head
+    elems = shape.kv_elems if shape.shared_kv else 2 * math.ceil(shape.n_kv_heads / par.att_tp) * model.dim_head
+    if par.replicas > 1:  # data-parallel attention: the busiest replica's sequences
+        batch = np.ceil(np.asarray(batch, dtype=float) / par.replicas)
     share = math.ceil(model.n_layers / par.pp) / model.n_layers
     if model.arch == "encoder_decoder":
         per_layer_tokens = model.n_layers * (gen + prompt)

@@ -159,6 +159,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "micro_passes": lambda t, u: np.maximum(np.ceil(np.asarray(t, dtype=float) / u), 1.0),
     "recip": lambda x: 1.0 / np.asarray(x, dtype=float),
     "at_least_one": lambda x: np.maximum(np.asarray(x, dtype=float), 1.0),
+    # sequences on the busiest of g data-parallel replicas: ceil(b / g)
+    "ceil_div": lambda x, g: np.ceil(np.asarray(x, dtype=float) / g),
 }
 
 

@@ -36,6 +36,7 @@ CATEGORY = {
     "prefill_tokens_per_s": "prefill", "ttft_s": "prefill",
     "latency_s": "serving", "throughput_tokens_per_s": "serving", "total_throughput_tokens_per_s": "serving",
     "gemm_tflops": "kernel", "attention_tflops": "kernel", "bandwidth_gb_per_s": "kernel",
+    "bus_bandwidth_gb_per_s": "kernel", "collective_time_s": "kernel",
 }
 ENGINES = ("llamacpp", "vllm", "trtllm", "sglang", "hf", "mlperf", "kernel", "fa2", "mlx", "exllamav2", "ctranslate2",
            "onnxruntime", "openvino", "ipex-llm", "lmdeploy")
@@ -48,7 +49,13 @@ ROW_FIELDS = {
     "n_devices": int, "metric": str, "value": float, "where": str, "note": str,
     "m": int, "n": int, "k": int, "dtype": str, "seq_len": int, "heads": int, "head_dim": int, "causal": bool,
     "kernel": str, "groups": int, "quant_input": bool,
+    "collective": str, "message_bytes": int, "nodes": int, "library": str, "algorithm": str, "ep": int,
+    "dp_attention": bool,
 }
+# collectives of the kernel rows, and the libraries that run them (nccl: NCCL's or RCCL's algorithms only; the
+# others are a serving engine's own peer-to-peer kernels, costed with NCCL's beside them)
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+LIBRARIES = ("nccl", "custom", "custom_one_shot", "custom_two_shot", "symm_mem_multimem", "symm_mem_two_shot")
 REQUIRED = ("engine", "metric", "value", "where")
 SOURCE_REQUIRED = ("title", "url")
 # Largest batch tried when a serving table leaves the batch to the engine ("max throughput").
@@ -104,6 +111,13 @@ def load_rows(paths: list[Path] | None = None) -> "pd.DataFrame":
             if rec.get("backend") is not None and rec["backend"] not in BACKENDS:
                 raise PerfmodelError(f"{where}: backend {rec['backend']!r} is not one of: {', '.join(BACKENDS)}."
                                      f"{did_you_mean(rec['backend'], list(BACKENDS))}")
+            if rec.get("collective") is not None and rec["collective"] not in COLLECTIVES:
+                raise PerfmodelError(f"{where}: collective {rec['collective']!r} is not one of: "
+                                     f"{', '.join(COLLECTIVES)}")
+            if rec.get("library") is not None and rec["library"] not in LIBRARIES:
+                raise PerfmodelError(f"{where}: library {rec['library']!r} is not one of: {', '.join(LIBRARIES)}")
+            if rec["metric"] in ("bus_bandwidth_gb_per_s", "collective_time_s") and not rec.get("message_bytes"):
+                raise PerfmodelError(f"{where}: {rec['metric']} needs message_bytes (the collective's size)")
             if not rec["value"] > 0:
                 raise PerfmodelError(f"{where}: value must be > 0, got {rec['value']!r}")
             rec.update(file=path.name, row=i, source=src["title"], url=src["url"])
@@ -210,17 +224,18 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
                    int(_n(r.get("pp"), 1)), _s(r.get("backend")) or None, r.get("matrix_units") is not False,
                    _s(r.get("logits")) or "last", int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None,
                    profile_of(r["engine"], r.get("software")),  # whose checkpoint: engines.checkpoint_formats
-                   r.get("graphs") is not False)
+                   r.get("graphs") is not False, int(_n(r.get("ep"), 1)), r.get("dp_attention") is True)
             groups.setdefault(cfg, []).append((i, r))
         except PerfmodelError as e:
             skip[i] = str(e).splitlines()[0][:160]
     for (name, hw, mdl, weights, kv, act, gemm, dequant, attention, tp, pp, backend, mx, logits, ubatch, stack,
-         graphs), members in groups.items():
+         graphs, ep, dp_att), members in groups.items():
         try:
             model, device = model_of(mdl), dev_of(hw)
             wl = checkpoint_formats(Workload(weights=weights, kv=kv, act=act, gemm=gemm, dequant=dequant,
                                              attention=attention, tp=tp, pp=pp, backend=backend, matrix_units=mx,
-                                             logits=logits, ubatch=ubatch, graphs=graphs), model, stack)
+                                             logits=logits, ubatch=ubatch, graphs=graphs, ep=ep,
+                                             dp_attention=dp_att), model, stack)
             _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip, batch_out)
         except PerfmodelError as e:
             for i, _ in members:
@@ -274,7 +289,7 @@ def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
 def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -> None:
     from .evaluate import evaluate, row_errors
 
-    tp, pp = wl.tp, wl.pp
+    tp, pp = wl.parallel.group, wl.pp  # devices of a stage: max(tp, ep)
     pts: list[tuple[float, float, float]] = []
     spans = []
     for i, r in members:
@@ -318,12 +333,48 @@ def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -
         out[i] = float(value)
 
 
+def _predict_collective(r: dict[str, Any], device, eff) -> float:
+    """A collective of `message_bytes` over n_devices ranks on `nodes` nodes: its time by the library's choice
+    (perfmodel.collectives), as collective_time_s, or as nccl-tests' bus bandwidth (bytes / time x 2 (n - 1) / n for
+    an all-reduce, (n - 1) / n for an all-gather, reduce-scatter or all-to-all, 1 for a send), in GB/s."""
+    from dataclasses import replace
+
+    from .collectives import choose, engine_candidates, fabric_of, nccl_candidates
+    from .graph import Comm
+
+    n = int(_n(r.get("n_devices"), 1))
+    nodes = int(_n(r.get("nodes"), 1))
+    nbytes = float(r["message_bytes"])
+    comm = Comm(_s(r.get("collective")) or "all_reduce") if _s(r.get("collective")) != "send_recv" else Comm.P2P
+    fab = fabric_of(device)
+    per_node = -(-n // nodes)
+    if per_node != fab.devices_per_node:  # the ranks as the row ran them: n / nodes a node
+        fab = replace(fab, devices_per_node=per_node)
+    lib = _s(r.get("library")) or "nccl"
+    cands = nccl_candidates(comm, n if comm != Comm.P2P else 2, fab, eff.interconnect, eff.interconnect_latency_s)
+    if lib != "nccl":
+        kernels = engine_candidates(comm, n, fab, eff.interconnect)
+        want = {"custom_one_shot": ("one_shot",), "custom_two_shot": ("two_shot",), "symm_mem_multimem": ("multimem",),
+                "symm_mem_two_shot": ("two_shot",)}.get(lib, ("one_shot", "two_shot"))
+        cands = [c for c in kernels if c.algorithm in want] or cands
+    forced = _s(r.get("algorithm")).lower()  # NCCL_ALGO set for the run
+    if forced:
+        cands = [c for c in cands if c.algorithm == forced] or cands
+    _, t = choose(cands, nbytes)
+    if r["metric"] == "collective_time_s":
+        return t
+    factor = {Comm.ALL_REDUCE: 2 * (n - 1) / n, Comm.P2P: 1.0}.get(comm, (n - 1) / n)
+    return nbytes / t * factor / 1e9
+
+
 def _predict_kernel(r: dict[str, Any], device, eff) -> float:
     from .cost import Machine, op_cost
     from .graph import Op, OpKind, Parallel, block_scale_work, tiled_causal_pairs
 
-    mach = Machine(device, eff, Parallel())
     metric = r["metric"]
+    if metric in ("bus_bandwidth_gb_per_s", "collective_time_s"):
+        return _predict_collective(r, device, eff)
+    mach = Machine(device, eff, Parallel())
     if metric == "bandwidth_gb_per_s":
         # main memory: a 2 GB working set (beyond every cache, within every device's own memory: HBM on a GH200,
         # not its CPU's LPDDR); n_devices sockets/dies measured together

@@ -56,7 +56,29 @@ class Workload(BaseModel):
                                                  "llama.cpp's MMQ kernels quantise activations for int8 tensor cores)",
                                json_schema_extra={"name": "gemm"})
     tp: int = Field(1, description="tensor-parallel degree", json_schema_extra={"name": "tp"})
-    pp: int = Field(1, description="pipeline-parallel degree", json_schema_extra={"name": "pp"})
+    pp: int = Field(1, description="pipeline-parallel degree: stages of consecutive layers; in decode min(batch, pp) "
+                                   "micro-batches are in flight, and a prompt batch is split into as many",
+                    json_schema_extra={"name": "pp"})
+    ep: int = Field(1, description="expert-parallel degree of an MoE model: its routed experts spread over ep ranks "
+                                   "(each holds n_experts / ep), tokens sent to them and back by all-to-all; the "
+                                   "attention and dense layers stay tensor-parallel over tp (ep may exceed tp: ep / tp "
+                                   "data-parallel attention replicas, as with --dp-attention)",
+                    json_schema_extra={"name": "ep"})
+    dp_attention: bool = Field(
+        False, description="data-parallel attention (DeepSeek-style, SGLang --enable-dp-attention, TensorRT-LLM "
+                           "attention DP): each of the ep ranks runs the attention of its own batch / ep sequences "
+                           "with whole attention weights, no all-reduce; the MoE layers stay expert-parallel",
+        json_schema_extra={"name": "dp_attention"})
+    expert_imbalance: float = Field(
+        1.0, description="busiest expert-parallel rank's routed tokens over the mean (>= 1; 1: uniform routing); the "
+                         "MoE layer waits for the busiest rank", json_schema_extra={"name": "expert_imbalance"})
+    devices: int | None = Field(
+        None, description="devices per node (a bare device: how many share its fabric, e.g. 8 L40S in a PCIe "
+                          "server); default: the system's, else 8 (72 for GB200)", json_schema_extra={"name": "devices"})
+    nodes: int | None = Field(
+        None, description="nodes of `devices` each, joined by the system's network (InfiniBand, RoCE); the layout "
+                          "(max(tp, ep) x pp devices) must fit in devices x nodes; default: as many as it needs",
+        json_schema_extra={"name": "nodes"})
     attention: Literal["flash", "unfused"] = Field("flash", description="flash (fused) or unfused",
                                                    json_schema_extra={"name": "attention"})
     dequant: Literal["fused", "fp16_copy", "fp16_scratch"] = Field(
@@ -93,13 +115,13 @@ class Workload(BaseModel):
                           "false: an older build, or graphs switched off",
         json_schema_extra={"name": "graphs"})
 
-    @field_validator("matrix_units", "graphs", mode="before")
+    @field_validator("matrix_units", "graphs", "dp_attention", mode="before")
     @classmethod
     def _flag(cls, v: Any, info) -> bool:
         if isinstance(v, bool):
             return v
         text = str(v).strip().lower()
-        if text in ("true", "1", "yes", "on", ""):
+        if text in ("true", "1", "yes", "on") or (text == "" and info.field_name != "dp_attention"):
             return True
         if text in ("false", "0", "no", "off"):
             return False
@@ -115,10 +137,28 @@ class Workload(BaseModel):
                                  f"{did_you_mean(str(v), list(BACKENDS))}")
         return v
 
-    @field_validator("batch", "prompt_len", "tp", "pp", mode="before")
+    @field_validator("batch", "prompt_len", "tp", "pp", "ep", mode="before")
     @classmethod
     def _positive(cls, v: Any, info) -> int:
         return _int_at_least(v, 1, info.field_name)
+
+    @field_validator("devices", "nodes", mode="before")
+    @classmethod
+    def _count(cls, v: Any, info) -> int | None:
+        if v is None or str(v).strip().lower() in ("", "none"):
+            return None
+        return _int_at_least(v, 1, info.field_name)
+
+    @field_validator("expert_imbalance", mode="before")
+    @classmethod
+    def _imbalance(cls, v: Any) -> float:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
+        if not (math.isfinite(f) and 1.0 <= f <= 64.0):
+            raise PerfmodelError(f"expert_imbalance must be a number from 1 (uniform routing) to 64; got {v!r}")
+        return f
 
     @field_validator("ubatch", mode="before")
     @classmethod
@@ -166,7 +206,7 @@ class Workload(BaseModel):
     def parallel(self) -> Parallel:
         from .graph import Parallel
 
-        return Parallel(self.tp, self.pp)
+        return Parallel(self.tp, self.pp, self.ep, self.dp_attention, self.expert_imbalance)
 
     @classmethod
     def options(cls) -> list[tuple[str, str, Any, str]]:
@@ -180,7 +220,8 @@ class Workload(BaseModel):
 
 # The largest value each size takes: past these a number is a typo, not a workload (2^24 sequences, 2^30 tokens,
 # 2^16 devices), and it would only overflow the arithmetic.
-LIMITS = {"batch": 2**24, "prompt_len": 2**30, "gen_len": 2**30, "tp": 2**16, "pp": 2**16}
+LIMITS = {"batch": 2**24, "prompt_len": 2**30, "gen_len": 2**30, "tp": 2**16, "pp": 2**16, "ep": 2**16,
+          "nodes": 2**16, "devices": 2**16}
 
 
 def _int_at_least(v: Any, lo: int, name: str, hi: int | None = None) -> int:

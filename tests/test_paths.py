@@ -42,25 +42,34 @@ def test_pipeline_parallel_splits_layers_and_adds_sends(llama2):
 def test_pipeline_parallel_costs_its_hops(llama2):
     a = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=16)
     b = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=16, pp=2)
-    # same work run stage after stage, plus one send per pass over NVLink (450 GB/s x 0.8), each NCCL's base + one
-    # hop: 15 decode sends of 8 KB with LL (3.6 + 0.47 us + 8,192 B at a quarter of 360 GB/s = 4.16 us) and the
-    # prefill's 1 MiB (128 x 4096 x 2 B) with Simple (8.4 + 3.4 us + 1,048,576 / 360e9 = 14.71 us; LL 15.72)
-    decode = 15 * (3.6e-6 + 0.47e-6 + 8192 / (450e9 * 0.8 / 4))
-    prefill = 8.4e-6 + 3.4e-6 + 128 * 4096 * 2 / (450e9 * 0.8)
+    # same work run stage after stage, plus one send per pass over NVLink (450 GB/s x 0.8 = 360 GB/s), each NCCL's
+    # ring base + one hop (perfmodel.collectives, tuning.cc at 5067397c): LL 6.6 + 0.6 us at half the bandwidth,
+    # Simple 8.4 + 3.4 us. 15 decode sends of 8,192 B with LL: 7.2 us + 8,192 / 180e9 = 7.2455 us each; the
+    # prefill's 1 MiB (128 x 4096 x 2 B): LL 7.2 + 1,048,576 / 180e9 = 13.03 us, Simple 11.8 + 1,048,576 / 360e9 =
+    # 14.71 us, so LL
+    decode = 15 * (6.6e-6 + 0.6e-6 + 8192 / (450e9 * 0.8 / 2))
+    prefill = 6.6e-6 + 0.6e-6 + 128 * 4096 * 2 / (450e9 * 0.8 / 2)
     assert b.e2e_latency_s > a.e2e_latency_s
     assert b.e2e_latency_s - a.e2e_latency_s == pytest.approx(decode + prefill, rel=0.02)
     assert b.memory["weights_bytes"] < 0.55 * a.memory["weights_bytes"]
 
 
 def test_tensor_parallel_all_reduce_cost(llama2):
-    est = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=2, tp=2)
+    nccl = pm.Efficiency(custom_allreduce=False)  # NCCL's algorithms only, as torch.distributed runs them
+    est = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=2, tp=2, efficiency=nccl)
     ar = est.ops[(est.ops.phase == "decode") & (est.ops.name == "layers.attn.all_reduce")].iloc[0]
-    # ring all-reduce of 4096 x 2 bytes on 2 ranks, NCCL's LL protocol (the cheaper for 8 KB): base 3.6 us + 2(N-1)
-    # hops of 0.47 us + 2(N-1)/N x 8192 B at a quarter of 450 GB/s x 0.8 = 4.54 + 0.091 = 4.63 us, x 32 layers; the
-    # Simple protocol would take 8.4 + 2 x 3.4 + 0.023 = 15.2 us
-    ll = 3.6e-6 + 2 * 0.47e-6 + 8192 / (360e9 / 4)
-    assert ll == pytest.approx(4.631e-6, rel=1e-3)
+    # all-reduce of 4096 x 2 bytes on 2 ranks, NCCL's tuning model (tuning.cc at 5067397c): ring LL, base 6.6 us +
+    # 2(N-1) = 2 steps of 0.6 us = 7.8 us; bus bandwidth min(llMaxBw 141 GB/s (Hopper), 450 GB/s x 0.8 x 0.5 = 180)
+    # = 141 GB/s, algorithm bandwidth x N / steps = 141, so 8,192 B / 141e9 = 0.058 us: 7.858 us a call, x 32 layers.
+    # Tree LL: 6.8 + 2 x (1 x 0.6) = 8.0 us; ring Simple 8.4 + 2 x 3.4 = 15.2 us: LL ring wins
+    ll = 6.6e-6 + 2 * 0.6e-6 + 8192 / 141e9
+    assert ll == pytest.approx(7.858e-6, rel=1e-3)
     assert ar.time_s == pytest.approx(32 * ll)
+    # with the engines' own kernels (vLLM's one-shot: 5 us + (N - 1) x 8,192 B / 360 GB/s = 5.023 us) it is cheaper
+    eng = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=128, gen_len=2, tp=2)
+    ar2 = eng.ops[(eng.ops.phase == "decode") & (eng.ops.name == "layers.attn.all_reduce")].iloc[0]
+    assert ar2.time_s == pytest.approx(32 * (5e-6 + 8192 / 360e9))
+    assert ar2.algorithm == "all-reduce over 2, one-shot (engine kernel) (8.2 kB a call)"
 
 
 def test_efficiency_profile_file(tmp_path, llama2, a100):
@@ -141,12 +150,14 @@ def test_decode_step_shrinks_with_tensor_parallelism_on_nvswitch(model, batch, c
 def test_each_collective_says_its_algorithm_protocol_link_and_message(tmp_path):
     est = pm.estimate("llama-3-70b", "h100-sxm", batch=1, prompt_len=1024, gen_len=128, tp=8)
     c = est.communication().set_index(["phase", "name"])
-    # one decode token's all-reduce: 1 x 8,192 x 2 bytes = 16.4 kB, latency-bound: NCCL's LL protocol; the prompt's
-    # 1,024 x 8,192 x 2 = 16.8 MB: bandwidth-bound, Simple
-    assert c.loc[("decode", "layers.attn.all_reduce"), "algorithm"] == "ring all-reduce over 8, LL (16.4 kB a call)"
-    assert c.loc[("prefill", "layers.mlp.all_reduce"), "algorithm"] == (
-        "ring all-reduce over 8, Simple (16.78 MB a call)")
-    assert set(c.link) == {"NVLink 4, 450 GB/s per direction"}
+    # one decode token's all-reduce: 1 x 8,192 x 2 bytes = 16.4 kB on 8 ranks, latency-bound: the engine's one-shot
+    # kernel (5 us + 7 x 16,384 / 360e9 = 5.32 us) beats NCCL's LL ring (6.6 + 14 x 0.6 = 15 us); the prompt's
+    # 1,024 x 8,192 x 2 = 16.8 MB is bandwidth-bound: NCCL's NVLS through the NVSwitch (25 us + 16.8e6 / (2 x 0.85 x
+    # 360e9 x 8 / 14) = 73 us) beats multimem (10 us + 1.75 x 16.8e6 / (360e9 x 0.85) = 106 us) and the ring
+    assert c.loc[("decode", "layers.attn.all_reduce"), "algorithm"] == (
+        "all-reduce over 8, one-shot (engine kernel) (16.4 kB a call)")
+    assert c.loc[("prefill", "layers.mlp.all_reduce"), "algorithm"] == "all-reduce over 8, NVLS Simple (16.78 MB a call)"
+    assert set(c.link) == {"NVLink 4 (NVSwitch, estimated), 450 GB/s per direction"}
     # the collectives' times are the ops table's communication, and their shares are of each phase's time
     ops = est.ops
     assert c.comm_s.sum() == pytest.approx(ops.comm_s.sum())
@@ -160,17 +171,19 @@ def test_each_collective_says_its_algorithm_protocol_link_and_message(tmp_path):
     from perfmodel.report import write_report
 
     text = write_report(est, tmp_path / "r.md").read_text()
-    assert "## Communication" in text and "ring all-reduce over 8, LL (16.4 kB a call)" in text
+    assert "## Communication" in text and "all-reduce over 8, one-shot (engine kernel) (16.4 kB a call)" in text
     assert "## Communication" not in write_report(one, tmp_path / "one.md").read_text()
 
 
 def test_a_large_all_reduce_takes_the_simple_protocol(llama2):
-    est = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=512, gen_len=2, tp=2)
+    nccl = pm.Efficiency(custom_allreduce=False)
+    est = pm.estimate(llama2, "h100-sxm", batch=1, prompt_len=512, gen_len=2, tp=2, efficiency=nccl)
     ar = est.ops[(est.ops.phase == "prefill") & (est.ops.name == "layers.mlp.all_reduce")].iloc[0]
-    # the prompt's all-reduce: 512 x 4096 x 2 bytes = 4 MiB on 2 ranks. Simple: 8.4 us + 2 hops x 3.4 us + 2(N-1)/N x
-    # 4,194,304 B / (450 GB/s x 0.8) = 15.2 + 11.651 = 26.851 us; LL: 3.6 + 2 x 0.47 + 4,194,304 / 90 GB/s = 4.54 +
-    # 46.60 = 51.14 us, so NCCL's tuner takes Simple; x 32 layers
+    # the prompt's all-reduce: 512 x 4096 x 2 bytes = 4 MiB on 2 ranks. NVLS Simple: 25 us + 4,194,304 B / (2 x 0.85
+    # x 360e9 x 2 / 2) = 25 + 6.853 = 31.85 us; ring Simple: 8.4 + 2 x 3.4 + 4,194,304 / 360e9 = 15.2 + 11.651 =
+    # 26.851 us; ring LL128: 14 + 2 x 1.9 + 4,194,304 / (360e9 x 0.92) = 17.8 + 12.664 = 30.46 us; ring LL: 7.8 +
+    # 4,194,304 / 141e9 = 37.55 us. NCCL's tuner takes ring Simple; x 32 layers
     simple = 8.4e-6 + 2 * 3.4e-6 + 4_194_304 / 360e9
     assert simple == pytest.approx(26.851e-6, rel=1e-4)
     assert ar.time_s == pytest.approx(32 * simple)
-    assert ar.algorithm == "ring all-reduce over 2, Simple (4.19 MB a call)"
+    assert ar.algorithm == "all-reduce over 2, ring Simple (4.19 MB a call)"

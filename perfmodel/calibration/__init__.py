@@ -91,11 +91,11 @@ def mode_of(backend, mode: str):
 
 
 def fit_allreduce(rows: "pd.DataFrame", n: int, link_bytes_per_s: float | None) -> dict[str, float]:
-    """All-reduce timings over n GPUs fitted as NCCL's ring costs them (perfmodel.cost.Machine.comm_terms): time =
+    """All-reduce timings over n GPUs fitted as NCCL's ring costs them (perfmodel.collectives.nccl_candidates): time =
     latency + 2 (n - 1) / n x bytes / bus bandwidth, by least squares on relative error. Returns the bus bandwidth,
     the fixed latency, and what the cost model takes: the fraction of the stated link bandwidth and the latency per
     ring step beyond NCCL's base latency."""
-    from ..cost import NCCL_BASE_S
+    from ..collectives import BASE_LAT_US
 
     t = rows.time_s.to_numpy(dtype=float)
     x = 2 * (n - 1) / n * rows.bytes.to_numpy(dtype=float)
@@ -103,7 +103,7 @@ def fit_allreduce(rows: "pd.DataFrame", n: int, link_bytes_per_s: float | None) 
     latency = max(float(coef[0]), 0.0)
     bus = 1.0 / float(coef[1]) if coef[1] > 0 else float(np.max(x / t))
     out = {"bus_bytes_per_s": bus, "latency_s": latency,
-           "hop_s": max(latency - NCCL_BASE_S["simple"], 0.0) / (2 * (n - 1))}
+           "hop_s": max(latency - BASE_LAT_US["ring"][2] * 1e-6, 0.0) / (2 * (n - 1))}
     if link_bytes_per_s:
         out["fraction"] = bus / link_bytes_per_s
     return out
