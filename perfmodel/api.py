@@ -190,7 +190,8 @@ class Estimate:
         ranks = mach.comm_ranks(op.comm)
         best, _ = choose(mach.comm_candidates(op.comm), msg)
         shape = {Comm.ALL_REDUCE: "all-reduce", Comm.ALL_GATHER: "all-gather", Comm.REDUCE_SCATTER: "reduce-scatter",
-                 Comm.ALL_TO_ALL: "all-to-all"}.get(op.comm, "send")
+                 Comm.ALL_TO_ALL: "all-to-all", Comm.CP_RING: "ring-attention K/V pass",
+                 Comm.CP_GATHER: "partial-attention gather"}.get(op.comm, "send")
         fab = mach.fabric
         size = f"{msg / 1e6:,.2f} MB" if msg >= 1e6 else f"{msg / 1e3:,.1f} kB"
         how = best.label if best is not None else "-"
@@ -274,7 +275,7 @@ class Estimate:
         out["config"] = {"weights": wl.weights.value, "dense_weights": prec.dense_format.value,
                          "head_weights": prec.head_format.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
-                         "pp": wl.pp, "ep": wl.ep, "dp_attention": wl.dp_attention,
+                         "pp": wl.pp, "ep": wl.ep, "cp": wl.cp, "dp_attention": wl.dp_attention,
                          "expert_imbalance": wl.expert_imbalance, "nodes": wl.nodes, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
                          "matrix_units": wl.matrix_units, "graphs": wl.graphs, "logits": wl.logits,
                          "ubatch": wl.ubatch, "devices": wl.parallel.devices,
@@ -315,7 +316,7 @@ class Estimate:
             + (f" in {self.device.system.name}" if self.device.system is not None else ""),
             f"  batch {d['batch']}, prompt {d['prompt_len']}, generate {d['gen_len']}; weights {c['weights']}, "
             f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}"
-            + (f", ep {c['ep']}" if c["ep"] > 1 else "") + (", attention data-parallel" if c["dp_attention"] else "")
+            + (f", ep {c['ep']}" if c["ep"] > 1 else "") + (f", cp {c['cp']}" if c["cp"] > 1 else "") + (", attention data-parallel" if c["dp_attention"] else "")
             + (f" on {c['devices']} devices" if c["devices"] > 1 else "") + f", {c['attention']} attention"
             + (f", {c['backend']} backend" if c.get("backend") else ""),
             "",

@@ -175,7 +175,7 @@ def nccl_candidates(comm: Comm, ranks: int, fab: Fabric, efficiency: float, hop_
     algos = ["ring"]
     if all_reduce:
         algos.append("tree")
-    if fab.in_switch_reduction and hopper_plus and fab.kind == "switch":
+    if fab.in_switch_reduction and hopper_plus and fab.kind == "switch" and ppn > 1:
         algos.append("nvls" if nodes == 1 else "nvls_tree")  # NVLS alone across nodes needs CollNet; NVLS tree not
     for a in algos:
         for pi, p in enumerate(_PROTOS):
@@ -199,6 +199,8 @@ def nccl_candidates(comm: Comm, ranks: int, fab: Fabric, efficiency: float, hop_
                     bus *= 7 / 9 if nodes == 1 else 120 / 128
             ratio = 0.5 if a == "tree" else ranks / nsteps
             alg_bw = bus * ratio
+            if alg_bw <= 0:  # e.g. NVLS all-gather with one rank a node: nothing for the switch to do
+                continue
             intra_lat = HW_LAT_US[fab.hw][a][pi]
             if hop_s is not None and a == "ring":
                 intra_lat = hop_s * 1e6

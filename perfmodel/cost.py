@@ -211,6 +211,8 @@ class Machine:
             return self.par.group if self.par.replicas > 1 else self.par.tp
         if comm == Comm.ALL_TO_ALL:
             return self.par.ep
+        if comm in (Comm.CP_RING, Comm.CP_GATHER):
+            return self.par.cp
         return 2
 
     def comm_candidates(self, comm: Comm, n: int | None = None) -> list[Candidate]:
@@ -227,6 +229,8 @@ class Machine:
                 hop = self.device.interconnect.latency_us * 1e-6
             if comm == Comm.P2P:
                 return self._stage_sends(fab, hop)
+            if comm in (Comm.CP_RING, Comm.CP_GATHER):
+                return self._context_parallel(comm, fab, hop)
             out = nccl_candidates(comm, n, fab, self.eff.interconnect, hop)
             if self.eff.custom_allreduce:
                 out += engine_candidates(comm, n, fab, self.eff.interconnect)
@@ -234,12 +238,26 @@ class Machine:
 
         return self._memo(("comm", comm, n), make)
 
+    def _context_parallel(self, comm: Comm, fab: Fabric, hop: float | None) -> list[Candidate]:
+        """Context parallelism's traffic over its cp ranks, which sit tp (or ep) ranks apart: the ring of ring
+        attention is cp - 1 sends of a block to the next rank (its bytes are all of them, its latency cp - 1
+        sends'); decode's gather of partial outputs is an all-gather over cp. Over the network once the cp ranks
+        span nodes."""
+        cp, stride = self.par.cp, max(self.par.tp, self.par.ep)
+        span = fab if cp * stride <= fab.devices_per_node else replace(fab, devices_per_node=1)
+        if comm == Comm.CP_GATHER:
+            return prune(nccl_candidates(Comm.ALL_GATHER, cp, span if span is fab else
+                                         replace(fab, devices_per_node=max(fab.devices_per_node // stride, 1)),
+                                         self.eff.interconnect, hop))
+        sends = nccl_candidates(Comm.P2P, 2, span, self.eff.interconnect, hop)
+        return [Candidate(c.algorithm, c.protocol, c.per_byte_s, c.fixed_s * (cp - 1), c.link) for c in sends]
+
     def _stage_sends(self, fab: Fabric, hop: float | None) -> list[Candidate]:
         """A send between neighbouring pipeline stages. Ranks fill nodes in order, a stage's tp (or ep) ranks
         together; the send from stage s - 1 to s crosses the network unless both stages sit wholly on one node. The
         op stands for all pp - 1 sends: its cost blends the crossing and the local ones by how many there are."""
         par, ppn = self.par, fab.devices_per_node
-        stage = max(par.tp, par.ep)
+        stage = max(par.tp, par.ep) * par.cp
         cross = sum((s - 1) * stage // ppn != ((s + 1) * stage - 1) // ppn for s in range(1, par.pp))
         f = cross / max(par.pp - 1, 1)
         local = nccl_candidates(Comm.P2P, 2, fab, self.eff.interconnect, hop)

@@ -205,9 +205,9 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
     root of its rows: source_mean) + the pull toward the defaults (prior_cost).
     The first pass scans every other point of each grid (and its far end), the second the two grid points either
     side of where the first left each number; a trial already costed is not costed again. Single-kernel rows fit
-    each number on the rows that measure it: `memory` on the bandwidth rows, the rest on the GEMM and attention rows
-    (with no bandwidth row to fit on, `memory` stays at its sourced default rather than soaking up compute-side
-    misses)."""
+    each number on the rows that measure it: `memory` on the bandwidth rows, `interconnect` on the collective rows
+    (nccl-tests bus bandwidth, all-reduce latency), the rest on the GEMM and attention rows (with no bandwidth row to
+    fit on, `memory` stays at its sourced default rather than soaking up compute-side misses)."""
     base = load_engine(engine)  # read once: every trial below only swaps this class's numbers
     rows = pinned(rows, base, cls)
     # facts about the engine written in its profile (e.g. half_accumulate) are kept, not fitted
@@ -216,7 +216,9 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
     params = {**defaults, **fixed}
     if engine in KERNEL_ENGINES:
         bw = rows.metric == "bandwidth_gb_per_s"
-        on = {k: rows[bw] if k == "memory" else rows[~bw] for k in GRIDS}
+        coll = rows.metric.isin(("bus_bandwidth_gb_per_s", "collective_time_s"))
+        on = {k: rows[bw] if k == "memory" else rows[coll] if k == "interconnect" else rows[~bw & ~coll]
+              for k in GRIDS}
     else:
         on = {k: rows for k in GRIDS}
     seen: dict = {}

@@ -39,6 +39,9 @@ def check(model: ModelSpec, wl: Workload) -> None:
         raise PerfmodelError(f"tp must divide n_heads ({model.n_heads}) of {model.id}; got {wl.tp}")
     if wl.pp > model.n_layers:
         raise PerfmodelError(f"pp must be at most n_layers ({model.n_layers}) of {model.id}; got {wl.pp}")
+    if wl.cp > 1 and model.arch != "decoder":
+        raise PerfmodelError(f"cp (context parallelism, ring attention) applies to decoder-only models; {model.id} is "
+                             f"{model.arch.replace('_', '-')}")
     if wl.ep > 1:
         if not model.n_experts:
             raise PerfmodelError(f"ep (expert parallelism) needs an MoE model; {model.id} has no routed experts: use "
@@ -245,7 +248,8 @@ def layout_error(device: Device, wl: Workload) -> str:
     have = per_node * wl.nodes
     if par.devices > have:
         what = device.system.id if device.system is not None else device.id
-        return (f"the layout needs {par.devices} devices (max(tp {par.tp}, ep {par.ep}) x pp {par.pp}); {what} with "
+        return (f"the layout needs {par.devices} devices (max(tp {par.tp}, ep {par.ep}) x cp {par.cp} x pp {par.pp}); "
+                f"{what} with "
                 f"{per_node} a node x {wl.nodes} node{'s' if wl.nodes > 1 else ''} has {have}: raise --nodes to "
                 f"{-(-par.devices // per_node)}, or shrink the layout")
     return ""

@@ -41,6 +41,8 @@ class Comm(str, Enum):
     REDUCE_SCATTER = "reduce_scatter"
     ALL_TO_ALL = "all_to_all"
     P2P = "p2p"
+    CP_RING = "cp_ring"  # ring attention: each context-parallel rank's KV block passed around the ring
+    CP_GATHER = "cp_gather"  # decode under context parallelism: every rank's partial attention gathered
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +134,11 @@ class Parallel:
     ep: int = 1
     dp_attention: bool = False
     expert_imbalance: float = 1.0  # busiest EP rank's routed tokens over the mean
+    cp: int = 1  # context parallel: a prompt's tokens (and its KV cache) split over cp ranks
 
     @property
     def devices(self) -> int:
-        return self.group * self.pp
+        return self.group * self.cp * self.pp
 
     @property
     def group(self) -> int:
@@ -205,6 +208,7 @@ class _Builder:
         self.m, self.prec, self.par, self.fused = model, prec, par, fused
         self.tp = par.att_tp  # the attention's and dense layers' tensor-parallel degree
         self.global_tokens: Num = 0.0
+        self.context: Pass | None = None  # under context parallelism, the whole pass (its queries and keys)
         self.a, self.kvb = prec.act.bytes, prec.kv.bytes
         self.ops: list[Op] = []
 
@@ -294,6 +298,10 @@ def lower(model: ModelSpec, p: Pass, prec: Precision, par: Parallel, fused: bool
     b.global_tokens = p.batch * p.q_len  # what the experts see: every replica's tokens
     if par.replicas > 1:  # data-parallel attention: this rank's share of the sequences (the busiest rank's)
         p = replace(p, batch=call("ceil_div", p.batch, params=(float(par.replicas),)))
+    if par.cp > 1 and p.stack == "decoder":  # context parallel: this rank's share of the prompt, or of the cache
+        b.context = p
+        if isinstance(p.q_len, Poly) or float(p.q_len) > 1:
+            p = replace(p, q_len=p.q_len / par.cp)
     m, tp = model, b.tp
     d, T = m.d_model, p.batch * p.q_len
     prefix = "encoder." if (p.stack == "encoder" and m.arch == "encoder_decoder") else ""
@@ -396,6 +404,15 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
     else:
         pairs = causal_pairs(q, kv_len, window)
         keys = call("window_keys", q, kv_len, params=(window,)) if math.isfinite(window) else kv_len
+    # context parallelism: a prompt's queries split over cp ranks, each attending all keys (ring attention, blocks
+    # balanced so every rank has 1 / cp of the causal pairs); in decode each rank attends its 1 / cp of the cache
+    cpf = b.par.cp if (b.context is not None and not cross and p.stack == "decoder") else 1
+    prefill_cp = cpf > 1 and b.context.q_len is not p.q_len
+    if cpf > 1:
+        q_full = b.context.q_len if prefill_cp else q
+        pairs = causal_pairs(q_full, kv_len, window) / cpf
+        if not prefill_cp:
+            keys = keys / cpf
     k_bytes = b.kvb if cached else b.a
     kv_read = batch * keys * kv_elems * k_bytes
     kv_write = 0.0 if (cross or not cached) else T * kv_elems * b.kvb
@@ -406,6 +423,8 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
     if b.fused:
         # a causal pass of several queries also computes the masked part of each query's last key tile
         done = pairs if (p.stack == "encoder" or cross) else tiled_causal_pairs(q, kv_len, window)
+        if cpf > 1:
+            done = tiled_causal_pairs(b.context.q_len if prefill_cp else q, kv_len, window) / cpf
         b.add(tag + ".attention", OpKind.ATTENTION, n, flops=2.0 * batch * done * h * (shape.qk_dim + shape.v_dim),
               act_in_bytes=act_in, act_out_bytes=act_out, kv_read_bytes=kv_read, kv_write_bytes=kv_write, rows=q,
               exp_ops=batch * done * h, keys=done / call("at_least_one", q))
@@ -427,6 +446,11 @@ def _attention_block(b: _Builder, tag: str, p: Pass, n: int, window: float, cach
               act_out_bytes=full * b.a)
         b.add(tag + ".context", OpKind.MATMUL, n, flops=2.0 * full * shape.v_dim, act_in_bytes=full * b.a,
               act_out_bytes=act_out, kv_read_bytes=kv_read * v_share, rows=q, variant=dense)
+
+    if prefill_cp:  # ring attention passes each rank's new K/V block to the next, cp - 1 times
+        b.comm(tag + ".cp_ring", Comm.CP_RING, (cpf - 1) * T * kv_elems * b.kvb, n)
+    elif cpf > 1:  # decode: the ranks' partial outputs (and their softmax sums) gathered
+        b.comm(tag + ".cp_gather", Comm.CP_GATHER, cpf * T * h * (shape.v_dim + 1) * b.a, n)
 
     # Output projection --------------------------------------------------------------------------------------------
     if m.is_mla:

@@ -76,4 +76,4 @@ def kv_bytes(model: ModelSpec, prec: Precision, par: Parallel, batch: Num, promp
         for (sliding, _), n in model.layer_kinds().items():
             tokens = prompt + gen
             per_layer_tokens = per_layer_tokens + n * (np.minimum(tokens, model.sliding_window) if sliding else tokens)
-    return batch * per_layer_tokens * share * elems * prec.kv.bytes
+    return batch * per_layer_tokens * share * elems * prec.kv.bytes / par.cp  # context parallel: 1 / cp a rank

@@ -28,10 +28,15 @@ def _powers(limit: int) -> list[int]:
     return out
 
 
-def layouts(model: Any, devices: int) -> list[dict[str, Any]]:
-    """Every (tp, pp, ep, dp_attention) in powers of two that the model allows (tp divides the heads, ep the
-    experts, pp at most the layers) and max(tp, ep) x pp <= devices."""
+LONG_PROMPT = 32768  # prompts from which context parallelism is searched (ring attention pays off for long ones)
+
+
+def layouts(model: Any, devices: int, prompt_len: int = 0) -> list[dict[str, Any]]:
+    """Every (tp, pp, ep, dp_attention, cp) in powers of two that the model allows (tp divides the heads, ep the
+    experts, pp at most the layers) and max(tp, ep) x cp x pp <= devices; cp > 1 only for prompts of LONG_PROMPT
+    tokens and more, on decoder-only models."""
     out = []
+    cps = _powers(devices) if prompt_len >= LONG_PROMPT and model.arch == "decoder" else [1]
     moe = bool(model.n_experts)
     for pp in _powers(min(devices, model.n_layers)):
         for tp in _powers(devices // pp):
@@ -43,7 +48,9 @@ def layouts(model: Any, devices: int) -> list[dict[str, Any]]:
                 if max(tp, ep) * pp > devices:
                     continue
                 for dp_att in ((False, True) if ep >= tp > 1 else (False,)):
-                    out.append({"tp": tp, "pp": pp, "ep": ep, "dp_attention": dp_att})
+                    for cp in cps:
+                        if max(tp, ep) * cp * pp <= devices:
+                            out.append({"tp": tp, "pp": pp, "ep": ep, "dp_attention": dp_att, "cp": cp})
     return out
 
 
@@ -66,15 +73,16 @@ def plan(model: Any, hardware: Any, *, devices: int | None = None, nodes: int | 
         if v is not None and not (np.isfinite(v) and v > 0):
             raise PerfmodelError(f"{name} must be a positive number of seconds; got {v!r}")
     base = Workload(prompt_len=prompt_len, gen_len=gen_len, devices=devices, nodes=nodes, **workload)
+    prompt_len, gen_len = base.prompt_len, int(base.gen_len)
     per_node = base.devices or fabric_of(d).devices_per_node
     total = per_node * (base.nodes or 1)
     eff, _ = efficiency_for(d, engine, None)
     act = open_act(engine, base.weights, d) if "act" not in workload else base.act
     bs = np.asarray(batches, dtype=float)
     points, tried = [], 0
-    for lay in layouts(m, total):
+    for lay in layouts(m, total, prompt_len):
         wl = checkpoint_formats(base.model_copy(update={**lay, "act": act}), m, engine)
-        used = max(lay["tp"], lay["ep"]) * lay["pp"]
+        used = max(lay["tp"], lay["ep"]) * lay["cp"] * lay["pp"]
         replicas = total // used
         tried += 1
         try:

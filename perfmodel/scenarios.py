@@ -339,7 +339,7 @@ def write_csv_atomic(df: "pd.DataFrame", path: str | Path) -> None:
     atomic_write_text(path, df.to_csv(index=False))
 
 
-NUMERIC_INPUTS = ("batch", "prompt", "gen", "tp", "pp", "ep", "expert_imbalance", "devices", "nodes")
+NUMERIC_INPUTS = ("batch", "prompt", "gen", "tp", "pp", "ep", "cp", "expert_imbalance", "devices", "nodes")
 # what a sweep adds to its input (a result fed back in as input is swept again from its input columns)
 OUTPUT_COLUMNS = frozenset((*METRICS, *MEMORY, *(f"{m}_{e}" for m in ("ttft_s", "tpot_s", "decode_tokens_per_s",
                             "prefill_tokens_per_s", "throughput_tokens_per_s", "e2e_latency_s") for e in ("low", "high")),

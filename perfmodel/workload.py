@@ -64,6 +64,10 @@ class Workload(BaseModel):
                                    "attention and dense layers stay tensor-parallel over tp (ep may exceed tp: ep / tp "
                                    "data-parallel attention replicas, as with --dp-attention)",
                     json_schema_extra={"name": "ep"})
+    cp: int = Field(1, description="context-parallel degree: a prompt's tokens split over cp ranks, which attend them "
+                                   "by ring attention (each rank's K/V block passed around the ring) and keep 1 / cp "
+                                   "of the KV cache each; a decode step gathers the ranks' partial attention",
+                    json_schema_extra={"name": "cp"})
     dp_attention: bool = Field(
         False, description="data-parallel attention (DeepSeek-style, SGLang --enable-dp-attention, TensorRT-LLM "
                            "attention DP): each of the ep ranks runs the attention of its own batch / ep sequences "
@@ -137,7 +141,7 @@ class Workload(BaseModel):
                                  f"{did_you_mean(str(v), list(BACKENDS))}")
         return v
 
-    @field_validator("batch", "prompt_len", "tp", "pp", "ep", mode="before")
+    @field_validator("batch", "prompt_len", "tp", "pp", "ep", "cp", mode="before")
     @classmethod
     def _positive(cls, v: Any, info) -> int:
         return _int_at_least(v, 1, info.field_name)
@@ -206,7 +210,7 @@ class Workload(BaseModel):
     def parallel(self) -> Parallel:
         from .graph import Parallel
 
-        return Parallel(self.tp, self.pp, self.ep, self.dp_attention, self.expert_imbalance)
+        return Parallel(self.tp, self.pp, self.ep, self.dp_attention, self.expert_imbalance, self.cp)
 
     @classmethod
     def options(cls) -> list[tuple[str, str, Any, str]]:
@@ -220,7 +224,7 @@ class Workload(BaseModel):
 
 # The largest value each size takes: past these a number is a typo, not a workload (2^24 sequences, 2^30 tokens,
 # 2^16 devices), and it would only overflow the arithmetic.
-LIMITS = {"batch": 2**24, "prompt_len": 2**30, "gen_len": 2**30, "tp": 2**16, "pp": 2**16, "ep": 2**16,
+LIMITS = {"batch": 2**24, "prompt_len": 2**30, "gen_len": 2**30, "tp": 2**16, "pp": 2**16, "ep": 2**16, "cp": 2**16,
           "nodes": 2**16, "devices": 2**16}
 
 

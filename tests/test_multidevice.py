@@ -129,3 +129,64 @@ def test_a_system_id_gives_its_device_fabric_and_network():
 def test_unknown_system_suggests_one():
     with pytest.raises(pm.PerfmodelError, match="dgx-h100"):
         pm.estimate("llama-3-8b", "dgx-h10")
+
+
+def test_pipeline_bubble_and_micro_batches():
+    kw = dict(prompt_len=512, gen_len=32, tp=2, pp=4)
+    single = pm.estimate("llama-3-70b", "h100-sxm", batch=1, **kw)  # M = 1: one walk through the 4 stages
+    two = pm.estimate("llama-3-70b", "h100-sxm", batch=2, **kw)  # M = 2 micro-batches of 1
+    four = pm.estimate("llama-3-70b", "h100-sxm", batch=4, **kw)  # M = 4 micro-batches of 1
+    # a prompt batch of M micro-batches over pp stages takes (M + pp - 1) stage times: (2 + 3) / 4 = 1.25 and
+    # (4 + 3) / 4 = 1.75 walks of one micro-batch (the default engine has no host time per pass)
+    assert two.ttft_s == pytest.approx(1.25 * single.ttft_s, rel=1e-9)
+    assert four.ttft_s == pytest.approx(1.75 * single.ttft_s, rel=1e-9)
+    # decode: with M <= pp micro-batches in flight a round, one token for every sequence, takes one walk
+    assert four.tpot_s == pytest.approx(single.tpot_s, rel=1e-9)
+    assert four.throughput_tokens_per_s > 3 * single.throughput_tokens_per_s
+    # the work is every micro-batch's: 4 sequences' FLOPs, as without pipelining
+    flat = pm.estimate("llama-3-70b", "h100-sxm", batch=4, prompt_len=512, gen_len=32, tp=2)
+    assert four.ops.flops.sum() == pytest.approx(flat.ops.flops.sum(), rel=1e-9)
+
+
+def test_plan_returns_a_fitting_layout_on_the_front():
+    from perfmodel.plan import plan
+
+    res = plan("llama-3-70b", "dgx-h100", prompt_len=1024, gen_len=128, slo_tpot_s=0.03)
+    best, front = res["best"], res["front"]
+    assert best is not None and best["tpot_s"] <= 0.03
+    assert best["memory_per_device_bytes"] <= 80e9 and best["devices_used"] <= 8
+    # the best under the target is on the front: no point has a shorter TPOT and more throughput per device
+    assert not any(p["tpot_s"] < best["tpot_s"] and p["throughput_per_device_tokens_per_s"]
+                   > best["throughput_per_device_tokens_per_s"] for p in front)
+    # the front is ordered by TPOT with throughput rising
+    thr = [p["throughput_per_device_tokens_per_s"] for p in front]
+    assert thr == sorted(thr) and len(front) >= 3
+    # the layout it picks costs what estimate says it costs
+    est = pm.estimate("llama-3-70b", "h100-sxm", batch=best["batch"], prompt_len=1024, gen_len=128, tp=best["tp"],
+                      pp=best["pp"])
+    assert est.tpot_s == pytest.approx(best["tpot_s"], rel=1e-6)
+    # an unmeetable target gives no layout, with the front still there
+    none = plan("llama-3-70b", "dgx-h100", prompt_len=1024, gen_len=128, slo_tpot_s=1e-4)
+    assert none["best"] is None and none["front"]
+
+
+def test_context_parallel_splits_the_prompt_and_the_cache():
+    kw = dict(batch=1, prompt_len=32768, gen_len=8)
+    one = pm.estimate("llama-3-8b", "h100-sxm", **kw)
+    four = pm.estimate("llama-3-8b", "h100-sxm", cp=4, **kw)
+    # each rank keeps a quarter of the KV cache: 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 B x 32,776 tokens / 4
+    assert four.memory["kv_cache_bytes"] == pytest.approx(32 * 8 * 128 * 2 * 2 * 32776 / 4)
+    # and does a quarter of the prompt's work (each rank's queries against every key, pairs balanced), but the LM
+    # head of the last position whole (2 x 4,096 x 128,256 FLOPs on the rank that holds it)
+    pre = lambda e: e.ops[e.ops.phase == "prefill"].flops.sum()  # noqa: E731
+    head = 2 * 4096 * 128256
+    assert pre(four) == pytest.approx((pre(one) - head) / 4 + head, rel=1e-9)
+    assert four.ttft_s < one.ttft_s / 2
+    # the ring passes each rank's K/V block 3 times a layer: 3 x 8,192 tokens x 2,048 elements x 2 B x 32 layers
+    ring = four.ops.set_index(["phase", "name"]).loc[("prefill", "layers.attn.cp_ring")]
+    assert ring.comm_bytes == pytest.approx(32 * 3 * 8192 * 2048 * 2)
+    assert "ring-attention" in ring.algorithm
+    # decode gathers the ranks' partial outputs, and reads a quarter of the cache a step
+    assert ("decode", "layers.attn.cp_gather") in four.ops.set_index(["phase", "name"]).index
+    with pytest.raises(pm.PerfmodelError, match="decoder-only"):
+        pm.estimate("t5-base", "h100-sxm", cp=2)

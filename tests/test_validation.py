@@ -129,8 +129,11 @@ def test_held_out_error_does_not_regress(rows):
 # 26.8 -> 26.0, serving mean 22.8 -> 22.2 (the TensorRT-LLM v0.11 misprint kept out) -> 22.4.
 # AITER PR #1092's plain CK column back (one of its rows is in the test split, missed by ~770 %): kernel mean
 # 24.7 -> 29.4; TensorRT-LLM v0.10's LLaMA 3 rows out: serving 22.4 -> 22.3.
+# Issue 16 (collectives by NCCL's tuning model and the engines' kernels, EP with data-parallel attention, pipeline
+# micro-batches) and the refit: serving mean 22.3 -> 20.2; 423 collective kernel rows added (nccl-tests bus
+# bandwidth, all-reduce latency): kernel mean 29.4 -> 37.9 on other rows (the rows scored before: unchanged)
 REACHED = {"decode median": 10.0, "decode mean": 17.5, "prefill mean": 27.5, "serving mean": 23.5,
-           "kernel mean": 30.0}
+           "kernel mean": 38.5}
 TARGETS = {"decode median": 10.0, "decode mean": 15.0, "prefill mean": 25.0, "serving mean": 25.0,
            "kernel mean": 15.0}  # issue 5
 
@@ -307,7 +310,10 @@ def test_shipped_loso_table_is_current(rows):
 # A second re-reading: TensorRT-LLM v0.10's LLaMA 3 rows out (its build configs swap 8B's and 70B's MLP widths),
 # AITER PR #1092's plain CK column back (an op test's output, not a tuner's rejected candidates): kernel
 # 15.1 / 27.5 -> 16.0 / 40.8 (those 9 rows missed by up to 1,200 %), serving 15.0 / 21.6 -> 14.9 / 21.5
-LOSO_REACHED = {"decode": (14.0, 25.5), "prefill": (17.5, 35.5), "serving": (15.5, 22.5), "kernel": (16.5, 41.5)}
+# Issue 16: serving 14.9 / 21.5 -> 14.9 / 20.6 (EP rows 41.4 / 38.6 -> 20.1 / 26.2, pipeline rows 57.5 / 55.5 ->
+# 23.9 / 26.9), prefill 16.3 / 35.0 -> 15.7 / 35.2; kernel 16.0 / 40.8 -> 21.0 / 41.0 with 423 collective rows
+# added (23.2 / 40.4 on their own; the other kernel rows 18.3 / 41.7)
+LOSO_REACHED = {"decode": (14.0, 25.5), "prefill": (17.5, 35.5), "serving": (15.5, 21.5), "kernel": (21.5, 41.5)}
 
 
 def test_leave_one_source_out_error_does_not_regress(rows):
