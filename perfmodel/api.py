@@ -276,7 +276,8 @@ class Estimate:
                          "head_weights": prec.head_format.value, "kv": wl.kv.value, "act": wl.act.value,
                          "gemm": wl.gemm.value if wl.gemm else wl.act.value, "tp": wl.tp,
                          "pp": wl.pp, "ep": wl.ep, "cp": wl.cp, "dp_attention": wl.dp_attention,
-                         "expert_imbalance": wl.expert_imbalance, "nodes": wl.nodes, "attention": wl.attention, "dequant": wl.dequant, "backend": wl.backend,
+                         "expert_imbalance": wl.expert_imbalance, "nodes": wl.nodes, "attention": wl.attention,
+                         "dequant": wl.dequant, "backend": wl.backend,
                          "matrix_units": wl.matrix_units, "graphs": wl.graphs, "logits": wl.logits,
                          "ubatch": wl.ubatch, "devices": wl.parallel.devices,
                          "efficiency": self.ev.mach.eff.model_dump(), "engine": self.engine}
@@ -316,7 +317,8 @@ class Estimate:
             + (f" in {self.device.system.name}" if self.device.system is not None else ""),
             f"  batch {d['batch']}, prompt {d['prompt_len']}, generate {d['gen_len']}; weights {c['weights']}, "
             f"kv {c['kv']}, act {c['act']}, tp {c['tp']}, pp {c['pp']}"
-            + (f", ep {c['ep']}" if c["ep"] > 1 else "") + (f", cp {c['cp']}" if c["cp"] > 1 else "") + (", attention data-parallel" if c["dp_attention"] else "")
+            + (f", ep {c['ep']}" if c["ep"] > 1 else "") + (f", cp {c['cp']}" if c["cp"] > 1 else "")
+            + (", attention data-parallel" if c["dp_attention"] else "")
             + (f" on {c['devices']} devices" if c["devices"] > 1 else "") + f", {c['attention']} attention"
             + (f", {c['backend']} backend" if c.get("backend") else ""),
             "",

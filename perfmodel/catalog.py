@@ -386,7 +386,8 @@ def find_entry(kind: str, name: str) -> tuple[Path, str | None]:
     flag = "--hardware" if kind == "hardware" else "--model"
     names = {**index, **_system_index()} if kind == "hardware" else index
     raise unknown_name(
-        flag, name, names, what=f"See `perfmodel list {kind if kind == 'hardware' else 'models'}`, or pass a file path."
+        flag, name, names,
+        what=f"See `perfmodel list {kind if kind == 'hardware' else 'models'}`, or pass a file path."
     )
 
 

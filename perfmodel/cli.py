@@ -264,7 +264,8 @@ def _plan(a: argparse.Namespace) -> int:
         lay = f"tp {p['tp']} pp {p['pp']}" + (f" ep {p['ep']}" if p["ep"] > 1 else "") + (
             f" cp {p['cp']}" if p["cp"] > 1 else "") + (
             " dp-attn" if p["dp_attention"] else "") + f" x{p['replicas']}"
-        return (f"  {lay:<28} batch {p['batch']:>5}  TTFT {p['ttft_s'] * 1e3:>9,.1f} ms  TPOT {p['tpot_s'] * 1e3:>7,.2f} ms"
+        return (f"  {lay:<28} batch {p['batch']:>5}  TTFT {p['ttft_s'] * 1e3:>9,.1f} ms"
+                f"  TPOT {p['tpot_s'] * 1e3:>7,.2f} ms"
                 f"  {p['throughput_per_device_tokens_per_s']:>9,.1f} tok/s per device")
 
     print("Pareto front (shortest TPOT first; each point has more throughput per device than every faster one):")

@@ -7,10 +7,10 @@ src/graph/tuning.cc at commit 5067397c (read in this project's mirror of the rep
 - latency = baseLat[algorithm][protocol] + per-step hardware latency x steps: ring all-reduce 2(n-1) steps,
   all-gather / reduce-scatter n-1; tree all-reduce 2 x ((ranks per node - 1) x intra + log2(nodes) x inter); NVLS
   (in-switch reduction, NVLink SHARP) its hardware latency alone (25 us over NVLink: it pays off for large messages);
-- bus bandwidth = the link's attained bandwidth, refined per protocol: LL carries 8 data bytes in 16 (x 0.5, at most
-  llMaxBw), LL128 120 of 128 (x 0.92), a tree all-reduce x 0.92 (LL x 1/3.8, LL128 x 7/9 within a node), NVLS x 2 x
-  nvlsEfficiency (0.85 Hopper, 0.74 Blackwell) for an all-reduce, which the switch pipelines; the algorithm bandwidth is
-  the bus bandwidth x ranks / steps (ring, NVLS) or x 0.5 (tree);
+- bus bandwidth = the link's attained bandwidth, refined per protocol: LL carries 8 data bytes in 16 (x 0.5, at
+  most llMaxBw), LL128 120 of 128 (x 0.92), a tree all-reduce x 0.92 (LL x 1/3.8, LL128 x 7/9 within a node), NVLS
+  x 2 x nvlsEfficiency (0.85 Hopper, 0.74 Blackwell) for an all-reduce, which the switch pipelines; the algorithm
+  bandwidth is the bus bandwidth x ranks / steps (ring, NVLS) or x 0.5 (tree);
 - the tree's measured deviation at medium sizes (treeCorrectionFactor, powers of two from 64 B).
 What is not modelled: NCCL's channel counts (the per-channel caps perChMax*Bw bind only with few channels), CollNet
 (SHARP in the network switch, off unless configured), PAT (one GPU per node only), the ring's multi-node plateau.
@@ -281,8 +281,9 @@ def fabric_of(device: "Device") -> Fabric:
     PCIe (or none) -> the host's PCIe, 8 devices a node; an NVLink bridge -> pairs, joined by PCIe; AMD Infinity
     Fabric -> a full mesh of 8 (the Instinct OAM platforms' xGMI); other NVLink -> NVSwitch, 8 devices a node (NVIDIA
     HGX boards since A100), with in-switch reduction from Hopper on (NVSwitch gen 3, NVLink SHARP); 72 a node for
-    GB200 (NVL72); TPU ICI -> a torus. A node's network: one 400 Gb/s NIC per GPU for Hopper and later, 200 Gb/s
-    before (DGX H100 / DGX A100 compute fabrics), as the systems in hardware_specs/system state them."""
+    GB200 (NVL72); TPU ICI -> a torus of up to 256 chips (a v5e or v6e pod), no network stated. A node's network:
+    one 400 Gb/s NIC per GPU for Hopper and later, 200 Gb/s before (DGX H100 / DGX A100 compute fabrics), as the
+    systems in hardware_specs/systems state them."""
     sysm = device.system
     if sysm is not None:  # a system's own figures (perfmodel.system)
         net = sysm.network
@@ -306,8 +307,8 @@ def fabric_of(device: "Device") -> Fabric:
                       link.name)
     if "infinity" in name or "xgmi" in name:
         return Fabric("mesh", bw, "nvlink", 8, False, arch, 8 * 50e9, "estimated: 400 Gb/s a GPU", link.name)
-    if "ici" in name:
-        return Fabric("torus", bw, "nvlink", 8, False, arch, None, "", link.name)
+    if "ici" in name:  # one ICI domain: a pod slice of up to 256 chips (v5e, v6e pods)
+        return Fabric("torus", bw, "nvlink", 256, False, arch, None, "", link.name)
     per_node = 72 if device.id.startswith("gb200") else 8
     return Fabric("switch", bw, "nvlink", per_node, arch in ("hopper", "blackwell") and device.year is not None
                   and device.year >= 2022, arch, per_gpu_nic * per_node, "estimated: one NIC a GPU",

@@ -239,19 +239,23 @@ def workload_fabric(device: Device, wl: Workload) -> Fabric | None:
 
 
 def layout_error(device: Device, wl: Workload) -> str:
-    """Why the layout cannot run on the devices asked for ('' where it can): max(tp, ep) x pp devices against
-    devices a node x --nodes (nodes default to as many as the layout needs)."""
+    """Why the layout cannot run on the devices asked for ('' where it can): max(tp, ep) x cp x pp devices against
+    devices a node x --nodes (nodes default to as many as the layout needs), and a layout past one node on a system
+    whose data give no network between nodes."""
+    par = wl.parallel
+    fab = fabric_of(device)
+    per_node = wl.devices or fab.devices_per_node
+    what = device.system.id if device.system is not None else device.id
+    if par.devices > per_node and not fab.net_bytes_per_s:
+        return (f"the layout needs {par.devices} devices, more than the {per_node} of one {what} node, and {what} "
+                f"states no network between nodes: keep max(tp, ep) x cp x pp within {per_node}")
     if wl.nodes is None:
         return ""
-    par = wl.parallel
-    per_node = wl.devices or fabric_of(device).devices_per_node
     have = per_node * wl.nodes
     if par.devices > have:
-        what = device.system.id if device.system is not None else device.id
         return (f"the layout needs {par.devices} devices (max(tp {par.tp}, ep {par.ep}) x cp {par.cp} x pp {par.pp}); "
-                f"{what} with "
-                f"{per_node} a node x {wl.nodes} node{'s' if wl.nodes > 1 else ''} has {have}: raise --nodes to "
-                f"{-(-par.devices // per_node)}, or shrink the layout")
+                f"{what} with {per_node} a node x {wl.nodes} node{'s' if wl.nodes > 1 else ''} has {have}: raise "
+                f"--nodes to {-(-par.devices // per_node)}, or shrink the layout")
     return ""
 
 

@@ -78,7 +78,8 @@ class Workload(BaseModel):
                          "MoE layer waits for the busiest rank", json_schema_extra={"name": "expert_imbalance"})
     devices: int | None = Field(
         None, description="devices per node (a bare device: how many share its fabric, e.g. 8 L40S in a PCIe "
-                          "server); default: the system's, else 8 (72 for GB200)", json_schema_extra={"name": "devices"})
+                          "server); default: the system's, else 8 (72 for GB200)",
+        json_schema_extra={"name": "devices"})
     nodes: int | None = Field(
         None, description="nodes of `devices` each, joined by the system's network (InfiniBand, RoCE); the layout "
                           "(max(tp, ep) x pp devices) must fit in devices x nodes; default: as many as it needs",

@@ -190,3 +190,11 @@ def test_context_parallel_splits_the_prompt_and_the_cache():
     assert ("decode", "layers.attn.cp_gather") in four.ops.set_index(["phase", "name"]).index
     with pytest.raises(pm.PerfmodelError, match="decoder-only"):
         pm.estimate("t5-base", "h100-sxm", cp=2)
+
+
+def test_llama3_70b_tpot_falls_from_tp1_to_tp8_on_an_hgx_h100():
+    # FP8 weights (70.6 GB) fit one H100; at batch 1 each step reads 1 / tp of them and pays two small all-reduces a
+    # layer at the engine's one-shot cost (~5 us), so TP 8 is the fastest (the TP 8 > TP 4 inversion is gone)
+    tpot = [pm.estimate("llama-3-70b", "dgx-h100", batch=1, prompt_len=1024, gen_len=128, tp=tp, weights="fp8").tpot_s
+            for tp in (1, 2, 4, 8)]
+    assert all(a > b for a, b in zip(tpot, tpot[1:])), tpot

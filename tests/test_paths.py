@@ -156,7 +156,8 @@ def test_each_collective_says_its_algorithm_protocol_link_and_message(tmp_path):
     # 360e9 x 8 / 14) = 73 us) beats multimem (10 us + 1.75 x 16.8e6 / (360e9 x 0.85) = 106 us) and the ring
     assert c.loc[("decode", "layers.attn.all_reduce"), "algorithm"] == (
         "all-reduce over 8, one-shot (engine kernel) (16.4 kB a call)")
-    assert c.loc[("prefill", "layers.mlp.all_reduce"), "algorithm"] == "all-reduce over 8, NVLS Simple (16.78 MB a call)"
+    assert c.loc[("prefill", "layers.mlp.all_reduce"), "algorithm"] == (
+        "all-reduce over 8, NVLS Simple (16.78 MB a call)")
     assert set(c.link) == {"NVLink 4 (NVSwitch, estimated), 450 GB/s per direction"}
     # the collectives' times are the ops table's communication, and their shares are of each phase's time
     ops = est.ops
