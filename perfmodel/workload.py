@@ -82,7 +82,7 @@ class Workload(BaseModel):
         json_schema_extra={"name": "devices"})
     nodes: int | None = Field(
         None, description="nodes of `devices` each, joined by the system's network (InfiniBand, RoCE); the layout "
-                          "(max(tp, ep) x pp devices) must fit in devices x nodes; default: as many as it needs",
+                          "(max(tp, ep) x cp x pp devices) must fit in devices x nodes; default: as many as it needs",
         json_schema_extra={"name": "nodes"})
     attention: Literal["flash", "unfused"] = Field("flash", description="flash (fused) or unfused",
                                                    json_schema_extra={"name": "attention"})
