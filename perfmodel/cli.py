@@ -67,6 +67,44 @@ def _parser() -> argparse.ArgumentParser:
     pn.add_argument("--engine", default=None, help="software-stack profile (vllm, trtllm, sglang, ...)")
     pn.add_argument("--json", action="store_true")
 
+    sv = sub.add_parser("serve", help="simulate a server under load: requests arriving at a rate (or from a trace), "
+                                      "continuous batching, paged KV cache; throughput and latency percentiles, or "
+                                      "the highest rate meeting latency SLOs (--find-rate)")
+    _workload_args(sv, skip=("batch",))
+    g = sv.add_argument_group("requests")
+    g.add_argument("--rate", default=None, help="requests per second, Poisson arrivals (inf: all at once); with "
+                                                "--find-rate not needed")
+    g.add_argument("--arrival", default="poisson", help="poisson (default) or gamma (gaps of CV --cv)")
+    g.add_argument("--cv", default="1", help="coefficient of variation of gamma gaps (default 1)")
+    g.add_argument("--prompt-dist", default=None, help="prompt lengths: N, fixed:N, uniform:LO:HI, normal:MEAN:STD, "
+                                                       "lognormal:MEDIAN:SIGMA (default: fixed at --prompt)")
+    g.add_argument("--gen-dist", default=None, help="output lengths, as --prompt-dist (default: fixed at --gen)")
+    g.add_argument("--trace", default=None, help="CSV or Parquet: arrival_s, prompt_tokens, output_tokens "
+                                                 "[, prefix_tokens]; replaces --rate and the distributions")
+    g.add_argument("--requests", default=None, help="requests to simulate (default 1000, or rate x --duration)")
+    g.add_argument("--duration", default=None, help="seconds of arrivals to simulate (requests = rate x duration)")
+    g.add_argument("--prefix-hit", default="0", help="share of each prompt found in the prefix cache, 0-1 (default 0)")
+    g.add_argument("--seed", default="0", help="random seed of arrivals and lengths (default 0)")
+    h = sv.add_argument_group("engine")
+    h.add_argument("--scheduler", default="vllm", help="vllm (continuous batching, chunked prefill; default), "
+                                                       "prefill-first, static, disaggregated")
+    h.add_argument("--max-num-seqs", default="256", help="sequences an iteration at most (default 256, vLLM's)")
+    h.add_argument("--max-batched-tokens", default="8192", help="tokens an iteration at most (default 8192)")
+    h.add_argument("--block-size", default="16", help="KV-cache block, tokens (default 16)")
+    h.add_argument("--memory-utilization", default="0.9", help="share of device memory the engine uses (default 0.9)")
+    h.add_argument("--preemption", default="recompute", help="recompute (default) or swap, when the KV cache is full")
+    h.add_argument("--replicas", default="1", help="identical engines the requests are dealt to (default 1)")
+    h.add_argument("--prefill-instances", default="1", help="disaggregated: prefill engines (default 1)")
+    h.add_argument("--decode-instances", default="1", help="disaggregated: decode engines (default 1)")
+    f = sv.add_argument_group("latency targets")
+    f.add_argument("--find-rate", action="store_true", help="bisect the highest rate meeting --slo-ttft/--slo-tpot")
+    f.add_argument("--slo-ttft", default=None, help="time to first token, seconds, at --percentile")
+    f.add_argument("--slo-tpot", default=None, help="time per output token, seconds, at --percentile")
+    f.add_argument("--percentile", default="90", help="percentile the SLOs apply to (default 90)")
+    sv.add_argument("--plot", default=None, help="write the serving figure (latency CDFs, batch and KV use over time, "
+                                                 "and with --find-rate throughput against latency) to this .png/.svg")
+    sv.add_argument("--json", action="store_true")
+
     tr = sub.add_parser("trends", help="CPU and GPU design trends from the catalog, and LLM demands against them")
     tr.add_argument("--target", type=float, default=20.0, help="decode tokens/s to project (default 20)")
     tr.add_argument("-o", "--output", default=None, help="the four-panel figure, .png or .svg")
@@ -124,13 +162,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _workload_args(e: argparse.ArgumentParser) -> None:
-    """The options that say what is estimated (estimate, report and plot share them)."""
+def _workload_args(e: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The options that say what is estimated (estimate, report, plot and serve share them; `skip`: fields not
+    asked)."""
     e.add_argument("--model", required=True, help="catalog id, spec .toml, or Hugging Face config.json / folder")
     e.add_argument("--hardware", required=True, help="catalog id, device .toml, or 'local'")
     from .workload import Workload  # the flags are its fields: one name, default and help per quantity
 
     for field, name, default, text in Workload.options():
+        if field in skip:
+            continue
         shown = f" (default {default})" if default is not None and "default" not in text else ""
         if field == "act":  # left open, an engine's own format applies (llama.cpp on a CPU: fp32)
             shown, default = f" (default {default}, or with --engine that engine's: fp32 for llama.cpp on a CPU)", None
@@ -153,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_output_path(getattr(args, attr), flag)
         return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep, "calibrate": _calibrate,
                 "validate": _validate, "report": _report, "plot": _plot, "whatif": _whatif,
-                "trends": _trends, "plan": _plan}[args.command](args)
+                "trends": _trends, "plan": _plan, "serve": _serve}[args.command](args)
     except PerfmodelError as e:
         print(f"perfmodel: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -383,6 +424,8 @@ def _clean(x: Any) -> Any:
     """JSON has no NaN or infinity: write null."""
     if isinstance(x, dict):
         return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
@@ -670,3 +713,101 @@ def _validate(a: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _flag_number(text: Any, flag: str, lo: float = 0.0, integer: bool = False, inf: bool = False,
+                 above: bool = True) -> float:
+    """A numeric flag, checked: finite (or inf where `inf`), > lo (>= lo unless `above`), whole where `integer`."""
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        raise PerfmodelError(f"{flag} must be a number; got {text!r}") from None
+    ok = (math.isfinite(x) or (inf and x == math.inf)) and (x > lo if above else x >= lo)
+    if integer and ok and math.isfinite(x):
+        ok = x == int(x)
+    if not ok:
+        what = "a whole number" if integer else "a finite number" if not inf else "a number (or inf)"
+        raise PerfmodelError(f"{flag} must be {what} {'>' if above else '>='} {lo:g}; got {text!r}")
+    return x
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from .serving import Scheduler, find_rate, read_trace, simulate, synthetic
+    from .workload import Workload
+
+    wl = Workload(**{field: getattr(a, name) for field, name, _, _ in Workload.options()
+                     if field != "batch" and not (field == "act" and getattr(a, name) is None)})
+    if a.engine and a.profile:
+        raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
+    sch = Scheduler(policy=a.scheduler, max_num_seqs=int(_flag_number(a.max_num_seqs, "--max-num-seqs", integer=True)),
+                    max_batched_tokens=int(_flag_number(a.max_batched_tokens, "--max-batched-tokens", integer=True)),
+                    block_size=int(_flag_number(a.block_size, "--block-size", integer=True)),
+                    memory_utilization=_flag_number(a.memory_utilization, "--memory-utilization"),
+                    preemption=a.preemption)
+    seed = int(_flag_number(a.seed, "--seed", integer=True, above=False))
+    slo_ttft = _flag_number(a.slo_ttft, "--slo-ttft") if a.slo_ttft is not None else None
+    slo_tpot = _flag_number(a.slo_tpot, "--slo-tpot") if a.slo_tpot is not None else None
+    pct = _flag_number(a.percentile, "--percentile")
+    req_rate = 1.0
+    if a.trace:
+        if a.rate is not None or a.prompt_dist or a.gen_dist:
+            raise PerfmodelError("--trace gives arrivals and lengths: leave out --rate, --prompt-dist and --gen-dist")
+        req = read_trace(a.trace)
+    else:
+        rate = 1.0 if a.find_rate else (_flag_number(a.rate, "--rate", inf=True) if a.rate is not None else None)
+        req_rate = rate if rate is not None else 1.0
+        if rate is None:
+            raise PerfmodelError("perfmodel serve needs --rate R (requests/s), --trace FILE, or --find-rate with SLOs")
+        if a.requests is not None:
+            n = int(_flag_number(a.requests, "--requests", integer=True))
+        elif a.duration is not None:
+            if not math.isfinite(rate):
+                raise PerfmodelError("--duration needs a finite --rate (requests = rate x duration); give --requests")
+            n = max(1, int(round(rate * _flag_number(a.duration, "--duration"))))
+        else:
+            n = 1000
+        gen = a.gen if a.gen is not None else 128
+        req = synthetic(n, rate, a.prompt_dist or a.prompt, a.gen_dist or gen, seed=seed, arrival=a.arrival,
+                        cv=_flag_number(a.cv, "--cv"), prefix_hit=_flag_number(a.prefix_hit, "--prefix-hit",
+                                                                                above=False))
+    kw = dict(scheduler=sch, engine=a.engine, efficiency=a.profile,
+              replicas=int(_flag_number(a.replicas, "--replicas", integer=True)),
+              prefill_instances=int(_flag_number(a.prefill_instances, "--prefill-instances", integer=True)),
+              decode_instances=int(_flag_number(a.decode_instances, "--decode-instances", integer=True)))
+    if a.find_rate:
+        if a.trace is None and a.rate is not None:
+            raise PerfmodelError("--find-rate searches the rate: leave out --rate")
+        found = find_rate(a.model, a.hardware, wl, requests=req, slo_ttft_s=slo_ttft, slo_tpot_s=slo_tpot,
+                          percentile=pct, record=a.plot is not None, **kw)
+        res = found.result
+        out = {**(res.metrics() if res is not None else {}), **found.to_dict()}
+    else:
+        res = simulate(a.model, a.hardware, wl, requests=req, record=a.plot is not None, **kw)
+        out = res.metrics()
+        if slo_ttft is not None or slo_tpot is not None:
+            ok = res.attained(slo_ttft, slo_tpot)
+            out["slo_attainment"] = float(ok.mean())
+            out["goodput_requests_per_s"] = float(ok.sum()) / res.span_s
+    if a.plot is not None and res is not None:
+        from .serving.figures import serving_figure
+        from .plots import save
+
+        curve = None
+        if not a.find_rate:  # the throughput-latency curve: the same requests at shares of the saturated rate
+            from .serving import rate_curve
+
+            if a.trace:  # the trace's own mean rate taken as unit
+                span = float(req.arrival_s[-1])
+                req_rate = (len(req) - 1) / span if span > 0 else math.inf
+            base = req.scaled(1.0 / req_rate) if math.isfinite(req_rate) else None
+            if base is not None:
+                curve = rate_curve(a.model, a.hardware, wl, requests=base, percentile=pct, **kw)
+        fig = serving_figure(res, found if a.find_rate else None, curve)
+        out["plot"] = str(save(fig, a.plot))
+    if a.json:
+        print(json.dumps(_clean(out), indent=2))
+    else:
+        from .serving.report import summary
+
+        print(summary(a.model, a.hardware, out, res))
+    return 0

@@ -1,0 +1,401 @@
+"""Serving under load: requests arriving at a server that batches them continuously, simulated request by request.
+
+>>> import perfmodel as pm
+>>> from perfmodel.serving import simulate, synthetic
+>>> res = simulate("llama-3-8b", "h100-sxm", requests=synthetic(1000, rate=10, prompt=512, gen=128, seed=0))
+>>> res.metrics()["ttft_s"]["p90"]  # seconds
+
+The engine's iterations are costed by the analytical cost model (perfmodel.serving.steps); the scheduler and the
+paged KV cache are simulated (perfmodel.serving.sim). `find_rate` bisects the request rate for latency SLOs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..catalog import load_device, load_model
+from ..device import Device
+from ..efficiency import Efficiency
+from ..engines import checkpoint_formats, efficiency_for, open_act
+from ..errors import CapacityError, PerfmodelError
+from ..evaluate import capacity_message, evaluate, layout_error
+from ..model import ModelSpec
+from ..workload import Workload
+from .requests import Requests, parse_dist, read_trace, synthetic
+from .sim import POLICIES, Scheduler, Trace, run
+from .steps import StepCost, step_cost
+
+__all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests", "Scheduler", "ServeResult",
+           "POLICIES"]
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(eq=False)
+class ServeResult:
+    """Per-request times of a simulated run (arrays in the order of `requests`) and what the engines did."""
+
+    requests: Requests
+    first_scheduled_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    produced: np.ndarray
+    prefilled_tokens: np.ndarray
+    preemptions: int
+    kv_utilisation: float  # time-weighted mean of the KV blocks in use over those available, busy engines
+    peak_kv_utilisation: float
+    engines: int
+    devices: int
+    scheduler: Scheduler
+    notes: tuple[str, ...] = ()
+    timeline: dict[str, np.ndarray] | None = None
+
+    @property
+    def ttft_s(self) -> np.ndarray:
+        return self.first_token_s - self.requests.arrival_s
+
+    @property
+    def tpot_s(self) -> np.ndarray:
+        """(last token - first token) / (output tokens - 1), for requests of more than one output token (as vLLM's
+        benchmark_serving computes it)."""
+        g = self.requests.output_tokens
+        keep = g > 1
+        return (self.finish_s[keep] - self.first_token_s[keep]) / (g[keep] - 1)
+
+    @property
+    def e2e_latency_s(self) -> np.ndarray:
+        return self.finish_s - self.requests.arrival_s
+
+    @property
+    def queueing_s(self) -> np.ndarray:
+        return self.first_scheduled_s - self.requests.arrival_s
+
+    @property
+    def span_s(self) -> float:
+        """First arrival to last finish."""
+        return float(np.max(self.finish_s) - np.min(self.requests.arrival_s))
+
+    def metrics(self) -> dict[str, Any]:
+        """The figures `perfmodel serve` prints (its --json keys)."""
+        span = self.span_s
+        out: dict[str, Any] = {
+            "requests": len(self.requests),
+            "throughput_requests_per_s": len(self.requests) / span if span > 0 else math.inf,
+            "throughput_tokens_per_s": float(self.produced.sum()) / span if span > 0 else math.inf,
+            "ttft_s": _stats(self.ttft_s), "tpot_s": _stats(self.tpot_s), "e2e_latency_s": _stats(self.e2e_latency_s),
+            "queueing_s": _stats(self.queueing_s),
+            "kv_utilisation": {"mean": self.kv_utilisation, "peak": self.peak_kv_utilisation},
+            "preemptions": self.preemptions,
+            "engines": self.engines, "devices": self.devices,
+        }
+        out["throughput_tokens_per_s_per_device"] = out["throughput_tokens_per_s"] / self.devices
+        return out
+
+    def meets(self, slo_ttft_s: float | None, slo_tpot_s: float | None, percentile: float = 90.0) -> bool:
+        ok = True
+        if slo_ttft_s is not None:
+            ok &= bool(np.percentile(self.ttft_s, percentile) <= slo_ttft_s)
+        if slo_tpot_s is not None and len(self.tpot_s):
+            ok &= bool(np.percentile(self.tpot_s, percentile) <= slo_tpot_s)
+        return ok
+
+    def attained(self, slo_ttft_s: float | None, slo_tpot_s: float | None) -> np.ndarray:
+        """Per request: whether it met both SLOs (a request of one output token has no TPOT to miss)."""
+        ok = np.ones(len(self.requests), dtype=bool)
+        if slo_ttft_s is not None:
+            ok &= self.ttft_s <= slo_ttft_s
+        if slo_tpot_s is not None:
+            g = self.requests.output_tokens
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tpot = np.where(g > 1, (self.finish_s - self.first_token_s) / np.maximum(g - 1, 1), 0.0)
+            ok &= tpot <= slo_tpot_s
+        return ok
+
+
+def _stats(x: np.ndarray) -> dict[str, float | None]:
+    if len(x) == 0:
+        return {"p50": None, "p90": None, "p99": None, "mean": None}
+    p = np.percentile(x, PERCENTILES)
+    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2]), "mean": float(np.mean(x))}
+
+
+@dataclass(frozen=True, eq=False)
+class Engine:
+    """One engine instance ready to simulate: its tabulated iteration cost and KV cache."""
+
+    step: StepCost
+    kv_blocks: int
+    swap_bytes_per_s: float
+    devices: int
+
+
+def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, scheduler: Scheduler,
+            requests: Requests, engine: str | None = None, efficiency: Efficiency | str | Path | None = None,
+            workload_fields: set[str] | None = None) -> tuple[ModelSpec, Device, Workload, Engine]:
+    """Load, resolve the engine's formats, check the layout, tabulate the iteration cost and size the KV cache."""
+    m, d = load_model(model), load_device(hardware)
+    eff, _ = efficiency_for(d, engine, efficiency)
+    if "act" not in (workload_fields if workload_fields is not None else wl.model_fields_set):
+        act = open_act(engine, wl.weights, d)
+        if act != wl.act:
+            wl = Workload(**{**wl.model_dump(exclude_none=True), "act": act})
+    wl = checkpoint_formats(wl, m, engine)
+    err = layout_error(d, wl)
+    if err:
+        raise PerfmodelError(err)
+    longest = float((requests.prompt_tokens + requests.output_tokens).max())
+    longest_prompt = float(requests.prompt_tokens.max())
+    if scheduler.policy == "static":
+        max_tokens = scheduler.max_num_seqs * longest_prompt
+    elif scheduler.policy == "prefill-first":
+        max_tokens = max(scheduler.max_batched_tokens, longest)
+    else:
+        max_tokens = scheduler.max_batched_tokens
+    sc = step_cost(m, d, wl, eff, int(max_tokens), scheduler.max_num_seqs, int(longest) + 1)
+    # memory: weights and the activations of the largest iteration, the rest of the budget for KV blocks
+    one = np.ones(1)
+    ev = evaluate(m, d, wl, eff, one, one * min(max_tokens, scheduler.max_batched_tokens), one)
+    cap = d.main_memory.capacity_bytes
+    if cap is None:
+        kv_blocks = 10**9  # no capacity stated: the cache never fills (said in the notes)
+    else:
+        avail = cap * scheduler.memory_utilization - sc.weights_bytes - float(ev.memory.activation_bytes[0])
+        kv_blocks = int(avail // (sc.kv_bytes_per_token * scheduler.block_size)) if avail > 0 else 0
+        if kv_blocks * scheduler.block_size < longest:
+            mem = replace(ev.memory.at(0), capacity_bytes=cap * scheduler.memory_utilization)
+            msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=longest * sc.kv_bytes_per_token),
+                                   requests.prompt_tokens.max(), requests.output_tokens.max())
+            msg = msg.split(" Pass --ignore-capacity")[0]  # a simulation cannot run what does not fit
+            raise CapacityError(f"{msg} (the engine uses {scheduler.memory_utilization:.0%} of device memory, "
+                                f"--memory-utilization, for weights, activations and a KV cache that must hold at "
+                                f"least the longest request, {int(longest)} tokens)")
+    return m, d, wl, Engine(sc, kv_blocks, swap_bandwidth(d), wl.parallel.devices)
+
+
+def swap_bandwidth(d: Device) -> float:
+    """Host link of a device, per direction: its PCIe link where the data state one, else PCIe x16 of the newest
+    generation shipping by the device's year (estimated; pcie.PCIE_FIRST_YEAR), else PCIe 4.0 x16."""
+    from ..pcie import PCIE_FIRST_YEAR, pcie_bytes_per_s
+
+    link = d.interconnect
+    if link is not None and link.pcie is not None:
+        return pcie_bytes_per_s(*link.pcie)
+    year = d.year or 2020
+    gen = max((g for g, y in PCIE_FIRST_YEAR.items() if y <= year), default=4)
+    return pcie_bytes_per_s(gen, 16)
+
+
+def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload | None = None, *,
+             requests: Requests, scheduler: Scheduler | None = None, engine: str | None = None,
+             efficiency: Efficiency | str | Path | None = None, replicas: int = 1, prefill_instances: int = 1,
+             decode_instances: int = 1, record: bool = False, prepared: tuple | None = None) -> ServeResult:
+    """Serve `requests` with `replicas` identical engines (requests dealt round-robin), each running `workload`'s
+    formats and parallelism under `scheduler`. With the disaggregated policy, `prefill_instances` engines prefill and
+    `decode_instances` engines decode, the KV cache sent between them over the fabric. `prepared`: the result of
+    `prepare` for these arguments (find_rate reuses it)."""
+    sch = scheduler or Scheduler()
+    wl = workload or Workload()
+    for name, v in (("replicas", replicas), ("prefill instances", prefill_instances),
+                    ("decode instances", decode_instances)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise PerfmodelError(f"{name} must be a whole number >= 1; got {v!r}")
+    m, d, wl, eng = prepared or prepare(model, hardware, wl, sch, requests, engine, efficiency)
+    n = len(requests)
+    notes = []
+    if wl.pp > 1:
+        notes.append("pp > 1: each iteration is costed as one batch walking every stage; the micro-batches a pipeline "
+                     "keeps in flight are not simulated, so throughput is understated")
+    if d.main_memory.capacity_bytes is None:
+        notes.append(f"{d.id} states no memory capacity: the KV cache is taken as never full")
+    if sch.policy == "disaggregated":
+        return _disaggregated(requests, d, wl, sch, eng, prefill_instances, decode_instances, record, notes)
+    parts = []
+    for r in range(replicas):
+        idx = np.arange(r, n, replicas)
+        if len(idx):
+            parts.append((idx, run(requests.subset(idx), eng.step, sch, eng.kv_blocks, eng.swap_bytes_per_s,
+                                   record=record)))
+    return _merge(requests, parts, sch, replicas, replicas * eng.devices, notes, eng.kv_blocks)
+
+
+def _merge(req: Requests, parts: list[tuple[np.ndarray, Trace]], sch: Scheduler, engines: int, devices: int,
+           notes: list[str], kv_blocks: int, first_token: np.ndarray | None = None) -> ServeResult:
+    n = len(req)
+    arrays = {k: np.full(n, np.nan) for k in ("first_scheduled_s", "first_token_s", "finish_s")}
+    produced, pref = np.zeros(n), np.zeros(n)
+    for idx, tr in parts:
+        arrays["first_scheduled_s"][idx] = tr.first_scheduled_s
+        arrays["first_token_s"][idx] = tr.first_token_s
+        arrays["finish_s"][idx] = tr.finish_s
+        produced[idx] += tr.produced
+        pref[idx] += tr.prefilled_tokens
+    if first_token is not None:
+        arrays["first_token_s"] = first_token
+    busy = sum(tr.busy_s for _, tr in parts)
+    used = sum(tr.kv_block_seconds for _, tr in parts)
+    util = used / (busy * kv_blocks) if busy > 0 else 0.0
+    peak = max((tr.peak_kv_blocks for _, tr in parts), default=0) / kv_blocks
+    timeline = None
+    if parts and parts[0][1].timeline:
+        timeline = {k: np.asarray(v, dtype=float) for k, v in parts[0][1].timeline.items()}
+        timeline["kv_utilisation"] = timeline.pop("kv_blocks") / kv_blocks
+    return ServeResult(req, arrays["first_scheduled_s"], arrays["first_token_s"], arrays["finish_s"], produced, pref,
+                       sum(tr.preemptions for _, tr in parts), util, peak, engines, devices, sch, tuple(notes),
+                       timeline)
+
+
+def _disaggregated(req: Requests, d: Device, wl: Workload, sch: Scheduler, eng: Engine, n_pre: int, n_dec: int,
+                   record: bool, notes: list[str]) -> ServeResult:
+    """Prefill engines (chunked, each request done at its first token), the KV cache sent to a decode engine
+    (per device its shard, over the fabric's link within a node, the network past it), decode engines admitting the
+    requests as their caches arrive."""
+    from ..collectives import fabric_of
+
+    n = len(req)
+    pre_sch = replace(sch, policy="vllm")
+    ones = Requests(req.arrival_s, req.prompt_tokens, np.ones(n), req.prefix_tokens)
+    parts = []
+    for r in range(n_pre):
+        idx = np.arange(r, n, n_pre)
+        if len(idx):
+            parts.append((idx, run(ones.subset(idx), eng.step, pre_sch, eng.kv_blocks, eng.swap_bytes_per_s)))
+    first_tok = np.full(n, np.nan)
+    first_sched = np.full(n, np.nan)
+    for idx, tr in parts:
+        first_tok[idx] = tr.first_token_s
+        first_sched[idx] = tr.first_scheduled_s
+    fab = fabric_of(d)
+    per_node = wl.devices or fab.devices_per_node
+    total = (n_pre + n_dec) * eng.devices
+    if total <= per_node:
+        link, bw = fab.name or fab.kind, fab.intra_bytes_per_s
+    elif fab.net_bytes_per_s:
+        link, bw = fab.net_name or "network", fab.net_bytes_per_s / per_node
+    else:
+        raise PerfmodelError(f"{n_pre} prefill + {n_dec} decode engines of {eng.devices} device(s) need {total} "
+                             f"devices, more than one {d.id} node of {per_node}, and no network between nodes is stated")
+    transfer = req.prompt_tokens * eng.step.kv_bytes_per_token / bw
+    notes.append(f"KV cache sent from prefill to decode engines over {link} at {bw / 1e9:.0f} GB/s per device")
+    ready = first_tok + transfer
+    dec = np.flatnonzero(req.output_tokens > 1)
+    order = dec[np.argsort(ready[dec], kind="stable")]
+    dparts = []
+    for r in range(n_dec):
+        idx = order[r::n_dec]
+        if len(idx):
+            sub = Requests(ready[idx], req.prompt_tokens[idx], req.output_tokens[idx], np.zeros(len(idx)))
+            tr = run(sub, eng.step, replace(sch, policy="vllm"), eng.kv_blocks, eng.swap_bytes_per_s, prefilled=True,
+                     record=record)
+            tr.first_scheduled_s[:] = first_sched[idx]
+            tr.produced[:] -= 1  # the first token came from the prefill engine
+            dparts.append((idx, tr))
+    finish = first_tok.copy()
+    res = _merge(req, parts + dparts, sch, n_pre + n_dec, total, notes, eng.kv_blocks, first_token=first_tok)
+    for idx, tr in dparts:
+        finish[idx] = tr.finish_s
+    res.finish_s = finish
+    res.first_scheduled_s = first_sched
+    return res
+
+
+def rate_curve(model: str | ModelSpec, hardware: str | Device, workload: Workload | None = None, *,
+               requests: Requests, shares: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1, 1.25),
+               percentile: float = 90.0, **kw: Any) -> list[dict[str, Any]]:
+    """Throughput and the `percentile` of TTFT and TPOT at rates that are `shares` of the saturated throughput (every
+    request at once), `requests` taken at unit rate: the throughput-latency curve."""
+    sch = kw.get("scheduler") or Scheduler()
+    wl = workload or Workload()
+    kw = {**kw, "prepared": kw.get("prepared") or prepare(model, hardware, wl, sch, requests, kw.get("engine"),
+                                                           kw.get("efficiency"))}
+    kw.pop("record", None)
+    burst = Requests(np.zeros(len(requests)), requests.prompt_tokens, requests.output_tokens, requests.prefix_tokens)
+    sat = simulate(model, hardware, wl, requests=burst, **kw).metrics()["throughput_requests_per_s"]
+    out = []
+    for s in shares:
+        r = simulate(model, hardware, wl, requests=requests.scaled(sat * s), **kw)
+        out.append({"rate_requests_per_s": sat * s, "throughput_requests_per_s": r.metrics()["throughput_requests_per_s"],
+                    "ttft_s": float(np.percentile(r.ttft_s, percentile)),
+                    "tpot_s": float(np.percentile(r.tpot_s, percentile)) if len(r.tpot_s) else None})
+    return out
+
+
+@dataclass(eq=False)
+class RateSearch:
+    """What find_rate found: the highest rate meeting the SLOs, the run there, and every rate it tried."""
+
+    rate: float
+    result: ServeResult | None
+    slo_ttft_s: float | None
+    slo_tpot_s: float | None
+    percentile: float
+    tried: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_rate_requests_per_s": self.rate,
+                               "slo": {"ttft_s": self.slo_ttft_s, "tpot_s": self.slo_tpot_s,
+                                       "percentile": self.percentile}}
+        if self.result is not None:
+            ok = self.result.attained(self.slo_ttft_s, self.slo_tpot_s)
+            out["slo_attainment"] = float(ok.mean())
+            out["goodput_requests_per_s"] = float(ok.sum()) / self.result.span_s
+        out["searched"] = sorted(self.tried, key=lambda r: r["rate_requests_per_s"])
+        return out
+
+
+def find_rate(model: str | ModelSpec, hardware: str | Device, workload: Workload | None = None, *,
+              requests: Requests, slo_ttft_s: float | None, slo_tpot_s: float | None, percentile: float = 90.0,
+              tolerance: float = 0.02, **kw: Any) -> RateSearch:
+    """The highest request rate at which the `percentile` of TTFT and of TPOT meet their SLOs, by bisection on the
+    rate to within `tolerance` (relative): `requests` are taken at unit rate (arrival times scaled by 1 / rate, the
+    same draws at every rate, so the latencies rise with the rate). Rate 0 (and no run) when even a lone request
+    misses an SLO. The rate is bounded above by the saturated throughput (every request at once)."""
+    if slo_ttft_s is None and slo_tpot_s is None:
+        raise PerfmodelError("--find-rate needs --slo-ttft and/or --slo-tpot")
+    for name, v in (("slo-ttft", slo_ttft_s), ("slo-tpot", slo_tpot_s)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise PerfmodelError(f"--{name} must be a finite number of seconds > 0; got {v!r}")
+    if not 0 < percentile < 100:
+        raise PerfmodelError(f"--percentile must be in (0, 100); got {percentile!r}")
+    sch = kw.get("scheduler") or Scheduler()
+    wl = workload or Workload()
+    prep = prepare(model, hardware, wl, sch, requests, kw.get("engine"), kw.get("efficiency"))
+    kw = {**kw, "prepared": prep}
+    tried: list[dict[str, Any]] = []
+
+    def at(rate: float, req: Requests | None = None) -> tuple[ServeResult, bool]:
+        r = simulate(model, hardware, wl, requests=req or requests.scaled(rate), **kw)
+        ok = r.meets(slo_ttft_s, slo_tpot_s, percentile)
+        m = r.metrics()
+        tried.append({"rate_requests_per_s": rate, "throughput_requests_per_s": m["throughput_requests_per_s"],
+                      "ttft_s": float(np.percentile(r.ttft_s, percentile)),
+                      "tpot_s": float(np.percentile(r.tpot_s, percentile)) if len(r.tpot_s) else None, "meets": ok})
+        return r, ok
+
+    first = slice(0, 1)
+    _, ok = at(0.0, requests.subset(first))  # a lone request: the floor of the latencies
+    if not ok:
+        return RateSearch(0.0, None, slo_ttft_s, slo_tpot_s, percentile, tried)
+    burst = Requests(np.zeros(len(requests)), requests.prompt_tokens, requests.output_tokens, requests.prefix_tokens)
+    sat, ok = at(math.inf, burst)
+    hi = sat.metrics()["throughput_requests_per_s"]
+    tried[-1]["rate_requests_per_s"] = None  # every request at once
+    r, ok = at(hi)
+    if ok:
+        return RateSearch(hi, r, slo_ttft_s, slo_tpot_s, percentile, [t for t in tried if t["rate_requests_per_s"]])
+    lo, best = 0.0, None
+    while hi - lo > tolerance * hi:
+        mid = (lo + hi) / 2 if lo > 0 else hi / 4
+        r, ok = at(mid)
+        if ok:
+            lo, best = mid, r
+        else:
+            hi = mid
+        if lo == 0.0 and hi < 1e-6:  # misses at any measurable rate
+            break
+    return RateSearch(lo, best, slo_ttft_s, slo_tpot_s, percentile,
+                      [t for t in tried if t["rate_requests_per_s"]])

@@ -1,0 +1,431 @@
+"""A request-level discrete-event simulator of one serving engine: arrivals, a scheduler, a paged KV cache.
+
+Time advances one engine iteration at a time; each iteration's time comes from the tabulated cost model
+(perfmodel.serving.steps). Stretches of decode-only iterations with nothing to schedule (no prompt waiting that could
+be admitted) are run as one vectorised block up to the next event: a request finishing, an arrival that could be
+admitted, or the KV cache filling.
+
+Schedulers (Scheduler.policy):
+- `vllm`: continuous batching with chunked prefill (vLLM V1, SGLang, TensorRT-LLM in-flight batching): every
+  iteration decodes all running sequences, continues the running prompts in chunks and admits waiting requests
+  first-come first-served, within `max_num_seqs` sequences and `max_batched_tokens` tokens an iteration;
+- `prefill-first`: no chunking (vLLM V0's default): whenever waiting prompts can be admitted an iteration prefills
+  them (whole) alone; otherwise it decodes the running batch;
+- `static`: a batch of up to max_num_seqs waiting requests is prefilled together and decoded until its longest
+  request ends (finished sequences keep their slot: padding); the next batch starts after it (the baseline);
+- `disaggregated` (run by perfmodel.serving.simulate): prefill instances and decode instances, the KV cache sent
+  over the link between them (DistServe, NVIDIA Dynamo).
+
+KV cache: `block_size` tokens a block (vLLM's default 16); a request holds ceil(tokens / block_size) blocks, taken as
+its tokens are written. When a running decode needs a block and none is free, the most recently admitted request is
+preempted (vLLM's policy): by recompute (its blocks freed; it re-enters the queue's head and later prefills its prompt
+and the tokens it had generated), or by swap (its blocks copied to host memory over PCIe and back when resumed; the
+copies' time is added to the iterations that do them).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ..errors import PerfmodelError
+from .requests import Requests
+from .steps import StepCost
+
+POLICIES = ("vllm", "prefill-first", "static", "disaggregated")
+PREEMPTION = ("recompute", "swap")
+
+_WAIT, _PREFILL, _DECODE, _DONE, _SWAPPED = 1, 2, 3, 4, 5
+_MACRO_MAX = 4096  # most decode steps run as one block
+_MACRO_MIN = 4  # fewer run one by one (a block's NumPy set-up costs more)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """How the engine batches. Defaults are vLLM's: 256 sequences (`max_num_seqs`), 8192 tokens an iteration
+    (`max_num_batched_tokens` of the V1 OpenAI server on GPUs of 70 GiB and more), blocks of 16 tokens, 90 % of device
+    memory for weights, activations and KV cache (`gpu_memory_utilization`)."""
+
+    policy: Literal["vllm", "prefill-first", "static", "disaggregated"] = "vllm"
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+    block_size: int = 16
+    memory_utilization: float = 0.9
+    preemption: Literal["recompute", "swap"] = "recompute"
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            from ..errors import did_you_mean
+
+            raise PerfmodelError(f"scheduler must be one of {', '.join(POLICIES)}; got {self.policy!r}."
+                                 f"{did_you_mean(self.policy, list(POLICIES))}")
+        if self.preemption not in PREEMPTION:
+            raise PerfmodelError(f"preemption must be recompute or swap; got {self.preemption!r}")
+        for name in ("max_num_seqs", "max_batched_tokens", "block_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise PerfmodelError(f"{name.replace('_', '-')} must be a whole number >= 1; got {v!r}")
+        if self.max_batched_tokens < self.max_num_seqs and self.policy == "vllm":
+            raise PerfmodelError(f"max-batched-tokens ({self.max_batched_tokens}) must be at least max-num-seqs "
+                                 f"({self.max_num_seqs}): every running sequence decodes one token an iteration")
+        if not 0.0 < self.memory_utilization <= 1.0:
+            raise PerfmodelError(f"memory utilisation must be in (0, 1]; got {self.memory_utilization!r}")
+
+
+@dataclass(eq=False)
+class Trace:
+    """What one engine did: per request (in the order of the Requests given) and over time."""
+
+    first_scheduled_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    produced: np.ndarray  # output tokens generated per request (== requested when all finished)
+    prefilled_tokens: np.ndarray  # prompt tokens run through prefill (more than the prompt after a recompute)
+    preemptions: int
+    kv_blocks: int
+    kv_block_seconds: float  # integral of blocks in use over time
+    peak_kv_blocks: int
+    busy_s: float  # time with work on the engine
+    iterations: int
+    timeline: dict[str, list] = field(default_factory=dict)  # t_s, running, kv_blocks: one sample a block of steps
+
+
+def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_per_s: float = 0.0,
+        prefilled: bool = False, record: bool = False) -> Trace:
+    """Simulate one engine serving `req`. `prefilled`: the requests arrive with their prompt already in their KV
+    cache and their first token out (the decode side of a disaggregated pair)."""
+    if sch.policy == "static":
+        return _run_static(req, sc, sch, kv_blocks, record)
+    n = len(req)
+    bs = sch.block_size
+    arrival = req.arrival_s.tolist()
+    prompt = [int(x) for x in req.prompt_tokens]
+    gen = [int(x) for x in req.output_tokens]
+    prefix = [int(x) for x in req.prefix_tokens]
+    chunked = sch.policy == "vllm"
+    longest = max(p + g for p, g in zip(prompt, gen))
+    if -(-longest // bs) > kv_blocks:
+        raise PerfmodelError(f"a request of {int(longest)} tokens needs {-(-int(longest) // bs)} KV blocks of {bs} "
+                             f"tokens; the cache holds {kv_blocks}: it can never run (shorten the requests, or use "
+                             f"more devices or a smaller KV format)")
+    budget_max = sch.max_batched_tokens if chunked else max(sch.max_batched_tokens, int(max(prompt) + max(gen)))
+
+    state = [0] * n
+    target = prompt[:]  # tokens to prefill (prompt; prompt + generated after a recompute)
+    done = [0] * n  # tokens in the KV cache of a prefilling request
+    produced = [0] * n
+    blocks = [0] * n
+    entry_it = [0] * n
+    entry_held = [0] * n
+    version = [0] * n
+    first_sched = [math.nan] * n
+    first_tok = [math.nan] * n
+    finish = [math.nan] * n
+    pref_tokens = [0] * n
+
+    waiting: deque[int] = deque()
+    running: dict[int, None] = {}  # admission order: the last is preempted first
+    prefilling: dict[int, None] = {}
+    heap: list[tuple[int, int, int]] = []  # (decode iteration of the last token, version, request)
+    cnt = [0] * bs  # decoding requests by (held - entry iteration) mod bs: who needs a block at iteration it
+    n_dec = 0
+    s_eh = 0  # sum over decoding requests of entry_held - entry_it: their held tokens sum to s_eh + n_dec x it
+    it = 0  # decode iterations run
+    now = 0.0
+    used = 0
+    nxt = 0
+    finished = 0
+    preempt = 0
+    block_s = 0.0
+    peak = 0
+    busy = 0.0
+    iters = 0
+    tl: dict[str, list] = {"t_s": [], "running": [], "kv_blocks": [], "tokens": []} if record else {}
+
+    def enter_decode(i: int) -> None:
+        nonlocal n_dec, s_eh
+        state[i] = _DECODE
+        held = target[i]  # tokens in its KV cache
+        entry_it[i], entry_held[i] = it, held
+        cnt[(held - it) % bs] += 1
+        n_dec += 1
+        s_eh += held - it
+        version[i] += 1
+        heapq.heappush(heap, (it + gen[i] - produced[i] - 1, version[i], i))
+
+    def leave_decode(i: int) -> int:
+        """Remove a decoding request from the aggregates; its blocks (returned) are freed by the caller."""
+        nonlocal n_dec, s_eh
+        held = entry_held[i] + it - entry_it[i]
+        cnt[(entry_held[i] - entry_it[i]) % bs] -= 1
+        n_dec -= 1
+        s_eh -= entry_held[i] - entry_it[i]
+        version[i] += 1  # its heap entry is stale
+        produced[i] = produced[i] + it - entry_it[i]
+        target[i] = held + 1 if produced[i] < gen[i] else held  # a recompute prefills prompt + generated tokens
+        return -(-held // bs)
+
+    def preempt_last() -> float:
+        """Preempt the most recently admitted running request; the seconds of a swap-out copy."""
+        nonlocal used, preempt
+        i = next(reversed(running))
+        del running[i]
+        preempt += 1
+        extra = 0.0
+        if state[i] == _DECODE:
+            b = leave_decode(i)
+        else:
+            del prefilling[i]
+            b = blocks[i]
+        used -= b
+        blocks[i] = 0
+        if sch.preemption == "swap" and state[i] == _DECODE:
+            state[i] = _SWAPPED
+            extra = (target[i] - 1) * sc.kv_bytes_per_token / swap_bytes_per_s
+        else:
+            state[i] = _WAIT
+            done[i] = 0
+        waiting.appendleft(i)
+        return extra
+
+    def finish_decodes() -> None:
+        """Retire the decoding requests whose last token came out in the iterations run (before `it`)."""
+        nonlocal used, finished
+        while heap and heap[0][0] < it:
+            _, ver, i = heapq.heappop(heap)
+            if ver != version[i]:
+                continue
+            used -= leave_decode(i)
+            blocks[i] = 0
+            del running[i]
+            state[i] = _DONE
+            finish[i] = now
+            finished += 1
+
+    # can the head of the queue be admitted now? (else a decode-only stretch runs as one block)
+    def admissible(free: int) -> bool:
+        if not waiting or len(running) >= sch.max_num_seqs:
+            return False
+        i = waiting[0]
+        if state[i] == _SWAPPED or prefilled:
+            held = target[i] - 1 if state[i] == _SWAPPED else target[i]
+            need = -(-held // bs) + (held % bs == 0)
+        else:
+            start = max(done[i], prefix[i])
+            need = -(-(start + min(target[i] - start, budget_max)) // bs)
+        return need <= free - (cnt[(-it) % bs] if n_dec else 0)
+
+    while finished < n:
+        while nxt < n and arrival[nxt] <= now:
+            state[nxt] = _WAIT
+            waiting.append(nxt)
+            nxt += 1
+        if not running and not waiting:
+            now = arrival[nxt]
+            continue
+        free = kv_blocks - used
+
+        if n_dec and not prefilling and not admissible(free):
+            while heap and heap[0][1] != version[heap[0][2]]:
+                heapq.heappop(heap)
+            k = max(1, min(heap[0][0] - it + 1, _MACRO_MAX))
+            watch = nxt < n and not waiting and len(running) < sch.max_num_seqs  # an arrival could be admitted
+            if watch:  # steps get longer as contexts grow: the first step's time bounds how many fit before it
+                dt0 = sc.iteration_s(n_dec, s_eh + n_dec * it + n_dec, [], n_dec)
+                k = min(k, int((arrival[nxt] - now) / dt0) + 2)
+            phase = np.asarray(cnt)
+            needs = phase[(-(it + np.arange(k))) % bs]
+            cum_need = np.cumsum(needs)
+            fit = int(np.searchsorted(cum_need, free, side="right"))  # steps whose blocks are free
+            if min(fit, k) >= _MACRO_MIN:
+                k = min(k, fit)
+                dts = sc.decode_run_s(n_dec, s_eh + n_dec * it + n_dec, k)
+                cum = np.cumsum(dts)
+                if watch:
+                    j = int(np.searchsorted(cum, arrival[nxt] - now, side="left"))
+                    k = min(k, j + 1)
+                levels = used + cum_need[:k]
+                block_s += float(np.dot(levels, dts[:k]))
+                used = int(levels[-1])
+                peak = max(peak, used)
+                now += float(cum[k - 1])
+                busy += float(cum[k - 1])
+                it += k
+                iters += k
+                if record:
+                    tl["t_s"].append(now)
+                    tl["running"].append(len(running))
+                    tl["kv_blocks"].append(used)
+                    tl["tokens"].append(n_dec)
+                finish_decodes()
+                continue
+
+        # one iteration: blocks for the decodes (preempting when short), then the prompts
+        extra_s = 0.0
+        need_dec = cnt[(-it) % bs] if n_dec else 0
+        while need_dec > kv_blocks - used and running:
+            extra_s += preempt_last()
+            need_dec = cnt[(-it) % bs] if n_dec else 0
+        budget = budget_max - n_dec if chunked else budget_max
+        chunks: list[tuple[int, int]] = []  # (request, tokens)
+        if chunked:
+            for i in list(prefilling):
+                if budget <= 0:
+                    break
+                if i not in prefilling:  # preempted for an earlier one's blocks
+                    continue
+                q = min(target[i] - done[i], budget)
+                need = -(-(done[i] + q) // bs) - blocks[i]
+                while need > kv_blocks - used - need_dec and next(reversed(running)) != i:
+                    extra_s += preempt_last()
+                    need_dec = cnt[(-it) % bs] if n_dec else 0
+                if need > kv_blocks - used - need_dec:
+                    break
+                chunks.append((i, q))
+                budget -= q
+                used += need
+                blocks[i] += need
+        admit_ok = chunked or not prefilling
+        while admit_ok and waiting and len(running) < sch.max_num_seqs and budget > 0:
+            i = waiting[0]
+            free = kv_blocks - used - need_dec
+            if state[i] == _SWAPPED or prefilled:
+                held = target[i] - 1 if state[i] == _SWAPPED else target[i]
+                need = -(-held // bs)
+                if need + (held % bs == 0) > free:  # its blocks, and the one its first step may open
+                    break
+                waiting.popleft()
+                if state[i] == _SWAPPED:
+                    extra_s += held * sc.kv_bytes_per_token / swap_bytes_per_s
+                    target[i] = held
+                running[i] = None
+                used += need
+                blocks[i] = need
+                if math.isnan(first_sched[i]):
+                    first_sched[i] = now
+                if prefilled and produced[i] == 0:
+                    produced[i] = 1
+                    first_tok[i] = now
+                enter_decode(i)
+                need_dec = cnt[(-it) % bs]
+                budget -= 1  # it decodes in this iteration
+                continue
+            start = max(done[i], prefix[i])
+            q = min(target[i] - start, budget) if chunked else target[i] - start
+            if q > budget and not chunked:
+                break
+            need = -(-(start + q) // bs)
+            if need > free:
+                break
+            waiting.popleft()
+            state[i] = _PREFILL
+            done[i] = start
+            running[i] = None
+            prefilling[i] = None
+            if math.isnan(first_sched[i]):
+                first_sched[i] = now
+            chunks.append((i, q))
+            budget -= q
+            used += need
+            blocks[i] = need
+        dec_now = n_dec if (chunked or not chunks) else 0
+        if not chunks and not dec_now:
+            if extra_s:
+                now += extra_s
+                busy += extra_s
+                continue
+            if nxt < n:  # nothing can run until something arrives (blocked queue: cannot happen with a free engine)
+                now = max(now, arrival[nxt])
+                continue
+            raise PerfmodelError("the serving simulator stalled: requests wait but none can be admitted")
+        emitting = dec_now + sum(1 for i, q in chunks if done[i] + q >= target[i])
+        dt = sc.iteration_s(dec_now, s_eh + n_dec * it + n_dec if dec_now else 0.0,
+                            [(q, done[i]) for i, q in chunks], emitting) + extra_s
+        if dec_now:
+            used += need_dec
+        block_s += used * dt
+        peak = max(peak, used)
+        now += dt
+        busy += dt
+        iters += 1
+        entering: list[int] = []
+        for i, q in chunks:
+            done[i] += q
+            pref_tokens[i] += q
+            if done[i] >= target[i]:
+                del prefilling[i]
+                produced[i] += 1
+                if math.isnan(first_tok[i]):
+                    first_tok[i] = now
+                if produced[i] >= gen[i]:
+                    del running[i]
+                    used -= blocks[i]
+                    blocks[i] = 0
+                    state[i] = _DONE
+                    finish[i] = now
+                    finished += 1
+                else:
+                    entering.append(i)  # decodes from the next decode iteration on
+        if dec_now:
+            it += 1
+            finish_decodes()
+        for i in entering:
+            enter_decode(i)
+        if record:
+            tl["t_s"].append(now)
+            tl["running"].append(len(running))
+            tl["kv_blocks"].append(used)
+            tl["tokens"].append(dec_now + sum(q for _, q in chunks))
+    return Trace(np.array(first_sched), np.array(first_tok), np.array(finish), np.array(produced, dtype=float),
+                 np.array(pref_tokens, dtype=float), preempt, kv_blocks, block_s, peak, busy, iters, tl)
+
+
+def _run_static(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, record: bool) -> Trace:
+    """Static batching: when the engine is free, the waiting requests (up to max_num_seqs, and as many as the KV cache
+    holds at their full length) are prefilled together and decoded until the longest ends, every sequence costed to
+    the end (padding). A request's last token is its finish time."""
+    n, bs = len(req), sch.block_size
+    arrival, prompt, gen, prefix = (req.arrival_s, req.prompt_tokens, req.output_tokens, req.prefix_tokens)
+    per_req = np.ceil((prompt + gen) / bs)
+    if per_req.max() > kv_blocks:
+        raise PerfmodelError(f"a request of {int((prompt + gen).max())} tokens needs {int(per_req.max())} KV blocks of "
+                             f"{bs} tokens; the cache holds {kv_blocks}: it can never run")
+    first_sched, first_tok, finish = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    tl: dict[str, list] = {"t_s": [], "running": [], "kv_blocks": [], "tokens": []} if record else {}
+    now, i0, block_s, busy, iters, peak = 0.0, 0, 0.0, 0.0, 0, 0
+    while i0 < n:
+        now = max(now, float(arrival[i0]))
+        arrived = int(np.searchsorted(arrival, now, side="right"))
+        j = min(arrived, i0 + sch.max_num_seqs)
+        fit = int(np.searchsorted(np.cumsum(per_req[i0:j]), kv_blocks, side="right"))
+        j = i0 + max(fit, 1)
+        sl = slice(i0, j)
+        m = j - i0
+        blocks = int(per_req[sl].sum())
+        first_sched[sl] = now
+        t_pre = sc.iteration_s(0, 0.0, [(float(p - c), float(c)) for p, c in zip(prompt[sl], prefix[sl])], m)
+        t0 = now + t_pre
+        first_tok[sl] = t0
+        steps = int(gen[sl].max()) - 1
+        dts = sc.decode_run_s(m, float((prompt[sl] + 1).sum()), steps) if steps > 0 else np.zeros(0)
+        cum = np.concatenate([[0.0], np.cumsum(dts)])
+        finish[sl] = t0 + cum[(gen[sl] - 1).astype(int)]
+        span = t_pre + float(cum[-1])
+        block_s += blocks * span
+        peak = max(peak, blocks)
+        busy += span
+        iters += 1 + steps
+        now += span
+        if record:
+            tl["t_s"] += [t0, now]
+            tl["running"] += [m, m]
+            tl["kv_blocks"] += [blocks, blocks]
+            tl["tokens"] += [int((prompt[sl] - prefix[sl]).sum()), m]
+        i0 = j
+    return Trace(first_sched, first_tok, finish, gen.astype(float), (prompt - prefix).astype(float), 0, kv_blocks,
+                 block_s, peak, busy, iters, tl)

@@ -1,0 +1,271 @@
+"""The serving simulator: iteration costs, scheduler invariants, queueing, SLO search, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import perfmodel as pm
+from perfmodel.cli import main
+from perfmodel.errors import CapacityError, PerfmodelError
+from perfmodel.evaluate import evaluate
+from perfmodel.serving import Requests, Scheduler, find_rate, read_trace, simulate, synthetic
+from perfmodel.serving.requests import parse_dist
+from perfmodel.serving.steps import step_cost
+
+MODEL, HW = "llama-3-8b", "h100-sxm"
+
+
+@pytest.fixture(scope="module")
+def sc():
+    m, d = pm.load_model(MODEL), pm.load_device(HW)
+    return step_cost(m, d, pm.Workload(), None, 8192, 256, 8192)
+
+
+# Iteration cost -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch,ctx", [(1, 512), (8, 1024), (64, 2048), (200, 700)])
+def test_decode_iteration_is_estimates_decode_step(sc, batch, ctx):
+    # an iteration of `batch` decodes at context `ctx` is estimate's one decode step (prompt ctx - 1, gen 2: the
+    # single step runs at context ctx)
+    m, d = pm.load_model(MODEL), pm.load_device(HW)
+    ev = evaluate(m, d, pm.Workload(), None, np.array([batch]), np.array([ctx - 1.0]), np.array([2.0]))
+    assert sc.iteration_s(batch, batch * ctx, [], batch) == pytest.approx(ev.metrics["tpot_s"][0], rel=2e-3)
+
+
+@pytest.mark.parametrize("prompt", [128, 1000, 4096])
+def test_prefill_iteration_is_estimates_ttft(sc, prompt):
+    m, d = pm.load_model(MODEL), pm.load_device(HW)
+    ev = evaluate(m, d, pm.Workload(), None, np.ones(1), np.array([float(prompt)]), np.ones(1))
+    assert sc.iteration_s(0, 0.0, [(prompt, 0)], 1) == pytest.approx(ev.metrics["ttft_s"][0], rel=5e-3)
+
+
+def test_chunked_prompt_costs_more_than_one_pass(sc):
+    # two chunks read the weights twice and attend the same pairs: slower than one pass, and by less than 2x
+    whole = sc.iteration_s(0, 0.0, [(4096, 0)], 1)
+    split = sc.iteration_s(0, 0.0, [(2048, 0)], 0) + sc.iteration_s(0, 0.0, [(2048, 2048)], 1)
+    assert whole < split < 2 * whole
+
+
+def test_later_chunk_attends_more_keys(sc):
+    assert sc.chunk_s_at(512, 4096) > sc.chunk_s_at(512, 0)
+
+
+# Requests -----------------------------------------------------------------------------------------------------------
+
+def test_synthetic_is_seeded_and_poisson():
+    a, b = synthetic(20000, 50.0, 512, "uniform:10:20", seed=7), synthetic(20000, 50.0, 512, "uniform:10:20", seed=7)
+    assert np.array_equal(a.arrival_s, b.arrival_s) and np.array_equal(a.output_tokens, b.output_tokens)
+    gaps = np.diff(a.arrival_s)
+    assert gaps.mean() == pytest.approx(1 / 50.0, rel=0.03)  # exponential gaps of mean 1 / rate
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.05)  # CV 1
+    assert a.output_tokens.min() >= 10 and a.output_tokens.max() <= 20
+    g = synthetic(20000, 50.0, 512, 16, arrival="gamma", cv=3.0, seed=1)
+    gg = np.diff(g.arrival_s)
+    assert gg.std() / gg.mean() == pytest.approx(3.0, rel=0.1)
+
+
+@pytest.mark.parametrize("text,err", [("zipf:3", "fixed:N"), ("uniform:5:2", "LO <= HI"), ("fixed:0", "at least 1"),
+                                      ("normal:x:1", "numbers"), ("uniform:1", "takes 2"), ("nan", "finite")])
+def test_bad_distributions(text, err):
+    with pytest.raises(PerfmodelError, match=err):
+        parse_dist(text, "--prompt-dist")
+
+
+def test_trace_round_trip_and_errors(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("arrival_s,prompt_tokens,output_tokens,prefix_tokens\n0.5,100,10,20\n0.1,50,5,0\n")
+    r = read_trace(p)
+    assert r.arrival_s.tolist() == [0.0, 0.4] and r.prompt_tokens.tolist() == [50, 100]  # sorted, from 0
+    assert r.prefix_tokens.tolist() == [0, 20]
+    p.write_text("arrival_s,prompt_tokens\n0,100\n")
+    with pytest.raises(PerfmodelError, match="missing column"):
+        read_trace(p)
+    p.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,-3\n")
+    with pytest.raises(PerfmodelError, match="row 1: output_tokens"):
+        read_trace(p)
+
+
+# Scheduler invariants ---------------------------------------------------------------------------------------------
+
+def _check_invariants(req: Requests, res, sch: Scheduler) -> None:
+    assert np.isfinite(res.finish_s).all()  # no request lost
+    assert (res.first_scheduled_s >= req.arrival_s - 1e-12).all()
+    assert (res.first_token_s >= res.first_scheduled_s).all()
+    assert (res.finish_s >= res.first_token_s).all()
+    assert np.array_equal(res.produced, req.output_tokens)  # every token generated once
+    assert (res.prefilled_tokens >= req.prompt_tokens - req.prefix_tokens).all()
+    assert res.peak_kv_utilisation <= 1.0 + 1e-12  # KV never above capacity
+    tl = res.timeline
+    assert max(tl["tokens"]) <= (sch.max_batched_tokens if sch.policy == "vllm" else math.inf)
+    assert max(tl["running"]) <= sch.max_num_seqs
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), rate=st.sampled_from([1.0, 20.0, 200.0, math.inf]),
+       policy=st.sampled_from(["vllm", "prefill-first", "static"]), seqs=st.sampled_from([1, 4, 64]),
+       util=st.sampled_from([0.9, 0.25]), preemption=st.sampled_from(["recompute", "swap"]))
+def test_scheduler_invariants(seed, rate, policy, seqs, util, preemption):
+    # util 0.25: about 3.5 GB for the KV cache (27k tokens of 131 kB) after the 16 GB of weights: requests preempt
+    req = synthetic(120, rate, "uniform:16:3000", "uniform:1:400", seed=seed, prefix_hit=0.1 if seed % 2 else 0.0)
+    sch = Scheduler(policy=policy, max_num_seqs=seqs, max_batched_tokens=max(seqs, 512), memory_utilization=util,
+                    preemption=preemption)
+    res = simulate(MODEL, HW, requests=req, scheduler=sch, record=True)
+    _check_invariants(req, res, sch)
+
+
+def test_preemption_happens_when_kv_is_short_and_everyone_finishes():
+    req = synthetic(300, math.inf, 2000, 1500, seed=1)
+    for how in ("recompute", "swap"):
+        sch = Scheduler(max_num_seqs=256, memory_utilization=0.25, preemption=how)
+        res = simulate(MODEL, HW, requests=req, scheduler=sch, record=True)
+        assert res.preemptions > 0
+        _check_invariants(req, res, sch)
+        if how == "recompute":  # a recomputed request prefills its prompt and the tokens it had made again
+            assert res.prefilled_tokens.sum() > req.prompt_tokens.sum()
+
+
+def test_chunked_prefill_respects_the_token_budget():
+    # a 3000-token prompt under a 64-token budget is prefilled over ceil(3000 / 64) = 47 iterations: 46 x 64 + 56
+    req = Requests(np.zeros(1), np.array([3000.0]), np.array([4.0]), np.zeros(1))
+    sch = Scheduler(max_num_seqs=8, max_batched_tokens=64)
+    res = simulate(MODEL, HW, requests=req, scheduler=sch, record=True)
+    tokens = res.timeline["tokens"].tolist()
+    assert tokens[:47] == [64] * 46 + [56] and max(tokens) <= 64
+    one = simulate(MODEL, HW, requests=req, scheduler=Scheduler(max_num_seqs=8, max_batched_tokens=4096))
+    # 64-token passes are bound by reading the 16 GB of weights (about 5 ms each on an H100): 47 of them take
+    # longer than one compute-bound pass over the whole prompt
+    assert res.first_token_s[0] > 2 * one.first_token_s[0]
+
+
+def test_deterministic():
+    req = synthetic(300, 15.0, "lognormal:400:0.8", "lognormal:100:0.8", seed=3)
+    a, b = simulate(MODEL, HW, requests=req), simulate(MODEL, HW, requests=req)
+    assert np.array_equal(a.finish_s, b.finish_s) and a.metrics() == b.metrics()
+
+
+# Queueing -----------------------------------------------------------------------------------------------------------
+
+def test_one_at_a_time_is_m_d_1():
+    # one sequence at a time, fixed lengths: a deterministic service time D, Poisson arrivals at load rho;
+    # Pollaczek-Khinchine for M/D/1: mean wait in queue W = rho D / (2 (1 - rho))
+    sch = Scheduler(max_num_seqs=1)
+    D = float(simulate(MODEL, HW, requests=synthetic(1, 1.0, 256, 16), scheduler=sch).finish_s[0])
+    rho = 0.5
+    res = simulate(MODEL, HW, requests=synthetic(20000, rho / D, 256, 16, seed=3), scheduler=sch)
+    W = rho * D / (2 * (1 - rho))
+    assert res.queueing_s.mean() == pytest.approx(W, rel=0.05)
+
+
+def test_throughput_follows_rate_until_saturation_then_latency_grows():
+    base = synthetic(1500, 1.0, 512, 128, seed=2)
+    sat = simulate(MODEL, HW, requests=Requests(np.zeros(1500), base.prompt_tokens, base.output_tokens,
+                                                   base.prefix_tokens)).metrics()["throughput_requests_per_s"]
+    low = simulate(MODEL, HW, requests=base.scaled(0.5 * sat)).metrics()
+    assert low["throughput_requests_per_s"] == pytest.approx(0.5 * sat, rel=0.08)
+    over = [simulate(MODEL, HW, requests=synthetic(n, 2 * sat, 512, 128, seed=2)) for n in (500, 1500)]
+    m = [r.metrics() for r in over]
+    assert m[1]["throughput_requests_per_s"] < 1.1 * sat  # capped at the engine's capacity
+    assert m[1]["ttft_s"]["mean"] > 2 * m[0]["ttft_s"]["mean"]  # the queue keeps growing with the run
+
+
+def test_static_batch_shares_its_prefill_and_pads():
+    req = Requests(np.zeros(2), np.array([100.0, 100.0]), np.array([10.0, 200.0]), np.zeros(2))
+    res = simulate(MODEL, HW, requests=req, scheduler=Scheduler(policy="static"))
+    assert res.first_token_s[0] == res.first_token_s[1]
+    assert res.finish_s[0] < res.finish_s[1]
+    # a third request arriving just after waits for the whole padded batch
+    req3 = Requests(np.array([0.0, 0.0, 1e-4]), np.array([100.0] * 3), np.array([10.0, 200.0, 10.0]), np.zeros(3))
+    res3 = simulate(MODEL, HW, requests=req3, scheduler=Scheduler(policy="static"))
+    assert res3.first_scheduled_s[2] == pytest.approx(res3.finish_s[1])
+
+
+def test_disaggregated_sends_the_cache_then_decodes():
+    req = synthetic(200, 20.0, 1024, 64, seed=4)
+    res = simulate(MODEL, HW, requests=req, scheduler=Scheduler(policy="disaggregated"))
+    assert res.devices == 2 and np.array_equal(res.produced, req.output_tokens)
+    # the decode engine runs no prompts: its TPOT is a decode step's, not stretched by prefill chunks
+    mixed = simulate(MODEL, HW, requests=req)
+    assert np.median(res.tpot_s) <= np.median(mixed.tpot_s)
+    assert any("KV cache sent" in n for n in res.notes)
+
+
+def test_replicas_share_the_load():
+    req = synthetic(600, 60.0, 512, 128, seed=5)
+    one, two = simulate(MODEL, HW, requests=req), simulate(MODEL, HW, requests=req, replicas=2)
+    assert two.devices == 2 and two.metrics()["ttft_s"]["p90"] <= one.metrics()["ttft_s"]["p90"]
+
+
+# SLO search ---------------------------------------------------------------------------------------------------------
+
+def test_find_rate_meets_the_slo_and_a_higher_rate_does_not():
+    req = synthetic(600, 1.0, 512, 128, seed=6)
+    found = find_rate(MODEL, HW, requests=req, slo_ttft_s=None, slo_tpot_s=0.012, percentile=90)
+    assert found.rate > 0 and found.result.meets(None, 0.012, 90)
+    assert np.percentile(found.result.tpot_s, 90) <= 0.012
+    above = simulate(MODEL, HW, requests=req.scaled(found.rate * 1.1))
+    assert not above.meets(None, 0.012, 90)
+
+
+def test_find_rate_zero_when_a_lone_request_misses():
+    req = synthetic(50, 1.0, 512, 128, seed=6)
+    found = find_rate(MODEL, HW, requests=req, slo_ttft_s=1e-4, slo_tpot_s=None)
+    assert found.rate == 0.0 and found.result is None
+
+
+def test_does_not_fit():
+    with pytest.raises(CapacityError, match="does not fit|needs"):
+        simulate("llama-3-70b", HW, requests=synthetic(5, 1.0, 512, 128))
+
+
+def test_encoder_only_refused():
+    with pytest.raises(PerfmodelError, match="decoder-only"):
+        simulate("bert-base-uncased", HW, requests=synthetic(5, 1.0, 128, 1))
+
+
+# CLI ----------------------------------------------------------------------------------------------------------------
+
+def test_cli_serve_json(capsys):
+    rc = main(["serve", "--model", MODEL, "--hardware", HW, "--rate", "5", "--requests", "200", "--prompt-dist",
+               "uniform:100:500", "--gen", "64", "--json", "--slo-ttft", "0.5", "--slo-tpot", "0.05"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("throughput_requests_per_s", "throughput_tokens_per_s", "kv_utilisation", "preemptions",
+                "goodput_requests_per_s"):
+        assert key in out
+    for key in ("ttft_s", "tpot_s", "e2e_latency_s"):
+        assert set(out[key]) == {"p50", "p90", "p99", "mean"}
+        assert out[key]["p50"] <= out[key]["p90"] <= out[key]["p99"]
+
+
+def test_cli_find_rate(capsys):
+    rc = main(["serve", "--model", MODEL, "--hardware", HW, "--find-rate", "--slo-tpot", "0.02", "--requests",
+               "300", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["max_rate_requests_per_s"] > 0 and out["tpot_s"]["p90"] <= 0.02
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--rate", "-1"], "--rate must be"), (["--rate", "nan"], "--rate must be"),
+    (["--rate", "5", "--scheduler", "vlm"], "Did you mean"), (["--rate", "5", "--max-num-seqs", "2.5"], "whole"),
+    (["--rate", "5", "--prompt-dist", "zipf:2"], "--prompt-dist"), ([], "needs --rate"),
+    (["--trace", "/nonexistent/t.csv"], "t.csv"), (["--rate", "5", "--trace", "x.csv"], "leave out --rate"),
+    (["--rate", "5", "--max-num-seqs", "512", "--max-batched-tokens", "256"], "at least max-num-seqs")])
+def test_cli_serve_bad_input(capsys, args, msg):
+    rc = main(["serve", "--model", MODEL, "--hardware", HW, "--requests", "10", *args])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+
+
+def test_cli_binary_trace(tmp_path, capsys):
+    p = tmp_path / "t.csv"
+    p.write_bytes(bytes(range(256)) * 4)
+    assert main(["serve", "--model", MODEL, "--hardware", HW, "--trace", str(p)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
