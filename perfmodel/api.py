@@ -27,10 +27,15 @@ if TYPE_CHECKING:
 
 def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | None = None, *,
              efficiency: Efficiency | str | Path | None = None, engine: str | None = None,
-             ignore_capacity: bool = False, **kw: Any) -> "Estimate":
+             ignore_capacity: bool = False, gpu_layers: int | None = None, offload_experts: bool = False,
+             host: str | Device | None = None, draft: str | ModelSpec | None = None,
+             draft_tokens: int | None = None, acceptance: float | None = None, **kw: Any) -> "Estimate":
     """Estimate TTFT, TPOT, tokens/s and memory of `workload` (or of Workload(**kw)) for a model on a device.
     `engine`: a software stack's fitted profile (llamacpp, vllm, trtllm, hf, ideal, ...) when no `efficiency` is
-    given; it also picks the error band the validation residuals of that stack give.
+    given; it also picks the error band the validation residuals of that stack give. `gpu_layers` (llama.cpp's
+    -ngl) or `offload_experts`: part of the model on the `host` CPU (perfmodel.offload; an OffloadEstimate).
+    `draft` (a catalog model or "eagle"), `draft_tokens`, `acceptance`: speculative decoding, reported beside the
+    plain decode (Estimate.speculative; perfmodel.speculative).
 
     >>> est = estimate("llama-2-7b", "a100-80gb-sxm", batch=1, prompt_len=512, gen_len=128)
     >>> round(est.tpot_s * 1e3, 1)  # ms per output token
@@ -50,10 +55,27 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     if err:
         raise PerfmodelError(err)
     warn = row_warnings(m, one * wl.prompt_len, one * wl.gen_len)[0]
+    if gpu_layers is not None or offload_experts:
+        from .offload import estimate_offload
+
+        return estimate_offload(m, d, wl, eff, gpu_layers, offload_experts, host, engine)  # type: ignore[return-value]
     ev = evaluate(m, d, wl, eff, one * wl.batch, one * wl.prompt_len, one * wl.gen_len, detail=True)
     if ev.memory.fits is not None and not bool(ev.memory.fits[0]) and not ignore_capacity:
-        raise CapacityError(capacity_message(m, d, wl, ev.memory.at(0), wl.prompt_len, wl.gen_len))
-    return Estimate(ev, band_engine, (warn,) if warn else ())
+        from .offload import suggest_offload
+
+        mem = ev.memory.at(0)
+        msg = capacity_message(m, d, wl, mem, wl.prompt_len, wl.gen_len)
+        more = suggest_offload(m, d, wl, eff, float(mem.kv_cache_bytes), float(mem.activation_bytes), engine)
+        raise CapacityError(msg.replace(" Pass --ignore-capacity", f" {more} Pass --ignore-capacity") if more else msg)
+    spec = None
+    if draft is not None:
+        from .speculative import speculative
+
+        spec = speculative(m, d, wl, eff, draft, draft_tokens, acceptance)
+    elif draft_tokens is not None or acceptance is not None:
+        raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
+                             "--draft-model (a catalog model, or eagle)")
+    return Estimate(ev, band_engine, (warn,) if warn else (), spec)
 
 
 def _short(v: float) -> str:
@@ -94,6 +116,7 @@ class Estimate:
     ev: Evaluation
     engine: str = "default"
     notes: tuple[str, ...] = ()
+    speculative: Any = None  # perfmodel.speculative.Speculative, when a drafter was named
 
     @cached_property
     def metrics(self) -> "Metrics":
@@ -287,6 +310,8 @@ class Estimate:
         out["communication"] = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
                                 for r in comm.to_dict(orient="records")]
         out["warnings"] = self.warnings
+        if self.speculative is not None:
+            out["speculative"] = self.speculative.to_dict()
         return out
 
     def summary(self) -> str:
@@ -335,6 +360,13 @@ class Estimate:
             f" + activations {mem['activation_bytes'] / gb:.2f} GB = {mem['total_bytes'] / gb:.2f} GB of {cap} ({fits})",
             f"  params: {d['params']['total'] / 1e9:.2f} B total, {d['params']['active'] / 1e9:.2f} B active",
         ]
+        sp = d.get("speculative")
+        if sp:
+            lines.insert(lines.index("") + 7, f"  {'with speculative decoding':<26}{ms(sp['tpot_s']):>16}   ("
+                         f"{sp['decode_tokens_per_s']:,.1f} tok/s, x{sp['speedup']:.2f}: {sp['drafter']} drafts "
+                         f"{sp['draft_tokens']}, acceptance {sp['acceptance']:g}"
+                         + (" assumed" if sp["acceptance_assumed"] else "")
+                         + f", {sp['expected_tokens_per_step']:.2f} tokens a step)")
         lines.append(f"  figures: {self._figures_line(d['provenance'])}")
         if d["intervals"]:
             basis = {}

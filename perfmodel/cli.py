@@ -21,11 +21,27 @@ def _parser() -> argparse.ArgumentParser:
     _workload_args(e)
     e.add_argument("--ops", action="store_true", help="also print the per-op table")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--gpu-layers", default=None, help="partial offload (llama.cpp -ngl): this many of the model's "
+                                                      "layers on the GPU, the rest on the host CPU (n_layers + 1 also "
+                                                      "puts the output layer on the GPU)")
+    e.add_argument("--offload-experts", action="store_true", help="an MoE model's routed experts on the host CPU "
+                                                                  "(llama.cpp --cpu-moe), the rest on the GPU")
+    e.add_argument("--draft-model", default=None, help="speculative decoding: the drafter, a catalog model sharing "
+                                                       "the tokenizer, or eagle (EAGLE's one-layer draft head)")
+    e.add_argument("--draft-tokens", default=None, help="tokens drafted a step (default 4)")
+    e.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, "
+                                                      "assumed)")
+    e.add_argument("--host", default=None, help="the host CPU (catalog id) for --gpu-layers / --offload-experts "
+                                                "(default: a desktop or server CPU, stated in the result)")
 
     rp = sub.add_parser("report", help="a shareable report of one workload: self-contained HTML, or Markdown + PNGs")
     _workload_args(rp)
     rp.add_argument("-o", "--output", required=True, help="report.html (one self-contained file) or report.md")
     rp.add_argument("--title", default=None, help="report title (default: model on hardware)")
+    rp.add_argument("--serve-rate", default=None, help="add a 'Serving under load' section: the same engine serving "
+                                                       "requests of --prompt / --gen tokens at this rate (requests/s, "
+                                                       "Poisson; perfmodel serve's defaults)")
+    rp.add_argument("--serve-requests", default="1000", help="requests the serving section simulates (default 1000)")
 
     pl = sub.add_parser("plot", help="one figure of a workload: roofline, breakdown, memory or batch")
     pl.add_argument("figure", help="roofline | breakdown | memory | batch")
@@ -74,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     g = sv.add_argument_group("requests")
     g.add_argument("--rate", default=None, help="requests per second, Poisson arrivals (inf: all at once); with "
                                                 "--find-rate not needed")
+    g.add_argument("--concurrency", default=None, help="at most this many requests in flight (a benchmark client's "
+                                                       "--max-concurrency); --rate defaults to inf with it")
     g.add_argument("--arrival", default="poisson", help="poisson (default) or gamma (gaps of CV --cv)")
     g.add_argument("--cv", default="1", help="coefficient of variation of gamma gaps (default 1)")
     g.add_argument("--prompt-dist", default=None, help="prompt lengths: N, fixed:N, uniform:LO:HI, normal:MEAN:STD, "
@@ -222,8 +240,26 @@ def _make_estimate(a: argparse.Namespace):
                      if not (field == "act" and getattr(a, name) is None)})
     if a.engine and a.profile:
         raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
+    off = {}
+    if getattr(a, "gpu_layers", None) is not None:
+        off["gpu_layers"] = int(_flag_number(a.gpu_layers, "--gpu-layers", integer=True, above=False))
+    if getattr(a, "offload_experts", False):
+        off["offload_experts"] = True
+    if off or getattr(a, "host", None):
+        if not off:
+            raise PerfmodelError("--host names the CPU of a partial offload: give --gpu-layers N or --offload-experts")
+        if getattr(a, "ops", False):
+            raise PerfmodelError("--ops lists one device's ops; a partial offload prints its GPU / CPU split instead")
+        off["host"] = a.host
+    spec = {}
+    if getattr(a, "draft_model", None) is not None:
+        spec["draft"] = a.draft_model
+    if getattr(a, "draft_tokens", None) is not None:
+        spec["draft_tokens"] = int(_flag_number(a.draft_tokens, "--draft-tokens", integer=True))
+    if getattr(a, "acceptance", None) is not None:
+        spec["acceptance"] = _flag_number(a.acceptance, "--acceptance", above=False)
     return estimate(a.model, a.hardware, wl, efficiency=a.profile, engine=a.engine,
-                    ignore_capacity=a.ignore_capacity)
+                    ignore_capacity=a.ignore_capacity, **off, **spec)
 
 
 def _estimate(a: argparse.Namespace) -> int:
@@ -250,7 +286,19 @@ def _estimate(a: argparse.Namespace) -> int:
 def _report(a: argparse.Namespace) -> int:
     from .report import write_report
 
-    path = write_report(_make_estimate(a), a.output, title=a.title)
+    est = _make_estimate(a)
+    serving = curve = None
+    if a.serve_rate is not None:
+        from .serving import rate_curve, simulate, synthetic
+
+        rate = _flag_number(a.serve_rate, "--serve-rate")
+        n = int(_flag_number(a.serve_requests, "--serve-requests", integer=True))
+        wl = est.workload
+        req = synthetic(n, rate, wl.prompt_len, max(wl.gen_len, 1))
+        kw = dict(engine=a.engine, efficiency=a.profile)
+        serving = simulate(est.model, est.device, wl, requests=req, record=True, **kw)
+        curve = rate_curve(est.model, est.device, wl, requests=req.scaled(1.0 / rate), **kw)
+    path = write_report(est, a.output, title=a.title, serving=serving, serving_curve=curve)
     print(f"wrote {path}")
     return 0
 
@@ -711,10 +759,6 @@ def _validate(a: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _flag_number(text: Any, flag: str, lo: float = 0.0, integer: bool = False, inf: bool = False,
                  above: bool = True) -> float:
     """A numeric flag, checked: finite (or inf where `inf`), > lo (>= lo unless `above`), whole where `integer`."""
@@ -755,6 +799,8 @@ def _serve(a: argparse.Namespace) -> int:
         req = read_trace(a.trace)
     else:
         rate = 1.0 if a.find_rate else (_flag_number(a.rate, "--rate", inf=True) if a.rate is not None else None)
+        if rate is None and a.concurrency is not None:
+            rate = math.inf
         req_rate = rate if rate is not None else 1.0
         if rate is None:
             raise PerfmodelError("perfmodel serve needs --rate R (requests/s), --trace FILE, or --find-rate with SLOs")
@@ -773,7 +819,9 @@ def _serve(a: argparse.Namespace) -> int:
     kw = dict(scheduler=sch, engine=a.engine, efficiency=a.profile,
               replicas=int(_flag_number(a.replicas, "--replicas", integer=True)),
               prefill_instances=int(_flag_number(a.prefill_instances, "--prefill-instances", integer=True)),
-              decode_instances=int(_flag_number(a.decode_instances, "--decode-instances", integer=True)))
+              decode_instances=int(_flag_number(a.decode_instances, "--decode-instances", integer=True)),
+              concurrency=(int(_flag_number(a.concurrency, "--concurrency", integer=True))
+                           if a.concurrency is not None else None))
     if a.find_rate:
         if a.trace is None and a.rate is not None:
             raise PerfmodelError("--find-rate searches the rate: leave out --rate")
@@ -811,3 +859,7 @@ def _serve(a: argparse.Namespace) -> int:
 
         print(summary(a.model, a.hardware, out, res))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

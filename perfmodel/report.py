@@ -131,23 +131,40 @@ def _figures(est: "Estimate") -> list[tuple[str, str, bytes]]:
     return out
 
 
-def write_report(est: "Estimate", path: str | Path, title: str | None = None) -> Path:
-    """Write the report as .html (one self-contained file) or .md (PNGs beside it as <stem>.<figure>.png)."""
+def _serving(res: Any, curve: Any) -> tuple[list[str], bytes]:
+    """The serving section's lines and figure, from a simulated run (perfmodel.serving.ServeResult)."""
+    from . import plots
+    from .serving.figures import serving_figure
+    from .serving.report import lines
+
+    return lines(res.metrics()), plots.to_bytes(serving_figure(res, None, curve), dpi=110)
+
+
+def write_report(est: "Estimate", path: str | Path, title: str | None = None, serving: Any = None,
+                 serving_curve: Any = None) -> Path:
+    """Write the report as .html (one self-contained file) or .md (PNGs beside it as <stem>.<figure>.png).
+    `serving`: a simulated run of the same engine under load (perfmodel.serving.simulate, record=True), shown as a
+    "Serving under load" section with its figure (`serving_curve`: rate_curve's points for its throughput panel)."""
     path = Path(path)
     fmt = path.suffix.lower()
     if fmt not in (".html", ".htm", ".md"):
         raise PerfmodelError(f"-o must end in .html or .md; got {path.name!r}")
     title = title or f"{est.model.name} on {est.device.name}"
     figs = _figures(est)
+    serve = _serving(serving, serving_curve) if serving is not None else None
     if fmt == ".md":
         names = {}
+        if serve is not None:
+            png = path.with_name(f"{path.stem}.serving.png")
+            atomic_write_bytes(png, serve[1])
+            names["serving"] = png.name
         for key, _, data in figs:
             if data:
                 png = path.with_name(f"{path.stem}.{key}.png")
                 atomic_write_bytes(png, data)
                 names[key] = png.name
-        return atomic_write_text(path, _markdown(est, title, figs, names))
-    return atomic_write_text(path, _html(est, title, figs))
+        return atomic_write_text(path, _markdown(est, title, figs, names, serve))
+    return atomic_write_text(path, _html(est, title, figs, serve))
 
 
 def _stamp() -> str:
@@ -156,7 +173,7 @@ def _stamp() -> str:
     return f"perfmodel {__version__}, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
 
 
-def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str]) -> str:
+def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str], serve: Any = None) -> str:
     r = _rows(est)
 
     def table(head: list[str], body: list[list[str]]) -> str:
@@ -169,6 +186,9 @@ def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str]) ->
              table(["metric", "value"], [list(x) for x in r["metrics"]]), "", table(*_phase_table(est)), ""]
     for key, t, _ in figs:
         parts += [f"## {t}", ""] + ([f"![{t}]({names[key]})", ""] if key in names else [])
+    if serve is not None:
+        parts += ["## Serving under load", "", *(f"- {line.strip()}" for line in serve[0]), "",
+                  f"![Serving under load]({names['serving']})", ""]
     comm = _comm_table(est)
     parts += ["## Heaviest ops", "", table(*_ops_table(est)), ""]
     parts += ["## Communication", "", table(*comm), ""] if comm else []
@@ -191,7 +211,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;hei
 @media(max-width:800px){.grid{grid-template-columns:1fr}}li{margin:.2em 0}"""
 
 
-def _html(est: "Estimate", title: str, figs: list) -> str:
+def _html(est: "Estimate", title: str, figs: list, serve: Any = None) -> str:
     r = _rows(est)
     e = html.escape
 
@@ -210,6 +230,10 @@ def _html(est: "Estimate", title: str, figs: list) -> str:
         if data:
             b64 = base64.b64encode(data).decode()
             out.append(f"<img alt=\"{e(t)}\" src=\"data:image/png;base64,{b64}\">")
+    if serve is not None:
+        b64 = base64.b64encode(serve[1]).decode()
+        out += ["<h2>Serving under load</h2><ul>", *(f"<li>{e(line.strip())}</li>" for line in serve[0]), "</ul>",
+                f"<img alt=\"Serving under load\" src=\"data:image/png;base64,{b64}\">"]
     comm = _comm_table(est)
     out += ["<h2>Heaviest ops</h2>", table(*_ops_table(est)),
             *(["<h2>Communication</h2>", table(*comm)] if comm else []),

@@ -50,7 +50,7 @@ ROW_FIELDS = {
     "m": int, "n": int, "k": int, "dtype": str, "seq_len": int, "heads": int, "head_dim": int, "causal": bool,
     "kernel": str, "groups": int, "quant_input": bool,
     "collective": str, "message_bytes": int, "nodes": int, "library": str, "algorithm": str, "ep": int,
-    "dp_attention": bool,
+    "dp_attention": bool, "gpu_layers": int, "host": str, "offload_experts": bool,
 }
 # collectives of the kernel rows, and the libraries that run them (nccl: NCCL's or RCCL's algorithms only; the
 # others are a serving engine's own peer-to-peer kernels, costed with NCCL's beside them)
@@ -217,6 +217,9 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
                 continue
             if name not in cache:
                 cache[name] = load_engine(name)
+            if _n(r.get("gpu_layers"), -1) >= 0 or r.get("offload_experts") is True:  # part on the host CPU
+                out[i] = _predict_offload(r, model_of(mdl), dev_of(hw), cache[name], name)
+                continue
             weights = _s(r.get("weights")) or "bf16"
             cfg = (name, hw, mdl, weights, _s(r.get("kv")) or Workload.model_fields["kv"].default.value,
                    _s(r.get("act")) or default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
@@ -331,6 +334,31 @@ def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -
         if metric in ("throughput_tokens_per_s", "total_throughput_tokens_per_s"):
             value *= _n(r.get("n_devices"), tp * pp) / (tp * pp)  # independent copies of the model, side by side
         out[i] = float(value)
+
+
+def _predict_offload(r: dict[str, Any], model, device, profile: EngineProfile, name: str) -> float:
+    """A partial-offload row (llama.cpp -ngl, --cpu-moe): perfmodel.offload with the engine's efficiency on both the
+    GPU and the host CPU."""
+    from .engines import open_act
+    from .evaluate import Workload
+    from .offload import estimate_offload
+
+    host = load_device(_s(r.get("host")) or None) if _s(r.get("host")) else None
+    weights = _s(r.get("weights")) or "bf16"
+    wl = checkpoint_formats(Workload(weights=weights, kv=_s(r.get("kv")) or "bf16",
+                                     act=_s(r.get("act")) or open_act(r["engine"], weights, device),
+                                     batch=int(_n(r.get("batch"), 1)), prompt_len=int(_n(r.get("prompt_len"), 512)),
+                                     gen_len=int(_n(r.get("gen_len"), 128)),
+                                     ubatch=int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None),
+                            model, profile_of(r["engine"], r.get("software")))
+    gl = r.get("gpu_layers")
+    est = estimate_offload(model, device, wl, profile.efficiency(device),
+                           None if gl is None or (isinstance(gl, float) and math.isnan(gl)) else int(gl),
+                           r.get("offload_experts") is True, host, name,
+                           host_efficiency=profile.efficiency(host) if host is not None else None)
+    m = est.metrics
+    return float({"decode_tokens_per_s": m["decode_tokens_per_s"], "tpot_s": m["tpot_s"],
+                  "prefill_tokens_per_s": m["prefill_tokens_per_s"], "ttft_s": m["ttft_s"]}[r["metric"]])
 
 
 def _predict_collective(r: dict[str, Any], device, eff) -> float:

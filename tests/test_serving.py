@@ -269,3 +269,43 @@ def test_cli_binary_trace(tmp_path, capsys):
     p.write_bytes(bytes(range(256)) * 4)
     assert main(["serve", "--model", MODEL, "--hardware", HW, "--trace", str(p)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_concurrency_keeps_at_most_c_requests_in_flight():
+    req = synthetic(200, math.inf, "uniform:50:800", "uniform:10:200", seed=8)
+    res = simulate(MODEL, HW, requests=req, concurrency=8)
+    start, end = res.start_s, res.finish_s
+    for t in start:  # requests in flight at each send: started by then and not yet finished
+        assert np.sum((start <= t) & (end > t)) <= 8
+    assert np.array_equal(res.produced, req.output_tokens)
+    one = simulate(MODEL, HW, requests=synthetic(20, math.inf, 100, 20, seed=8), concurrency=1)
+    order = np.argsort(one.start_s)  # one client: each request sent when the previous one finished
+    assert np.allclose(one.start_s[order][1:], one.finish_s[order][:-1])
+    assert (one.queueing_s < 1e-9).all()  # never queued at the engine
+
+
+def test_shipped_trace_runs():
+    res = simulate(MODEL, HW, requests=read_trace("synthetic-chat"))
+    assert len(res.requests) == 1000 and np.isfinite(res.finish_s).all()
+    assert res.requests.prefix_tokens.max() == 200  # the shared system prompt, cached
+
+
+def test_report_gains_a_serving_section(tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", "--model", MODEL, "--hardware", HW, "-o", str(out), "--serve-rate", "5",
+                 "--serve-requests", "200"]) == 0
+    text = out.read_text()
+    assert "<h2>Serving under load</h2>" in text and "TTFT: p50" in text
+    md = tmp_path / "r.md"
+    assert main(["report", "--model", MODEL, "--hardware", HW, "-o", str(md), "--serve-rate", "5",
+                 "--serve-requests", "200"]) == 0
+    assert "## Serving under load" in md.read_text() and (tmp_path / "r.serving.png").stat().st_size > 1000
+
+
+def test_serve_plot(tmp_path, capsys):
+    fig = tmp_path / "s.png"
+    assert main(["serve", "--model", MODEL, "--hardware", HW, "--rate", "5", "--requests", "200", "--plot",
+                 str(fig)]) == 0
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["serve", "--model", MODEL, "--hardware", HW, "--rate", "5", "--requests", "20", "--plot",
+                 str(tmp_path / "s.gif")]) == 2

@@ -10,7 +10,8 @@ import_graph = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(import_graph)
 
 # Stages, lowest first: facts, schemas and polynomials; the device figure ladder; loaders; the operator graph, its
-# coefficient tables, memory and band tables; cost and calibration; which efficiency applies; evaluation; the public API and sweeps; studies; faces.
+# coefficient tables, memory and band tables; cost and calibration; which efficiency applies; evaluation; the serving
+# simulator's core; engine techniques (offload, speculative decoding); the public API and sweeps; studies; faces.
 STAGES = [
     {"errors", "pcie", "model", "efficiency", "_io", "poly"},
     {"dtypes", "provenance"},
@@ -21,10 +22,12 @@ STAGES = [
      "calibration.fake"},
     {"engines"},
     {"evaluate"},
+    {"serving.steps"},
+    {"offload", "speculative"},
     {"api", "scenarios"},
-    {"validation", "whatif", "plots", "distributed", "plan"},
+    {"validation", "whatif", "plots", "distributed", "plan", "serving", "serving.requests", "serving.sim"},
     {"engine_fit"},
-    {"trends", "report"},
+    {"trends", "report", "serving.figures", "serving.report"},
     {"cli"},
 ]
 RANK = {f"perfmodel.{m}": i for i, stage in enumerate(STAGES) for m in stage}

@@ -25,6 +25,7 @@ from ..engines import checkpoint_formats, efficiency_for, open_act
 from ..errors import CapacityError, PerfmodelError
 from ..evaluate import capacity_message, evaluate, layout_error
 from ..model import ModelSpec
+from ..offload import host_link_bytes_per_s
 from ..workload import Workload
 from .requests import Requests, parse_dist, read_trace, synthetic
 from .sim import POLICIES, Scheduler, Trace, run
@@ -54,10 +55,16 @@ class ServeResult:
     scheduler: Scheduler
     notes: tuple[str, ...] = ()
     timeline: dict[str, np.ndarray] | None = None
+    sent_s: np.ndarray | None = None  # when each request reached the engine: its arrival, or later under --concurrency
+
+    @property
+    def start_s(self) -> np.ndarray:
+        """When each request's clock starts: sent to the engine (a client's view, as benchmark_serving times it)."""
+        return self.requests.arrival_s if self.sent_s is None else self.sent_s
 
     @property
     def ttft_s(self) -> np.ndarray:
-        return self.first_token_s - self.requests.arrival_s
+        return self.first_token_s - self.start_s
 
     @property
     def tpot_s(self) -> np.ndarray:
@@ -69,11 +76,11 @@ class ServeResult:
 
     @property
     def e2e_latency_s(self) -> np.ndarray:
-        return self.finish_s - self.requests.arrival_s
+        return self.finish_s - self.start_s
 
     @property
     def queueing_s(self) -> np.ndarray:
-        return self.first_scheduled_s - self.requests.arrival_s
+        return self.first_scheduled_s - self.start_s
 
     @property
     def span_s(self) -> float:
@@ -174,30 +181,19 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
             raise CapacityError(f"{msg} (the engine uses {scheduler.memory_utilization:.0%} of device memory, "
                                 f"--memory-utilization, for weights, activations and a KV cache that must hold at "
                                 f"least the longest request, {int(longest)} tokens)")
-    return m, d, wl, Engine(sc, kv_blocks, swap_bandwidth(d), wl.parallel.devices)
-
-
-def swap_bandwidth(d: Device) -> float:
-    """Host link of a device, per direction: its PCIe link where the data state one, else PCIe x16 of the newest
-    generation shipping by the device's year (estimated; pcie.PCIE_FIRST_YEAR), else PCIe 4.0 x16."""
-    from ..pcie import PCIE_FIRST_YEAR, pcie_bytes_per_s
-
-    link = d.interconnect
-    if link is not None and link.pcie is not None:
-        return pcie_bytes_per_s(*link.pcie)
-    year = d.year or 2020
-    gen = max((g for g, y in PCIE_FIRST_YEAR.items() if y <= year), default=4)
-    return pcie_bytes_per_s(gen, 16)
+    return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices)
 
 
 def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload | None = None, *,
              requests: Requests, scheduler: Scheduler | None = None, engine: str | None = None,
              efficiency: Efficiency | str | Path | None = None, replicas: int = 1, prefill_instances: int = 1,
-             decode_instances: int = 1, record: bool = False, prepared: tuple | None = None) -> ServeResult:
+             decode_instances: int = 1, record: bool = False, prepared: tuple | None = None,
+             concurrency: int | None = None) -> ServeResult:
     """Serve `requests` with `replicas` identical engines (requests dealt round-robin), each running `workload`'s
     formats and parallelism under `scheduler`. With the disaggregated policy, `prefill_instances` engines prefill and
     `decode_instances` engines decode, the KV cache sent between them over the fabric. `prepared`: the result of
-    `prepare` for these arguments (find_rate reuses it)."""
+    `prepare` for these arguments (find_rate reuses it). `concurrency`: at most that many requests in flight, as a
+    benchmark client with --max-concurrency keeps (closed loop; split evenly over replicas)."""
     sch = scheduler or Scheduler()
     wl = workload or Workload()
     for name, v in (("replicas", replicas), ("prefill instances", prefill_instances),
@@ -212,14 +208,19 @@ def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload 
                      "keeps in flight are not simulated, so throughput is understated")
     if d.main_memory.capacity_bytes is None:
         notes.append(f"{d.id} states no memory capacity: the KV cache is taken as never full")
+    if concurrency is not None and (not isinstance(concurrency, (int, np.integer)) or concurrency < 1):
+        raise PerfmodelError(f"concurrency must be a whole number >= 1; got {concurrency!r}")
     if sch.policy == "disaggregated":
+        if concurrency is not None:
+            raise PerfmodelError("--concurrency applies to the vllm and prefill-first schedulers")
         return _disaggregated(requests, d, wl, sch, eng, prefill_instances, decode_instances, record, notes)
     parts = []
     for r in range(replicas):
         idx = np.arange(r, n, replicas)
+        clients = None if concurrency is None else max(1, concurrency // replicas + (r < concurrency % replicas))
         if len(idx):
             parts.append((idx, run(requests.subset(idx), eng.step, sch, eng.kv_blocks, eng.swap_bytes_per_s,
-                                   record=record)))
+                                   record=record, clients=clients)))
     return _merge(requests, parts, sch, replicas, replicas * eng.devices, notes, eng.kv_blocks)
 
 
@@ -228,7 +229,10 @@ def _merge(req: Requests, parts: list[tuple[np.ndarray, Trace]], sch: Scheduler,
     n = len(req)
     arrays = {k: np.full(n, np.nan) for k in ("first_scheduled_s", "first_token_s", "finish_s")}
     produced, pref = np.zeros(n), np.zeros(n)
+    sent = req.arrival_s.copy()
     for idx, tr in parts:
+        if tr.sent_s is not None:
+            sent[idx] = np.maximum(sent[idx], tr.sent_s)
         arrays["first_scheduled_s"][idx] = tr.first_scheduled_s
         arrays["first_token_s"][idx] = tr.first_token_s
         arrays["finish_s"][idx] = tr.finish_s
@@ -246,7 +250,7 @@ def _merge(req: Requests, parts: list[tuple[np.ndarray, Trace]], sch: Scheduler,
         timeline["kv_utilisation"] = timeline.pop("kv_blocks") / kv_blocks
     return ServeResult(req, arrays["first_scheduled_s"], arrays["first_token_s"], arrays["finish_s"], produced, pref,
                        sum(tr.preemptions for _, tr in parts), util, peak, engines, devices, sch, tuple(notes),
-                       timeline)
+                       timeline, sent)
 
 
 def _disaggregated(req: Requests, d: Device, wl: Workload, sch: Scheduler, eng: Engine, n_pre: int, n_dec: int,
@@ -293,6 +297,7 @@ def _disaggregated(req: Requests, d: Device, wl: Workload, sch: Scheduler, eng: 
                      record=record)
             tr.first_scheduled_s[:] = first_sched[idx]
             tr.produced[:] -= 1  # the first token came from the prefill engine
+            tr.sent_s = None  # the request's clock started when it reached the prefill engine
             dparts.append((idx, tr))
     finish = first_tok.copy()
     res = _merge(req, parts + dparts, sch, n_pre + n_dec, total, notes, eng.kv_blocks, first_token=first_tok)

@@ -1,8 +1,7 @@
-"""Text and HTML of a serving run: what `perfmodel serve` prints and the report's serving section."""
+"""Text of a serving run: what `perfmodel serve` prints and the lines of the report's serving section."""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
 
@@ -49,9 +48,3 @@ def summary(model: str, hardware: str, out: dict[str, Any], res: Any) -> str:
         body.append("no rate meets the targets: a lone request already misses them")
     notes = [f"note: {n}" for n in (res.notes if res else ())]
     return "\n".join([head, *("  " + b for b in body), *notes])
-
-
-def html_section(out: dict[str, Any], figure_html: str = "") -> str:
-    """The report's serving section: the figures as a list, the figure inline."""
-    items = "".join(f"<li>{escape(line)}</li>" for line in lines(out))
-    return f"<h2>Serving under load</h2><ul>{items}</ul>{figure_html}"

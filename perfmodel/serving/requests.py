@@ -114,13 +114,28 @@ def synthetic(n: int, rate: float, prompt: str | int, gen: str | int, seed: int 
 TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 
 
+def shipped_traces() -> dict[str, Path]:
+    """Traces that ship with perfmodel (workloads/traces), by name."""
+    from ..catalog import data_roots
+
+    out: dict[str, Path] = {}
+    for root in data_roots():
+        base = root / "workloads" / "traces"
+        if base.is_dir():
+            out.update({f.stem: f for f in sorted(base.glob("*.csv"))})
+    return out
+
+
 def read_trace(path: str | Path) -> Requests:
-    """A request trace (CSV or Parquet): arrival_s, prompt_tokens, output_tokens[, prefix_tokens]."""
+    """A request trace (CSV or Parquet): arrival_s, prompt_tokens, output_tokens[, prefix_tokens]; or the name of
+    one that ships (shipped_traces(): `synthetic-chat`)."""
     import pandas as pd
 
     from ..scenarios import read_table
 
     p = Path(path)
+    if not p.exists() and str(path) in shipped_traces():
+        p = shipped_traces()[str(path)]
     df: pd.DataFrame = read_table(p)
     missing = [c for c in TRACE_COLUMNS if c not in df.columns]
     if missing:

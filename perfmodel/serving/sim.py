@@ -93,17 +93,24 @@ class Trace:
     busy_s: float  # time with work on the engine
     iterations: int
     timeline: dict[str, list] = field(default_factory=dict)  # t_s, running, kv_blocks: one sample a block of steps
+    sent_s: np.ndarray | None = None  # when each request reached the engine (its arrival, unless clients held it)
 
 
 def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_per_s: float = 0.0,
-        prefilled: bool = False, record: bool = False) -> Trace:
+        prefilled: bool = False, record: bool = False, clients: int | None = None) -> Trace:
     """Simulate one engine serving `req`. `prefilled`: the requests arrive with their prompt already in their KV
-    cache and their first token out (the decode side of a disaggregated pair)."""
+    cache and their first token out (the decode side of a disaggregated pair). `clients`: at most that many requests
+    in flight (a benchmark's --max-concurrency): request j is sent at its arrival time or when the (j - clients)-th
+    request to finish does, whichever is later."""
     if sch.policy == "static":
+        if clients is not None:
+            raise PerfmodelError("--concurrency applies to the continuous schedulers (vllm, prefill-first)")
         return _run_static(req, sc, sch, kv_blocks, record)
     n = len(req)
     bs = sch.block_size
     arrival = req.arrival_s.tolist()
+    sent = arrival[:]  # when each request reaches the engine (known up to `known`)
+    known = n if clients is None else min(n, clients)
     prompt = [int(x) for x in req.prompt_tokens]
     gen = [int(x) for x in req.output_tokens]
     prefix = [int(x) for x in req.prefix_tokens]
@@ -206,6 +213,14 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             state[i] = _DONE
             finish[i] = now
             finished += 1
+            release()
+
+    def release() -> None:
+        """A client freed by a finish sends its next request."""
+        nonlocal known
+        if clients is not None and known < n:
+            sent[known] = max(arrival[known], now)
+            known += 1
 
     # can the head of the queue be admitted now? (else a decode-only stretch runs as one block)
     def admissible(free: int) -> bool:
@@ -221,12 +236,12 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
         return need <= free - (cnt[(-it) % bs] if n_dec else 0)
 
     while finished < n:
-        while nxt < n and arrival[nxt] <= now:
+        while nxt < known and sent[nxt] <= now:
             state[nxt] = _WAIT
             waiting.append(nxt)
             nxt += 1
         if not running and not waiting:
-            now = arrival[nxt]
+            now = sent[nxt]
             continue
         free = kv_blocks - used
 
@@ -234,10 +249,10 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             while heap and heap[0][1] != version[heap[0][2]]:
                 heapq.heappop(heap)
             k = max(1, min(heap[0][0] - it + 1, _MACRO_MAX))
-            watch = nxt < n and not waiting and len(running) < sch.max_num_seqs  # an arrival could be admitted
+            watch = nxt < known and not waiting and len(running) < sch.max_num_seqs  # an arrival could be admitted
             if watch:  # steps get longer as contexts grow: the first step's time bounds how many fit before it
                 dt0 = sc.iteration_s(n_dec, s_eh + n_dec * it + n_dec, [], n_dec)
-                k = min(k, int((arrival[nxt] - now) / dt0) + 2)
+                k = min(k, int((sent[nxt] - now) / dt0) + 2)
             phase = np.asarray(cnt)
             needs = phase[(-(it + np.arange(k))) % bs]
             cum_need = np.cumsum(needs)
@@ -247,7 +262,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                 dts = sc.decode_run_s(n_dec, s_eh + n_dec * it + n_dec, k)
                 cum = np.cumsum(dts)
                 if watch:
-                    j = int(np.searchsorted(cum, arrival[nxt] - now, side="left"))
+                    j = int(np.searchsorted(cum, sent[nxt] - now, side="left"))
                     k = min(k, j + 1)
                 levels = used + cum_need[:k]
                 block_s += float(np.dot(levels, dts[:k]))
@@ -339,8 +354,8 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                 now += extra_s
                 busy += extra_s
                 continue
-            if nxt < n:  # nothing can run until something arrives (blocked queue: cannot happen with a free engine)
-                now = max(now, arrival[nxt])
+            if nxt < known:  # nothing can run until something arrives (blocked queue: not with a free engine)
+                now = max(now, sent[nxt])
                 continue
             raise PerfmodelError("the serving simulator stalled: requests wait but none can be admitted")
         emitting = dec_now + sum(1 for i, q in chunks if done[i] + q >= target[i])
@@ -369,6 +384,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                     state[i] = _DONE
                     finish[i] = now
                     finished += 1
+                    release()
                 else:
                     entering.append(i)  # decodes from the next decode iteration on
         if dec_now:
@@ -382,7 +398,8 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             tl["kv_blocks"].append(used)
             tl["tokens"].append(dec_now + sum(q for _, q in chunks))
     return Trace(np.array(first_sched), np.array(first_tok), np.array(finish), np.array(produced, dtype=float),
-                 np.array(pref_tokens, dtype=float), preempt, kv_blocks, block_s, peak, busy, iters, tl)
+                 np.array(pref_tokens, dtype=float), preempt, kv_blocks, block_s, peak, busy, iters, tl,
+                 np.array(sent))
 
 
 def _run_static(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, record: bool) -> Trace:

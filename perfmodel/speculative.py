@@ -1,0 +1,114 @@
+"""Speculative decoding: a cheap drafter proposes k tokens, the target model checks them in one pass.
+
+With each drafted token accepted with probability a (independently, the standard assumption), a step yields
+E = (1 - a^(k+1)) / (1 - a) tokens on average: the accepted prefix and the target's own next token (Leviathan,
+Kalman and Matias, "Fast Inference from Transformers via Speculative Decoding", ICML 2023, eq. 1,
+https://arxiv.org/abs/2211.17192). A step costs k drafter decode steps and one target pass over k + 1 tokens a
+sequence (perfmodel.serving.steps: a chunk of k + 1 tokens after the context), so
+
+    TPOT = (k x drafter step + target verification pass) / E.
+
+Drafters: another catalog model (`draft` = its id; it runs on the same device, in the same formats), or `eagle`:
+EAGLE's draft head, one decoder layer of the target's width feeding the target's LM head (Li et al., "EAGLE:
+Speculative Sampling Requires Rethinking Feature Uncertainty", ICML 2024, https://arxiv.org/abs/2401.15077), costed as
+the target with one layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .catalog import load_model
+from .device import Device
+from .efficiency import Efficiency
+from .errors import PerfmodelError
+from .evaluate import evaluate
+from .model import ModelSpec
+from .workload import Workload
+
+# Acceptance rate taken when none is given: within the 0.5-0.9 that Leviathan et al. (Table 3) and the EAGLE paper
+# report across model pairs and tasks; an assumption, said so in the result
+DEFAULT_ACCEPTANCE = 0.7
+DEFAULT_DRAFT_TOKENS = 4
+
+
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens a speculative step yields on average: (1 - a^(k+1)) / (1 - a); k + 1 when every draft is accepted."""
+    if acceptance >= 1.0:
+        return float(k + 1)
+    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+
+
+@dataclass(frozen=True)
+class Speculative:
+    drafter: str
+    draft_tokens: int
+    acceptance: float
+    acceptance_assumed: bool
+    expected_tokens_per_step: float
+    draft_step_s: float
+    verify_step_s: float
+    tpot_s: float
+    plain_tpot_s: float
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return 1.0 / self.tpot_s
+
+    @property
+    def speedup(self) -> float:
+        return self.plain_tpot_s / self.tpot_s
+
+    def to_dict(self) -> dict:
+        return {"drafter": self.drafter, "draft_tokens": self.draft_tokens, "acceptance": self.acceptance,
+                "acceptance_assumed": self.acceptance_assumed,
+                "expected_tokens_per_step": self.expected_tokens_per_step, "draft_step_s": self.draft_step_s,
+                "verify_step_s": self.verify_step_s, "tpot_s": self.tpot_s,
+                "decode_tokens_per_s": self.decode_tokens_per_s, "speedup": self.speedup}
+
+
+def drafter_spec(target: ModelSpec, draft: str | ModelSpec) -> ModelSpec:
+    if isinstance(draft, ModelSpec):
+        return draft
+    if draft.lower() == "eagle":
+        data = target.model_dump(exclude_none=True)
+        data.update(id=f"{target.id}-eagle-head", name=f"EAGLE head of {target.name or target.id}", n_layers=1)
+        for key in ("n_dense_layers", "published_params", "aliases"):  # the target's, not the head's
+            data.pop(key, None)
+        return ModelSpec(**data)
+    return load_model(draft)
+
+
+def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, draft: str | ModelSpec,
+                draft_tokens: int | None = None, acceptance: float | None = None) -> Speculative:
+    """The decode rate of `wl` with speculative decoding (see the module docstring), at the mean decode context."""
+    from .serving.steps import step_cost
+
+    k = DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= 64:
+        raise PerfmodelError(f"--draft-tokens must be a whole number from 1 to 64; got {k!r}")
+    assumed = acceptance is None
+    a = DEFAULT_ACCEPTANCE if assumed else float(acceptance)
+    if not 0.0 <= a <= 1.0:
+        raise PerfmodelError(f"--acceptance must be a probability in [0, 1]; got {acceptance!r}")
+    if target.arch != "decoder":
+        raise PerfmodelError(f"speculative decoding drafts tokens for a decoder-only model; {target.id} is "
+                             f"{target.arch.replace('_', '-')}")
+    dspec = drafter_spec(target, draft)
+    if dspec.vocab_size != target.vocab_size:
+        raise PerfmodelError(f"the drafter {dspec.id} has a vocabulary of {dspec.vocab_size} tokens, the target "
+                             f"{target.id} {target.vocab_size}: a drafter must share the target's tokenizer")
+    gen = wl.gen_len if wl.gen_len is not None else 128
+    b = wl.batch
+    ctx = wl.prompt_len + max(gen, 1) / 2.0  # the mean context of the decode steps
+    sc = step_cost(target, device, wl, eff, b * (k + 1), b, int(ctx + k + 2))
+    verify = sc.iteration_s(0, 0.0, [(k + 1.0, ctx)] * b, b)
+    plain = sc.iteration_s(b, b * (ctx + 1.0), [], b)
+    one = np.ones(1)
+    dwl = Workload(**{**wl.model_dump(exclude_none=True), "tp": 1, "ep": 1, "pp": 1, "dp_attention": False})
+    dev = evaluate(dspec, device, dwl, eff, one * b, one * ctx, one * 2.0)
+    draft_step = float(dev.metrics["tpot_s"][0])
+    e = expected_tokens(a, k)
+    return Speculative(dspec.id, int(k), a, assumed, e, draft_step, verify, (k * draft_step + verify) / e, plain)
