@@ -309,3 +309,13 @@ def test_serve_plot(tmp_path, capsys):
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["serve", "--model", MODEL, "--hardware", HW, "--rate", "5", "--requests", "20", "--plot",
                  str(tmp_path / "s.gif")]) == 2
+
+
+def test_disaggregated_decode_engine_preempts_by_recompute():
+    # a KV cache too small for every decode at once: the decode engine preempts, and a preempted request is
+    # prefilled again there (its prompt and tokens so far), never resumed for free
+    req = synthetic(150, math.inf, 2000, 1200, seed=9)
+    sch = Scheduler(policy="disaggregated", memory_utilization=0.25)
+    res = simulate(MODEL, HW, requests=req, scheduler=sch)
+    assert res.preemptions > 0 and np.array_equal(res.produced, req.output_tokens)
+    assert res.prefilled_tokens.sum() > req.prompt_tokens.sum()  # the recomputed prefills on the decode side

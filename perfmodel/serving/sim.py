@@ -227,7 +227,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
         if not waiting or len(running) >= sch.max_num_seqs:
             return False
         i = waiting[0]
-        if state[i] == _SWAPPED or prefilled:
+        if state[i] == _SWAPPED or (prefilled and produced[i] == 0):
             held = target[i] - 1 if state[i] == _SWAPPED else target[i]
             need = -(-held // bs) + (held % bs == 0)
         else:
@@ -309,7 +309,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
         while admit_ok and waiting and len(running) < sch.max_num_seqs and budget > 0:
             i = waiting[0]
             free = kv_blocks - used - need_dec
-            if state[i] == _SWAPPED or prefilled:
+            if state[i] == _SWAPPED or (prefilled and produced[i] == 0):
                 held = target[i] - 1 if state[i] == _SWAPPED else target[i]
                 need = -(-held // bs)
                 if need + (held % bs == 0) > free:  # its blocks, and the one its first step may open
