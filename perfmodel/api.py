@@ -29,13 +29,15 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
              efficiency: Efficiency | str | Path | None = None, engine: str | None = None,
              ignore_capacity: bool = False, gpu_layers: int | None = None, offload_experts: bool = False,
              host: str | Device | None = None, draft: str | ModelSpec | None = None,
-             draft_tokens: int | None = None, acceptance: float | None = None, **kw: Any) -> "Estimate":
+             draft_tokens: int | None = None, acceptance: float | None = None, prefix_hit: float | None = None,
+             **kw: Any) -> "Estimate":
     """Estimate TTFT, TPOT, tokens/s and memory of `workload` (or of Workload(**kw)) for a model on a device.
     `engine`: a software stack's fitted profile (llamacpp, vllm, trtllm, hf, ideal, ...) when no `efficiency` is
     given; it also picks the error band the validation residuals of that stack give. `gpu_layers` (llama.cpp's
     -ngl) or `offload_experts`: part of the model on the `host` CPU (perfmodel.offload; an OffloadEstimate).
     `draft` (a catalog model or "eagle"), `draft_tokens`, `acceptance`: speculative decoding, reported beside the
-    plain decode (Estimate.speculative; perfmodel.speculative).
+    plain decode (Estimate.speculative; perfmodel.speculative). `prefix_hit`: that share of each prompt already in
+    a prefix cache, its TTFT reported beside the plain one (Estimate.prefix; perfmodel.prefix).
 
     >>> est = estimate("llama-2-7b", "a100-80gb-sxm", batch=1, prompt_len=512, gen_len=128)
     >>> round(est.tpot_s * 1e3, 1)  # ms per output token
@@ -75,7 +77,12 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
     elif draft_tokens is not None or acceptance is not None:
         raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
                              "--draft-model (a catalog model, or eagle)")
-    return Estimate(ev, band_engine, (warn,) if warn else (), spec)
+    cached = None
+    if prefix_hit is not None:
+        from .prefix import prefix_hit as hit_of
+
+        cached = hit_of(m, d, wl, eff, prefix_hit)
+    return Estimate(ev, band_engine, (warn,) if warn else (), spec, cached)
 
 
 def _short(v: float) -> str:
@@ -117,6 +124,7 @@ class Estimate:
     engine: str = "default"
     notes: tuple[str, ...] = ()
     speculative: Any = None  # perfmodel.speculative.Speculative, when a drafter was named
+    prefix: Any = None  # perfmodel.prefix.PrefixHit, when a prefix-cache hit rate was given
 
     @cached_property
     def metrics(self) -> "Metrics":
@@ -312,6 +320,8 @@ class Estimate:
         out["warnings"] = self.warnings
         if self.speculative is not None:
             out["speculative"] = self.speculative.to_dict()
+        if self.prefix is not None:
+            out["prefix_cache"] = self.prefix.to_dict()
         return out
 
     def summary(self) -> str:
@@ -367,6 +377,10 @@ class Estimate:
                          f"{sp['draft_tokens']}, acceptance {sp['acceptance']:g}"
                          + (" assumed" if sp["acceptance_assumed"] else "")
                          + f", {sp['expected_tokens_per_step']:.2f} tokens a step)")
+        pc = d.get("prefix_cache")
+        if pc:
+            lines.insert(lines.index("") + 2, f"  {'with prefix-cache hits':<26}{ms(pc['ttft_s']):>16}   ("
+                         f"{pc['cached_tokens']} of {d['prompt_len']} prompt tokens cached, x{pc['speedup']:.2f})")
         lines.append(f"  figures: {self._figures_line(d['provenance'])}")
         if d["intervals"]:
             basis = {}

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--draft-tokens", default=None, help="tokens drafted a step (default 4)")
     e.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, "
                                                       "assumed)")
+    e.add_argument("--prefix-hit", default=None, help="share of each prompt already in a prefix cache (0-1): its TTFT "
+                                                      "beside the plain one")
     e.add_argument("--host", default=None, help="the host CPU (catalog id) for --gpu-layers / --offload-experts "
                                                 "(default: a desktop or server CPU, stated in the result)")
 
@@ -258,6 +260,8 @@ def _make_estimate(a: argparse.Namespace):
         spec["draft_tokens"] = int(_flag_number(a.draft_tokens, "--draft-tokens", integer=True))
     if getattr(a, "acceptance", None) is not None:
         spec["acceptance"] = _flag_number(a.acceptance, "--acceptance", above=False)
+    if getattr(a, "prefix_hit", None) is not None:
+        spec["prefix_hit"] = _flag_number(a.prefix_hit, "--prefix-hit", above=False)
     return estimate(a.model, a.hardware, wl, efficiency=a.profile, engine=a.engine,
                     ignore_capacity=a.ignore_capacity, **off, **spec)
 

@@ -135,3 +135,19 @@ def test_cli_bad_offload_and_spec_flags(capsys, args, msg):
     assert main(["estimate", "--model", "llama-3-8b", "--hardware", "rtx-4090", *args]) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
+
+
+# Prefix caching ---------------------------------------------------------------------------------------------------
+
+def test_prefix_hit_shortens_ttft_and_none_changes_nothing():
+    plain = pm.estimate("llama-3-8b", "h100-sxm", prompt_len=4096)
+    zero = pm.estimate("llama-3-8b", "h100-sxm", prompt_len=4096, prefix_hit=0.0).prefix
+    assert zero.cached_tokens == 0 and zero.ttft_s == pytest.approx(plain.ttft_s, rel=5e-3)
+    ttfts = [pm.estimate("llama-3-8b", "h100-sxm", prompt_len=4096, prefix_hit=h).prefix.ttft_s
+             for h in (0.25, 0.5, 0.9)]
+    assert ttfts[0] > ttfts[1] > ttfts[2]
+    # 90 % cached: 410 new tokens of 4096 (floor(0.9 x 4096) = 3686 cached): less than a quarter of the work
+    # (the new queries still attend to all 4096 keys, and the weights are read once either way)
+    assert ttfts[2] < 0.25 * plain.ttft_s
+    with pytest.raises(PerfmodelError, match="--prefix-hit"):
+        pm.estimate("llama-3-8b", "h100-sxm", prefix_hit=1.0)

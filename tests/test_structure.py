@@ -23,7 +23,7 @@ STAGES = [
     {"engines"},
     {"evaluate"},
     {"serving.steps"},
-    {"offload", "speculative"},
+    {"offload", "speculative", "prefix"},
     {"api", "scenarios"},
     {"validation", "whatif", "plots", "distributed", "plan", "serving", "serving.requests", "serving.sim"},
     {"engine_fit"},
