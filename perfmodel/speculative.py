@@ -16,6 +16,7 @@ the target with one layer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,15 @@ def expected_tokens(acceptance: float, k: int) -> float:
     if acceptance >= 1.0:
         return float(k + 1)
     return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+
+
+def _rate_for(length: float, k: int) -> float:
+    """The acceptance rate whose expected tokens a step (expected_tokens) equal `length`, by bisection."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_tokens(mid, k) < length else (lo, mid)
+    return (lo + hi) / 2
 
 
 @dataclass(frozen=True)
@@ -82,17 +92,26 @@ def drafter_spec(target: ModelSpec, draft: str | ModelSpec) -> ModelSpec:
 
 
 def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, draft: str | ModelSpec,
-                draft_tokens: int | None = None, acceptance: float | None = None) -> Speculative:
-    """The decode rate of `wl` with speculative decoding (see the module docstring), at the mean decode context."""
+                draft_tokens: int | None = None, acceptance: float | None = None,
+                accept_length: float | None = None) -> Speculative:
+    """The decode rate of `wl` with speculative decoding (see the module docstring), at the mean decode context.
+    `accept_length`: the mean tokens a step yields as measured (an engine's "mean acceptance length"), used for E
+    instead of the formula (its acceptance is then the rate that gives it)."""
     from .serving.steps import step_cost
 
     k = DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= 64:
         raise PerfmodelError(f"--draft-tokens must be a whole number from 1 to 64; got {k!r}")
-    assumed = acceptance is None
-    a = DEFAULT_ACCEPTANCE if assumed else float(acceptance)
-    if not 0.0 <= a <= 1.0:
+    assumed = acceptance is None and accept_length is None
+    a = DEFAULT_ACCEPTANCE if assumed else float(acceptance) if acceptance is not None else math.nan
+    if acceptance is not None and not 0.0 <= a <= 1.0:
         raise PerfmodelError(f"--acceptance must be a probability in [0, 1]; got {acceptance!r}")
+    if accept_length is not None:
+        if acceptance is not None:
+            raise PerfmodelError("give an acceptance rate or a measured acceptance length, not both")
+        if not 1.0 <= accept_length <= k + 1:
+            raise PerfmodelError(f"an acceptance length is 1 to draft tokens + 1 ({k + 1}); got {accept_length!r}")
+        a = _rate_for(accept_length, k)
     if target.arch != "decoder":
         raise PerfmodelError(f"speculative decoding drafts tokens for a decoder-only model; {target.id} is "
                              f"{target.arch.replace('_', '-')}")
@@ -110,5 +129,5 @@ def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency
     dwl = Workload(**{**wl.model_dump(exclude_none=True), "tp": 1, "ep": 1, "pp": 1, "dp_attention": False})
     dev = evaluate(dspec, device, dwl, eff, one * b, one * ctx, one * 2.0)
     draft_step = float(dev.metrics["tpot_s"][0])
-    e = expected_tokens(a, k)
+    e = expected_tokens(a, k) if accept_length is None else float(accept_length)
     return Speculative(dspec.id, int(k), a, assumed, e, draft_step, verify, (k * draft_step + verify) / e, plain)

@@ -50,7 +50,8 @@ ROW_FIELDS = {
     "m": int, "n": int, "k": int, "dtype": str, "seq_len": int, "heads": int, "head_dim": int, "causal": bool,
     "kernel": str, "groups": int, "quant_input": bool,
     "collective": str, "message_bytes": int, "nodes": int, "library": str, "algorithm": str, "ep": int,
-    "dp_attention": bool, "gpu_layers": int, "host": str, "offload_experts": bool,
+    "dp_attention": bool, "gpu_layers": int, "host": str, "offload_experts": bool, "draft_model": str,
+    "draft_tokens": int, "accept_length": float,
 }
 # collectives of the kernel rows, and the libraries that run them (nccl: NCCL's or RCCL's algorithms only; the
 # others are a serving engine's own peer-to-peer kernels, costed with NCCL's beside them)
@@ -220,6 +221,9 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
             if _n(r.get("gpu_layers"), -1) >= 0 or r.get("offload_experts") is True:  # part on the host CPU
                 out[i] = _predict_offload(r, model_of(mdl), dev_of(hw), cache[name], name)
                 continue
+            if _s(r.get("draft_model")):  # speculative decoding
+                out[i] = _predict_speculative(r, model_of(mdl), dev_of(hw), cache[name])
+                continue
             weights = _s(r.get("weights")) or "bf16"
             cfg = (name, hw, mdl, weights, _s(r.get("kv")) or Workload.model_fields["kv"].default.value,
                    _s(r.get("act")) or default_act(r["engine"], weights, dev_of(hw)), _s(r.get("gemm")) or None,
@@ -359,6 +363,26 @@ def _predict_offload(r: dict[str, Any], model, device, profile: EngineProfile, n
     m = est.metrics
     return float({"decode_tokens_per_s": m["decode_tokens_per_s"], "tpot_s": m["tpot_s"],
                   "prefill_tokens_per_s": m["prefill_tokens_per_s"], "ttft_s": m["ttft_s"]}[r["metric"]])
+
+
+def _predict_speculative(r: dict[str, Any], model, device, profile: EngineProfile) -> float:
+    """A speculative-decoding row: perfmodel.speculative with the drafter, draft tokens and the acceptance length
+    the source measured (decode_tokens_per_s or tpot_s)."""
+    from .evaluate import Workload
+    from .speculative import speculative
+
+    weights = _s(r.get("weights")) or "bf16"
+    wl = checkpoint_formats(Workload(weights=weights, kv=_s(r.get("kv")) or "bf16",
+                                     act=_s(r.get("act")) or default_act(r["engine"], weights, device),
+                                     tp=int(_n(r.get("tp"), 1)), batch=int(_n(r.get("batch"), 1)),
+                                     prompt_len=int(_n(r.get("prompt_len"), 512)),
+                                     gen_len=int(_n(r.get("gen_len"), 128))),
+                            model, profile_of(r["engine"], r.get("software")))
+    al = r.get("accept_length")
+    sp = speculative(model, device, wl, profile.efficiency(device), _s(r.get("draft_model")),
+                     int(_n(r.get("draft_tokens"), 4)), accept_length=None if al is None or (
+                         isinstance(al, float) and math.isnan(al)) else float(al))
+    return {"decode_tokens_per_s": sp.decode_tokens_per_s * wl.batch, "tpot_s": sp.tpot_s}[r["metric"]]
 
 
 def _predict_collective(r: dict[str, Any], device, eff) -> float:

@@ -151,3 +151,14 @@ def test_prefix_hit_shortens_ttft_and_none_changes_nothing():
     assert ttfts[2] < 0.25 * plain.ttft_s
     with pytest.raises(PerfmodelError, match="--prefix-hit"):
         pm.estimate("llama-3-8b", "h100-sxm", prefix_hit=1.0)
+
+
+def test_measured_acceptance_length_replaces_the_formula():
+    m, d = pm.load_model("llama-3.1-8b"), pm.load_device("h100-sxm")
+    wl = pm.Workload(prompt_len=128, gen_len=256)
+    s = speculative(m, d, wl, None, "eagle", 4, accept_length=2.39)
+    assert s.expected_tokens_per_step == 2.39
+    assert s.tpot_s == pytest.approx((4 * s.draft_step_s + s.verify_step_s) / 2.39)
+    assert expected_tokens(s.acceptance, 4) == pytest.approx(2.39, rel=1e-9)  # the rate that gives it
+    with pytest.raises(PerfmodelError, match="acceptance length"):
+        speculative(m, d, wl, None, "eagle", 2, accept_length=3.5)  # at most k + 1 = 3

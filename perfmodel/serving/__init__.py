@@ -142,12 +142,13 @@ class Engine:
 
 
 def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, scheduler: Scheduler,
-            requests: Requests, engine: str | None = None, efficiency: Efficiency | str | Path | None = None,
-            workload_fields: set[str] | None = None) -> tuple[ModelSpec, Device, Workload, Engine]:
-    """Load, resolve the engine's formats, check the layout, tabulate the iteration cost and size the KV cache."""
+            requests: Requests, engine: str | None = None, efficiency: Efficiency | str | Path | None = None
+            ) -> tuple[ModelSpec, Device, Workload, Engine]:
+    """Load, resolve the engine's formats (a compute format left open takes the engine's own, as in `estimate`),
+    check the layout, tabulate the iteration cost and size the KV cache."""
     m, d = load_model(model), load_device(hardware)
     eff, _ = efficiency_for(d, engine, efficiency)
-    if "act" not in (workload_fields if workload_fields is not None else wl.model_fields_set):
+    if "act" not in wl.model_fields_set:
         act = open_act(engine, wl.weights, d)
         if act != wl.act:
             wl = Workload(**{**wl.model_dump(exclude_none=True), "act": act})
