@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--block-size", default="16", help="KV-cache block, tokens (default 16)")
     h.add_argument("--memory-utilization", default="0.9", help="share of device memory the engine uses (default 0.9)")
     h.add_argument("--preemption", default="recompute", help="recompute (default) or swap, when the KV cache is full")
+    h.add_argument("--draft-model", default=None, help="speculative decoding: the drafter (catalog model or eagle)")
+    h.add_argument("--draft-tokens", default=None, help="tokens drafted an iteration (default 4)")
+    h.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, assumed)")
     h.add_argument("--replicas", default="1", help="identical engines the requests are dealt to (default 1)")
     h.add_argument("--prefill-instances", default="1", help="disaggregated: prefill engines (default 1)")
     h.add_argument("--decode-instances", default="1", help="disaggregated: decode engines (default 1)")
@@ -796,6 +799,8 @@ def _serve(a: argparse.Namespace) -> int:
     slo_ttft = _flag_number(a.slo_ttft, "--slo-ttft") if a.slo_ttft is not None else None
     slo_tpot = _flag_number(a.slo_tpot, "--slo-tpot") if a.slo_tpot is not None else None
     pct = _flag_number(a.percentile, "--percentile")
+    if not pct < 100:
+        raise PerfmodelError(f"--percentile must be in (0, 100); got {a.percentile!r}")
     req_rate = 1.0
     if a.trace:
         if a.rate is not None or a.prompt_dist or a.gen_dist:
@@ -808,12 +813,15 @@ def _serve(a: argparse.Namespace) -> int:
         req_rate = rate if rate is not None else 1.0
         if rate is None:
             raise PerfmodelError("perfmodel serve needs --rate R (requests/s), --trace FILE, or --find-rate with SLOs")
+        if a.requests is not None and a.duration is not None:
+            raise PerfmodelError("give --requests N or --duration S (requests = rate x duration), not both")
         if a.requests is not None:
             n = int(_flag_number(a.requests, "--requests", integer=True))
         elif a.duration is not None:
+            duration = _flag_number(a.duration, "--duration")
             if not math.isfinite(rate):
                 raise PerfmodelError("--duration needs a finite --rate (requests = rate x duration); give --requests")
-            n = max(1, int(round(rate * _flag_number(a.duration, "--duration"))))
+            n = max(1, int(round(rate * duration)))
         else:
             n = 1000
         gen = a.gen if a.gen is not None else 128
@@ -825,7 +833,12 @@ def _serve(a: argparse.Namespace) -> int:
               prefill_instances=int(_flag_number(a.prefill_instances, "--prefill-instances", integer=True)),
               decode_instances=int(_flag_number(a.decode_instances, "--decode-instances", integer=True)),
               concurrency=(int(_flag_number(a.concurrency, "--concurrency", integer=True))
-                           if a.concurrency is not None else None))
+                           if a.concurrency is not None else None),
+              draft=a.draft_model,
+              draft_tokens=(int(_flag_number(a.draft_tokens, "--draft-tokens", integer=True))
+                            if a.draft_tokens is not None else None),
+              acceptance=(_flag_number(a.acceptance, "--acceptance", above=False)
+                          if a.acceptance is not None else None))
     if a.find_rate:
         if a.trace is None and a.rate is not None:
             raise PerfmodelError("--find-rate searches the rate: leave out --rate")

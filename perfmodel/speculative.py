@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,21 @@ class Speculative:
                 "decode_tokens_per_s": self.decode_tokens_per_s, "speedup": self.speedup}
 
 
+def check_spec(target: ModelSpec, drafter: ModelSpec, k: Any, acceptance: float) -> None:
+    """What speculative decoding needs: a decoder-only target, a drafter sharing its tokenizer, 1-64 draft tokens,
+    an acceptance probability."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= 64:
+        raise PerfmodelError(f"--draft-tokens must be a whole number from 1 to 64; got {k!r}")
+    if not 0.0 <= acceptance <= 1.0:
+        raise PerfmodelError(f"--acceptance must be a probability in [0, 1]; got {acceptance!r}")
+    if target.arch != "decoder":
+        raise PerfmodelError(f"speculative decoding drafts tokens for a decoder-only model; {target.id} is "
+                             f"{target.arch.replace('_', '-')}")
+    if drafter.vocab_size != target.vocab_size:
+        raise PerfmodelError(f"the drafter {drafter.id} has a vocabulary of {drafter.vocab_size} tokens, the target "
+                             f"{target.id} {target.vocab_size}: a drafter must share the target's tokenizer")
+
+
 def drafter_spec(target: ModelSpec, draft: str | ModelSpec) -> ModelSpec:
     if isinstance(draft, ModelSpec):
         return draft
@@ -100,8 +116,6 @@ def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency
     from .serving.steps import step_cost
 
     k = DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= 64:
-        raise PerfmodelError(f"--draft-tokens must be a whole number from 1 to 64; got {k!r}")
     assumed = acceptance is None and accept_length is None
     a = DEFAULT_ACCEPTANCE if assumed else float(acceptance) if acceptance is not None else math.nan
     if acceptance is not None and not 0.0 <= a <= 1.0:
@@ -112,13 +126,8 @@ def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency
         if not 1.0 <= accept_length <= k + 1:
             raise PerfmodelError(f"an acceptance length is 1 to draft tokens + 1 ({k + 1}); got {accept_length!r}")
         a = _rate_for(accept_length, k)
-    if target.arch != "decoder":
-        raise PerfmodelError(f"speculative decoding drafts tokens for a decoder-only model; {target.id} is "
-                             f"{target.arch.replace('_', '-')}")
     dspec = drafter_spec(target, draft)
-    if dspec.vocab_size != target.vocab_size:
-        raise PerfmodelError(f"the drafter {dspec.id} has a vocabulary of {dspec.vocab_size} tokens, the target "
-                             f"{target.id} {target.vocab_size}: a drafter must share the target's tokenizer")
+    check_spec(target, dspec, k, 0.5 if acceptance is None else a)
     gen = wl.gen_len if wl.gen_len is not None else 128
     b = wl.batch
     ctx = wl.prompt_len + max(gen, 1) / 2.0  # the mean context of the decode steps

@@ -256,7 +256,9 @@ def test_cli_find_rate(capsys):
     (["--rate", "5", "--scheduler", "vlm"], "Did you mean"), (["--rate", "5", "--max-num-seqs", "2.5"], "whole"),
     (["--rate", "5", "--prompt-dist", "zipf:2"], "--prompt-dist"), ([], "needs --rate"),
     (["--trace", "/nonexistent/t.csv"], "t.csv"), (["--rate", "5", "--trace", "x.csv"], "leave out --rate"),
-    (["--rate", "5", "--max-num-seqs", "512", "--max-batched-tokens", "256"], "at least max-num-seqs")])
+    (["--rate", "5", "--max-num-seqs", "512", "--max-batched-tokens", "256"], "at least max-num-seqs"),
+    (["--rate", "5", "--percentile", "100"], "--percentile must be"), (["--rate", "5", "--duration", "3"], "not both"),
+    (["--rate", "5", "--concurrency", "0"], "--concurrency"), (["--rate", "5", "--prefix-hit", "1.2"], "prefix hit")])
 def test_cli_serve_bad_input(capsys, args, msg):
     rc = main(["serve", "--model", MODEL, "--hardware", HW, "--requests", "10", *args])
     assert rc == 2
@@ -319,3 +321,18 @@ def test_disaggregated_decode_engine_preempts_by_recompute():
     res = simulate(MODEL, HW, requests=req, scheduler=sch)
     assert res.preemptions > 0 and np.array_equal(res.produced, req.output_tokens)
     assert res.prefilled_tokens.sum() > req.prompt_tokens.sum()  # the recomputed prefills on the decode side
+
+
+def test_speculative_decoding_in_the_simulator():
+    # a lone request: the simulator's TPOT is estimate's speculative TPOT (E = (1 - 0.8^5) / 0.2 = 3.36 tokens an
+    # iteration at the mean context, against iterations at each context here)
+    est = pm.estimate("llama-3.1-8b", HW, prompt_len=512, gen_len=256, draft="eagle", acceptance=0.8)
+    one = simulate("llama-3.1-8b", HW, requests=synthetic(1, 1.0, 512, 256), draft="eagle", acceptance=0.8)
+    assert one.tpot_s[0] == pytest.approx(est.speculative.tpot_s, rel=0.03)
+    # under load, with the KV cache short: every token still generated once, the cache never over-full
+    req = synthetic(150, math.inf, "uniform:500:2500", "uniform:1:1500", seed=10)
+    sch = Scheduler(memory_utilization=0.25)
+    res = simulate(MODEL, HW, requests=req, scheduler=sch, draft="llama-3.2-1b", acceptance=0.6, record=True)
+    _check_invariants(req, res, sch)
+    plain = simulate(MODEL, HW, requests=req, scheduler=sch)
+    assert np.median(res.tpot_s) < np.median(plain.tpot_s)

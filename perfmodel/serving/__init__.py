@@ -28,7 +28,7 @@ from ..model import ModelSpec
 from ..offload import host_link_bytes_per_s
 from ..workload import Workload
 from .requests import Requests, parse_dist, read_trace, synthetic
-from .sim import POLICIES, Scheduler, Trace, run
+from .sim import POLICIES, Scheduler, Spec, Trace, run
 from .steps import StepCost, step_cost
 
 __all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests", "Scheduler", "ServeResult",
@@ -139,13 +139,16 @@ class Engine:
     kv_blocks: int
     swap_bytes_per_s: float
     devices: int
+    spec: Spec | None = None
 
 
 def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, scheduler: Scheduler,
-            requests: Requests, engine: str | None = None, efficiency: Efficiency | str | Path | None = None
+            requests: Requests, engine: str | None = None, efficiency: Efficiency | str | Path | None = None,
+            draft: str | ModelSpec | None = None, draft_tokens: int | None = None, acceptance: float | None = None
             ) -> tuple[ModelSpec, Device, Workload, Engine]:
     """Load, resolve the engine's formats (a compute format left open takes the engine's own, as in `estimate`),
-    check the layout, tabulate the iteration cost and size the KV cache."""
+    check the layout, tabulate the iteration cost and size the KV cache. `draft` (a catalog model or "eagle"),
+    `draft_tokens`, `acceptance`: speculative decoding (perfmodel.speculative), drafter on the same devices."""
     m, d = load_model(model), load_device(hardware)
     eff, _ = efficiency_for(d, engine, efficiency)
     if "act" not in wl.model_fields_set:
@@ -182,26 +185,44 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
             raise CapacityError(f"{msg} (the engine uses {scheduler.memory_utilization:.0%} of device memory, "
                                 f"--memory-utilization, for weights, activations and a KV cache that must hold at "
                                 f"least the longest request, {int(longest)} tokens)")
-    return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices)
+    spec = None
+    if draft is not None:
+        from ..speculative import (DEFAULT_ACCEPTANCE, DEFAULT_DRAFT_TOKENS, check_spec, drafter_spec,
+                                   expected_tokens)
+
+        k = DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens
+        a = DEFAULT_ACCEPTANCE if acceptance is None else acceptance
+        dspec = drafter_spec(m, draft)
+        check_spec(m, dspec, k, a)
+        dwl = Workload(**{**wl.model_dump(exclude_none=True), "tp": 1, "ep": 1, "pp": 1, "dp_attention": False})
+        dsc = step_cost(dspec, d, dwl, eff, scheduler.max_num_seqs, scheduler.max_num_seqs, int(longest) + 1)
+        spec = Spec(int(k), expected_tokens(a, k), dsc)
+    elif draft_tokens is not None or acceptance is not None:
+        raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
+                             "--draft-model (a catalog model, or eagle)")
+    return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices, spec)
 
 
 def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload | None = None, *,
              requests: Requests, scheduler: Scheduler | None = None, engine: str | None = None,
              efficiency: Efficiency | str | Path | None = None, replicas: int = 1, prefill_instances: int = 1,
              decode_instances: int = 1, record: bool = False, prepared: tuple | None = None,
-             concurrency: int | None = None) -> ServeResult:
+             concurrency: int | None = None, draft: str | ModelSpec | None = None, draft_tokens: int | None = None,
+             acceptance: float | None = None) -> ServeResult:
     """Serve `requests` with `replicas` identical engines (requests dealt round-robin), each running `workload`'s
     formats and parallelism under `scheduler`. With the disaggregated policy, `prefill_instances` engines prefill and
     `decode_instances` engines decode, the KV cache sent between them over the fabric. `prepared`: the result of
     `prepare` for these arguments (find_rate reuses it). `concurrency`: at most that many requests in flight, as a
-    benchmark client with --max-concurrency keeps (closed loop; split evenly over replicas)."""
+    benchmark client with --max-concurrency keeps (closed loop; split evenly over replicas). `draft`,
+    `draft_tokens`, `acceptance`: speculative decoding in every decode iteration (sim.Spec)."""
     sch = scheduler or Scheduler()
     wl = workload or Workload()
     for name, v in (("replicas", replicas), ("prefill instances", prefill_instances),
                     ("decode instances", decode_instances)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise PerfmodelError(f"{name} must be a whole number >= 1; got {v!r}")
-    m, d, wl, eng = prepared or prepare(model, hardware, wl, sch, requests, engine, efficiency)
+    m, d, wl, eng = prepared or prepare(model, hardware, wl, sch, requests, engine, efficiency, draft, draft_tokens,
+                                        acceptance)
     n = len(requests)
     notes = []
     if wl.pp > 1:
@@ -221,7 +242,7 @@ def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload 
         clients = None if concurrency is None else max(1, concurrency // replicas + (r < concurrency % replicas))
         if len(idx):
             parts.append((idx, run(requests.subset(idx), eng.step, sch, eng.kv_blocks, eng.swap_bytes_per_s,
-                                   record=record, clients=clients)))
+                                   record=record, clients=clients, spec=eng.spec)))
     return _merge(requests, parts, sch, replicas, replicas * eng.devices, notes, eng.kv_blocks)
 
 
@@ -295,7 +316,7 @@ def _disaggregated(req: Requests, d: Device, wl: Workload, sch: Scheduler, eng: 
         if len(idx):
             sub = Requests(ready[idx], req.prompt_tokens[idx], req.output_tokens[idx], np.zeros(len(idx)))
             tr = run(sub, eng.step, replace(sch, policy="vllm"), eng.kv_blocks, eng.swap_bytes_per_s, prefilled=True,
-                     record=record)
+                     record=record, spec=eng.spec)
             tr.first_scheduled_s[:] = first_sched[idx]
             tr.produced[:] -= 1  # the first token came from the prefill engine
             tr.sent_s = None  # the request's clock started when it reached the prefill engine
@@ -317,7 +338,8 @@ def rate_curve(model: str | ModelSpec, hardware: str | Device, workload: Workloa
     sch = kw.get("scheduler") or Scheduler()
     wl = workload or Workload()
     kw = {**kw, "prepared": kw.get("prepared") or prepare(model, hardware, wl, sch, requests, kw.get("engine"),
-                                                           kw.get("efficiency"))}
+                                                           kw.get("efficiency"), kw.get("draft"),
+                                                           kw.get("draft_tokens"), kw.get("acceptance"))}
     kw.pop("record", None)
     burst = Requests(np.zeros(len(requests)), requests.prompt_tokens, requests.output_tokens, requests.prefix_tokens)
     sat = simulate(model, hardware, wl, requests=burst, **kw).metrics()["throughput_requests_per_s"]
@@ -369,7 +391,8 @@ def find_rate(model: str | ModelSpec, hardware: str | Device, workload: Workload
         raise PerfmodelError(f"--percentile must be in (0, 100); got {percentile!r}")
     sch = kw.get("scheduler") or Scheduler()
     wl = workload or Workload()
-    prep = prepare(model, hardware, wl, sch, requests, kw.get("engine"), kw.get("efficiency"))
+    prep = prepare(model, hardware, wl, sch, requests, kw.get("engine"), kw.get("efficiency"), kw.get("draft"),
+                   kw.get("draft_tokens"), kw.get("acceptance"))
     kw = {**kw, "prepared": prep}
     tried: list[dict[str, Any]] = []
 

@@ -96,12 +96,25 @@ class Trace:
     sent_s: np.ndarray | None = None  # when each request reached the engine (its arrival, unless clients held it)
 
 
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """Speculative decoding in the engine: `draft_tokens` k drafted a step by a drafter costing `draft`, and
+    `tokens_per_step` E = the mean tokens a sequence gains an iteration (perfmodel.speculative.expected_tokens)."""
+
+    draft_tokens: int
+    tokens_per_step: float
+    draft: StepCost
+
+
 def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_per_s: float = 0.0,
-        prefilled: bool = False, record: bool = False, clients: int | None = None) -> Trace:
+        prefilled: bool = False, record: bool = False, clients: int | None = None, spec: Spec | None = None) -> Trace:
     """Simulate one engine serving `req`. `prefilled`: the requests arrive with their prompt already in their KV
     cache and their first token out (the decode side of a disaggregated pair). `clients`: at most that many requests
     in flight (a benchmark's --max-concurrency): request j is sent at its arrival time or when the (j - clients)-th
-    request to finish does, whichever is later."""
+    request to finish does, whichever is later. `spec`: speculative decoding, in expectation: every decode iteration
+    advances each running sequence by E tokens on average (floor((m + 1) E) - floor(m E) at the m-th, so all stay in
+    step), at the cost of k drafter steps and a verification pass of k + 1 tokens a sequence; no stretch of such
+    iterations is run as one block."""
     if sch.policy == "static":
         if clients is not None:
             raise PerfmodelError("--concurrency applies to the continuous schedulers (vllm, prefill-first)")
@@ -142,7 +155,9 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
     cnt = [0] * bs  # decoding requests by (held - entry iteration) mod bs: who needs a block at iteration it
     n_dec = 0
     s_eh = 0  # sum over decoding requests of entry_held - entry_it: their held tokens sum to s_eh + n_dec x it
-    it = 0  # decode iterations run
+    it = 0  # decode token steps run (one an iteration, or floor(m E) after m speculative iterations)
+    m_spec = 0  # speculative decode iterations run
+    k_spec = spec.draft_tokens if spec is not None else 0
     now = 0.0
     used = 0
     nxt = 0
@@ -173,7 +188,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
         n_dec -= 1
         s_eh -= entry_held[i] - entry_it[i]
         version[i] += 1  # its heap entry is stale
-        produced[i] = produced[i] + it - entry_it[i]
+        produced[i] = min(produced[i] + it - entry_it[i], gen[i])  # a speculative step may overshoot the end
         target[i] = held + 1 if produced[i] < gen[i] else held  # a recompute prefills prompt + generated tokens
         return -(-held // bs)
 
@@ -245,7 +260,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             continue
         free = kv_blocks - used
 
-        if n_dec and not prefilling and not admissible(free):
+        if n_dec and not prefilling and spec is None and not admissible(free):
             while heap and heap[0][1] != version[heap[0][2]]:
                 heapq.heappop(heap)
             k = max(1, min(heap[0][0] - it + 1, _MACRO_MAX))
@@ -282,11 +297,17 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
 
         # one iteration: blocks for the decodes (preempting when short), then the prompts
         extra_s = 0.0
-        need_dec = cnt[(-it) % bs] if n_dec else 0
+        delta = 1 if spec is None else int((m_spec + 1) * spec.tokens_per_step) - int(m_spec * spec.tokens_per_step)
+
+        def dec_need() -> int:
+            """Blocks the decoding requests open in this iteration's `delta` token steps."""
+            return sum(cnt[(-(it + t)) % bs] for t in range(delta)) if n_dec else 0
+
+        need_dec = dec_need()
         while need_dec > kv_blocks - used and running:
             extra_s += preempt_last()
-            need_dec = cnt[(-it) % bs] if n_dec else 0
-        budget = budget_max - n_dec if chunked else budget_max
+            need_dec = dec_need()
+        budget = budget_max - n_dec * (1 + k_spec) if chunked else budget_max
         chunks: list[tuple[int, int]] = []  # (request, tokens)
         if chunked:
             for i in list(prefilling):
@@ -298,7 +319,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                 need = -(-(done[i] + q) // bs) - blocks[i]
                 while need > kv_blocks - used - need_dec and next(reversed(running)) != i:
                     extra_s += preempt_last()
-                    need_dec = cnt[(-it) % bs] if n_dec else 0
+                    need_dec = dec_need()
                 if need > kv_blocks - used - need_dec:
                     break
                 chunks.append((i, q))
@@ -327,8 +348,8 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                     produced[i] = 1
                     first_tok[i] = now
                 enter_decode(i)
-                need_dec = cnt[(-it) % bs]
-                budget -= 1  # it decodes in this iteration
+                need_dec = dec_need()
+                budget -= 1 + k_spec  # it decodes in this iteration
                 continue
             start = max(done[i], prefix[i])
             q = min(target[i] - start, budget) if chunked else target[i] - start
@@ -359,8 +380,12 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                 continue
             raise PerfmodelError("the serving simulator stalled: requests wait but none can be admitted")
         emitting = dec_now + sum(1 for i, q in chunks if done[i] + q >= target[i])
-        dt = sc.iteration_s(dec_now, s_eh + n_dec * it + n_dec if dec_now else 0.0,
-                            [(q, done[i]) for i, q in chunks], emitting) + extra_s
+        ctx = s_eh + n_dec * it + n_dec if dec_now else 0.0
+        if spec is not None and dec_now:
+            dt = sc.spec_iteration_s(dec_now, ctx, [(q, done[i]) for i, q in chunks], emitting, k_spec,
+                                     spec.draft) + extra_s
+        else:
+            dt = sc.iteration_s(dec_now, ctx, [(q, done[i]) for i, q in chunks], emitting) + extra_s
         if dec_now:
             used += need_dec
         block_s += used * dt
@@ -388,7 +413,11 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                 else:
                     entering.append(i)  # decodes from the next decode iteration on
         if dec_now:
-            it += 1
+            if spec is None:
+                it += 1
+            else:
+                m_spec += 1
+                it += delta
             finish_decodes()
         for i in entering:
             enter_decode(i)
@@ -396,7 +425,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             tl["t_s"].append(now)
             tl["running"].append(len(running))
             tl["kv_blocks"].append(used)
-            tl["tokens"].append(dec_now + sum(q for _, q in chunks))
+            tl["tokens"].append(dec_now * (1 + k_spec) + sum(q for _, q in chunks))
     return Trace(np.array(first_sched), np.array(first_tok), np.array(finish), np.array(produced, dtype=float),
                  np.array(pref_tokens, dtype=float), preempt, kv_blocks, block_s, peak, busy, iters, tl,
                  np.array(sent))

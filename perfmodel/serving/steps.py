@@ -130,6 +130,23 @@ class StepCost:
             s += self.chunk_s_at(q, o)
         return s + self.step_overhead_s + (n_dec + len(chunks)) * self.token_overhead_s
 
+    def spec_iteration_s(self, n_dec: int, sum_ctx: float, chunks: list[tuple[float, float]], emitting: int,
+                         k: int, draft: "StepCost") -> float:
+        """An iteration of speculative decoding (perfmodel.speculative): k drafter decode steps of the n_dec
+        sequences, then one target pass where each verifies k + 1 tokens (a chunk of k + 1 queries after its context)
+        beside the prefill chunks; the LM head runs on every verified position."""
+        if not n_dec:
+            return self.iteration_s(0, 0.0, chunks, emitting)
+        c = sum_ctx / n_dec
+        t = n_dec * (k + 1) + sum(q for q, _ in chunks)
+        tg, ts, eg, es, *_ = self._lists
+        s = _interp(tg, ts, t) + _interp(eg, es, emitting - n_dec + n_dec * (k + 1))
+        s += n_dec * self.chunk_s_at(k + 1.0, max(c - 1.0, 0.0))
+        for q, o in chunks:
+            s += self.chunk_s_at(q, o)
+        s += self.step_overhead_s + (n_dec + len(chunks)) * self.token_overhead_s
+        return s + k * draft.iteration_s(n_dec, sum_ctx, [], n_dec)
+
     def decode_run_s(self, n_dec: int, sum_ctx0: float, steps: int) -> np.ndarray:
         """Times of `steps` decode-only iterations of the same n_dec sequences, the first at contexts summing to
         sum_ctx0, each step adding one token to every context (vectorised)."""
