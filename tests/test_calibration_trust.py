@@ -217,3 +217,23 @@ def test_the_torch_suite_re_reads_cache_sized_buffers():
     # one per stream size up to a quarter of REREAD_BYTES (64 MiB), each reading REREAD_BYTES in one call
     assert [k.working_set for k in ks] == [kib * 1024 for kib in QUICK.stream_kib if kib * 1024 <= REREAD_BYTES // 4]
     assert all(k.bytes == REREAD_BYTES for k in ks)
+
+
+def test_stream_bound_compares_like_footprints():
+    """A quiet Torch run on this 2-core machine (tests/fixtures/calibration-torch-victim-cache.csv, refused before
+    this rule): elementwise adds on a 150 MB footprint streamed at 2.16x what the DRAM level's add stream counted,
+    because part of it still hit the 32 MB L3 (victim and non-inclusive caches hold more than their stated size), as
+    the add stream's own 201 MB footprint partly did. Against the add stream on a footprint as large the kernel is at
+    1.46x: no bound broken. Twice as fast again would be."""
+    from pathlib import Path
+
+    from perfmodel.calibration.fit import Calibrator
+
+    df = pd.read_csv(Path(__file__).parent / "fixtures" / "calibration-torch-victim-cache.csv")
+    levels = [("L1d", 65536.0), ("L2", 2097152.0), ("L3", 33554432.0), ("DRAM", 25276194816.0)]
+    cal = Calibrator(levels).fit(df)
+    assert cal.violations() == [] and 1.3 < cal.stream_ratio_["elementwise.fp32"] < 1.6
+    fast = df.copy()
+    sel = (fast.cls == "elementwise") & (fast.dtype == "fp32")
+    fast.loc[sel, "time_s"] *= 0.5
+    assert any("elementwise.fp32 streamed" in v for v in Calibrator(levels).fit(fast).violations())

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 Levels = Sequence[tuple[str, float]]  # (name, capacity bytes), fastest first
 
 # Physical bounds a fitted profile must respect (Calibrator.violations):
-# - A class streams at most 2x what the add stream (a = b + c) counts at the same level: the add stream counts three
+# - A class streams at most 2x what the add stream (a = b + c) counts at the same level (or on a footprint as large,
+#   where that is faster: Calibrator.fit): the add stream counts three
 #   arrays but the hardware moves four (write-allocate reads the destination first), so a read-only kernel can reach
 #   4/3 of the counted rate, and a level is assigned by the reported cache sizes, which victim and non-inclusive
 #   caches exceed (a read-only GEMV reached 1.52x here); twice the level's rate is beyond both.
@@ -139,6 +140,14 @@ class Calibrator:
         # over the time beyond the fixed part, on levels that were measured (not inherited), from calls at least
         # twice as long as that fixed part (shorter ones say little about streaming)
         self.stream_ratio_: dict[str, float] = {}
+        # ... against the larger of the level's bandwidth and what the add stream reached on a footprint as large
+        # (log-interpolated): a footprint a little above a cache's stated size still partly hits in it (victim and
+        # non-inclusive caches), for the add stream as for the kernel, and the two then see the same share of it
+        s_fp = footprint(adds) if len(adds) else np.zeros(0)
+        order_fp = np.argsort(s_fp)
+        s_fp = s_fp[order_fp]
+        s_bw = (adds.bytes.to_numpy() / np.maximum(adds.time_s.to_numpy() - self.stream_overhead_s_, 1e-30))[order_fp] \
+            if len(adds) else np.zeros(0)
         kernels = df[~df.cls.isin(("stream.add", "stream.reread", "allreduce"))]
         for (cls, dt), rows in kernels.groupby(["cls", "dtype"]):
             key = f"{cls}.{dt}"
@@ -150,7 +159,8 @@ class Calibrator:
             t = rows.time_s.to_numpy()
             self.fastest_s_[key] = float(t.min())
             ok = (t - t0 >= 0.5 * t) & np.isin(level_of(fp, self.levels), list(self.measured_levels_))
-            ratio = rows.bytes.to_numpy() / (np.maximum(t - t0, 1e-30) * bw)
+            near = np.interp(np.log(fp), np.log(s_fp), s_bw) if len(s_fp) > 1 else np.zeros_like(bw)
+            ratio = rows.bytes.to_numpy() / (np.maximum(t - t0, 1e-30) * np.maximum(bw, near))
             self.stream_ratio_[key] = float(ratio[ok].max()) if ok.any() else 0.0
             if half:
                 self.rows_half_[key] = half
