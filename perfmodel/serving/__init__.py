@@ -177,6 +177,9 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
     else:
         avail = cap * scheduler.memory_utilization - sc.weights_bytes - float(ev.memory.activation_bytes[0])
         kv_blocks = int(avail // (sc.kv_bytes_per_token * scheduler.block_size)) if avail > 0 else 0
+        # data-parallel attention: each of the replicas keeps the KV cache of its own sequences (kv_bytes_per_token
+        # is one device's), so the engine holds replicas x as many
+        kv_blocks *= wl.parallel.replicas
         if kv_blocks * scheduler.block_size < longest:
             mem = replace(ev.memory.at(0), capacity_bytes=cap * scheduler.memory_utilization)
             msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=longest * sc.kv_bytes_per_token),
