@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--draft-model", default=None, help="speculative decoding: the drafter (catalog model or eagle)")
     h.add_argument("--draft-tokens", default=None, help="tokens drafted an iteration (default 4)")
     h.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, assumed)")
+    h.add_argument("--gpu-layers", default=None, help="partial offload (llama.cpp -ngl): this many layers on the GPU, "
+                                                      "the rest and their KV cache on the host CPU")
+    h.add_argument("--offload-experts", action="store_true", help="an MoE model's routed experts on the host CPU")
+    h.add_argument("--host", default=None, help="the host CPU (catalog id) for --gpu-layers / --offload-experts")
     h.add_argument("--replicas", default="1", help="identical engines the requests are dealt to (default 1)")
     h.add_argument("--prefill-instances", default="1", help="disaggregated: prefill engines (default 1)")
     h.add_argument("--decode-instances", default="1", help="disaggregated: decode engines (default 1)")
@@ -838,7 +842,10 @@ def _serve(a: argparse.Namespace) -> int:
               draft_tokens=(int(_flag_number(a.draft_tokens, "--draft-tokens", integer=True))
                             if a.draft_tokens is not None else None),
               acceptance=(_flag_number(a.acceptance, "--acceptance", above=False)
-                          if a.acceptance is not None else None))
+                          if a.acceptance is not None else None),
+              gpu_layers=(int(_flag_number(a.gpu_layers, "--gpu-layers", integer=True, above=False))
+                          if a.gpu_layers is not None else None),
+              offload_experts=a.offload_experts, host=a.host)
     if a.find_rate:
         if a.trace is None and a.rate is not None:
             raise PerfmodelError("--find-rate searches the rate: leave out --rate")

@@ -59,16 +59,10 @@ def host_link_bytes_per_s(device: Device) -> tuple[float, str]:
     return pcie_bytes_per_s(gen, 16), f"estimated: PCIe {gen}.0 x16, the newest generation shipping in {year}"
 
 
-@dataclass(frozen=True)
-class Split:
-    """Which ops run where: masks over the ops of a phase table."""
-
-    gpu_share: np.ndarray  # (ops,) fraction of the op's instances on the GPU
-    experts: np.ndarray  # (ops,) routed-expert ops
-
-
-def _split(ops: tuple, n_layers: int, gpu_layers: int, offload_experts: bool) -> Split:
-    names = [o.name for o in ops]
+def gpu_share(names: list[str], n_layers: int, gpu_layers: int, offload_experts: bool) -> np.ndarray:
+    """Per op (by name), the share of its instances on the GPU: repeating layers by `gpu_layers` of n_layers, the
+    output layer with more than n_layers, the embedding never; with `offload_experts`, everything but the routed
+    experts."""
     layer = np.array([n.startswith("layers.") for n in names])
     experts = np.array([".experts." in n for n in names])
     head = np.array([n in ("lm_head", "final_norm") for n in names])
@@ -80,7 +74,23 @@ def _split(ops: tuple, n_layers: int, gpu_layers: int, offload_experts: bool) ->
         share[layer] = min(gpu_layers, n_layers) / n_layers
         share[head] = 1.0 if gpu_layers > n_layers else 0.0
     share[np.array([n == "embed" for n in names])] = 0.0
-    return Split(share, experts)
+    return share
+
+
+def check_offload(model: ModelSpec, device: Device, wl: Workload, gpu_layers: int | None,
+                  offload_experts: bool) -> None:
+    """What a partial offload needs: a GPU (not a CPU), an MoE model for --offload-experts, gpu_layers >= 0, one
+    device (tp, pp, ep 1)."""
+    if device.kind == "cpu":
+        raise PerfmodelError(f"--gpu-layers / --offload-experts split a model between a GPU and its host; {device.id} "
+                             f"is a CPU already")
+    if offload_experts and not model.n_experts:
+        raise PerfmodelError(f"--offload-experts needs an MoE model; {model.id} has no routed experts: use --gpu-layers")
+    if gpu_layers is not None and gpu_layers < 0:
+        raise PerfmodelError(f"--gpu-layers must be 0 to {model.n_layers + 1} for {model.id} ({model.n_layers} layers, "
+                             f"+ 1 for the output layer, as llama.cpp counts -ngl; more means all); got {gpu_layers}")
+    if wl.tp > 1 or wl.pp > 1 or wl.ep > 1:
+        raise PerfmodelError("partial offload is costed for one GPU and its host: use tp, pp and ep 1")
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,10 @@ class OffloadEstimate:
     memory: dict[str, Any]
     phases: dict[str, dict[str, float]]
     notes: tuple[str, ...]
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.metrics["ttft_s"]
 
     @property
     def tpot_s(self) -> float | None:
@@ -171,21 +185,10 @@ def estimate_offload(model: ModelSpec, device: Device, wl: Workload, eff: Effici
     `gpu_layers` above n_layers + 1 means all of them (llama.cpp's -ngl 99); `host_efficiency`: the host's, where
     not the engine's profile (efficiency_for)."""
     n = model.n_layers
-    if device.kind == "cpu":
-        raise PerfmodelError(f"--gpu-layers / --offload-experts split a model between a GPU and its host; {device.id} "
-                             f"is a CPU already")
-    if offload_experts and not model.n_experts:
-        raise PerfmodelError(f"--offload-experts needs an MoE model; {model.id} has no routed experts: use --gpu-layers")
-    if gpu_layers is None:
-        gpu_layers = n + 1
+    check_offload(model, device, wl, gpu_layers, offload_experts)
+    gpu_layers = min(n + 1 if gpu_layers is None else gpu_layers, n + 1)
     if wl.gen_len is None:
         wl = Workload(**{**wl.model_dump(exclude_none=True), "gen_len": default_gen(model)})
-    if gpu_layers < 0:
-        raise PerfmodelError(f"--gpu-layers must be 0 to {n + 1} for {model.id} ({n} layers, + 1 for the output "
-                             f"layer, as llama.cpp counts -ngl; more means all); got {gpu_layers}")
-    gpu_layers = min(gpu_layers, n + 1)
-    if wl.tp > 1 or wl.pp > 1 or wl.ep > 1:
-        raise PerfmodelError("partial offload is costed for one GPU and its host: use tp, pp and ep 1")
     notes = []
     host_id = host if host is not None else default_host(device)
     hdev = host_id if isinstance(host_id, Device) else load_device(host_id)
@@ -209,13 +212,13 @@ def estimate_offload(model: ModelSpec, device: Device, wl: Workload, eff: Effici
             phases[phase] = {"gpu_s": 0.0, "cpu_s": 0.0, "stream_s": 0.0, "crossing_s": 0.0}
             times[phase] = 0.0
             continue
-        sp = _split(pg.ops, n, gpu_layers, offload_experts)
+        share = gpu_share([o.name for o in pg.ops], n, gpu_layers, offload_experts)
         tg, th = pg.values["time_s"][:, 0], ph.values["time_s"][:, 0]
         wbytes = pg.values["weight_bytes"][:, 0]
         steps = float(pg.steps[0]) if phase == "decode" else 1.0
         rows = wl.batch * (min(wl.prompt_len, wl.ubatch or wl.prompt_len) if phase == "prefill" else 1)
-        cpu_share = 1.0 - sp.gpu_share
-        gpu_s = float((sp.gpu_share * tg).sum())
+        cpu_share = 1.0 - share
+        gpu_s = float((share * tg).sum())
         if rows >= OFFLOAD_MIN_BATCH:  # the host's layers run on the GPU, their weights copied for each pass
             stream = cpu_share * wbytes / link
             moved = cpu_share * tg
@@ -225,7 +228,7 @@ def estimate_offload(model: ModelSpec, device: Device, wl: Workload, eff: Effici
             cpu_s, stream_s = float((cpu_share * th).sum()), 0.0
         # activation copies between the sides each pass: per change of side, the tokens' hidden states
         tokens = wl.batch * (wl.prompt_len if phase == "prefill" else 1)
-        crossing_s = steps * _boundaries(model, gpu_layers, offload_experts) * (
+        crossing_s = steps * boundaries(model, gpu_layers, offload_experts) * (
             CROSSING_LATENCY_S + tokens * model.d_model * act_bytes / link)
         phases[phase] = {"gpu_s": gpu_s, "cpu_s": cpu_s, "stream_s": stream_s, "crossing_s": crossing_s}
         times[phase] = gpu_s + cpu_s + stream_s + crossing_s
@@ -254,7 +257,7 @@ def estimate_offload(model: ModelSpec, device: Device, wl: Workload, eff: Effici
                            tuple(notes))
 
 
-def _boundaries(model: ModelSpec, gpu_layers: int, offload_experts: bool) -> int:
+def boundaries(model: ModelSpec, gpu_layers: int, offload_experts: bool) -> int:
     """Changes between CPU and GPU along one pass: embedding (CPU), layers (the first n - N on the CPU), output layer.
     With the experts on the CPU: out to them and back in every MoE layer, and in from the embedding."""
     if offload_experts:

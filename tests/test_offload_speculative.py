@@ -12,7 +12,7 @@ import perfmodel as pm
 from perfmodel.cli import main
 from perfmodel.errors import CapacityError, PerfmodelError
 from perfmodel.memory import weight_bytes
-from perfmodel.offload import _boundaries, estimate_offload, offload_memory
+from perfmodel.offload import boundaries, estimate_offload, offload_memory
 from perfmodel.speculative import expected_tokens, speculative
 
 
@@ -56,13 +56,13 @@ def test_speculative_drafter_must_share_tokenizer_and_estimate_reports_it():
 
 # Partial offload --------------------------------------------------------------------------------------------------
 
-def test_boundaries():
+def testboundaries():
     m = pm.load_model("llama-3-70b")  # 80 layers
-    assert _boundaries(m, 0, False) == 0  # all on the CPU
-    assert _boundaries(m, 40, False) == 2  # CPU layers -> GPU layers -> CPU output layer
-    assert _boundaries(m, 81, False) == 1  # the embedding on the CPU, the rest on the GPU
+    assert boundaries(m, 0, False) == 0  # all on the CPU
+    assert boundaries(m, 40, False) == 2  # CPU layers -> GPU layers -> CPU output layer
+    assert boundaries(m, 81, False) == 1  # the embedding on the CPU, the rest on the GPU
     mx = pm.load_model("mixtral-8x7b")  # 32 MoE layers: out to the experts and back in each, in from the embedding
-    assert _boundaries(mx, 33, True) == 1 + 2 * 32
+    assert boundaries(mx, 33, True) == 1 + 2 * 32
 
 
 def test_offload_memory_split_golden():

@@ -336,3 +336,22 @@ def test_speculative_decoding_in_the_simulator():
     _check_invariants(req, res, sch)
     plain = simulate(MODEL, HW, requests=req, scheduler=sch)
     assert np.median(res.tpot_s) < np.median(plain.tpot_s)
+
+
+def test_partial_offload_in_the_simulator():
+    # a lone request costs what estimate's partial offload does (each op on the side that runs it)
+    wl = pm.Workload(weights="q4_k_m")
+    sch = Scheduler(max_num_seqs=4, max_batched_tokens=512)
+    est = pm.estimate("llama-3-70b", "rtx-4090", pm.Workload(weights="q4_k_m", prompt_len=256, gen_len=64),
+                      engine="llamacpp", gpu_layers=40)
+    one = simulate("llama-3-70b", "rtx-4090", wl, requests=synthetic(1, 1.0, 256, 64), scheduler=sch,
+                   engine="llamacpp", gpu_layers=40)
+    assert one.tpot_s[0] == pytest.approx(est.tpot_s, rel=0.03)
+    assert one.ttft_s[0] == pytest.approx(est.ttft_s, rel=0.05)
+    # every layer on the host: the KV cache lives in host memory, and decode is slower still
+    cpu = simulate("llama-3-70b", "rtx-4090", wl, requests=synthetic(1, 1.0, 256, 64), scheduler=sch,
+                   engine="llamacpp", gpu_layers=0)
+    assert cpu.tpot_s[0] > one.tpot_s[0]
+    with pytest.raises(CapacityError, match="fewer --gpu-layers"):
+        simulate("llama-3-70b", "rtx-4090", wl, requests=synthetic(1, 1.0, 256, 64), engine="llamacpp",
+                 gpu_layers=60)

@@ -25,11 +25,11 @@ from ..engines import checkpoint_formats, efficiency_for, open_act
 from ..errors import CapacityError, PerfmodelError
 from ..evaluate import capacity_message, evaluate, layout_error
 from ..model import ModelSpec
-from ..offload import host_link_bytes_per_s
+from ..offload import boundaries, check_offload, default_host, host_link_bytes_per_s, offload_memory
 from ..workload import Workload
 from .requests import Requests, parse_dist, read_trace, synthetic
 from .sim import POLICIES, Scheduler, Spec, Trace, run
-from .steps import StepCost, step_cost
+from .steps import HostSplit, StepCost, step_cost
 
 __all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests", "Scheduler", "ServeResult",
            "POLICIES"]
@@ -144,11 +144,14 @@ class Engine:
 
 def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, scheduler: Scheduler,
             requests: Requests, engine: str | None = None, efficiency: Efficiency | str | Path | None = None,
-            draft: str | ModelSpec | None = None, draft_tokens: int | None = None, acceptance: float | None = None
+            draft: str | ModelSpec | None = None, draft_tokens: int | None = None, acceptance: float | None = None,
+            gpu_layers: int | None = None, offload_experts: bool = False, host: str | Device | None = None
             ) -> tuple[ModelSpec, Device, Workload, Engine]:
     """Load, resolve the engine's formats (a compute format left open takes the engine's own, as in `estimate`),
     check the layout, tabulate the iteration cost and size the KV cache. `draft` (a catalog model or "eagle"),
-    `draft_tokens`, `acceptance`: speculative decoding (perfmodel.speculative), drafter on the same devices."""
+    `draft_tokens`, `acceptance`: speculative decoding (perfmodel.speculative), drafter on the same devices.
+    `gpu_layers` / `offload_experts` / `host`: part of the model on the host CPU (perfmodel.offload); the KV cache
+    of the host's layers in host memory."""
     m, d = load_model(model), load_device(hardware)
     eff, _ = efficiency_for(d, engine, efficiency)
     if "act" not in wl.model_fields_set:
@@ -167,19 +170,37 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
         max_tokens = max(scheduler.max_batched_tokens, longest)
     else:
         max_tokens = scheduler.max_batched_tokens
-    sc = step_cost(m, d, wl, eff, int(max_tokens), scheduler.max_num_seqs, int(longest) + 1)
+    split = _host_split(m, d, wl, engine, gpu_layers, offload_experts, host)
+    sc = step_cost(m, d, wl, eff, int(max_tokens), scheduler.max_num_seqs, int(longest) + 1, split)
     # memory: weights and the activations of the largest iteration, the rest of the budget for KV blocks
     one = np.ones(1)
     ev = evaluate(m, d, wl, eff, one, one * min(max_tokens, scheduler.max_batched_tokens), one)
     cap = d.main_memory.capacity_bytes
+    act = float(ev.memory.activation_bytes[0])
+    w_dev, kv_tok = sc.weights_bytes, sc.kv_bytes_per_token
+    if split is not None:  # the GPU holds its layers' weights and KV cache; the host the rest
+        kv_share = 1.0 if offload_experts else min(split.gpu_layers, m.n_layers) / m.n_layers
+        w_dev = offload_memory(m, wl, split.gpu_layers, offload_experts, 0.0, 0.0)[0]
+        if kv_share == 0.0:  # every layer's cache in host memory
+            cap, w_dev, act = split.host.main_memory.capacity_bytes, offload_memory(
+                m, wl, split.gpu_layers, offload_experts, 0.0, 0.0)[1], 0.0
+        else:
+            kv_tok = kv_tok * kv_share
     if cap is None:
         kv_blocks = 10**9  # no capacity stated: the cache never fills (said in the notes)
     else:
-        avail = cap * scheduler.memory_utilization - sc.weights_bytes - float(ev.memory.activation_bytes[0])
-        kv_blocks = int(avail // (sc.kv_bytes_per_token * scheduler.block_size)) if avail > 0 else 0
+        avail = cap * scheduler.memory_utilization - w_dev - act
+        kv_blocks = int(avail // (kv_tok * scheduler.block_size)) if avail > 0 else 0
         # data-parallel attention: each of the replicas keeps the KV cache of its own sequences (kv_bytes_per_token
         # is one device's), so the engine holds replicas x as many
         kv_blocks *= wl.parallel.replicas
+        if kv_blocks * scheduler.block_size < longest and split is not None:
+            raise CapacityError(
+                f"{m.id} with {'its experts' if offload_experts else f'{split.gpu_layers} layers'} on {d.id} does not "
+                f"fit: the GPU's weights ({w_dev / 1e9:.1f} GB), the activations of a {int(min(max_tokens, scheduler.max_batched_tokens))}"
+                f"-token iteration ({act / 1e9:.2f} GB) and the KV cache of the longest request ({int(longest)} tokens) "
+                f"exceed {scheduler.memory_utilization:.0%} of {cap / 1e9:.1f} GB: fewer --gpu-layers, a smaller "
+                f"--max-batched-tokens (llama.cpp's server runs 512-token micro-batches) or --memory-utilization")
         if kv_blocks * scheduler.block_size < longest:
             mem = replace(ev.memory.at(0), capacity_bytes=cap * scheduler.memory_utilization)
             msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=longest * sc.kv_bytes_per_token),
@@ -206,18 +227,41 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
     return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices, spec)
 
 
+# the simulate() arguments that prepare() takes (what a rate search tabulates once)
+_PREPARE = ("engine", "efficiency", "draft", "draft_tokens", "acceptance", "gpu_layers", "offload_experts", "host")
+
+
+def _host_split(m: ModelSpec, d: Device, wl: Workload, engine: str | None, gpu_layers: int | None,
+                offload_experts: bool, host: str | Device | None) -> HostSplit | None:
+    """The host-CPU part of a partial offload (perfmodel.offload's placement), or None."""
+    if gpu_layers is None and not offload_experts:
+        if host is not None:
+            raise PerfmodelError("--host names the CPU of a partial offload: give --gpu-layers N or --offload-experts")
+        return None
+    check_offload(m, d, wl, gpu_layers, offload_experts)
+    n = m.n_layers
+    layers = min(n + 1 if gpu_layers is None else gpu_layers, n + 1)
+    hdev = host if isinstance(host, Device) else load_device(host or default_host(d))
+    heff = efficiency_for(hdev, engine)[0]
+    hwl = Workload(**{**wl.model_dump(exclude_none=True), "act": open_act(engine, wl.weights, hdev), "backend": None})
+    return HostSplit(layers, offload_experts, hdev, heff, hwl, host_link_bytes_per_s(d)[0],
+                     boundaries(m, layers, offload_experts))
+
+
 def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload | None = None, *,
              requests: Requests, scheduler: Scheduler | None = None, engine: str | None = None,
              efficiency: Efficiency | str | Path | None = None, replicas: int = 1, prefill_instances: int = 1,
              decode_instances: int = 1, record: bool = False, prepared: tuple | None = None,
              concurrency: int | None = None, draft: str | ModelSpec | None = None, draft_tokens: int | None = None,
-             acceptance: float | None = None) -> ServeResult:
+             acceptance: float | None = None, gpu_layers: int | None = None, offload_experts: bool = False,
+             host: str | Device | None = None) -> ServeResult:
     """Serve `requests` with `replicas` identical engines (requests dealt round-robin), each running `workload`'s
     formats and parallelism under `scheduler`. With the disaggregated policy, `prefill_instances` engines prefill and
     `decode_instances` engines decode, the KV cache sent between them over the fabric. `prepared`: the result of
     `prepare` for these arguments (find_rate reuses it). `concurrency`: at most that many requests in flight, as a
     benchmark client with --max-concurrency keeps (closed loop; split evenly over replicas). `draft`,
-    `draft_tokens`, `acceptance`: speculative decoding in every decode iteration (sim.Spec)."""
+    `draft_tokens`, `acceptance`: speculative decoding in every decode iteration (sim.Spec). `gpu_layers`,
+    `offload_experts`, `host`: part of the model on the host CPU (perfmodel.offload), as llama.cpp's server runs it."""
     sch = scheduler or Scheduler()
     wl = workload or Workload()
     for name, v in (("replicas", replicas), ("prefill instances", prefill_instances),
@@ -225,7 +269,7 @@ def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload 
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise PerfmodelError(f"{name} must be a whole number >= 1; got {v!r}")
     m, d, wl, eng = prepared or prepare(model, hardware, wl, sch, requests, engine, efficiency, draft, draft_tokens,
-                                        acceptance)
+                                        acceptance, gpu_layers, offload_experts, host)
     n = len(requests)
     notes = []
     if wl.pp > 1:
@@ -340,9 +384,8 @@ def rate_curve(model: str | ModelSpec, hardware: str | Device, workload: Workloa
     request at once), `requests` taken at unit rate: the throughput-latency curve."""
     sch = kw.get("scheduler") or Scheduler()
     wl = workload or Workload()
-    kw = {**kw, "prepared": kw.get("prepared") or prepare(model, hardware, wl, sch, requests, kw.get("engine"),
-                                                           kw.get("efficiency"), kw.get("draft"),
-                                                           kw.get("draft_tokens"), kw.get("acceptance"))}
+    kw = {**kw, "prepared": kw.get("prepared") or prepare(model, hardware, wl, sch, requests,
+                                                           **{k: kw[k] for k in _PREPARE if k in kw})}
     kw.pop("record", None)
     burst = Requests(np.zeros(len(requests)), requests.prompt_tokens, requests.output_tokens, requests.prefix_tokens)
     sat = simulate(model, hardware, wl, requests=burst, **kw).metrics()["throughput_requests_per_s"]
@@ -394,8 +437,7 @@ def find_rate(model: str | ModelSpec, hardware: str | Device, workload: Workload
         raise PerfmodelError(f"--percentile must be in (0, 100); got {percentile!r}")
     sch = kw.get("scheduler") or Scheduler()
     wl = workload or Workload()
-    prep = prepare(model, hardware, wl, sch, requests, kw.get("engine"), kw.get("efficiency"), kw.get("draft"),
-                   kw.get("draft_tokens"), kw.get("acceptance"))
+    prep = prepare(model, hardware, wl, sch, requests, **{k: kw[k] for k in _PREPARE if k in kw})
     kw = {**kw, "prepared": prep}
     tried: list[dict[str, Any]] = []
 

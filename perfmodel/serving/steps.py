@@ -35,6 +35,7 @@ from ..evaluate import check, workload_machine
 from ..graph import Pass, lower
 from ..memory import weight_bytes
 from ..model import ModelSpec
+from ..offload import CROSSING_LATENCY_S, OFFLOAD_MIN_BATCH, gpu_share
 from ..poly import Poly
 from ..table import table
 from ..workload import Workload
@@ -159,15 +160,31 @@ class StepCost:
 _KEPT: dict[tuple, tuple] = {}  # tabulations of this process, while the same model, device and efficiency are used
 
 
+@dataclass(frozen=True, eq=False)
+class HostSplit:
+    """Part of the model on the host CPU (perfmodel.offload): `gpu_layers` (llama.cpp's -ngl, at most n_layers + 1)
+    or `offload_experts`, the host as a machine with its own workload formats, the host link, and the changes of side
+    a pass makes."""
+
+    gpu_layers: int
+    offload_experts: bool
+    host: Device
+    host_eff: Efficiency | None
+    host_wl: Workload
+    link_bytes_per_s: float
+    boundaries: int
+
+
 def step_cost(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, max_tokens: int,
-              max_seqs: int, max_ctx: int) -> StepCost:
+              max_seqs: int, max_ctx: int, split: HostSplit | None = None) -> StepCost:
     """Tabulate the iteration time of `model` on `device` for up to `max_tokens` tokens an iteration, `max_seqs`
-    sequences and contexts up to `max_ctx` (kept: a rate search tabulates once)."""
-    key = (id(model), id(device), id(eff), wl, max_tokens, max_seqs, max_ctx)
+    sequences and contexts up to `max_ctx` (kept: a rate search tabulates once). `split`: part of the model on the
+    host CPU, each op's time taken from the side that runs it as perfmodel.offload does."""
+    key = (id(model), id(device), id(eff), wl, max_tokens, max_seqs, max_ctx, id(split))
     hit = _KEPT.get(key)
     if hit is not None and hit[0] is model and hit[1] is device and hit[2] is eff:
         return hit[3]
-    out = _tabulate(model, device, wl, eff, max_tokens, max_seqs, max_ctx)
+    out = _tabulate(model, device, wl, eff, max_tokens, max_seqs, max_ctx, split)
     if len(_KEPT) >= 64:
         _KEPT.clear()
     _KEPT[key] = (model, device, eff, out)
@@ -175,7 +192,7 @@ def step_cost(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | 
 
 
 def _tabulate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, max_tokens: int,
-              max_seqs: int, max_ctx: int) -> StepCost:
+              max_seqs: int, max_ctx: int, split: HostSplit | None = None) -> StepCost:
     if model.arch != "decoder":
         raise PerfmodelError(f"the serving simulator runs decoder-only models; {model.id} is "
                              f"{model.arch.replace('_', '-')} (use `perfmodel estimate` for its static batches)")
@@ -195,15 +212,40 @@ def _tabulate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | 
     resident_bw = level_bandwidth((mach,), None, resident)
     mi = None
 
-    def times(env: dict, n: int) -> np.ndarray:
-        """(ops, rows) time of every op, counts applied."""
+    def on_gpu(env: dict, n: int) -> np.ndarray:
+        """(ops, rows) time of every op on the device, counts applied."""
         q = tab.quantities(env, n, fields=needed(P))
         act_bw = level_bandwidth((mach,), mi, q["act_bytes"])
         return point_costs(terms(P, params.tables, q, resident_bw, act_bw), P["count"])["time_s"]
 
+    times = on_gpu
+    if split is not None:  # each op from the side that runs it (perfmodel.offload's rules)
+        hmach = workload_machine(split.host, split.host_eff, split.host_wl)
+        htab = table(lower(model, Pass("decoder", B, Q, K, logits=LG), split.host_wl.precision, par,
+                           split.host_wl.attention == "flash"))
+        hparams = op_params(hmach, htab)
+        HP = hparams.column
+        h_bw = level_bandwidth((hmach,), None, resident)
+        share = gpu_share([o.name for o in tab.shells], model.n_layers, split.gpu_layers,
+                          split.offload_experts)[:, None]
+
+        def on_both(env: dict, n: int) -> np.ndarray:
+            t_g = on_gpu(env, n)
+            hq = htab.quantities(env, n, fields=needed(HP) + ("weight_bytes",))
+            t_h = point_costs(terms(HP, hparams.tables, hq, h_bw, level_bandwidth((hmach,), None, hq["act_bytes"])),
+                              HP["count"])["time_s"]
+            streamed = np.maximum(t_g, hq["weight_bytes"] * HP["count"] / split.link_bytes_per_s)
+            rows = np.broadcast_to(np.asarray(env["B"]) * np.asarray(env["Q"]), (n,))
+            return share * t_g + (1.0 - share) * np.where(rows >= OFFLOAD_MIN_BATCH, streamed, t_h)
+
+        times = on_both
+
     one = lambda n: np.ones(n)  # noqa: E731
     tg = _grid(max_tokens)
     t_tok = times({"B": one(len(tg)), "Q": tg, "K": tg, "LG": one(len(tg))}, len(tg))[tok].sum(axis=0)
+    if split is not None:  # each change of side copies the pass's hidden states (perfmodel.offload)
+        t_tok = t_tok + split.boundaries * (CROSSING_LATENCY_S + tg * model.d_model * wl.act.bytes
+                                            / split.link_bytes_per_s)
     eg = _grid(max(max_seqs, 1))
     t_emit = times({"B": eg, "Q": one(len(eg)), "K": one(len(eg)), "LG": one(len(eg))}, len(eg))[emit].sum(axis=0)
     cg = _grid(max_ctx, exact_to=16)
