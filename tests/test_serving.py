@@ -258,7 +258,9 @@ def test_cli_find_rate(capsys):
     (["--trace", "/nonexistent/t.csv"], "t.csv"), (["--rate", "5", "--trace", "x.csv"], "leave out --rate"),
     (["--rate", "5", "--max-num-seqs", "512", "--max-batched-tokens", "256"], "at least max-num-seqs"),
     (["--rate", "5", "--percentile", "100"], "--percentile must be"), (["--rate", "5", "--duration", "3"], "not both"),
-    (["--rate", "5", "--concurrency", "0"], "--concurrency"), (["--rate", "5", "--prefix-hit", "1.2"], "prefix hit")])
+    (["--rate", "5", "--concurrency", "0"], "--concurrency"),
+    (["--rate", "5", "--scheduler", "static", "--draft-model", "eagle"], "not with static batches"),
+    (["--rate", "5", "--gpu-layers", "4", "--tp", "2"], "tp, pp and ep 1"), (["--rate", "5", "--host", "xeon-8480plus"], "--host"), (["--rate", "5", "--prefix-hit", "1.2"], "prefix hit")])
 def test_cli_serve_bad_input(capsys, args, msg):
     rc = main(["serve", "--model", MODEL, "--hardware", HW, "--requests", "10", *args])
     assert rc == 2

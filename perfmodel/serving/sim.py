@@ -118,6 +118,9 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
     if sch.policy == "static":
         if clients is not None:
             raise PerfmodelError("--concurrency applies to the continuous schedulers (vllm, prefill-first)")
+        if spec is not None:
+            raise PerfmodelError("speculative decoding is simulated with the continuous schedulers (vllm, "
+                                 "prefill-first, disaggregated), not with static batches")
         return _run_static(req, sc, sch, kv_blocks, record)
     n = len(req)
     bs = sch.block_size
