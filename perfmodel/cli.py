@@ -857,9 +857,7 @@ def _serve(a: argparse.Namespace) -> int:
         res = simulate(a.model, a.hardware, wl, requests=req, record=a.plot is not None, **kw)
         out = res.metrics()
         if slo_ttft is not None or slo_tpot is not None:
-            ok = res.attained(slo_ttft, slo_tpot)
-            out["slo_attainment"] = float(ok.mean())
-            out["goodput_requests_per_s"] = float(ok.sum()) / res.span_s
+            out.update(res.slo_figures(slo_ttft, slo_tpot))
     if a.plot is not None and res is not None:
         from .serving.figures import serving_figure
         from .plots import save

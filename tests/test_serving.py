@@ -164,8 +164,7 @@ def test_one_at_a_time_is_m_d_1():
 
 def test_throughput_follows_rate_until_saturation_then_latency_grows():
     base = synthetic(1500, 1.0, 512, 128, seed=2)
-    sat = simulate(MODEL, HW, requests=Requests(np.zeros(1500), base.prompt_tokens, base.output_tokens,
-                                                   base.prefix_tokens)).metrics()["throughput_requests_per_s"]
+    sat = simulate(MODEL, HW, requests=base.at_once()).metrics()["throughput_requests_per_s"]
     low = simulate(MODEL, HW, requests=base.scaled(0.5 * sat)).metrics()
     assert low["throughput_requests_per_s"] == pytest.approx(0.5 * sat, rel=0.08)
     over = [simulate(MODEL, HW, requests=synthetic(n, 2 * sat, 512, 128, seed=2)) for n in (500, 1500)]

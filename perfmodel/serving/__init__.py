@@ -111,6 +111,19 @@ class ServeResult:
             ok &= bool(np.percentile(self.tpot_s, percentile) <= slo_tpot_s)
         return ok
 
+    def slo_figures(self, slo_ttft_s: float | None, slo_tpot_s: float | None) -> dict[str, float]:
+        """The share of requests within both SLOs, and those per second over the run (goodput)."""
+        ok = self.attained(slo_ttft_s, slo_tpot_s)
+        return {"slo_attainment": float(ok.mean()), "goodput_requests_per_s": float(ok.sum()) / self.span_s}
+
+    def point(self, rate: float | None, percentile: float) -> dict[str, Any]:
+        """One point of a throughput-latency curve: the rate sent, the throughput, and the `percentile` of TTFT and
+        TPOT."""
+        return {"rate_requests_per_s": rate,
+                "throughput_requests_per_s": self.metrics()["throughput_requests_per_s"],
+                "ttft_s": float(np.percentile(self.ttft_s, percentile)),
+                "tpot_s": float(np.percentile(self.tpot_s, percentile)) if len(self.tpot_s) else None}
+
     def attained(self, slo_ttft_s: float | None, slo_tpot_s: float | None) -> np.ndarray:
         """Per request: whether it met both SLOs (a request of one output token has no TPOT to miss)."""
         ok = np.ones(len(self.requests), dtype=bool)
@@ -387,15 +400,9 @@ def rate_curve(model: str | ModelSpec, hardware: str | Device, workload: Workloa
     kw = {**kw, "prepared": kw.get("prepared") or prepare(model, hardware, wl, sch, requests,
                                                            **{k: kw[k] for k in _PREPARE if k in kw})}
     kw.pop("record", None)
-    burst = Requests(np.zeros(len(requests)), requests.prompt_tokens, requests.output_tokens, requests.prefix_tokens)
-    sat = simulate(model, hardware, wl, requests=burst, **kw).metrics()["throughput_requests_per_s"]
-    out = []
-    for s in shares:
-        r = simulate(model, hardware, wl, requests=requests.scaled(sat * s), **kw)
-        out.append({"rate_requests_per_s": sat * s, "throughput_requests_per_s": r.metrics()["throughput_requests_per_s"],
-                    "ttft_s": float(np.percentile(r.ttft_s, percentile)),
-                    "tpot_s": float(np.percentile(r.tpot_s, percentile)) if len(r.tpot_s) else None})
-    return out
+    sat = simulate(model, hardware, wl, requests=requests.at_once(), **kw).metrics()["throughput_requests_per_s"]
+    return [simulate(model, hardware, wl, requests=requests.scaled(sat * s), **kw).point(sat * s, percentile)
+            for s in shares]
 
 
 @dataclass(eq=False)
@@ -414,9 +421,7 @@ class RateSearch:
                                "slo": {"ttft_s": self.slo_ttft_s, "tpot_s": self.slo_tpot_s,
                                        "percentile": self.percentile}}
         if self.result is not None:
-            ok = self.result.attained(self.slo_ttft_s, self.slo_tpot_s)
-            out["slo_attainment"] = float(ok.mean())
-            out["goodput_requests_per_s"] = float(ok.sum()) / self.result.span_s
+            out.update(self.result.slo_figures(self.slo_ttft_s, self.slo_tpot_s))
         out["searched"] = sorted(self.tried, key=lambda r: r["rate_requests_per_s"])
         return out
 
@@ -444,18 +449,13 @@ def find_rate(model: str | ModelSpec, hardware: str | Device, workload: Workload
     def at(rate: float, req: Requests | None = None) -> tuple[ServeResult, bool]:
         r = simulate(model, hardware, wl, requests=req or requests.scaled(rate), **kw)
         ok = r.meets(slo_ttft_s, slo_tpot_s, percentile)
-        m = r.metrics()
-        tried.append({"rate_requests_per_s": rate, "throughput_requests_per_s": m["throughput_requests_per_s"],
-                      "ttft_s": float(np.percentile(r.ttft_s, percentile)),
-                      "tpot_s": float(np.percentile(r.tpot_s, percentile)) if len(r.tpot_s) else None, "meets": ok})
+        tried.append({**r.point(rate, percentile), "meets": ok})
         return r, ok
 
-    first = slice(0, 1)
-    _, ok = at(0.0, requests.subset(first))  # a lone request: the floor of the latencies
+    _, ok = at(0.0, requests.subset(slice(0, 1)))  # a lone request: the floor of the latencies
     if not ok:
         return RateSearch(0.0, None, slo_ttft_s, slo_tpot_s, percentile, tried)
-    burst = Requests(np.zeros(len(requests)), requests.prompt_tokens, requests.output_tokens, requests.prefix_tokens)
-    sat, ok = at(math.inf, burst)
+    sat, ok = at(math.inf, requests.at_once())
     hi = sat.metrics()["throughput_requests_per_s"]
     tried[-1]["rate_requests_per_s"] = None  # every request at once
     r, ok = at(hi)

@@ -36,6 +36,10 @@ class Requests:
         """The same requests arriving `factor` times faster (arrival times divided by it)."""
         return Requests(self.arrival_s / factor, self.prompt_tokens, self.output_tokens, self.prefix_tokens)
 
+    def at_once(self) -> "Requests":
+        """The same requests, every one sent at time 0 (an offline batch: what saturates the engine)."""
+        return Requests(np.zeros(len(self)), self.prompt_tokens, self.output_tokens, self.prefix_tokens)
+
     def subset(self, idx: np.ndarray) -> "Requests":
         return Requests(self.arrival_s[idx], self.prompt_tokens[idx], self.output_tokens[idx],
                         self.prefix_tokens[idx])

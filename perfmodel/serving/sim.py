@@ -91,7 +91,6 @@ class Trace:
     kv_block_seconds: float  # integral of blocks in use over time
     peak_kv_blocks: int
     busy_s: float  # time with work on the engine
-    iterations: int
     timeline: dict[str, list] = field(default_factory=dict)  # t_s, running, kv_blocks: one sample a block of steps
     sent_s: np.ndarray | None = None  # when each request reached the engine (its arrival, unless clients held it)
 
@@ -115,6 +114,11 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
     advances each running sequence by E tokens on average (floor((m + 1) E) - floor(m E) at the m-th, so all stay in
     step), at the cost of k drafter steps and a verification pass of k + 1 tokens a sequence; no stretch of such
     iterations is run as one block."""
+    longest = int((req.prompt_tokens + req.output_tokens).max())
+    if -(-longest // sch.block_size) > kv_blocks:
+        raise PerfmodelError(f"a request of {longest} tokens needs {-(-longest // sch.block_size)} KV blocks of "
+                             f"{sch.block_size} tokens; the cache holds {kv_blocks}: it can never run (shorten the "
+                             f"requests, or use more devices or a smaller KV format)")
     if sch.policy == "static":
         if clients is not None:
             raise PerfmodelError("--concurrency applies to the continuous schedulers (vllm, prefill-first)")
@@ -131,11 +135,6 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
     gen = [int(x) for x in req.output_tokens]
     prefix = [int(x) for x in req.prefix_tokens]
     chunked = sch.policy == "vllm"
-    longest = max(p + g for p, g in zip(prompt, gen))
-    if -(-longest // bs) > kv_blocks:
-        raise PerfmodelError(f"a request of {int(longest)} tokens needs {-(-int(longest) // bs)} KV blocks of {bs} "
-                             f"tokens; the cache holds {kv_blocks}: it can never run (shorten the requests, or use "
-                             f"more devices or a smaller KV format)")
     budget_max = sch.max_batched_tokens if chunked else max(sch.max_batched_tokens, int(max(prompt) + max(gen)))
 
     state = [0] * n
@@ -169,7 +168,6 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
     block_s = 0.0
     peak = 0
     busy = 0.0
-    iters = 0
     tl: dict[str, list] = {"t_s": [], "running": [], "kv_blocks": [], "tokens": []} if record else {}
 
     def enter_decode(i: int) -> None:
@@ -289,7 +287,6 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                 now += float(cum[k - 1])
                 busy += float(cum[k - 1])
                 it += k
-                iters += k
                 if record:
                     tl["t_s"].append(now)
                     tl["running"].append(len(running))
@@ -395,7 +392,6 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
         peak = max(peak, used)
         now += dt
         busy += dt
-        iters += 1
         entering: list[int] = []
         for i, q in chunks:
             done[i] += q
@@ -430,7 +426,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             tl["kv_blocks"].append(used)
             tl["tokens"].append(dec_now * (1 + k_spec) + sum(q for _, q in chunks))
     return Trace(np.array(first_sched), np.array(first_tok), np.array(finish), np.array(produced, dtype=float),
-                 np.array(pref_tokens, dtype=float), preempt, kv_blocks, block_s, peak, busy, iters, tl,
+                 np.array(pref_tokens, dtype=float), preempt, kv_blocks, block_s, peak, busy, tl,
                  np.array(sent))
 
 
@@ -440,13 +436,10 @@ def _run_static(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, rec
     the end (padding). A request's last token is its finish time."""
     n, bs = len(req), sch.block_size
     arrival, prompt, gen, prefix = (req.arrival_s, req.prompt_tokens, req.output_tokens, req.prefix_tokens)
-    per_req = np.ceil((prompt + gen) / bs)
-    if per_req.max() > kv_blocks:
-        raise PerfmodelError(f"a request of {int((prompt + gen).max())} tokens needs {int(per_req.max())} KV blocks of "
-                             f"{bs} tokens; the cache holds {kv_blocks}: it can never run")
+    per_req = np.ceil((prompt + gen) / bs)  # blocks each request holds to its end (run() checked that one fits)
     first_sched, first_tok, finish = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     tl: dict[str, list] = {"t_s": [], "running": [], "kv_blocks": [], "tokens": []} if record else {}
-    now, i0, block_s, busy, iters, peak = 0.0, 0, 0.0, 0.0, 0, 0
+    now, i0, block_s, busy, peak = 0.0, 0, 0.0, 0.0, 0
     while i0 < n:
         now = max(now, float(arrival[i0]))
         arrived = int(np.searchsorted(arrival, now, side="right"))
@@ -468,7 +461,6 @@ def _run_static(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, rec
         block_s += blocks * span
         peak = max(peak, blocks)
         busy += span
-        iters += 1 + steps
         now += span
         if record:
             tl["t_s"] += [t0, now]
@@ -477,4 +469,4 @@ def _run_static(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, rec
             tl["tokens"] += [int((prompt[sl] - prefix[sl]).sum()), m]
         i0 = j
     return Trace(first_sched, first_tok, finish, gen.astype(float), (prompt - prefix).astype(float), 0, kv_blocks,
-                 block_s, peak, busy, iters, tl)
+                 block_s, peak, busy, tl)

@@ -33,7 +33,7 @@ from ..efficiency import Efficiency
 from ..errors import PerfmodelError
 from ..evaluate import check, workload_machine
 from ..graph import Pass, lower
-from ..memory import weight_bytes
+from ..memory import kv_bytes, weight_bytes
 from ..model import ModelSpec
 from ..offload import CROSSING_LATENCY_S, OFFLOAD_MIN_BATCH, gpu_share
 from ..poly import Poly
@@ -108,11 +108,15 @@ class StepCost:
         return ((1 - u) * (1 - v) * s[i][j] + u * (1 - v) * s[i + 1][j] + (1 - u) * v * s[i][j + 1]
                 + u * v * s[i + 1][j + 1])
 
-    def token_ops_s(self, t: float | np.ndarray) -> float | np.ndarray:
-        return np.interp(t, self.tokens, self.token_s)
-
-    def emit_ops_s(self, n: float | np.ndarray) -> float | np.ndarray:
-        return np.where(np.asarray(n) > 0, np.interp(n, self.emit, self.emit_s), 0.0)
+    def _pass_s(self, tokens: float, emit_rows: float, attention_s: float, chunks: list[tuple[float, float]],
+                seqs: int) -> float:
+        """One pass: the token ops over `tokens`, the LM head over `emit_rows`, the decode attention given, each
+        prefill chunk's attention, and the host overheads (per pass, per sequence)."""
+        tg, ts, eg, es, *_ = self._lists
+        s = _interp(tg, ts, tokens) + (_interp(eg, es, emit_rows) if emit_rows else 0.0) + attention_s
+        for q, o in chunks:
+            s += self.chunk_s_at(q, o)
+        return s + self.step_overhead_s + seqs * self.token_overhead_s
 
     def iteration_s(self, n_dec: int, sum_ctx: float, chunks: list[tuple[float, float]], emitting: int) -> float:
         """One iteration: n_dec decode sequences whose contexts sum to sum_ctx, prefill chunks (q, o), `emitting`
@@ -120,16 +124,12 @@ class StepCost:
         t = n_dec + sum(q for q, _ in chunks)
         if t <= 0:
             return 0.0
-        tg, ts, eg, es, cg, cf, cp, *_ = self._lists
-        s = _interp(tg, ts, t)
-        if emitting:
-            s += _interp(eg, es, emitting)
+        attention = 0.0
         if n_dec:
+            _, _, _, _, cg, cf, cp, *_ = self._lists
             c = sum_ctx / n_dec
-            s += _interp(cg, cf, c) + n_dec * _interp(cg, cp, c)
-        for q, o in chunks:
-            s += self.chunk_s_at(q, o)
-        return s + self.step_overhead_s + (n_dec + len(chunks)) * self.token_overhead_s
+            attention = _interp(cg, cf, c) + n_dec * _interp(cg, cp, c)
+        return self._pass_s(t, emitting, attention, chunks, n_dec + len(chunks))
 
     def spec_iteration_s(self, n_dec: int, sum_ctx: float, chunks: list[tuple[float, float]], emitting: int,
                          k: int, draft: "StepCost") -> float:
@@ -138,23 +138,16 @@ class StepCost:
         beside the prefill chunks; the LM head runs on every verified position."""
         if not n_dec:
             return self.iteration_s(0, 0.0, chunks, emitting)
-        c = sum_ctx / n_dec
-        t = n_dec * (k + 1) + sum(q for q, _ in chunks)
-        tg, ts, eg, es, *_ = self._lists
-        s = _interp(tg, ts, t) + _interp(eg, es, emitting - n_dec + n_dec * (k + 1))
-        s += n_dec * self.chunk_s_at(k + 1.0, max(c - 1.0, 0.0))
-        for q, o in chunks:
-            s += self.chunk_s_at(q, o)
-        s += self.step_overhead_s + (n_dec + len(chunks)) * self.token_overhead_s
-        return s + k * draft.iteration_s(n_dec, sum_ctx, [], n_dec)
+        verify = n_dec * self.chunk_s_at(k + 1.0, max(sum_ctx / n_dec - 1.0, 0.0))
+        return (self._pass_s(n_dec * (k + 1) + sum(q for q, _ in chunks), emitting + n_dec * k, verify, chunks,
+                             n_dec + len(chunks))
+                + k * draft.iteration_s(n_dec, sum_ctx, [], n_dec))
 
     def decode_run_s(self, n_dec: int, sum_ctx0: float, steps: int) -> np.ndarray:
         """Times of `steps` decode-only iterations of the same n_dec sequences, the first at contexts summing to
         sum_ctx0, each step adding one token to every context (vectorised)."""
-        tg, ts, eg, es, *_ = self._lists
         mean = (sum_ctx0 + n_dec * np.arange(steps)) / n_dec
-        fixed = _interp(tg, ts, n_dec) + _interp(eg, es, n_dec) + self.step_overhead_s + n_dec * self.token_overhead_s
-        return self.decode_attention_s(n_dec, mean) + fixed
+        return self.decode_attention_s(n_dec, mean) + self._pass_s(n_dec, n_dec, 0.0, [], n_dec)
 
 
 _KEPT: dict[tuple, tuple] = {}  # tabulations of this process, while the same model, device and efficiency are used
@@ -210,12 +203,11 @@ def _tabulate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | 
     cap = device.main_memory.capacity_bytes or w_bytes * 2
     resident = np.array([max(cap, w_bytes)])  # weights + the KV pool: the level that serves them (main memory)
     resident_bw = level_bandwidth((mach,), None, resident)
-    mi = None
 
     def on_gpu(env: dict, n: int) -> np.ndarray:
         """(ops, rows) time of every op on the device, counts applied."""
         q = tab.quantities(env, n, fields=needed(P))
-        act_bw = level_bandwidth((mach,), mi, q["act_bytes"])
+        act_bw = level_bandwidth((mach,), None, q["act_bytes"])
         return point_costs(terms(P, params.tables, q, resident_bw, act_bw), P["count"])["time_s"]
 
     times = on_gpu
@@ -264,7 +256,5 @@ def _tabulate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | 
 
 
 def _kv_per_token(model: ModelSpec, wl: Workload) -> float:
-    from ..memory import kv_bytes
-
     # one sequence of one token of context (windowed layers count it too: a context under the window)
     return float(kv_bytes(model, wl.precision, wl.parallel, 1.0, 1.0, 0.0))
