@@ -340,24 +340,28 @@ def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -
         out[i] = float(value)
 
 
+def _row_workload(r: dict[str, Any], model, device, **fields: Any):
+    """The workload a model row states (formats, batch, lengths; `fields` besides), in the row's engine's checkpoint
+    formats: for the rows predicted one by one (offload, speculative decoding)."""
+    from .evaluate import Workload
+
+    weights = _s(r.get("weights")) or "bf16"
+    return checkpoint_formats(Workload(weights=weights, kv=_s(r.get("kv")) or "bf16",
+                                       act=_s(r.get("act")) or default_act(r["engine"], weights, device),
+                                       batch=int(_n(r.get("batch"), 1)), prompt_len=int(_n(r.get("prompt_len"), 512)),
+                                       gen_len=int(_n(r.get("gen_len"), 128)), **fields),
+                              model, profile_of(r["engine"], r.get("software")))
+
+
 def _predict_offload(r: dict[str, Any], model, device, profile: EngineProfile, name: str) -> float:
     """A partial-offload row (llama.cpp -ngl, --cpu-moe): perfmodel.offload with the engine's efficiency on both the
     GPU and the host CPU."""
-    from .engines import open_act
-    from .evaluate import Workload
     from .offload import estimate_offload
 
-    host = load_device(_s(r.get("host")) or None) if _s(r.get("host")) else None
-    weights = _s(r.get("weights")) or "bf16"
-    wl = checkpoint_formats(Workload(weights=weights, kv=_s(r.get("kv")) or "bf16",
-                                     act=_s(r.get("act")) or open_act(r["engine"], weights, device),
-                                     batch=int(_n(r.get("batch"), 1)), prompt_len=int(_n(r.get("prompt_len"), 512)),
-                                     gen_len=int(_n(r.get("gen_len"), 128)),
-                                     ubatch=int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None),
-                            model, profile_of(r["engine"], r.get("software")))
-    gl = r.get("gpu_layers")
-    est = estimate_offload(model, device, wl, profile.efficiency(device),
-                           None if gl is None or (isinstance(gl, float) and math.isnan(gl)) else int(gl),
+    host = load_device(_s(r.get("host"))) if _s(r.get("host")) else None
+    wl = _row_workload(r, model, device, ubatch=int(_n(r.get("ubatch"), UBATCH.get(r["engine"], 0))) or None)
+    layers = _n(r.get("gpu_layers"), -1)
+    est = estimate_offload(model, device, wl, profile.efficiency(device), int(layers) if layers >= 0 else None,
                            r.get("offload_experts") is True, host, name,
                            host_efficiency=profile.efficiency(host) if host is not None else None)
     m = est.metrics
@@ -368,20 +372,12 @@ def _predict_offload(r: dict[str, Any], model, device, profile: EngineProfile, n
 def _predict_speculative(r: dict[str, Any], model, device, profile: EngineProfile) -> float:
     """A speculative-decoding row: perfmodel.speculative with the drafter, draft tokens and the acceptance length
     the source measured (decode_tokens_per_s or tpot_s)."""
-    from .evaluate import Workload
     from .speculative import speculative
 
-    weights = _s(r.get("weights")) or "bf16"
-    wl = checkpoint_formats(Workload(weights=weights, kv=_s(r.get("kv")) or "bf16",
-                                     act=_s(r.get("act")) or default_act(r["engine"], weights, device),
-                                     tp=int(_n(r.get("tp"), 1)), batch=int(_n(r.get("batch"), 1)),
-                                     prompt_len=int(_n(r.get("prompt_len"), 512)),
-                                     gen_len=int(_n(r.get("gen_len"), 128))),
-                            model, profile_of(r["engine"], r.get("software")))
-    al = r.get("accept_length")
+    wl = _row_workload(r, model, device, tp=int(_n(r.get("tp"), 1)))
+    length = _n(r.get("accept_length"), math.nan)
     sp = speculative(model, device, wl, profile.efficiency(device), _s(r.get("draft_model")),
-                     int(_n(r.get("draft_tokens"), 4)), accept_length=None if al is None or (
-                         isinstance(al, float) and math.isnan(al)) else float(al))
+                     int(_n(r.get("draft_tokens"), 4)), accept_length=None if math.isnan(length) else length)
     return {"decode_tokens_per_s": sp.decode_tokens_per_s * wl.batch, "tpot_s": sp.tpot_s}[r["metric"]]
 
 
