@@ -42,7 +42,8 @@ def main() -> None:
         print(f"  rate {rate:>5g}/s: warm {statistics.median(times):.2f} s (min {min(times):.2f}), cold {cold:.2f} s; "
               f"throughput {m['throughput_requests_per_s']:.1f} req/s, p90 TTFT {m['ttft_s']['p90']:.3f} s, "
               f"p90 TPOT {m['tpot_s']['p90'] * 1e3:.1f} ms")
-    cmd = [sys.executable, "-c", "import sys; from perfmodel.cli import main; sys.exit(main())", "serve", "--model", "llama-3-8b", "--hardware", "h100-sxm",
+    cmd = [sys.executable, "-c", "import sys; from perfmodel.cli import main; sys.exit(main())", "serve",
+           "--model", "llama-3-8b", "--hardware", "h100-sxm",
            "--find-rate", "--slo-ttft", "0.5", "--slo-tpot", "0.05", "--prompt-dist", lengths["prompt"],
            "--gen-dist", lengths["gen"], "--requests", "2000"]
     t0 = time.perf_counter()

@@ -17,17 +17,15 @@ Prints medians and means of |error| %, and the bias.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
 
 from perfmodel.catalog import load_device, load_model
-from perfmodel.engines import checkpoint_formats, default_act, load_engine
+from perfmodel.engines import load_engine
 from perfmodel.errors import PerfmodelError
-from perfmodel.evaluate import Workload
-from perfmodel.serving import Requests, Scheduler, prepare, simulate
-from perfmodel.validation import MAX_SERVING_BATCH, _n, _s, load_rows, predict, profile_of
+from perfmodel.serving import Requests, Scheduler, simulate
+from perfmodel.validation import MAX_SERVING_BATCH, _n, _row_workload, _s, load_rows, predict, profile_of
 
 METRICS = ("throughput_tokens_per_s", "total_throughput_tokens_per_s", "ttft_s", "tpot_s", "latency_s")
 
@@ -36,22 +34,16 @@ def simulated(r: dict, per_slot: int) -> float:
     hw, mdl = _s(r.get("hardware")), _s(r.get("model"))
     model, device = load_model(mdl), load_device(hw)
     name = profile_of(r["engine"], r.get("software"))
-    weights = _s(r.get("weights")) or "bf16"
-    wl = checkpoint_formats(Workload(
-        weights=weights, kv=_s(r.get("kv")) or "bf16", act=_s(r.get("act")) or default_act(r["engine"], weights, device),
-        tp=int(_n(r.get("tp"), 1)), pp=int(_n(r.get("pp"), 1)), ep=int(_n(r.get("ep"), 1)),
-        dp_attention=r.get("dp_attention") is True, prompt_len=int(_n(r.get("prompt_len"), 512)),
-        gen_len=int(_n(r.get("gen_len"), 128))), model, name)
+    wl = _row_workload(r, model, device, tp=int(_n(r.get("tp"), 1)), pp=int(_n(r.get("pp"), 1)),
+                       ep=int(_n(r.get("ep"), 1)), dp_attention=r.get("dp_attention") is True)
     eff = load_engine(name).efficiency(device)
     p, g = float(_n(r.get("prompt_len"), 512)), float(max(_n(r.get("gen_len"), 128), 1))
-    b = r.get("batch")
-    closed = b is not None and not (isinstance(b, float) and math.isnan(b))
-    seqs = int(b) if closed else MAX_SERVING_BATCH
+    closed = _n(r.get("batch"), 0) > 0  # a concurrency given, else the engine's largest batch
+    seqs = int(r["batch"]) if closed else MAX_SERVING_BATCH
     sch = Scheduler(max_num_seqs=seqs, max_batched_tokens=max(8192, seqs))
     n = max(3 * seqs, 24) if closed else per_slot * seqs
     req = Requests(np.zeros(n), np.full(n, p), np.full(n, g), np.zeros(n))
-    prep = prepare(model, device, wl, sch, req, efficiency=eff)
-    res = simulate(model, device, wl, requests=req, scheduler=sch, prepared=prep,
+    res = simulate(model, device, wl, requests=req, scheduler=sch, efficiency=eff,
                    concurrency=seqs if closed else None)
     m = res.metrics()
     copies = _n(r.get("n_devices"), wl.parallel.devices) / wl.parallel.devices
@@ -89,7 +81,8 @@ def main() -> None:
           f"simulation {elapsed:.0f} s")
     for name, pred in (("static heuristics", heur), ("simulator", sim)):
         err = pred[ok] / v[ok] - 1
-        print(f"  {name:>17}: median |err| {np.median(np.abs(err)) * 100:.1f} %, mean {np.mean(np.abs(err)) * 100:.1f} %, "
+        print(f"  {name:>17}: median |err| {np.median(np.abs(err)) * 100:.1f} %, "
+              f"mean {np.mean(np.abs(err)) * 100:.1f} %, "
               f"bias {np.median(err) * 100:+.1f} %")
     for metric in METRICS:
         sel = ok & (sample.metric.to_numpy() == metric)

@@ -66,9 +66,8 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
         from .offload import suggest_offload
 
         mem = ev.memory.at(0)
-        msg = capacity_message(m, d, wl, mem, wl.prompt_len, wl.gen_len)
         more = suggest_offload(m, d, wl, eff, float(mem.kv_cache_bytes), float(mem.activation_bytes), engine)
-        raise CapacityError(msg.replace(" Pass --ignore-capacity", f" {more} Pass --ignore-capacity") if more else msg)
+        raise CapacityError(capacity_message(m, d, wl, mem, wl.prompt_len, wl.gen_len, more))
     spec = None
     if draft is not None:
         from .speculative import speculative

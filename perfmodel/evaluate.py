@@ -487,7 +487,7 @@ def _stretch(tab: OpTable, params: list[OpParams], P: dict, tables: tuple, machi
 
 
 def capacity_messages(model: ModelSpec, device: Device, wl: Workload, mem: Memory, batch: np.ndarray,
-                      prompt: np.ndarray, gen: np.ndarray) -> list[str]:
+                      prompt: np.ndarray, gen: np.ndarray, more: str = "", ignorable: bool = True) -> list[str]:
     """The "does not fit" message of every scenario (arrays over scenarios), with what would fit: the largest batch,
     a tp degree, or a narrower weight format. Vectorised: the advice is computed on arrays, one pass per option."""
     gb = 1e9
@@ -523,15 +523,18 @@ def capacity_messages(model: ModelSpec, device: Device, wl: Workload, mem: Memor
         return advice[best, tp, fmt]
 
     head, tail = f"{model.id} does not fit on {device.id}: it needs", f"but has {cap / gb:.1f} GB."
+    end = " Pass --ignore-capacity to compute anyway." if ignorable else ""
     return [f"{head} {t:.1f} GB per device (weights {w:.1f} GB, KV cache {k:.1f} GB, activations {a:.2f} GB) {tail} "
-            f"{advise(bb, tp, fmt)} Pass --ignore-capacity to compute anyway."
+            f"{advise(bb, tp, fmt)}{' ' + more if more else ''}{end}"
             for t, w, k, a, bb, tp, fmt in zip(((weights + kv + act) / gb).ravel().tolist(),
                                                (weights / gb).ravel().tolist(), (kv / gb).ravel().tolist(),
                                                (act / gb).ravel().tolist(), best_batch.astype(int).ravel().tolist(),
                                                tp_hint.astype(int).ravel().tolist(), fmt_hint.ravel().tolist())]
 
 
-def capacity_message(model: ModelSpec, device: Device, wl: Workload, mem: Memory, prompt: float, gen: float) -> str:
-    """The "does not fit" message of one scenario (see capacity_messages)."""
+def capacity_message(model: ModelSpec, device: Device, wl: Workload, mem: Memory, prompt: float, gen: float,
+                     more: str = "", ignorable: bool = True) -> str:
+    """The "does not fit" message of one scenario (see capacity_messages); `more`: a further way to fit, after the
+    others; `ignorable`: whether --ignore-capacity applies (not to a simulation)."""
     return capacity_messages(model, device, wl, mem, np.array([wl.batch], dtype=float), np.array([prompt]),
-                             np.array([gen]))[0]
+                             np.array([gen]), more, ignorable)[0]

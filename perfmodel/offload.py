@@ -85,7 +85,8 @@ def check_offload(model: ModelSpec, device: Device, wl: Workload, gpu_layers: in
         raise PerfmodelError(f"--gpu-layers / --offload-experts split a model between a GPU and its host; {device.id} "
                              f"is a CPU already")
     if offload_experts and not model.n_experts:
-        raise PerfmodelError(f"--offload-experts needs an MoE model; {model.id} has no routed experts: use --gpu-layers")
+        raise PerfmodelError(f"--offload-experts needs an MoE model; {model.id} has no routed experts: use "
+                             f"--gpu-layers")
     if gpu_layers is not None and gpu_layers < 0:
         raise PerfmodelError(f"--gpu-layers must be 0 to {model.n_layers + 1} for {model.id} ({model.n_layers} layers, "
                              f"+ 1 for the output layer, as llama.cpp counts -ngl; more means all); got {gpu_layers}")

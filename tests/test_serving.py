@@ -259,7 +259,8 @@ def test_cli_find_rate(capsys):
     (["--rate", "5", "--percentile", "100"], "--percentile must be"), (["--rate", "5", "--duration", "3"], "not both"),
     (["--rate", "5", "--concurrency", "0"], "--concurrency"),
     (["--rate", "5", "--scheduler", "static", "--draft-model", "eagle"], "not with static batches"),
-    (["--rate", "5", "--gpu-layers", "4", "--tp", "2"], "tp, pp and ep 1"), (["--rate", "5", "--host", "xeon-8480plus"], "--host"), (["--rate", "5", "--prefix-hit", "1.2"], "prefix hit")])
+    (["--rate", "5", "--gpu-layers", "4", "--tp", "2"], "tp, pp and ep 1"),
+    (["--rate", "5", "--host", "xeon-8480plus"], "--host"), (["--rate", "5", "--prefix-hit", "1.2"], "prefix hit")])
 def test_cli_serve_bad_input(capsys, args, msg):
     rc = main(["serve", "--model", MODEL, "--hardware", HW, "--requests", "10", *args])
     assert rc == 2

@@ -31,7 +31,8 @@ from .requests import Requests, parse_dist, read_trace, synthetic
 from .sim import POLICIES, Scheduler, Spec, Trace, run
 from .steps import HostSplit, StepCost, step_cost
 
-__all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests", "Scheduler", "ServeResult",
+__all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests",
+           "Scheduler", "ServeResult",
            "POLICIES"]
 
 PERCENTILES = (50, 90, 99)
@@ -187,16 +188,16 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
     sc = step_cost(m, d, wl, eff, int(max_tokens), scheduler.max_num_seqs, int(longest) + 1, split)
     # memory: weights and the activations of the largest iteration, the rest of the budget for KV blocks
     one = np.ones(1)
-    ev = evaluate(m, d, wl, eff, one, one * min(max_tokens, scheduler.max_batched_tokens), one)
+    largest = min(max_tokens, scheduler.max_batched_tokens)  # tokens of the largest iteration
+    ev = evaluate(m, d, wl, eff, one, one * largest, one)
     cap = d.main_memory.capacity_bytes
     act = float(ev.memory.activation_bytes[0])
     w_dev, kv_tok = sc.weights_bytes, sc.kv_bytes_per_token
     if split is not None:  # the GPU holds its layers' weights and KV cache; the host the rest
         kv_share = 1.0 if offload_experts else min(split.gpu_layers, m.n_layers) / m.n_layers
-        w_dev = offload_memory(m, wl, split.gpu_layers, offload_experts, 0.0, 0.0)[0]
+        w_dev, w_host = offload_memory(m, wl, split.gpu_layers, offload_experts, 0.0, 0.0)
         if kv_share == 0.0:  # every layer's cache in host memory
-            cap, w_dev, act = split.host.main_memory.capacity_bytes, offload_memory(
-                m, wl, split.gpu_layers, offload_experts, 0.0, 0.0)[1], 0.0
+            cap, w_dev, act = split.host.main_memory.capacity_bytes, w_host, 0.0
         else:
             kv_tok = kv_tok * kv_share
     if cap is None:
@@ -210,15 +211,14 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
         if kv_blocks * scheduler.block_size < longest and split is not None:
             raise CapacityError(
                 f"{m.id} with {'its experts' if offload_experts else f'{split.gpu_layers} layers'} on {d.id} does not "
-                f"fit: the GPU's weights ({w_dev / 1e9:.1f} GB), the activations of a {int(min(max_tokens, scheduler.max_batched_tokens))}"
-                f"-token iteration ({act / 1e9:.2f} GB) and the KV cache of the longest request ({int(longest)} tokens) "
+                f"fit: the GPU's weights ({w_dev / 1e9:.1f} GB), the activations of a {int(largest)}-token iteration "
+                f"({act / 1e9:.2f} GB) and the KV cache of the longest request ({int(longest)} tokens) "
                 f"exceed {scheduler.memory_utilization:.0%} of {cap / 1e9:.1f} GB: fewer --gpu-layers, a smaller "
                 f"--max-batched-tokens (llama.cpp's server runs 512-token micro-batches) or --memory-utilization")
         if kv_blocks * scheduler.block_size < longest:
             mem = replace(ev.memory.at(0), capacity_bytes=cap * scheduler.memory_utilization)
             msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=longest * sc.kv_bytes_per_token),
-                                   requests.prompt_tokens.max(), requests.output_tokens.max())
-            msg = msg.split(" Pass --ignore-capacity")[0]  # a simulation cannot run what does not fit
+                                   requests.prompt_tokens.max(), requests.output_tokens.max(), ignorable=False)
             raise CapacityError(f"{msg} (the engine uses {scheduler.memory_utilization:.0%} of device memory, "
                                 f"--memory-utilization, for weights, activations and a KV cache that must hold at "
                                 f"least the longest request, {int(longest)} tokens)")
@@ -364,7 +364,8 @@ def _disaggregated(req: Requests, d: Device, wl: Workload, sch: Scheduler, eng: 
         link, bw = fab.net_name or "network", fab.net_bytes_per_s / per_node
     else:
         raise PerfmodelError(f"{n_pre} prefill + {n_dec} decode engines of {eng.devices} device(s) need {total} "
-                             f"devices, more than one {d.id} node of {per_node}, and no network between nodes is stated")
+                             f"devices, more than one {d.id} node of {per_node}, and no network between nodes is "
+                             f"stated")
     transfer = req.prompt_tokens * eng.step.kv_bytes_per_token / bw
     notes.append(f"KV cache sent from prefill to decode engines over {link} at {bw / 1e9:.0f} GB/s per device")
     ready = first_tok + transfer

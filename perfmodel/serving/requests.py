@@ -144,7 +144,8 @@ def read_trace(path: str | Path) -> Requests:
     missing = [c for c in TRACE_COLUMNS if c not in df.columns]
     if missing:
         raise PerfmodelError(f"trace {p}: missing column(s) {', '.join(missing)}; a trace has arrival_s, "
-                             f"prompt_tokens, output_tokens and optionally prefix_tokens; got {', '.join(map(str, df.columns))}")
+                             f"prompt_tokens, output_tokens and optionally prefix_tokens; got "
+                             f"{', '.join(map(str, df.columns))}")
     if df.empty:
         raise PerfmodelError(f"trace {p}: no rows")
     cols = {}
