@@ -19,6 +19,9 @@ from .evaluate import (Evaluation, Workload, capacity_message, default_gen, eval
                        row_warnings)
 from .bands import TIME_METRICS, intervals
 from .model import ModelSpec
+from .offload import estimate_offload, suggest_offload
+from .prefix import prefix_hit as cached_prefix
+from .speculative import speculative
 from .provenance import used_figures
 
 if TYPE_CHECKING:
@@ -58,29 +61,21 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
         raise PerfmodelError(err)
     warn = row_warnings(m, one * wl.prompt_len, one * wl.gen_len)[0]
     if gpu_layers is not None or offload_experts:
-        from .offload import estimate_offload
-
         return estimate_offload(m, d, wl, eff, gpu_layers, offload_experts, host, engine)  # type: ignore[return-value]
     ev = evaluate(m, d, wl, eff, one * wl.batch, one * wl.prompt_len, one * wl.gen_len, detail=True)
     if ev.memory.fits is not None and not bool(ev.memory.fits[0]) and not ignore_capacity:
-        from .offload import suggest_offload
-
         mem = ev.memory.at(0)
         more = suggest_offload(m, d, wl, eff, float(mem.kv_cache_bytes), float(mem.activation_bytes), engine)
         raise CapacityError(capacity_message(m, d, wl, mem, wl.prompt_len, wl.gen_len, more))
     spec = None
     if draft is not None:
-        from .speculative import speculative
-
         spec = speculative(m, d, wl, eff, draft, draft_tokens, acceptance)
     elif draft_tokens is not None or acceptance is not None:
         raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
                              "--draft-model (a catalog model, or eagle)")
     cached = None
     if prefix_hit is not None:
-        from .prefix import prefix_hit as hit_of
-
-        cached = hit_of(m, d, wl, eff, prefix_hit)
+        cached = cached_prefix(m, d, wl, eff, prefix_hit)
     return Estimate(ev, band_engine, (warn,) if warn else (), spec, cached)
 
 
@@ -343,6 +338,7 @@ class Estimate:
             return f"   ({iv['coverage'] * 100:.0f} % band {_short(iv['low'] * scale)}-{_short(iv['high'] * scale)})"
 
         pre, dec = d["phases"]["prefill"], d["phases"]["decode"]
+        sp, pc = d.get("speculative"), d.get("prefix_cache")  # beside the plain figures, where asked
         cap = "unknown" if mem["capacity_bytes"] is None else f"{mem['capacity_bytes'] / gb:.1f} GB"
         fits = {True: "fits", False: "DOES NOT FIT", None: "capacity unknown"}[mem["fits"]]
         c = d["config"]
@@ -357,29 +353,24 @@ class Estimate:
             + (f", {c['backend']} backend" if c.get("backend") else ""),
             "",
             f"  {'TTFT':<26}{ms(d['ttft_s']):>16}   ({pre['bound']}-bound){band('ttft_s')}",
+            *([f"  {'with prefix-cache hits':<26}{ms(pc['ttft_s']):>16}   ({pc['cached_tokens']} of "
+               f"{d['prompt_len']} prompt tokens cached, x{pc['speedup']:.2f})"] if pc else []),
             f"  {'TPOT (mean decode step)':<26}{ms(d['tpot_s']):>16}   ({dec['bound']}-bound){band('tpot_s')}",
             f"  {'decode tokens/s per seq':<26}{rate(d['decode_tokens_per_s']):>16}{band('decode_tokens_per_s')}",
             f"  {'prefill tokens/s':<26}{rate(d['prefill_tokens_per_s']):>16}{band('prefill_tokens_per_s')}",
             f"  {'throughput (batch, e2e)':<26}{rate(d['throughput_tokens_per_s']):>16}"
             f"{band('throughput_tokens_per_s')}",
             f"  {'end-to-end latency':<26}{ms(d['e2e_latency_s']):>16}{band('e2e_latency_s')}",
+            *([f"  {'with speculative decoding':<26}{ms(sp['tpot_s']):>16}   ({sp['decode_tokens_per_s']:,.1f} tok/s, "
+               f"x{sp['speedup']:.2f}: {sp['drafter']} drafts {sp['draft_tokens']}, acceptance {sp['acceptance']:g}"
+               + (" assumed" if sp["acceptance_assumed"] else "")
+               + f", {sp['expected_tokens_per_step']:.2f} tokens a step)"] if sp else []),
             f"  {'MFU / MBU':<26}{d['mfu'] * 100:>8.1f} % / {d['mbu'] * 100:.1f} %",
             "",
             f"  memory per device: weights {mem['weights_bytes'] / gb:.2f} GB + KV {mem['kv_cache_bytes'] / gb:.2f} GB"
             f" + activations {mem['activation_bytes'] / gb:.2f} GB = {mem['total_bytes'] / gb:.2f} GB of {cap} ({fits})",
             f"  params: {d['params']['total'] / 1e9:.2f} B total, {d['params']['active'] / 1e9:.2f} B active",
         ]
-        sp = d.get("speculative")
-        if sp:
-            lines.insert(lines.index("") + 7, f"  {'with speculative decoding':<26}{ms(sp['tpot_s']):>16}   ("
-                         f"{sp['decode_tokens_per_s']:,.1f} tok/s, x{sp['speedup']:.2f}: {sp['drafter']} drafts "
-                         f"{sp['draft_tokens']}, acceptance {sp['acceptance']:g}"
-                         + (" assumed" if sp["acceptance_assumed"] else "")
-                         + f", {sp['expected_tokens_per_step']:.2f} tokens a step)")
-        pc = d.get("prefix_cache")
-        if pc:
-            lines.insert(lines.index("") + 2, f"  {'with prefix-cache hits':<26}{ms(pc['ttft_s']):>16}   ("
-                         f"{pc['cached_tokens']} of {d['prompt_len']} prompt tokens cached, x{pc['speedup']:.2f})")
         lines.append(f"  figures: {self._figures_line(d['provenance'])}")
         if d["intervals"]:
             basis = {}
