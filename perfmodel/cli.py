@@ -21,20 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     _workload_args(e)
     e.add_argument("--ops", action="store_true", help="also print the per-op table")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--gpu-layers", default=None, help="partial offload (llama.cpp -ngl): this many of the model's "
-                                                      "layers on the GPU, the rest on the host CPU (n_layers + 1 also "
-                                                      "puts the output layer on the GPU)")
-    e.add_argument("--offload-experts", action="store_true", help="an MoE model's routed experts on the host CPU "
-                                                                  "(llama.cpp --cpu-moe), the rest on the GPU")
-    e.add_argument("--draft-model", default=None, help="speculative decoding: the drafter, a catalog model sharing "
-                                                       "the tokenizer, or eagle (EAGLE's one-layer draft head)")
-    e.add_argument("--draft-tokens", default=None, help="tokens drafted a step (default 4)")
-    e.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, "
-                                                      "assumed)")
+    _technique_flags(e)
     e.add_argument("--prefix-hit", default=None, help="share of each prompt already in a prefix cache (0-1): its TTFT "
                                                       "beside the plain one")
-    e.add_argument("--host", default=None, help="the host CPU (catalog id) for --gpu-layers / --offload-experts "
-                                                "(default: a desktop or server CPU, stated in the result)")
 
     rp = sub.add_parser("report", help="a shareable report of one workload: self-contained HTML, or Markdown + PNGs")
     _workload_args(rp)
@@ -113,13 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--block-size", default="16", help="KV-cache block, tokens (default 16)")
     h.add_argument("--memory-utilization", default="0.9", help="share of device memory the engine uses (default 0.9)")
     h.add_argument("--preemption", default="recompute", help="recompute (default) or swap, when the KV cache is full")
-    h.add_argument("--draft-model", default=None, help="speculative decoding: the drafter (catalog model or eagle)")
-    h.add_argument("--draft-tokens", default=None, help="tokens drafted an iteration (default 4)")
-    h.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, assumed)")
-    h.add_argument("--gpu-layers", default=None, help="partial offload (llama.cpp -ngl): this many layers on the GPU, "
-                                                      "the rest and their KV cache on the host CPU")
-    h.add_argument("--offload-experts", action="store_true", help="an MoE model's routed experts on the host CPU")
-    h.add_argument("--host", default=None, help="the host CPU (catalog id) for --gpu-layers / --offload-experts")
+    _technique_flags(h)
     h.add_argument("--replicas", default="1", help="identical engines the requests are dealt to (default 1)")
     h.add_argument("--prefill-instances", default="1", help="disaggregated: prefill engines (default 1)")
     h.add_argument("--decode-instances", default="1", help="disaggregated: decode engines (default 1)")
@@ -189,6 +172,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _technique_flags(p: Any) -> None:
+    """The engine techniques estimate and serve share: partial offload to the host CPU, speculative decoding."""
+    p.add_argument("--gpu-layers", default=None, help="partial offload (llama.cpp -ngl): this many of the model's "
+                                                      "layers on the GPU, the rest and their KV cache on the host CPU "
+                                                      "(n_layers + 1 also puts the output layer on the GPU)")
+    p.add_argument("--offload-experts", action="store_true", help="an MoE model's routed experts on the host CPU "
+                                                                  "(llama.cpp --cpu-moe), the rest on the GPU")
+    p.add_argument("--host", default=None, help="the host CPU (catalog id) for --gpu-layers / --offload-experts "
+                                                "(default: a desktop or server CPU, stated in the result)")
+    p.add_argument("--draft-model", default=None, help="speculative decoding: the drafter, a catalog model sharing "
+                                                       "the tokenizer, or eagle (EAGLE's one-layer draft head)")
+    p.add_argument("--draft-tokens", default=None, help="tokens drafted a step (default 4)")
+    p.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, "
+                                                      "assumed)")
+
+
+def _techniques(a: argparse.Namespace) -> dict[str, Any]:
+    """_technique_flags' values, checked, as estimate() and simulate() take them."""
+    return dict(gpu_layers=(int(_flag_number(a.gpu_layers, "--gpu-layers", integer=True, above=False))
+                            if a.gpu_layers is not None else None),
+                offload_experts=a.offload_experts, host=a.host, draft=a.draft_model,
+                draft_tokens=(int(_flag_number(a.draft_tokens, "--draft-tokens", integer=True))
+                              if a.draft_tokens is not None else None),
+                acceptance=(_flag_number(a.acceptance, "--acceptance", above=False)
+                            if a.acceptance is not None else None))
+
+
 def _workload_args(e: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """The options that say what is estimated (estimate, report, plot and serve share them; `skip`: fields not
     asked)."""
@@ -249,28 +259,18 @@ def _make_estimate(a: argparse.Namespace):
                      if not (field == "act" and getattr(a, name) is None)})
     if a.engine and a.profile:
         raise PerfmodelError("give --profile (a calibration of a machine) or --engine (a software stack), not both")
-    off = {}
-    if getattr(a, "gpu_layers", None) is not None:
-        off["gpu_layers"] = int(_flag_number(a.gpu_layers, "--gpu-layers", integer=True, above=False))
-    if getattr(a, "offload_experts", False):
-        off["offload_experts"] = True
-    if off or getattr(a, "host", None):
-        if not off:
+    extra: dict[str, Any] = {}
+    if a.command == "estimate":  # report and plot draw one device's plain estimate
+        extra = _techniques(a)
+        offload = extra["gpu_layers"] is not None or extra["offload_experts"]
+        if a.host and not offload:
             raise PerfmodelError("--host names the CPU of a partial offload: give --gpu-layers N or --offload-experts")
-        if getattr(a, "ops", False):
+        if offload and a.ops:
             raise PerfmodelError("--ops lists one device's ops; a partial offload prints its GPU / CPU split instead")
-        off["host"] = a.host
-    spec = {}
-    if getattr(a, "draft_model", None) is not None:
-        spec["draft"] = a.draft_model
-    if getattr(a, "draft_tokens", None) is not None:
-        spec["draft_tokens"] = int(_flag_number(a.draft_tokens, "--draft-tokens", integer=True))
-    if getattr(a, "acceptance", None) is not None:
-        spec["acceptance"] = _flag_number(a.acceptance, "--acceptance", above=False)
-    if getattr(a, "prefix_hit", None) is not None:
-        spec["prefix_hit"] = _flag_number(a.prefix_hit, "--prefix-hit", above=False)
+        if a.prefix_hit is not None:
+            extra["prefix_hit"] = _flag_number(a.prefix_hit, "--prefix-hit", above=False)
     return estimate(a.model, a.hardware, wl, efficiency=a.profile, engine=a.engine,
-                    ignore_capacity=a.ignore_capacity, **off, **spec)
+                    ignore_capacity=a.ignore_capacity, **extra)
 
 
 def _estimate(a: argparse.Namespace) -> int:
@@ -837,15 +837,7 @@ def _serve(a: argparse.Namespace) -> int:
               prefill_instances=int(_flag_number(a.prefill_instances, "--prefill-instances", integer=True)),
               decode_instances=int(_flag_number(a.decode_instances, "--decode-instances", integer=True)),
               concurrency=(int(_flag_number(a.concurrency, "--concurrency", integer=True))
-                           if a.concurrency is not None else None),
-              draft=a.draft_model,
-              draft_tokens=(int(_flag_number(a.draft_tokens, "--draft-tokens", integer=True))
-                            if a.draft_tokens is not None else None),
-              acceptance=(_flag_number(a.acceptance, "--acceptance", above=False)
-                          if a.acceptance is not None else None),
-              gpu_layers=(int(_flag_number(a.gpu_layers, "--gpu-layers", integer=True, above=False))
-                          if a.gpu_layers is not None else None),
-              offload_experts=a.offload_experts, host=a.host)
+                           if a.concurrency is not None else None), **_techniques(a))
     if a.find_rate:
         if a.trace is None and a.rate is not None:
             raise PerfmodelError("--find-rate searches the rate: leave out --rate")
