@@ -59,6 +59,26 @@ def host_link_bytes_per_s(device: Device) -> tuple[float, str]:
     return pcie_bytes_per_s(gen, 16), f"estimated: PCIe {gen}.0 x16, the newest generation shipping in {year}"
 
 
+def split_times(share: np.ndarray, t_gpu: np.ndarray, t_host: np.ndarray, weight_bytes: np.ndarray,
+                rows: np.ndarray | float, link_bytes_per_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(GPU, CPU, weight-copy) time of ops whose `share` of instances is on the GPU: the rest on the host CPU, or, in
+    a pass of at least OFFLOAD_MIN_BATCH rows, on the GPU with their weights copied over the host link (the copy's
+    time beyond the GPU's). Arrays broadcast (ops, rows); their sum is each op's time."""
+    host = 1.0 - share
+    streamed = np.asarray(rows) >= OFFLOAD_MIN_BATCH
+    gpu = share * t_gpu + np.where(streamed, host * t_gpu, 0.0)
+    cpu = np.where(streamed, 0.0, host * t_host)
+    copy = np.where(streamed, np.maximum(host * weight_bytes / link_bytes_per_s - host * t_gpu, 0.0), 0.0)
+    return gpu, cpu, copy
+
+
+def crossing_s(model: ModelSpec, n_boundaries: int, tokens: np.ndarray | float, act_bytes: float,
+               link_bytes_per_s: float) -> np.ndarray | float:
+    """One pass's activation copies between the sides: per change of side, the tokens' hidden states, plus
+    CROSSING_LATENCY_S."""
+    return n_boundaries * (CROSSING_LATENCY_S + tokens * model.d_model * act_bytes / link_bytes_per_s)
+
+
 def gpu_share(names: list[str], n_layers: int, gpu_layers: int, offload_experts: bool) -> np.ndarray:
     """Per op (by name), the share of its instances on the GPU: repeating layers by `gpu_layers` of n_layers, the
     output layer with more than n_layers, the embedding never; with `offload_experts`, everything but the routed
@@ -218,21 +238,11 @@ def estimate_offload(model: ModelSpec, device: Device, wl: Workload, eff: Effici
         wbytes = pg.values["weight_bytes"][:, 0]
         steps = float(pg.steps[0]) if phase == "decode" else 1.0
         rows = wl.batch * (min(wl.prompt_len, wl.ubatch or wl.prompt_len) if phase == "prefill" else 1)
-        cpu_share = 1.0 - share
-        gpu_s = float((share * tg).sum())
-        if rows >= OFFLOAD_MIN_BATCH:  # the host's layers run on the GPU, their weights copied for each pass
-            stream = cpu_share * wbytes / link
-            moved = cpu_share * tg
-            cpu_s, stream_s = 0.0, float(np.maximum(stream - moved, 0.0).sum())
-            gpu_s += float(moved.sum())
-        else:
-            cpu_s, stream_s = float((cpu_share * th).sum()), 0.0
-        # activation copies between the sides each pass: per change of side, the tokens' hidden states
+        gpu_s, cpu_s, stream_s = (float(x.sum()) for x in split_times(share, tg, th, wbytes, rows, link))
         tokens = wl.batch * (wl.prompt_len if phase == "prefill" else 1)
-        crossing_s = steps * boundaries(model, gpu_layers, offload_experts) * (
-            CROSSING_LATENCY_S + tokens * model.d_model * act_bytes / link)
-        phases[phase] = {"gpu_s": gpu_s, "cpu_s": cpu_s, "stream_s": stream_s, "crossing_s": crossing_s}
-        times[phase] = gpu_s + cpu_s + stream_s + crossing_s
+        cross_s = steps * crossing_s(model, boundaries(model, gpu_layers, offload_experts), tokens, act_bytes, link)
+        phases[phase] = {"gpu_s": gpu_s, "cpu_s": cpu_s, "stream_s": stream_s, "crossing_s": cross_s}
+        times[phase] = gpu_s + cpu_s + stream_s + cross_s
     # host time outside the ops, as the GPU's evaluation has it (per pass, per sequence)
     mg = ev_g.metrics
     host_pre = float(mg["ttft_s"][0] - ev_g.prefill.total("time_s")[0])

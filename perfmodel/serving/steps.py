@@ -35,7 +35,7 @@ from ..evaluate import check, workload_machine
 from ..graph import Pass, lower
 from ..memory import kv_bytes, weight_bytes
 from ..model import ModelSpec
-from ..offload import CROSSING_LATENCY_S, OFFLOAD_MIN_BATCH, gpu_share
+from ..offload import crossing_s, gpu_share, split_times
 from ..poly import Poly
 from ..table import table
 from ..workload import Workload
@@ -226,9 +226,8 @@ def _tabulate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | 
             hq = htab.quantities(env, n, fields=needed(HP) + ("weight_bytes",))
             t_h = point_costs(terms(HP, hparams.tables, hq, h_bw, level_bandwidth((hmach,), None, hq["act_bytes"])),
                               HP["count"])["time_s"]
-            streamed = np.maximum(t_g, hq["weight_bytes"] * HP["count"] / split.link_bytes_per_s)
             rows = np.broadcast_to(np.asarray(env["B"]) * np.asarray(env["Q"]), (n,))
-            return share * t_g + (1.0 - share) * np.where(rows >= OFFLOAD_MIN_BATCH, streamed, t_h)
+            return sum(split_times(share, t_g, t_h, hq["weight_bytes"] * HP["count"], rows, split.link_bytes_per_s))
 
         times = on_both
 
@@ -236,8 +235,7 @@ def _tabulate(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | 
     tg = _grid(max_tokens)
     t_tok = times({"B": one(len(tg)), "Q": tg, "K": tg, "LG": one(len(tg))}, len(tg))[tok].sum(axis=0)
     if split is not None:  # each change of side copies the pass's hidden states (perfmodel.offload)
-        t_tok = t_tok + split.boundaries * (CROSSING_LATENCY_S + tg * model.d_model * wl.act.bytes
-                                            / split.link_bytes_per_s)
+        t_tok = t_tok + crossing_s(model, split.boundaries, tg, wl.act.bytes, split.link_bytes_per_s)
     eg = _grid(max(max_seqs, 1))
     t_emit = times({"B": eg, "Q": one(len(eg)), "K": one(len(eg)), "LG": one(len(eg))}, len(eg))[emit].sum(axis=0)
     cg = _grid(max_ctx, exact_to=16)
