@@ -67,12 +67,7 @@ def estimate(model: str | ModelSpec, device: str | Device, workload: Workload | 
         mem = ev.memory.at(0)
         more = suggest_offload(m, d, wl, eff, float(mem.kv_cache_bytes), float(mem.activation_bytes), engine)
         raise CapacityError(capacity_message(m, d, wl, mem, wl.prompt_len, wl.gen_len, more))
-    spec = None
-    if draft is not None:
-        spec = speculative(m, d, wl, eff, draft, draft_tokens, acceptance)
-    elif draft_tokens is not None or acceptance is not None:
-        raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
-                             "--draft-model (a catalog model, or eagle)")
+    spec = speculative(m, d, wl, eff, draft, draft_tokens, acceptance)
     cached = None
     if prefix_hit is not None:
         cached = cached_prefix(m, d, wl, eff, prefix_hit)

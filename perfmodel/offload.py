@@ -47,6 +47,17 @@ def default_host(device: Device) -> str:
     return DESKTOP_HOST if any(k in name for k in ("geforce", "rtx", "radeon rx", "arc ")) else SERVER_HOST
 
 
+def host_side(device: Device, wl: Workload, host: str | Device | None, engine: str | None,
+              host_efficiency: Efficiency | None = None) -> tuple[Device, Efficiency, Workload]:
+    """The host CPU of a partial offload (`host`, else default_host), its efficiency (`host_efficiency`, else the
+    engine's on it) and the workload it runs: the same formats, with the engine's compute format on a CPU and its
+    own kernels (no backend named)."""
+    hdev = host if isinstance(host, Device) else load_device(host or default_host(device))
+    heff = host_efficiency or efficiency_for(hdev, engine)[0]
+    return hdev, heff, Workload(**{**wl.model_dump(exclude_none=True), "act": open_act(engine, wl.weights, hdev),
+                                   "backend": None})
+
+
 def host_link_bytes_per_s(device: Device) -> tuple[float, str]:
     """The device's host link per direction, and how it was had: its PCIe link where the data state one, else PCIe
     x16 of the newest generation shipping by the device's year (estimated; pcie.PCIE_FIRST_YEAR; 2020 where no year
@@ -211,13 +222,9 @@ def estimate_offload(model: ModelSpec, device: Device, wl: Workload, eff: Effici
     if wl.gen_len is None:
         wl = Workload(**{**wl.model_dump(exclude_none=True), "gen_len": default_gen(model)})
     notes = []
-    host_id = host if host is not None else default_host(device)
-    hdev = host_id if isinstance(host_id, Device) else load_device(host_id)
+    hdev, heff, wl_h = host_side(device, wl, host, engine, host_efficiency)
     if host is None:
         notes.append(f"host CPU assumed: {hdev.name} ({hdev.id}); name yours with --host")
-    heff = host_efficiency or efficiency_for(hdev, engine)[0]
-    wl_h = Workload(**{**wl.model_dump(exclude_none=True), "act": open_act(engine, wl.weights, hdev),
-                       "backend": None})
     one = np.ones(1)
     b, p, g = one * wl.batch, one * wl.prompt_len, one * wl.gen_len
     ev_g = evaluate(model, device, wl, eff, b, p, g, detail=True)

@@ -2,7 +2,7 @@
 history), so the prompt pass computes only the rest, attending to all of it.
 
 TTFT with a hit rate h: the prompt pass over the (1 - h) x P new tokens of each sequence after h x P cached ones,
-costed as the serving simulator costs a prefill chunk (perfmodel.serving.steps: the token ops over the new tokens,
+costed as the serving simulator costs a prefill chunk (perfmodel.iteration: the token ops over the new tokens,
 attention of the new queries over every key), plus the engine's host overheads. Decode is unchanged: its context is
 the whole prompt either way.
 """
@@ -16,6 +16,7 @@ from .device import Device
 from .efficiency import Efficiency
 from .errors import PerfmodelError
 from .model import ModelSpec
+from .iteration import step_cost
 from .workload import Workload
 
 
@@ -38,8 +39,6 @@ class PrefixHit:
 def prefix_hit(model: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, hit: float) -> PrefixHit:
     """TTFT of `wl` with `hit` of each prompt's tokens found in the prefix cache (floor(hit x prompt), at least one
     token left to compute)."""
-    from .serving.steps import step_cost
-
     if not (isinstance(hit, (int, float)) and math.isfinite(hit) and 0.0 <= hit < 1.0):
         raise PerfmodelError(f"--prefix-hit must be a share in [0, 1) of the prompt; got {hit!r}")
     if model.arch != "decoder":

@@ -4,7 +4,7 @@ With each drafted token accepted with probability a (independently, the standard
 E = (1 - a^(k+1)) / (1 - a) tokens on average: the accepted prefix and the target's own next token (Leviathan,
 Kalman and Matias, "Fast Inference from Transformers via Speculative Decoding", ICML 2023, eq. 1,
 https://arxiv.org/abs/2211.17192). A step costs k drafter decode steps and one target pass over k + 1 tokens a
-sequence (perfmodel.serving.steps: a chunk of k + 1 tokens after the context), so
+sequence (perfmodel.iteration: a chunk of k + 1 tokens after the context), so
 
     TPOT = (k x drafter step + target verification pass) / E.
 
@@ -28,6 +28,7 @@ from .efficiency import Efficiency
 from .errors import PerfmodelError
 from .evaluate import evaluate
 from .model import ModelSpec
+from .iteration import step_cost
 from .workload import Workload
 
 # Acceptance rate taken when none is given: within the 0.5-0.9 that Leviathan et al. (Table 3) and the EAGLE paper
@@ -107,14 +108,28 @@ def drafter_spec(target: ModelSpec, draft: str | ModelSpec) -> ModelSpec:
     return load_model(draft)
 
 
-def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, draft: str | ModelSpec,
-                draft_tokens: int | None = None, acceptance: float | None = None,
-                accept_length: float | None = None) -> Speculative:
-    """The decode rate of `wl` with speculative decoding (see the module docstring), at the mean decode context.
-    `accept_length`: the mean tokens a step yields as measured (an engine's "mean acceptance length"), used for E
-    instead of the formula (its acceptance is then the rate that gives it)."""
-    from .serving.steps import step_cost
+@dataclass(frozen=True)
+class Drafting:
+    """A drafter resolved: its spec, the draft tokens k, the acceptance rate (assumed or not) and the tokens E a step
+    yields."""
 
+    drafter: ModelSpec
+    draft_tokens: int
+    acceptance: float
+    acceptance_assumed: bool
+    tokens_per_step: float
+
+
+def drafting(target: ModelSpec, draft: str | ModelSpec | None, draft_tokens: int | None = None,
+             acceptance: float | None = None, accept_length: float | None = None) -> Drafting | None:
+    """The speculative-decoding settings, defaults applied and checked; None without a drafter (then neither draft
+    tokens nor an acceptance may be given). `accept_length`: the mean tokens a step yields as measured (an engine's
+    "mean acceptance length"), used for E instead of the formula (its acceptance is then the rate that gives it)."""
+    if draft is None:
+        if draft_tokens is not None or acceptance is not None:
+            raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
+                                 "--draft-model (a catalog model, or eagle)")
+        return None
     k = DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens
     assumed = acceptance is None and accept_length is None
     a = DEFAULT_ACCEPTANCE if assumed else float(acceptance) if acceptance is not None else math.nan
@@ -128,6 +143,24 @@ def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency
         a = _rate_for(accept_length, k)
     dspec = drafter_spec(target, draft)
     check_spec(target, dspec, k, 0.5 if acceptance is None else a)
+    e = expected_tokens(a, k) if accept_length is None else float(accept_length)
+    return Drafting(dspec, int(k), a, assumed, e)
+
+
+def drafter_workload(wl: Workload) -> Workload:
+    """The drafter's workload: the target's formats and lengths on one device."""
+    return Workload(**{**wl.model_dump(exclude_none=True), "tp": 1, "ep": 1, "pp": 1, "dp_attention": False})
+
+
+def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None,
+                draft: str | ModelSpec | None, draft_tokens: int | None = None, acceptance: float | None = None,
+                accept_length: float | None = None) -> Speculative | None:
+    """The decode rate of `wl` with speculative decoding (see the module docstring), at the mean decode context;
+    None without a drafter. The settings as `drafting` takes them."""
+    dr = drafting(target, draft, draft_tokens, acceptance, accept_length)
+    if dr is None:
+        return None
+    k = dr.draft_tokens
     gen = wl.gen_len if wl.gen_len is not None else 128
     b = wl.batch
     ctx = wl.prompt_len + max(gen, 1) / 2.0  # the mean context of the decode steps
@@ -135,8 +168,8 @@ def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency
     verify = sc.iteration_s(0, 0.0, [(k + 1.0, ctx)] * b, b)
     plain = sc.iteration_s(b, b * (ctx + 1.0), [], b)
     one = np.ones(1)
-    dwl = Workload(**{**wl.model_dump(exclude_none=True), "tp": 1, "ep": 1, "pp": 1, "dp_attention": False})
-    dev = evaluate(dspec, device, dwl, eff, one * b, one * ctx, one * 2.0)
+    dev = evaluate(dr.drafter, device, drafter_workload(wl), eff, one * b, one * ctx, one * 2.0)
     draft_step = float(dev.metrics["tpot_s"][0])
-    e = expected_tokens(a, k) if accept_length is None else float(accept_length)
-    return Speculative(dspec.id, int(k), a, assumed, e, draft_step, verify, (k * draft_step + verify) / e, plain)
+    e = dr.tokens_per_step
+    return Speculative(dr.drafter.id, k, dr.acceptance, dr.acceptance_assumed, e, draft_step, verify,
+                       (k * draft_step + verify) / e, plain)

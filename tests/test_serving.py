@@ -16,7 +16,7 @@ from perfmodel.errors import CapacityError, PerfmodelError
 from perfmodel.evaluate import evaluate
 from perfmodel.serving import Requests, Scheduler, find_rate, read_trace, simulate, synthetic
 from perfmodel.serving.requests import parse_dist
-from perfmodel.serving.steps import step_cost
+from perfmodel.iteration import step_cost
 
 MODEL, HW = "llama-3-8b", "h100-sxm"
 

@@ -23,7 +23,7 @@ STAGES = [
     {"engines"},
     {"evaluate"},
     {"offload"},
-    {"serving.steps"},
+    {"iteration"},
     {"speculative", "prefix"},
     {"api", "scenarios"},
     {"validation", "whatif", "plots", "distributed", "plan", "serving", "serving.requests", "serving.sim"},

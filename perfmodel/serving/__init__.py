@@ -5,7 +5,7 @@
 >>> res = simulate("llama-3-8b", "h100-sxm", requests=synthetic(1000, rate=10, prompt=512, gen=128, seed=0))
 >>> res.metrics()["ttft_s"]["p90"]  # seconds
 
-The engine's iterations are costed by the analytical cost model (perfmodel.serving.steps); the scheduler and the
+The engine's iterations are costed by the analytical cost model (perfmodel.iteration); the scheduler and the
 paged KV cache are simulated (perfmodel.serving.sim). `find_rate` bisects the request rate for latency SLOs.
 """
 
@@ -25,11 +25,12 @@ from ..engines import checkpoint_formats, efficiency_for, open_act
 from ..errors import CapacityError, PerfmodelError
 from ..evaluate import capacity_message, evaluate, layout_error
 from ..model import ModelSpec
-from ..offload import boundaries, check_offload, default_host, host_link_bytes_per_s, offload_memory
+from ..offload import boundaries, check_offload, host_link_bytes_per_s, host_side, offload_memory
+from ..speculative import drafter_workload, drafting
 from ..workload import Workload
 from .requests import Requests, parse_dist, read_trace, synthetic
 from .sim import POLICIES, Scheduler, Spec, Trace, run
-from .steps import HostSplit, StepCost, step_cost
+from ..iteration import HostSplit, StepCost, step_cost
 
 __all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests",
            "Scheduler", "ServeResult",
@@ -222,21 +223,9 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
             raise CapacityError(f"{msg} (the engine uses {scheduler.memory_utilization:.0%} of device memory, "
                                 f"--memory-utilization, for weights, activations and a KV cache that must hold at "
                                 f"least the longest request, {int(longest)} tokens)")
-    spec = None
-    if draft is not None:
-        from ..speculative import (DEFAULT_ACCEPTANCE, DEFAULT_DRAFT_TOKENS, check_spec, drafter_spec,
-                                   expected_tokens)
-
-        k = DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens
-        a = DEFAULT_ACCEPTANCE if acceptance is None else acceptance
-        dspec = drafter_spec(m, draft)
-        check_spec(m, dspec, k, a)
-        dwl = Workload(**{**wl.model_dump(exclude_none=True), "tp": 1, "ep": 1, "pp": 1, "dp_attention": False})
-        dsc = step_cost(dspec, d, dwl, eff, scheduler.max_num_seqs, scheduler.max_num_seqs, int(longest) + 1)
-        spec = Spec(int(k), expected_tokens(a, k), dsc)
-    elif draft_tokens is not None or acceptance is not None:
-        raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
-                             "--draft-model (a catalog model, or eagle)")
+    dr = drafting(m, draft, draft_tokens, acceptance)
+    spec = None if dr is None else Spec(dr.draft_tokens, dr.tokens_per_step, step_cost(
+        dr.drafter, d, drafter_workload(wl), eff, scheduler.max_num_seqs, scheduler.max_num_seqs, int(longest) + 1))
     return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices, spec)
 
 
@@ -254,9 +243,7 @@ def _host_split(m: ModelSpec, d: Device, wl: Workload, engine: str | None, gpu_l
     check_offload(m, d, wl, gpu_layers, offload_experts)
     n = m.n_layers
     layers = min(n + 1 if gpu_layers is None else gpu_layers, n + 1)
-    hdev = host if isinstance(host, Device) else load_device(host or default_host(d))
-    heff = efficiency_for(hdev, engine)[0]
-    hwl = Workload(**{**wl.model_dump(exclude_none=True), "act": open_act(engine, wl.weights, hdev), "backend": None})
+    hdev, heff, hwl = host_side(d, wl, host, engine)
     return HostSplit(layers, offload_experts, hdev, heff, hwl, host_link_bytes_per_s(d)[0],
                      boundaries(m, layers, offload_experts))
 

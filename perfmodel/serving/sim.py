@@ -1,7 +1,7 @@
 """A request-level discrete-event simulator of one serving engine: arrivals, a scheduler, a paged KV cache.
 
 Time advances one engine iteration at a time; each iteration's time comes from the tabulated cost model
-(perfmodel.serving.steps). Stretches of decode-only iterations with nothing to schedule (no prompt waiting that could
+(perfmodel.iteration). Stretches of decode-only iterations with nothing to schedule (no prompt waiting that could
 be admitted) are run as one vectorised block up to the next event: a request finishing, an arrival that could be
 admitted, or the KV cache filling.
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import PerfmodelError
 from .requests import Requests
-from .steps import StepCost
+from ..iteration import StepCost
 
 POLICIES = ("vllm", "prefill-first", "static", "disaggregated")
 PREEMPTION = ("recompute", "swap")

@@ -27,18 +27,18 @@ from functools import cached_property
 
 import numpy as np
 
-from ..cost import level_bandwidth, needed, op_params, point_costs, terms
-from ..device import Device
-from ..efficiency import Efficiency
-from ..errors import PerfmodelError
-from ..evaluate import check, workload_machine
-from ..graph import Pass, lower
-from ..memory import kv_bytes, weight_bytes
-from ..model import ModelSpec
-from ..offload import crossing_s, gpu_share, split_times
-from ..poly import Poly
-from ..table import table
-from ..workload import Workload
+from .cost import level_bandwidth, needed, op_params, point_costs, terms
+from .device import Device
+from .efficiency import Efficiency
+from .errors import PerfmodelError
+from .evaluate import check, workload_machine
+from .graph import Pass, lower
+from .memory import kv_bytes, weight_bytes
+from .model import ModelSpec
+from .offload import crossing_s, gpu_share, split_times
+from .poly import Poly
+from .table import table
+from .workload import Workload
 
 _PER_DOUBLING = 12  # grid points per doubling of a tabulated size (interpolation error well under 1 %)
 
