@@ -171,16 +171,6 @@ def at_bounds(params: dict, defaults: dict | None = None) -> list[str]:
     return out
 
 
-def pinned(rows, base: EngineProfile, cls: str):
-    """`rows` with `run_batch`: the batch each serving row runs at, found once. A max-throughput row (or one whose
-    concurrency's KV cache does not fit) runs at the largest batch that fits, which memory alone decides, not any
-    number fitted here; pinning it costs one point per row per trial instead of the whole batch grid."""
-    run = np.full(len(rows), np.nan)
-    prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: start(base.id, cls)})
-    predict(rows, profiles={base.id: prof}, batch_out=run)
-    return rows.assign(run_batch=run)  # validation._points uses it for the serving metrics only
-
-
 def loss(rows, base: EngineProfile, cls: str, params: dict[str, float]) -> tuple[float, int]:
     prof = EngineProfile(base.id, base.name, base.description, base.fitted, {**base.classes, cls: params})
     pred, _ = predict(rows, profiles={base.id: prof})
@@ -209,7 +199,6 @@ def fit(rows, engine: str, cls: str) -> tuple[dict[str, float], float, int]:
     (nccl-tests bus bandwidth, all-reduce latency), the rest on the GEMM and attention rows (with no bandwidth row to
     fit on, `memory` stays at its sourced default rather than soaking up compute-side misses)."""
     base = load_engine(engine)  # read once: every trial below only swaps this class's numbers
-    rows = pinned(rows, base, cls)
     # facts about the engine written in its profile (e.g. half_accumulate) are kept, not fitted
     fixed = {k: v for k, v in base.classes.get(cls, {}).items() if k not in GRIDS}
     defaults = start(engine, cls)

@@ -59,8 +59,6 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send
 LIBRARIES = ("nccl", "custom", "custom_one_shot", "custom_two_shot", "symm_mem_multimem", "symm_mem_two_shot")
 REQUIRED = ("engine", "metric", "value", "where")
 SOURCE_REQUIRED = ("title", "url")
-# Largest batch tried when a serving table leaves the batch to the engine ("max throughput").
-MAX_SERVING_BATCH = 1024
 
 
 def validation_files() -> list[Path]:
@@ -169,13 +167,12 @@ def profiles_of(rows: "pd.DataFrame") -> list[str]:
 
 # Prediction -------------------------------------------------------------------------------------------------------
 
-def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, EngineProfile] | None = None,
-            batch_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, EngineProfile] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """(predicted value, reason a row was not predicted) for every row; each row costed with its own engine's
     profile unless `engine` names one for all (e.g. "ideal" for the pure-roofline baseline). `profiles` overrides
     loaded profiles by id (used when fitting). Rows sharing a model, device, formats, parallelism and profile are
-    one vectorised evaluation. `batch_out`: filled with the batch each row was predicted at (for a max-throughput
-    row, the largest that fits: memory alone decides it, so a fit can pass it back as the row's `run_batch`)."""
+    one vectorised evaluation, or, for the serving rows, one tabulation of the simulator's iteration cost."""
     from .evaluate import Workload
 
     devices: dict[str, Any] = {}
@@ -243,7 +240,7 @@ def predict(df: "pd.DataFrame", engine: str | None = None, profiles: dict[str, E
                                              attention=attention, tp=tp, pp=pp, backend=backend, matrix_units=mx,
                                              logits=logits, ubatch=ubatch, graphs=graphs, ep=ep,
                                              dp_attention=dp_att), model, stack)
-            _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip, batch_out)
+            _predict_group(model, device, cache[name].efficiency(device), wl, members, out, skip)
         except PerfmodelError as e:
             for i, _ in members:
                 skip[i] = str(e).splitlines()[0][:160]
@@ -264,80 +261,108 @@ def _n(v: Any, default: float) -> float:
     return default if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-_BATCH_GRID = [2**i for i in range(int(math.log2(MAX_SERVING_BATCH)) + 1)]
-
-
 def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
-    """The (batch, prompt, gen) points a row needs: one, or the batch grid when a serving table leaves the batch to
-    the engine (max throughput: the largest batch that fits is taken)."""
+    """The (batch, prompt, gen) point a decode or prefill row is costed at (serving rows: _bench)."""
     prompt, gen, metric = _n(r.get("prompt_len"), 0), _n(r.get("gen_len"), 0), r["metric"]
-    run = _n(r.get("run_batch"), 0)
-    if run > 0 and metric in ("throughput_tokens_per_s", "total_throughput_tokens_per_s", "latency_s"):
-        return [(run, prompt, gen)]  # the batch the engine was found to run at (predict's batch_out)
-    batch = r.get("batch")
-    b = _n(batch, 1)
+    b = _n(r.get("batch"), 1)
     if metric in ("decode_tokens_per_s", "tpot_s"):  # gen tokens one by one after the prompt (llama-bench tg: none)
         return [(b, max(prompt, 1), max(gen, 1) + 1)]
-    if metric == "ttft_s" and b > 1 and r.get("batching") == "static":  # the batch's prompts prefilled together
-        return [(b, prompt, 1)]
-    if metric == "ttft_s" and b > 1:  # under load: one prefill, then waits one step of the running batch
-        return [(1.0, prompt, 1), (b, prompt, max(gen, 2))]
-    if metric in ("prefill_tokens_per_s", "ttft_s"):
-        return [(b, prompt, 1)]
-    if batch is None or (isinstance(batch, float) and math.isnan(batch)):
-        return [(float(x), prompt, gen) for x in _BATCH_GRID]
-    if metric in ("throughput_tokens_per_s", "total_throughput_tokens_per_s") and b > 1:
-        # a serving engine admits only the sequences whose KV cache fits and queues the rest: at a concurrency
-        # whose KV does not fit, it runs the largest batch that does (the last fitting point is taken)
-        return [(float(x), prompt, gen) for x in _BATCH_GRID if x < b] + [(b, prompt, gen)]
-    return [(b, prompt, gen)]
+    return [(b, prompt, 1)]  # prefill_tokens_per_s, ttft_s
 
 
-def _predict_group(model, device, eff, wl, members, out, skip, batch_out=None) -> None:
+# Most sequences an engine runs at once where a serving table leaves it to the engine ("max throughput": vLLM V1's
+# max_num_seqs on H100-class GPUs is 1024; the KV cache usually holds fewer), and the tokens an iteration
+# (max_num_batched_tokens; TensorRT-LLM's max_num_tokens default): the simulated engine's limits.
+MAX_SERVING_BATCH = 1024
+MAX_BATCHED_TOKENS = 8192
+
+
+def _bench(r: dict[str, Any]):
+    """The benchmark a serving row ran, for the simulator (perfmodel.serving.Bench): identical requests of the row's
+    lengths sent at time 0.
+    - `batching = "static"`: one static batch of `batch` requests (padded, prefilled together);
+    - latency_s: one batch of `batch` requests sent at once (vLLM's benchmark_latency), continuous batching;
+    - ttft_s / tpot_s at a batch > 1: `batch` clients in a closed loop (a serving benchmark's --max-concurrency),
+      3 x batch requests;
+    - throughput: at most `batch` sequences at once (the engine's max_num_seqs or the client's concurrency, which
+      keep the same number in flight), or MAX_SERVING_BATCH with no batch given, over 3 waves of what the engine
+      holds at once (the KV cache may hold fewer)."""
+    from .serving import Bench, Scheduler
+
+    p, g = max(round(_n(r.get("prompt_len"), 0)), 1), max(round(_n(r.get("gen_len"), 1)), 1)
+    b = round(_n(r.get("batch"), 0))
+    seqs = b if b > 0 else MAX_SERVING_BATCH
+    sch = Scheduler(max_num_seqs=seqs, max_batched_tokens=max(MAX_BATCHED_TOKENS, seqs))
+    if r.get("batching") == "static":
+        return Bench(p, g, Scheduler(policy="static", max_num_seqs=max(b, 1)), requests=max(b, 1))
+    if r["metric"] == "latency_s":
+        return Bench(p, g, sch, requests=max(b, 1))
+    if r["metric"] in ("ttft_s", "tpot_s"):
+        return Bench(p, g, sch, clients=seqs, requests=max(3 * seqs, 24))
+    return Bench(p, g, sch)
+
+
+def _predict_group(model, device, eff, wl, members, out, skip) -> None:
+    serving = [(i, r) for i, r in members if r["category"] == "serving"]
+    if serving:
+        _predict_serving(model, device, eff, wl, serving, out, skip)
+    members = [(i, r) for i, r in members if r["category"] != "serving"]
+    if not members:
+        return
     from .evaluate import evaluate, row_errors
 
-    tp, pp = wl.parallel.group, wl.pp  # devices of a stage: max(tp, ep)
-    pts: list[tuple[float, float, float]] = []
-    spans = []
-    for i, r in members:
-        p = _points(r)
-        spans.append((i, r, len(pts), len(pts) + len(p)))
-        pts += p
-    batch, prompt, gen = (np.array(x, dtype=float) for x in zip(*pts))
+    batch, prompt, gen = (np.array(x, dtype=float) for x in zip(*(_points(r)[0] for _, r in members)))
     errs = row_errors(model, prompt, gen)
     ok = errs == ""
     if not ok.any():
-        for i, _, lo, _ in spans:
-            skip[i] = str(errs[lo])[:160]
+        for j, (i, _) in enumerate(members):
+            skip[i] = str(errs[j])[:160]
         return
     ev = evaluate(model, device, wl, eff, batch[ok], prompt[ok], gen[ok])
-    met = {k: np.full(len(pts), np.nan) for k in ev.metrics}
+    met = {k: np.full(len(members), np.nan) for k in ev.metrics}
     for k, v in ev.metrics.items():
         met[k][ok] = np.broadcast_to(v, ok.sum())
-    fits = np.zeros(len(pts), dtype=bool)
+    fits = np.zeros(len(members), dtype=bool)
     fits[ok] = True if ev.memory.fits is None else np.broadcast_to(ev.memory.fits, ok.sum())
-    for i, r, lo, hi in spans:
-        sel = [j for j in range(lo, hi) if ok[j] and fits[j]]
-        if not sel or (r["metric"] == "ttft_s" and len(sel) < hi - lo):
-            skip[i] = str(errs[lo])[:160] if not ok[lo] else f"does not fit in {device.id}'s memory"
+    for j, (i, r) in enumerate(members):
+        if not ok[j] or not fits[j]:
+            skip[i] = str(errs[j])[:160] if not ok[j] else f"does not fit in {device.id}'s memory"
             continue
-        if r["metric"] == "ttft_s" and hi - lo == 2:
-            # continuous batching at concurrency b: a request's prompt is prefilled on its own and its first token
-            # comes out with the next step of the b running sequences
-            out[i] = float(met["ttft_s"][lo] + met["tpot_s"][lo + 1])
+        out[i] = float({"decode_tokens_per_s": batch[j] / met["tpot_s"][j], "tpot_s": met["tpot_s"][j],
+                        "prefill_tokens_per_s": met["prefill_tokens_per_s"][j],
+                        "ttft_s": met["ttft_s"][j]}[r["metric"]])
+
+
+def _predict_serving(model, device, eff, wl, members, out, skip) -> None:
+    """Serving rows: each row's benchmark (_bench) run by the request-level simulator (perfmodel.serving.benchmarks:
+    continuous batching with chunked prefill, paged KV cache, preemption), the mean of the row's latency metric or
+    the run's throughput; a throughput over `n_devices` counts the independent copies of the model side by side."""
+    from .serving import benchmarks
+
+    if model.arch != "decoder":
+        for i, _ in members:
+            skip[i] = f"the serving simulator runs decoder-only models; {model.id} is {model.arch}"
+        return
+    tp, pp = wl.parallel.group, wl.pp  # devices of a stage: max(tp, ep)
+    benches = [_bench(r) for _, r in members]
+    try:
+        results = benchmarks(model, device, wl, eff, benches)
+    except PerfmodelError as e:
+        for i, _ in members:
+            skip[i] = str(e).splitlines()[0][:160]
+        return
+    for (i, r), bench, res in zip(members, benches, results):
+        if isinstance(res, PerfmodelError):
+            skip[i] = f"does not fit in {device.id}'s memory" if "does not hold" in str(res) else str(res)[:160]
             continue
-        j = sel[-1]  # the only point, or the largest batch that fits
-        metric, b = r["metric"], batch[j]
-        if batch_out is not None:
-            batch_out[i] = b
-        value = {"decode_tokens_per_s": b / met["tpot_s"][j], "tpot_s": met["tpot_s"][j],
-                 "prefill_tokens_per_s": met["prefill_tokens_per_s"][j], "ttft_s": met["ttft_s"][j],
-                 "latency_s": met["e2e_latency_s"][j],
-                 "throughput_tokens_per_s": b * gen[j] / met["e2e_latency_s"][j],
-                 "total_throughput_tokens_per_s": b * (prompt[j] + gen[j]) / met["e2e_latency_s"][j]}[metric]
+        metric = r["metric"]
         if metric in ("throughput_tokens_per_s", "total_throughput_tokens_per_s"):
-            value *= _n(r.get("n_devices"), tp * pp) / (tp * pp)  # independent copies of the model, side by side
-        out[i] = float(value)
+            copies = _n(r.get("n_devices"), tp * pp) / (tp * pp)  # independent copies of the model, side by side
+            tokens = (bench.prompt + bench.gen) / bench.gen if metric.startswith("total") else 1.0
+            out[i] = float(res.produced.sum()) / res.span_s * copies * tokens
+        else:
+            out[i] = float(np.mean({"ttft_s": res.ttft_s, "tpot_s": res.tpot_s,
+                                    "latency_s": res.e2e_latency_s}[metric]))
 
 
 def _row_workload(r: dict[str, Any], model, device, **fields: Any):

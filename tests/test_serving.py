@@ -149,6 +149,64 @@ def test_deterministic():
     assert np.array_equal(a.finish_s, b.finish_s) and a.metrics() == b.metrics()
 
 
+# A schedule found once, costed again --------------------------------------------------------------------------------
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), policy=st.sampled_from(["vllm", "prefill-first", "static"]),
+       seqs=st.sampled_from([1, 8, 64]), clients=st.sampled_from([None, 3, 40]), short=st.booleans())
+def test_replayed_schedule_is_the_run(sc, seed, policy, seqs, clients, short):
+    # every request sent at 0 (all at once, or held by clients): replay(schedule(...), sc) gives the run's times
+    # (only the order of the float additions differs); `short`: a small KV cache, so requests are preempted
+    from perfmodel.serving.sim import replay, run, schedule
+
+    if policy == "static" and clients is not None:
+        clients = None  # static batches take no closed loop
+    rng = np.random.default_rng(seed)
+    n = 60
+    req = Requests(np.zeros(n), rng.integers(1, 1500, n).astype(float), rng.integers(1, 300, n).astype(float),
+                   np.zeros(n))
+    sch = Scheduler(policy=policy, max_num_seqs=seqs, max_batched_tokens=512)
+    kv = 220 if short else 10**6  # 220 blocks of 16: 3520 tokens, two of the longest requests
+    direct = run(req, sc, sch, kv, clients=clients)
+    again = replay(schedule(req, sch, kv, clients=clients), sc)
+    for name in ("first_scheduled_s", "first_token_s", "finish_s"):
+        assert np.allclose(getattr(again, name), getattr(direct, name), rtol=1e-12, atol=0.0), name
+    assert again.busy_s == pytest.approx(direct.busy_s, rel=1e-12)
+    assert again.preemptions == direct.preemptions and np.array_equal(again.produced, direct.produced)
+
+
+def test_a_schedule_needs_requests_sent_at_zero_and_recompute():
+    from perfmodel.serving.sim import schedule
+
+    req = synthetic(10, 5.0, 100, 10, seed=0)
+    with pytest.raises(PerfmodelError, match="sent at time 0"):
+        schedule(req, Scheduler(), 1000)
+    with pytest.raises(PerfmodelError, match="recompute"):
+        schedule(req.at_once(), Scheduler(preemption="swap"), 1000)
+
+
+def test_benchmarks_are_simulate_on_the_same_tables():
+    # serving.benchmarks (the validation rows' path) gives what simulate gives for the same requests and engine:
+    # the tables are tabulated to the largest benchmark, so a smaller one matches to the interpolation (< 0.5 %)
+    from perfmodel.serving import Bench, benchmarks, prepare
+
+    benches = [Bench(1024, 256, Scheduler(max_num_seqs=128)), Bench(128, 512, Scheduler(max_num_seqs=32), clients=16,
+                                                                   requests=64)]
+    one = Requests(np.zeros(1), np.ones(1), np.ones(1), np.zeros(1))
+    _, _, wl, _ = prepare(MODEL, HW, pm.Workload(weights="fp8", kv="fp8"), Scheduler(), one)  # formats resolved
+    got = benchmarks(MODEL, HW, wl, None, benches)
+    n0 = benches[0].count(10**9)
+    assert n0 == 3 * 128  # three waves of the 128 sequences the engine runs at once (the cache holds more)
+    for b, res in zip(benches, got):
+        n = b.requests or n0
+        req = Requests(np.zeros(n), np.full(n, float(b.prompt)), np.full(n, float(b.gen)), np.zeros(n))
+        ref = simulate(MODEL, HW, wl, requests=req, scheduler=b.scheduler, concurrency=b.clients)
+        assert res.span_s == pytest.approx(ref.span_s, rel=5e-3)
+        assert res.ttft_s.mean() == pytest.approx(ref.ttft_s.mean(), rel=5e-3)
+    # a KV cache that holds 10 whole requests of 1280 tokens (80 blocks each) runs 3 waves of 10
+    assert Bench(1024, 256, Scheduler(max_num_seqs=128)).count(800) == 30
+
+
 # Queueing -----------------------------------------------------------------------------------------------------------
 
 def test_one_at_a_time_is_m_d_1():

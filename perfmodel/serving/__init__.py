@@ -29,12 +29,11 @@ from ..offload import boundaries, check_offload, host_link_bytes_per_s, host_sid
 from ..speculative import drafter_workload, drafting
 from ..workload import Workload
 from .requests import Requests, parse_dist, read_trace, synthetic
-from .sim import POLICIES, Scheduler, Spec, Trace, run
+from .sim import POLICIES, Scheduler, Spec, Trace, replay, run, schedule
 from ..iteration import HostSplit, StepCost, step_cost
 
 __all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests",
-           "Scheduler", "ServeResult",
-           "POLICIES"]
+           "Scheduler", "ServeResult", "Bench", "benchmarks", "POLICIES"]
 
 PERCENTILES = (50, 90, 99)
 
@@ -179,20 +178,13 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
         raise PerfmodelError(err)
     longest = float((requests.prompt_tokens + requests.output_tokens).max())
     longest_prompt = float(requests.prompt_tokens.max())
-    if scheduler.policy == "static":
-        max_tokens = scheduler.max_num_seqs * longest_prompt
-    elif scheduler.policy == "prefill-first":
-        max_tokens = max(scheduler.max_batched_tokens, longest)
-    else:
-        max_tokens = scheduler.max_batched_tokens
+    max_tokens = _max_tokens(scheduler, longest_prompt, longest)
     split = _host_split(m, d, wl, engine, gpu_layers, offload_experts, host)
     sc = step_cost(m, d, wl, eff, int(max_tokens), scheduler.max_num_seqs, int(longest) + 1, split)
     # memory: weights and the activations of the largest iteration, the rest of the budget for KV blocks
-    one = np.ones(1)
     largest = min(max_tokens, scheduler.max_batched_tokens)  # tokens of the largest iteration
-    ev = evaluate(m, d, wl, eff, one, one * largest, one)
     cap = d.main_memory.capacity_bytes
-    act = float(ev.memory.activation_bytes[0])
+    act = _activation_bytes(m, d, wl, eff, largest)
     w_dev, kv_tok = sc.weights_bytes, sc.kv_bytes_per_token
     if split is not None:  # the GPU holds its layers' weights and KV cache; the host the rest
         kv_share = 1.0 if offload_experts else min(split.gpu_layers, m.n_layers) / m.n_layers
@@ -201,14 +193,8 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
             cap, w_dev, act = split.host.main_memory.capacity_bytes, w_host, 0.0
         else:
             kv_tok = kv_tok * kv_share
-    if cap is None:
-        kv_blocks = 10**9  # no capacity stated: the cache never fills (said in the notes)
-    else:
-        avail = cap * scheduler.memory_utilization - w_dev - act
-        kv_blocks = int(avail // (kv_tok * scheduler.block_size)) if avail > 0 else 0
-        # data-parallel attention: each of the replicas keeps the KV cache of its own sequences (kv_bytes_per_token
-        # is one device's), so the engine holds replicas x as many
-        kv_blocks *= wl.parallel.replicas
+    kv_blocks = _kv_blocks(cap, scheduler, w_dev, act, kv_tok, wl)
+    if cap is not None:
         if kv_blocks * scheduler.block_size < longest and split is not None:
             raise CapacityError(
                 f"{m.id} with {'its experts' if offload_experts else f'{split.gpu_layers} layers'} on {d.id} does not "
@@ -217,7 +203,9 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
                 f"exceed {scheduler.memory_utilization:.0%} of {cap / 1e9:.1f} GB: fewer --gpu-layers, a smaller "
                 f"--max-batched-tokens (llama.cpp's server runs 512-token micro-batches) or --memory-utilization")
         if kv_blocks * scheduler.block_size < longest:
-            mem = replace(ev.memory.at(0), capacity_bytes=cap * scheduler.memory_utilization)
+            one = np.ones(1)
+            mem = replace(evaluate(m, d, wl, eff, one, one * largest, one).memory.at(0),
+                          capacity_bytes=cap * scheduler.memory_utilization)
             msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=longest * sc.kv_bytes_per_token),
                                    requests.prompt_tokens.max(), requests.output_tokens.max(), ignorable=False)
             raise CapacityError(f"{msg} (the engine uses {scheduler.memory_utilization:.0%} of device memory, "
@@ -227,6 +215,44 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
     spec = None if dr is None else Spec(dr.draft_tokens, dr.tokens_per_step, step_cost(
         dr.drafter, d, drafter_workload(wl), eff, scheduler.max_num_seqs, scheduler.max_num_seqs, int(longest) + 1))
     return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices, spec)
+
+
+def _kv_blocks(cap: float | None, sch: Scheduler, weights_bytes: float, act_bytes: float, kv_bytes_per_token: float,
+               wl: Workload) -> int:
+    """KV blocks an engine holds: what `memory_utilization` of the device leaves past the weights and the largest
+    iteration's activations."""
+    if cap is None:
+        return 10**9  # no capacity stated: the cache never fills (said in the notes)
+    avail = cap * sch.memory_utilization - weights_bytes - act_bytes
+    blocks = int(avail // (kv_bytes_per_token * sch.block_size)) if avail > 0 else 0
+    # data-parallel attention: each of the replicas keeps the KV cache of its own sequences (kv_bytes_per_token is
+    # one device's), so the engine holds replicas x as many
+    return blocks * wl.parallel.replicas
+
+
+_ACT: dict[tuple, tuple] = {}  # activation bytes of an iteration, by model, formats and tokens (no efficiency)
+
+
+def _activation_bytes(m: ModelSpec, d: Device, wl: Workload, eff: Efficiency | None, tokens: float) -> float:
+    """Peak activation bytes of an iteration of `tokens` prompt tokens (memory only: the same at any efficiency)."""
+    key = (id(m), wl, tokens)
+    hit = _ACT.get(key)
+    if hit is None or hit[0] is not m:
+        one = np.ones(1)
+        hit = (m, float(evaluate(m, d, wl, eff, one, one * tokens, one).memory.activation_bytes[0]))
+        if len(_ACT) >= 4096:
+            _ACT.clear()
+        _ACT[key] = hit
+    return hit[1]
+
+
+def _max_tokens(sch: Scheduler, longest_prompt: float, longest: float) -> float:
+    """The most tokens an iteration of `sch` may run (how far the iteration cost is tabulated)."""
+    if sch.policy == "static":
+        return sch.max_num_seqs * longest_prompt
+    if sch.policy == "prefill-first":
+        return max(sch.max_batched_tokens, longest)
+    return sch.max_batched_tokens
 
 
 # the simulate() arguments that prepare() takes (what a rate search tabulates once)
@@ -376,6 +402,78 @@ def _disaggregated(req: Requests, d: Device, wl: Workload, sch: Scheduler, eng: 
     res.finish_s = finish
     res.first_scheduled_s = first_sched
     return res
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A benchmark of identical requests, every one sent at time 0: `prompt` + `gen` tokens each, under `scheduler`;
+    `requests` of them, or `waves` x the sequences the engine can run at once (max_num_seqs, or fewer where the KV
+    cache holds fewer whole requests); all at once, or `clients` kept in flight (a closed loop, each client sending
+    its next request when one finishes)."""
+
+    prompt: int
+    gen: int
+    scheduler: Scheduler
+    requests: int | None = None
+    clients: int | None = None
+    waves: int = 3
+
+    def count(self, kv_blocks: int) -> int:
+        if self.requests is not None:
+            return self.requests
+        per = -(-(self.prompt + self.gen) // self.scheduler.block_size)
+        slots = min(self.clients or self.scheduler.max_num_seqs, self.scheduler.max_num_seqs)
+        return self.waves * max(1, min(slots, kv_blocks // per))
+
+
+# schedules found in this process, by (Bench, KV blocks): what the scheduler did depends on nothing else
+_SCHEDULES: dict[tuple[Bench, int], Any] = {}
+_SCHEDULES_MAX_BYTES = 256 * 2**20
+
+
+def benchmarks(model: str | ModelSpec, hardware: str | Device, wl: Workload, efficiency: Efficiency | None,
+               benches: list[Bench]) -> list[ServeResult | PerfmodelError]:
+    """Each benchmark simulated on one engine of `wl`'s formats and parallelism (no offload, no speculative
+    decoding; `wl` resolved as the caller wants it): the iteration cost tabulated once for all (to the largest
+    sizes among them), the KV cache sized per scheduler as `prepare` sizes it, and each benchmark's schedule found
+    once per process (sim.schedule) and costed with these efficiencies (sim.replay): the result `simulate` gives on
+    tables of the same extent, at a fraction of the cost when the same benchmarks are costed again with other
+    efficiencies (an engine-profile fit). A benchmark that cannot run gets its error in its place."""
+    m, d = load_model(model), load_device(hardware)
+    longest = max(b.prompt + b.gen for b in benches)
+    sc = step_cost(m, d, wl, efficiency, int(max(_max_tokens(b.scheduler, b.prompt, b.prompt + b.gen)
+                                                  for b in benches)),
+                   max(b.scheduler.max_num_seqs for b in benches), int(longest) + 1)
+    act: dict[float, float] = {}  # by the largest iteration's tokens
+    out: list[ServeResult | PerfmodelError] = []
+    for b in benches:
+        sch = b.scheduler
+        largest = min(_max_tokens(sch, b.prompt, b.prompt + b.gen), sch.max_batched_tokens)
+        if largest not in act:
+            act[largest] = _activation_bytes(m, d, wl, efficiency, largest)
+        cap = d.main_memory.capacity_bytes
+        kv_blocks = _kv_blocks(cap, sch, sc.weights_bytes, act[largest], sc.kv_bytes_per_token, wl)
+        if kv_blocks * sch.block_size < b.prompt + b.gen:
+            out.append(CapacityError(f"{m.id} on {d.id}: the KV cache left past the weights and a "
+                                     f"{int(largest)}-token iteration's activations ({kv_blocks * sch.block_size} "
+                                     f"tokens) does not hold one request of {b.prompt + b.gen} tokens"))
+            continue
+        n = b.count(kv_blocks)
+        req = Requests(np.zeros(n), np.full(n, float(b.prompt)), np.full(n, float(b.gen)), np.zeros(n))
+        key = (b, kv_blocks)
+        s = _SCHEDULES.get(key)
+        if s is None:
+            try:
+                s = schedule(req, sch, kv_blocks, clients=b.clients)
+            except PerfmodelError as e:
+                out.append(e)
+                continue
+            if sum(x.nbytes for x in _SCHEDULES.values()) + s.nbytes > _SCHEDULES_MAX_BYTES:
+                _SCHEDULES.clear()
+            _SCHEDULES[key] = s
+        notes = [f"{d.id} states no memory capacity: the KV cache is taken as never full"] if cap is None else []
+        out.append(_merge(req, [(np.arange(n), replay(s, sc))], sch, 1, wl.parallel.devices, notes, kv_blocks))
+    return out
 
 
 def rate_curve(model: str | ModelSpec, hardware: str | Device, workload: Workload | None = None, *,

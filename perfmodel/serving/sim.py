@@ -470,3 +470,98 @@ def _run_static(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, rec
         i0 = j
     return Trace(first_sched, first_tok, finish, gen.astype(float), (prompt - prefix).astype(float), 0, kv_blocks,
                  block_s, peak, busy, tl)
+
+
+class _Ticks:
+    """Stands in for a StepCost in run(): every iteration, and every step of a decode block, takes one tick, so the
+    run's times come out as tick counts; what each tick ran is kept for `replay` to cost with any StepCost."""
+
+    kv_bytes_per_token = 0.0  # no swap copies (schedule() refuses swap preemption)
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.one: list[tuple[int, int, float, int]] = []  # (tick, decodes, their contexts' sum, emitting)
+        self.chunks: list[tuple[int, float, float]] = []  # (tick, q, o)
+        self.runs: list[tuple[int, int, float, int]] = []  # (first tick, decodes, contexts' sum at the first, steps)
+
+    def iteration_s(self, n_dec: int, sum_ctx: float, chunks: list[tuple[float, float]], emitting: int) -> float:
+        self.one.append((self.ticks, n_dec, float(sum_ctx), emitting))
+        self.chunks += [(self.ticks, float(q), float(o)) for q, o in chunks]
+        self.ticks += 1
+        return 1.0
+
+    def decode_run_s(self, n_dec: int, sum_ctx0: float, steps: int) -> np.ndarray:
+        self.runs.append((self.ticks, n_dec, float(sum_ctx0), steps))
+        self.ticks += steps
+        return np.ones(steps)
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """What an engine ran, iteration by iteration, and when (in iterations) each request was sent, first scheduled,
+    gave its first token and finished: a run whose decisions never depend on time, costed by `replay` with any
+    StepCost. Arrays: per iteration `n_dec`, `sum_ctx`, `emitting`; per prefill chunk `chunk_of` (its iteration),
+    `chunk_q`, `chunk_o`."""
+
+    ticks: int
+    n_dec: np.ndarray
+    sum_ctx: np.ndarray
+    emitting: np.ndarray
+    chunk_of: np.ndarray
+    chunk_q: np.ndarray
+    chunk_o: np.ndarray
+    trace: Trace  # the run in ticks: its per-request times are iteration counts
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.n_dec, self.sum_ctx, self.emitting, self.chunk_of, self.chunk_q,
+                                       self.chunk_o))
+
+
+def schedule(req: Requests, sch: Scheduler, kv_blocks: int, clients: int | None = None) -> Schedule:
+    """Run the scheduler once without a cost model, keeping what every iteration ran. Every request must be sent at
+    time 0 (all at once, or held by `clients` in a closed loop) and preemption must be by recompute: then no decision
+    depends on how long an iteration takes, and `replay(schedule(...), sc)` is `run(..., sc, ...)` (tested), at a
+    fraction of its cost. A benchmark of fixed request lengths is scheduled once and costed for every set of
+    efficiencies an engine-profile fit tries."""
+    if np.any(req.arrival_s != 0.0):
+        raise PerfmodelError("a schedule is replayable only when every request is sent at time 0 (all at once, or "
+                             "held by clients); with arrivals over time, run the simulator")
+    if sch.policy == "disaggregated" or sch.preemption == "swap":
+        raise PerfmodelError("a schedule is replayable for one engine preempting by recompute (no disaggregated "
+                             "engines, no swap copies)")
+    clock = _Ticks()
+    tr = run(req, clock, sch, kv_blocks, clients=clients)  # type: ignore[arg-type]
+    one = np.array(clock.one, dtype=float).reshape(-1, 4)
+    ch = np.array(clock.chunks, dtype=float).reshape(-1, 3)
+    runs = np.array(clock.runs, dtype=float).reshape(-1, 4)
+    steps = runs[:, 3].astype(np.int64)
+    total = int(steps.sum())
+    first = np.repeat(runs[:, 0], steps)
+    local = np.arange(total) - np.repeat(np.cumsum(steps) - steps, steps)  # step within its run
+    n_run = np.repeat(runs[:, 1], steps)
+    tick = np.concatenate([one[:, 0], first + local]).astype(np.int64)
+    order = np.argsort(tick, kind="stable")
+    assert len(tick) == clock.ticks and (tick[order] == np.arange(clock.ticks)).all()
+    n_dec = np.concatenate([one[:, 1], n_run])[order].astype(np.int32)
+    sum_ctx = np.concatenate([one[:, 2], np.repeat(runs[:, 2], steps) + n_run * local])[order]
+    emitting = np.concatenate([one[:, 3], n_run])[order].astype(np.int32)
+    return Schedule(clock.ticks, n_dec, sum_ctx, emitting, ch[:, 0].astype(np.int64), ch[:, 1], ch[:, 2], tr)
+
+
+def replay(s: Schedule, sc: StepCost) -> Trace:
+    """The run a Schedule stands for, its iterations costed by `sc`: per-request times in seconds. The KV cache's
+    time-weighted use is not kept (kv_block_seconds NaN); its peak is."""
+    dt = sc.iterations_s(s.n_dec, s.sum_ctx, s.emitting, s.chunk_of, s.chunk_q, s.chunk_o)
+    at = np.concatenate([[0.0], np.cumsum(dt)])
+    tr = s.trace
+
+    def t(x: np.ndarray) -> np.ndarray:
+        out = np.full(len(x), np.nan)
+        ok = np.isfinite(x)
+        out[ok] = at[x[ok].astype(np.int64)]
+        return out
+
+    return Trace(t(tr.first_scheduled_s), t(tr.first_token_s), t(tr.finish_s), tr.produced, tr.prefilled_tokens,
+                 tr.preemptions, tr.kv_blocks, math.nan, tr.peak_kv_blocks, float(at[-1]), {},
+                 None if tr.sent_s is None else t(tr.sent_s))
