@@ -35,8 +35,9 @@ def main() -> None:
         again.append(time.perf_counter() - t0)
     ok = np.isfinite(pred)
     err = pred[ok] / serving.value.to_numpy()[ok] - 1
-    print(f"{ok.sum()} of {len(serving)} serving rows predicted; first pass {first:.1f} s (schedules found), "
-          f"then {np.median(again):.1f} s a pass (replayed)" if again else "")
+    replayed = f", then {np.median(again):.1f} s a pass (replayed)" if again else ""
+    print(f"{ok.sum()} of {len(serving)} serving rows predicted; first pass {first:.1f} s (schedules found)"
+          f"{replayed}")
     print(f"  all: median |err| {np.median(np.abs(err)) * 100:.1f} %, mean {np.mean(np.abs(err)) * 100:.1f} %, "
           f"bias {np.median(err) * 100:+.1f} %")
     metric = serving.metric.to_numpy()[ok]

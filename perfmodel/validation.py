@@ -25,7 +25,7 @@ from .catalog import data_roots, load_device, load_model, read_toml
 from .engines import (EngineProfile, checkpoint_formats, default_act, device_class, engine_files,  # noqa: F401
                       engine_ids, load_engine)  # (engine_files, engine_ids re-exported)
 from .efficiency import BACKENDS
-from .errors import PerfmodelError, did_you_mean
+from .errors import CapacityError, PerfmodelError, did_you_mean
 from .dtypes import DType
 
 if TYPE_CHECKING:
@@ -261,13 +261,13 @@ def _n(v: Any, default: float) -> float:
     return default if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def _points(r: dict[str, Any]) -> list[tuple[float, float, float]]:
+def _point(r: dict[str, Any]) -> tuple[float, float, float]:
     """The (batch, prompt, gen) point a decode or prefill row is costed at (serving rows: _bench)."""
     prompt, gen, metric = _n(r.get("prompt_len"), 0), _n(r.get("gen_len"), 0), r["metric"]
     b = _n(r.get("batch"), 1)
     if metric in ("decode_tokens_per_s", "tpot_s"):  # gen tokens one by one after the prompt (llama-bench tg: none)
-        return [(b, max(prompt, 1), max(gen, 1) + 1)]
-    return [(b, prompt, 1)]  # prefill_tokens_per_s, ttft_s
+        return b, max(prompt, 1), max(gen, 1) + 1
+    return b, prompt, 1  # prefill_tokens_per_s, ttft_s
 
 
 # Most sequences an engine runs at once where a serving table leaves it to the engine ("max throughput": vLLM V1's
@@ -291,10 +291,10 @@ def _bench(r: dict[str, Any]):
 
     p, g = max(round(_n(r.get("prompt_len"), 0)), 1), max(round(_n(r.get("gen_len"), 1)), 1)
     b = round(_n(r.get("batch"), 0))
-    seqs = b if b > 0 else MAX_SERVING_BATCH
-    sch = Scheduler(max_num_seqs=seqs, max_batched_tokens=max(MAX_BATCHED_TOKENS, seqs))
     if r.get("batching") == "static":
         return Bench(p, g, Scheduler(policy="static", max_num_seqs=max(b, 1)), requests=max(b, 1))
+    seqs = b if b > 0 else MAX_SERVING_BATCH
+    sch = Scheduler(max_num_seqs=seqs, max_batched_tokens=max(MAX_BATCHED_TOKENS, seqs))
     if r["metric"] == "latency_s":
         return Bench(p, g, sch, requests=max(b, 1))
     if r["metric"] in ("ttft_s", "tpot_s"):
@@ -311,7 +311,7 @@ def _predict_group(model, device, eff, wl, members, out, skip) -> None:
         return
     from .evaluate import evaluate, row_errors
 
-    batch, prompt, gen = (np.array(x, dtype=float) for x in zip(*(_points(r)[0] for _, r in members)))
+    batch, prompt, gen = (np.array(x, dtype=float) for x in zip(*(_point(r) for _, r in members)))
     errs = row_errors(model, prompt, gen)
     ok = errs == ""
     if not ok.any():
@@ -344,10 +344,6 @@ def _predict_serving(model, device, eff, wl, members, out, skip) -> None:
     the run's throughput; a throughput over `n_devices` counts the independent copies of the model side by side."""
     from .serving import benchmarks
 
-    if model.arch != "decoder":
-        for i, _ in members:
-            skip[i] = f"the serving simulator runs decoder-only models; {model.id} is {model.arch}"
-        return
     tp, pp = wl.parallel.group, wl.pp  # devices of a stage: max(tp, ep)
     base = (model.id, device.id, wl, None if eff is None else eff.model_dump_json())
     keys = [(base, _bench(r), r["metric"], _n(r.get("n_devices"), tp * pp)) for _, r in members]
@@ -361,9 +357,10 @@ def _predict_serving(model, device, eff, wl, members, out, skip) -> None:
             results = [e] * len(todo)
         for j, res in zip(todo, results):
             _, bench, metric, n_dev = keys[j]
-            if isinstance(res, PerfmodelError):
-                why = str(res).splitlines()[0]
-                _SERVED[keys[j]] = f"does not fit in {device.id}'s memory" if "does not hold" in why else why[:160]
+            if isinstance(res, CapacityError):
+                _SERVED[keys[j]] = f"does not fit in {device.id}'s memory"
+            elif isinstance(res, PerfmodelError):  # e.g. not a decoder-only model (the simulator's own check)
+                _SERVED[keys[j]] = str(res).splitlines()[0][:160]
             elif metric in ("throughput_tokens_per_s", "total_throughput_tokens_per_s"):
                 copies = n_dev / (tp * pp)  # independent copies of the model, side by side
                 tokens = (bench.prompt + bench.gen) / bench.gen if metric.startswith("total") else 1.0

@@ -428,7 +428,8 @@ class Bench:
 
 # schedules found in this process, by (Bench, KV blocks): what the scheduler did depends on nothing else
 _SCHEDULES: dict[tuple[Bench, int], Any] = {}
-_SCHEDULES_MAX_BYTES = 256 * 2**20
+_SCHEDULES_MAX_BYTES = 256 * 2**20  # of their iteration arrays (Schedule.nbytes)
+_schedules_bytes = 0
 
 
 def benchmarks(model: str | ModelSpec, hardware: str | Device, wl: Workload, efficiency: Efficiency | None,
@@ -444,15 +445,15 @@ def benchmarks(model: str | ModelSpec, hardware: str | Device, wl: Workload, eff
     sc = step_cost(m, d, wl, efficiency, int(max(_max_tokens(b.scheduler, b.prompt, b.prompt + b.gen)
                                                   for b in benches)),
                    max(b.scheduler.max_num_seqs for b in benches), int(longest) + 1)
-    act: dict[float, float] = {}  # by the largest iteration's tokens
+    global _schedules_bytes
+    cap = d.main_memory.capacity_bytes
+    notes = [f"{d.id} states no memory capacity: the KV cache is taken as never full"] if cap is None else []
     out: list[ServeResult | PerfmodelError] = []
     for b in benches:
         sch = b.scheduler
         largest = min(_max_tokens(sch, b.prompt, b.prompt + b.gen), sch.max_batched_tokens)
-        if largest not in act:
-            act[largest] = _activation_bytes(m, d, wl, efficiency, largest)
-        cap = d.main_memory.capacity_bytes
-        kv_blocks = _kv_blocks(cap, sch, sc.weights_bytes, act[largest], sc.kv_bytes_per_token, wl)
+        kv_blocks = _kv_blocks(cap, sch, sc.weights_bytes, _activation_bytes(m, d, wl, efficiency, largest),
+                               sc.kv_bytes_per_token, wl)
         if kv_blocks * sch.block_size < b.prompt + b.gen:
             out.append(CapacityError(f"{m.id} on {d.id}: the KV cache left past the weights and a "
                                      f"{int(largest)}-token iteration's activations ({kv_blocks * sch.block_size} "
@@ -468,10 +469,11 @@ def benchmarks(model: str | ModelSpec, hardware: str | Device, wl: Workload, eff
             except PerfmodelError as e:
                 out.append(e)
                 continue
-            if sum(x.nbytes for x in _SCHEDULES.values()) + s.nbytes > _SCHEDULES_MAX_BYTES:
+            if _schedules_bytes + s.nbytes > _SCHEDULES_MAX_BYTES:
                 _SCHEDULES.clear()
+                _schedules_bytes = 0
             _SCHEDULES[key] = s
-        notes = [f"{d.id} states no memory capacity: the KV cache is taken as never full"] if cap is None else []
+            _schedules_bytes += s.nbytes
         out.append(_merge(req, [(np.arange(n), replay(s, sc))], sch, 1, wl.parallel.devices, notes, kv_blocks))
     return out
 

@@ -514,6 +514,7 @@ class Schedule:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the iteration arrays (the per-request times of `trace` besides)."""
         return sum(a.nbytes for a in (self.n_dec, self.sum_ctx, self.emitting, self.chunk_of, self.chunk_q,
                                        self.chunk_o))
 
