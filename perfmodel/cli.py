@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--max-batched-tokens", default="8192", help="tokens an iteration at most (default 8192)")
     h.add_argument("--block-size", default="16", help="KV-cache block, tokens (default 16)")
     h.add_argument("--memory-utilization", default="0.9", help="share of device memory the engine uses (default 0.9)")
+    h.add_argument("--kv-memory", default=None, help="what --memory-utilization is a share of: total (all device "
+                                                     "memory, weights and activations included: vLLM, SGLang; the "
+                                                     "default) or free (what the weights and activations leave, all "
+                                                     "for the KV cache: TensorRT-LLM, the default with --engine "
+                                                     "trtllm)")
     h.add_argument("--preemption", default="recompute", help="recompute (default) or swap, when the KV cache is full")
     _technique_flags(h)
     h.add_argument("--replicas", default="1", help="identical engines the requests are dealt to (default 1)")
@@ -787,7 +792,7 @@ def _flag_number(text: Any, flag: str, lo: float = 0.0, integer: bool = False, i
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from .serving import Scheduler, find_rate, read_trace, simulate, synthetic
+    from .serving import Scheduler, find_rate, kv_memory_rule, read_trace, simulate, synthetic
     from .workload import Workload
 
     wl = Workload(**{field: getattr(a, name) for field, name, _, _ in Workload.options()
@@ -798,7 +803,7 @@ def _serve(a: argparse.Namespace) -> int:
                     max_batched_tokens=int(_flag_number(a.max_batched_tokens, "--max-batched-tokens", integer=True)),
                     block_size=int(_flag_number(a.block_size, "--block-size", integer=True)),
                     memory_utilization=_flag_number(a.memory_utilization, "--memory-utilization"),
-                    preemption=a.preemption)
+                    preemption=a.preemption, kv_memory=a.kv_memory or kv_memory_rule(a.engine))
     seed = int(_flag_number(a.seed, "--seed", integer=True, above=False))
     slo_ttft = _flag_number(a.slo_ttft, "--slo-ttft") if a.slo_ttft is not None else None
     slo_tpot = _flag_number(a.slo_tpot, "--slo-tpot") if a.slo_tpot is not None else None

@@ -51,7 +51,7 @@ ROW_FIELDS = {
     "kernel": str, "groups": int, "quant_input": bool,
     "collective": str, "message_bytes": int, "nodes": int, "library": str, "algorithm": str, "ep": int,
     "dp_attention": bool, "gpu_layers": int, "host": str, "offload_experts": bool, "draft_model": str,
-    "draft_tokens": int, "accept_length": float,
+    "draft_tokens": int, "accept_length": float, "requests": int, "lengths": str,
 }
 # collectives of the kernel rows, and the libraries that run them (nccl: NCCL's or RCCL's algorithms only; the
 # others are a serving engine's own peer-to-peer kernels, costed with NCCL's beside them)
@@ -107,6 +107,10 @@ def load_rows(paths: list[Path] | None = None) -> "pd.DataFrame":
                 raise PerfmodelError(f"{where}: engine {rec['engine']!r} is not one of: {', '.join(ENGINES)}")
             if rec.get("batching") is not None and rec["batching"] not in ("static", "continuous"):
                 raise PerfmodelError(f"{where}: batching must be 'static' or 'continuous'; got {rec['batching']!r}")
+            if rec.get("lengths") is not None and rec["lengths"] not in ("fixed", "uniform"):
+                raise PerfmodelError(f"{where}: lengths must be 'fixed' or 'uniform'; got {rec['lengths']!r}")
+            if rec.get("requests") is not None and not rec["requests"] >= 1:
+                raise PerfmodelError(f"{where}: requests must be >= 1; got {rec['requests']!r}")
             if rec.get("backend") is not None and rec["backend"] not in BACKENDS:
                 raise PerfmodelError(f"{where}: backend {rec['backend']!r} is not one of: {', '.join(BACKENDS)}."
                                      f"{did_you_mean(rec['backend'], list(BACKENDS))}")
@@ -278,28 +282,34 @@ MAX_BATCHED_TOKENS = 8192
 
 
 def _bench(r: dict[str, Any]):
-    """The benchmark a serving row ran, for the simulator (perfmodel.serving.Bench): identical requests of the row's
-    lengths sent at time 0.
+    """The benchmark a serving row ran, for the simulator (perfmodel.serving.Bench): requests of the row's lengths
+    (or, `lengths = "uniform"`, drawn uniformly around them as a random dataset draws them) sent at time 0, `requests`
+    of them where the row says how many.
     - `batching = "static"`: one static batch of `batch` requests (padded, prefilled together);
     - latency_s: one batch of `batch` requests sent at once (vLLM's benchmark_latency), continuous batching;
     - ttft_s / tpot_s at a batch > 1: `batch` clients in a closed loop (a serving benchmark's --max-concurrency),
-      3 x batch requests;
+      3 x batch requests unless the row says;
     - throughput: at most `batch` sequences at once (the engine's max_num_seqs or the client's concurrency, which
       keep the same number in flight), or MAX_SERVING_BATCH with no batch given, over 3 waves of what the engine
-      holds at once (the KV cache may hold fewer)."""
-    from .serving import Bench, Scheduler
+      holds at once (the KV cache may hold fewer) unless the row says how many requests.
+    The KV cache is sized by the row's engine's rule (serving.kv_memory_rule: TensorRT-LLM's share of free memory)."""
+    from .serving import Bench, Scheduler, kv_memory_rule
 
     p, g = max(round(_n(r.get("prompt_len"), 0)), 1), max(round(_n(r.get("gen_len"), 1)), 1)
     b = round(_n(r.get("batch"), 0))
+    n = round(_n(r.get("requests"), 0)) or None
+    lengths = _s(r.get("lengths")) or "fixed"
+    kv = kv_memory_rule(profile_of(r["engine"], r.get("software")))
     if r.get("batching") == "static":
-        return Bench(p, g, Scheduler(policy="static", max_num_seqs=max(b, 1)), requests=max(b, 1))
+        return Bench(p, g, Scheduler(policy="static", max_num_seqs=max(b, 1), kv_memory=kv), requests=max(b, 1),
+                     lengths=lengths)
     seqs = b if b > 0 else MAX_SERVING_BATCH
-    sch = Scheduler(max_num_seqs=seqs, max_batched_tokens=max(MAX_BATCHED_TOKENS, seqs))
+    sch = Scheduler(max_num_seqs=seqs, max_batched_tokens=max(MAX_BATCHED_TOKENS, seqs), kv_memory=kv)
     if r["metric"] == "latency_s":
-        return Bench(p, g, sch, requests=max(b, 1))
+        return Bench(p, g, sch, requests=max(b, 1), lengths=lengths)
     if r["metric"] in ("ttft_s", "tpot_s"):
-        return Bench(p, g, sch, clients=seqs, requests=max(3 * seqs, 24))
-    return Bench(p, g, sch)
+        return Bench(p, g, sch, clients=seqs, requests=n or max(3 * seqs, 24), lengths=lengths)
+    return Bench(p, g, sch, requests=n, lengths=lengths)
 
 
 def _predict_group(model, device, eff, wl, members, out, skip) -> None:

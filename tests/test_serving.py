@@ -207,6 +207,43 @@ def test_benchmarks_are_simulate_on_the_same_tables():
     assert Bench(1024, 256, Scheduler(max_num_seqs=128)).count(800) == 30
 
 
+def test_kv_memory_rules():
+    # 80 GB device, 40 GB weights, 2 GB activations, 100 kB of KV a token, blocks of 16 tokens (1.6 MB), share 0.9:
+    # total (vLLM): 0.9 x 80 - 42 = 30 GB -> 30e9 / 1.6e6 = 18,750 blocks;
+    # free (TensorRT-LLM): 0.9 x (80 - 42) = 34.2 GB -> 21,375 blocks
+    from perfmodel.serving import _kv_blocks, kv_memory_rule
+
+    wl = pm.Workload()
+    assert _kv_blocks(80e9, Scheduler(), 40e9, 2e9, 1e5, wl) == 18750
+    assert _kv_blocks(80e9, Scheduler(kv_memory="free"), 40e9, 2e9, 1e5, wl) == 21375
+    assert kv_memory_rule("trtllm") == "free" and kv_memory_rule("vllm") == kv_memory_rule(None) == "total"
+    with pytest.raises(PerfmodelError, match="kv-memory must be total"):
+        Scheduler(kv_memory="half")
+    # the engine's own rule when no scheduler is given: llama-3-70b in FP8 on one H100 (70.6 GB of weights past
+    # 90 % of 80 GB under vLLM's rule) gets a cache under TensorRT-LLM's
+    req = synthetic(4, 1.0, 512, 64)
+    with pytest.raises(CapacityError, match="90% of device memory"):
+        simulate("llama-3-70b", HW, pm.Workload(weights="fp8"), requests=req, engine="vllm")
+    res = simulate("llama-3-70b", HW, pm.Workload(weights="fp8"), requests=req, engine="trtllm")
+    assert (res.produced == 64).all()
+
+
+def test_uniform_lengths_spread_evenly_around_the_means():
+    from perfmodel.serving import Bench
+
+    b = Bench(496, 509, Scheduler(), lengths="uniform")
+    r = b.requests_of(80)
+    # the 80 quantiles of U(1, 2 x 496): floor(1 + (i + 0.5) / 80 x 991), mean 496 (the floors lose under a token)
+    assert abs(r.prompt_tokens.mean() - 496) < 1 and abs(r.output_tokens.mean() - 509) < 1
+    assert r.prompt_tokens.min() >= 1 and r.prompt_tokens.max() <= 2 * 496 - 1 == b.longest_prompt
+    assert b.longest == 991 + 1017
+    assert len(set(r.prompt_tokens)) == 80  # every request its own length
+    assert np.array_equal(r.prompt_tokens, b.requests_of(80).prompt_tokens)  # seeded
+    assert np.array_equal(Bench(496, 509, Scheduler()).requests_of(3).prompt_tokens, [496.0] * 3)
+    with pytest.raises(PerfmodelError, match="lengths must be"):
+        Bench(1, 1, Scheduler(), lengths="normal")
+
+
 # Queueing -----------------------------------------------------------------------------------------------------------
 
 def test_one_at_a_time_is_m_d_1():
@@ -318,7 +355,8 @@ def test_cli_find_rate(capsys):
     (["--rate", "5", "--concurrency", "0"], "--concurrency"),
     (["--rate", "5", "--scheduler", "static", "--draft-model", "eagle"], "not with static batches"),
     (["--rate", "5", "--gpu-layers", "4", "--tp", "2"], "tp, pp and ep 1"),
-    (["--rate", "5", "--host", "xeon-8480plus"], "--host"), (["--rate", "5", "--prefix-hit", "1.2"], "prefix hit")])
+    (["--rate", "5", "--host", "xeon-8480plus"], "--host"), (["--rate", "5", "--prefix-hit", "1.2"], "prefix hit"),
+    (["--rate", "5", "--kv-memory", "half"], "kv-memory must be total")])
 def test_cli_serve_bad_input(capsys, args, msg):
     rc = main(["serve", "--model", MODEL, "--hardware", HW, "--requests", "10", *args])
     assert rc == 2

@@ -63,9 +63,28 @@ def test_bad_rows_are_refused_with_the_field_and_row(tmp_path):
                                             'batching = "dynamic"\n')
     with pytest.raises(pm.PerfmodelError, match="batching must be 'static' or 'continuous'"):
         load_rows([tmp_path / "f.toml"])
+    (tmp_path / "g.toml").write_text(good + '[[rows]]\nmetric = "ttft_s"\nvalue = 1.0\nwhere = "x"\n'
+                                            'lengths = "normal"\n')
+    with pytest.raises(pm.PerfmodelError, match="g.toml row 1: lengths must be 'fixed' or 'uniform'"):
+        load_rows([tmp_path / "g.toml"])
     (tmp_path / "d.toml").write_text('[source]\ntitle = "t"\n[[rows]]\nengine = "hf"\n')
     with pytest.raises(pm.PerfmodelError, match=r"\[source\] needs url"):
         load_rows([tmp_path / "d.toml"])
+
+
+def test_a_serving_row_is_the_benchmark_it_ran():
+    from perfmodel.validation import _bench
+
+    row = dict(engine="sglang", metric="ttft_s", batch=16, prompt_len=496, gen_len=509)
+    b = _bench(row)  # 16 clients in a closed loop, 3 x 16 requests of the row's lengths, vLLM's memory rule
+    assert (b.clients, b.requests, b.lengths, b.scheduler.kv_memory) == (16, 48, "fixed", "total")
+    b = _bench({**row, "requests": 80, "lengths": "uniform"})  # the run's --num-prompts and random dataset
+    assert (b.clients, b.requests, b.lengths) == (16, 80, "uniform")
+    b = _bench({**row, "engine": "trtllm", "metric": "throughput_tokens_per_s", "requests": 500})
+    assert (b.requests, b.scheduler.max_num_seqs, b.scheduler.kv_memory) == (500, 16, "free")
+    b = _bench({**row, "engine": "mlperf", "software": "TensorRT-LLM 0.12", "batch": None,
+                "metric": "throughput_tokens_per_s"})  # costed as TensorRT-LLM: its memory rule too
+    assert (b.requests, b.scheduler.kv_memory) == (None, "free")
 
 
 def test_ideal_decode_is_the_bandwidth_roofline():

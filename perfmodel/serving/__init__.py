@@ -33,7 +33,7 @@ from .sim import POLICIES, Scheduler, Spec, Trace, replay, run, schedule
 from ..iteration import HostSplit, StepCost, step_cost
 
 __all__ = ["simulate", "find_rate", "rate_curve", "RateSearch", "synthetic", "read_trace", "parse_dist", "Requests",
-           "Scheduler", "ServeResult", "Bench", "benchmarks", "POLICIES"]
+           "Scheduler", "ServeResult", "Bench", "benchmarks", "POLICIES", "kv_memory_rule"]
 
 PERCENTILES = (50, 90, 99)
 
@@ -200,30 +200,58 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
                 f"{m.id} with {'its experts' if offload_experts else f'{split.gpu_layers} layers'} on {d.id} does not "
                 f"fit: the GPU's weights ({w_dev / 1e9:.1f} GB), the activations of a {int(largest)}-token iteration "
                 f"({act / 1e9:.2f} GB) and the KV cache of the longest request ({int(longest)} tokens) "
-                f"exceed {scheduler.memory_utilization:.0%} of {cap / 1e9:.1f} GB: fewer --gpu-layers, a smaller "
+                f"exceed {_share(scheduler, cap)}: fewer --gpu-layers, a smaller "
                 f"--max-batched-tokens (llama.cpp's server runs 512-token micro-batches) or --memory-utilization")
         if kv_blocks * scheduler.block_size < longest:
             one = np.ones(1)
+            free = scheduler.kv_memory == "free"  # the cache gets a share of the rest: as if it needed 1/share more
             mem = replace(evaluate(m, d, wl, eff, one, one * largest, one).memory.at(0),
-                          capacity_bytes=cap * scheduler.memory_utilization)
-            msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=longest * sc.kv_bytes_per_token),
+                          capacity_bytes=cap if free else cap * scheduler.memory_utilization)
+            kv_need = longest * sc.kv_bytes_per_token / (scheduler.memory_utilization if free else 1.0)
+            msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=kv_need),
                                    requests.prompt_tokens.max(), requests.output_tokens.max(), ignorable=False)
-            raise CapacityError(f"{msg} (the engine uses {scheduler.memory_utilization:.0%} of device memory, "
-                                f"--memory-utilization, for weights, activations and a KV cache that must hold at "
-                                f"least the longest request, {int(longest)} tokens)")
+            use = (f"gives its KV cache {scheduler.memory_utilization:.0%} of the memory the weights and activations "
+                   f"leave, --memory-utilization; the cache" if free else
+                   f"uses {scheduler.memory_utilization:.0%} of device memory, --memory-utilization, for weights, "
+                   f"activations and a KV cache that")
+            raise CapacityError(f"{msg} (the engine {use} must hold at least the longest request, {int(longest)} "
+                                f"tokens)")
     dr = drafting(m, draft, draft_tokens, acceptance)
     spec = None if dr is None else Spec(dr.draft_tokens, dr.tokens_per_step, step_cost(
         dr.drafter, d, drafter_workload(wl), eff, scheduler.max_num_seqs, scheduler.max_num_seqs, int(longest) + 1))
     return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices, spec)
 
 
+# engines that size their KV cache from the memory left free (Scheduler.kv_memory "free"): TensorRT-LLM's
+# KvCacheConfig.free_gpu_memory_fraction (default 0.9) is a share of the free memory after the engine has loaded its
+# weights and run its largest iteration; vLLM's gpu_memory_utilization and SGLang's mem_fraction_static are shares of
+# all device memory
+FREE_MEMORY_ENGINES = ("trtllm",)
+
+
+def kv_memory_rule(engine: str | None) -> str:
+    """Scheduler.kv_memory of an engine profile: how it sizes its KV cache."""
+    return "free" if engine in FREE_MEMORY_ENGINES else "total"
+
+
+def _share(sch: Scheduler, cap: float | None = None) -> str:
+    """What the engine's memory share is of, in words."""
+    of = "device memory" if cap is None else f"{cap / 1e9:.1f} GB"
+    if sch.kv_memory == "free":
+        return f"{of}, the KV cache getting {sch.memory_utilization:.0%} of what the weights and activations leave"
+    return f"{sch.memory_utilization:.0%} of {of}"
+
+
 def _kv_blocks(cap: float | None, sch: Scheduler, weights_bytes: float, act_bytes: float, kv_bytes_per_token: float,
                wl: Workload) -> int:
     """KV blocks an engine holds: what `memory_utilization` of the device leaves past the weights and the largest
-    iteration's activations."""
+    iteration's activations, or (kv_memory "free") `memory_utilization` of what they leave."""
     if cap is None:
         return 10**9  # no capacity stated: the cache never fills (said in the notes)
-    avail = cap * sch.memory_utilization - weights_bytes - act_bytes
+    if sch.kv_memory == "free":
+        avail = (cap - weights_bytes - act_bytes) * sch.memory_utilization
+    else:
+        avail = cap * sch.memory_utilization - weights_bytes - act_bytes
     blocks = int(avail // (kv_bytes_per_token * sch.block_size)) if avail > 0 else 0
     # data-parallel attention: each of the replicas keeps the KV cache of its own sequences (kv_bytes_per_token is
     # one device's), so the engine holds replicas x as many
@@ -288,7 +316,7 @@ def simulate(model: str | ModelSpec, hardware: str | Device, workload: Workload 
     benchmark client with --max-concurrency keeps (closed loop; split evenly over replicas). `draft`,
     `draft_tokens`, `acceptance`: speculative decoding in every decode iteration (sim.Spec). `gpu_layers`,
     `offload_experts`, `host`: part of the model on the host CPU (perfmodel.offload), as llama.cpp's server runs it."""
-    sch = scheduler or Scheduler()
+    sch = scheduler or Scheduler(kv_memory=kv_memory_rule(engine))  # the engine's own memory rule when none given
     wl = workload or Workload()
     for name, v in (("replicas", replicas), ("prefill instances", prefill_instances),
                     ("decode instances", decode_instances)):
@@ -404,12 +432,19 @@ def _disaggregated(req: Requests, d: Device, wl: Workload, sch: Scheduler, eng: 
     return res
 
 
+BENCH_LENGTHS = ("fixed", "uniform")
+
+
 @dataclass(frozen=True)
 class Bench:
-    """A benchmark of identical requests, every one sent at time 0: `prompt` + `gen` tokens each, under `scheduler`;
-    `requests` of them, or `waves` x the sequences the engine can run at once (max_num_seqs, or fewer where the KV
-    cache holds fewer whole requests); all at once, or `clients` kept in flight (a closed loop, each client sending
-    its next request when one finishes)."""
+    """A benchmark of requests every one sent at time 0: `prompt` + `gen` tokens each (`lengths` "fixed"), or spread
+    evenly from 1 to twice those less one, means `prompt` and `gen` ("uniform": a benchmark client's random dataset
+    with no lower bound, e.g. sglang.bench_serving --dataset-name random at its --random-range-ratio 0, which draws
+    from 1 to the nominal length; here the n quantiles of that uniform distribution in a seeded random order, so the
+    means are the row's whatever n, and the run the same every time), under
+    `scheduler`; `requests` of them, or `waves` x the sequences the engine can run at once (max_num_seqs, or fewer
+    where the KV cache holds fewer whole requests of the mean lengths); all at once, or `clients` kept in flight (a
+    closed loop, each client sending its next request when one finishes)."""
 
     prompt: int
     gen: int
@@ -417,6 +452,30 @@ class Bench:
     requests: int | None = None
     clients: int | None = None
     waves: int = 3
+    lengths: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.lengths not in BENCH_LENGTHS:
+            raise PerfmodelError(f"lengths must be one of {', '.join(BENCH_LENGTHS)}; got {self.lengths!r}")
+
+    @property
+    def longest_prompt(self) -> int:
+        return 2 * self.prompt - 1 if self.lengths == "uniform" else self.prompt
+
+    @property
+    def longest(self) -> int:
+        """Tokens of the longest request."""
+        return self.longest_prompt + (2 * self.gen - 1 if self.lengths == "uniform" else self.gen)
+
+    def requests_of(self, n: int) -> Requests:
+        """The benchmark's `n` requests."""
+        if self.lengths == "uniform":  # the n quantiles of each length, in a seeded random order
+            q, rng = (np.arange(n) + 0.5) / n, np.random.default_rng(0)
+            prompt = np.floor(1 + q * (2 * self.prompt - 1))[rng.permutation(n)]
+            gen = np.floor(1 + q * (2 * self.gen - 1))[rng.permutation(n)]
+        else:
+            prompt, gen = np.full(n, float(self.prompt)), np.full(n, float(self.gen))
+        return Requests(np.zeros(n), prompt, gen, np.zeros(n))
 
     def count(self, kv_blocks: int) -> int:
         if self.requests is not None:
@@ -441,8 +500,8 @@ def benchmarks(model: str | ModelSpec, hardware: str | Device, wl: Workload, eff
     tables of the same extent, at a fraction of the cost when the same benchmarks are costed again with other
     efficiencies (an engine-profile fit). A benchmark that cannot run gets its error in its place."""
     m, d = load_model(model), load_device(hardware)
-    longest = max(b.prompt + b.gen for b in benches)
-    sc = step_cost(m, d, wl, efficiency, int(max(_max_tokens(b.scheduler, b.prompt, b.prompt + b.gen)
+    longest = max(b.longest for b in benches)
+    sc = step_cost(m, d, wl, efficiency, int(max(_max_tokens(b.scheduler, b.longest_prompt, b.longest)
                                                   for b in benches)),
                    max(b.scheduler.max_num_seqs for b in benches), int(longest) + 1)
     global _schedules_bytes
@@ -451,16 +510,17 @@ def benchmarks(model: str | ModelSpec, hardware: str | Device, wl: Workload, eff
     out: list[ServeResult | PerfmodelError] = []
     for b in benches:
         sch = b.scheduler
-        largest = min(_max_tokens(sch, b.prompt, b.prompt + b.gen), sch.max_batched_tokens)
+        largest = min(_max_tokens(sch, b.longest_prompt, b.longest), sch.max_batched_tokens)
         kv_blocks = _kv_blocks(cap, sch, sc.weights_bytes, _activation_bytes(m, d, wl, efficiency, largest),
                                sc.kv_bytes_per_token, wl)
-        if kv_blocks * sch.block_size < b.prompt + b.gen:
+        n = b.count(kv_blocks)
+        req = b.requests_of(n)
+        need = int((req.prompt_tokens + req.output_tokens).max())
+        if kv_blocks * sch.block_size < need:
             out.append(CapacityError(f"{m.id} on {d.id}: the KV cache left past the weights and a "
                                      f"{int(largest)}-token iteration's activations ({kv_blocks * sch.block_size} "
-                                     f"tokens) does not hold one request of {b.prompt + b.gen} tokens"))
+                                     f"tokens) does not hold one request of {need} tokens"))
             continue
-        n = b.count(kv_blocks)
-        req = Requests(np.zeros(n), np.full(n, float(b.prompt)), np.full(n, float(b.gen)), np.zeros(n))
         key = (b, kv_blocks)
         s = _SCHEDULES.get(key)
         if s is None:
@@ -483,7 +543,7 @@ def rate_curve(model: str | ModelSpec, hardware: str | Device, workload: Workloa
                percentile: float = 90.0, **kw: Any) -> list[dict[str, Any]]:
     """Throughput and the `percentile` of TTFT and TPOT at rates that are `shares` of the saturated throughput (every
     request at once), `requests` taken at unit rate: the throughput-latency curve."""
-    sch = kw.get("scheduler") or Scheduler()
+    sch = kw.get("scheduler") or Scheduler(kv_memory=kv_memory_rule(kw.get("engine")))
     wl = workload or Workload()
     kw = {**kw, "prepared": kw.get("prepared") or prepare(model, hardware, wl, sch, requests,
                                                            **{k: kw[k] for k in _PREPARE if k in kw})}
@@ -528,7 +588,7 @@ def find_rate(model: str | ModelSpec, hardware: str | Device, workload: Workload
             raise PerfmodelError(f"--{name} must be a finite number of seconds > 0; got {v!r}")
     if not 0 < percentile < 100:
         raise PerfmodelError(f"--percentile must be in (0, 100); got {percentile!r}")
-    sch = kw.get("scheduler") or Scheduler()
+    sch = kw.get("scheduler") or Scheduler(kv_memory=kv_memory_rule(kw.get("engine")))
     wl = workload or Workload()
     prep = prepare(model, hardware, wl, sch, requests, **{k: kw[k] for k in _PREPARE if k in kw})
     kw = {**kw, "prepared": prep}

@@ -39,6 +39,7 @@ from ..iteration import StepCost
 
 POLICIES = ("vllm", "prefill-first", "static", "disaggregated")
 PREEMPTION = ("recompute", "swap")
+KV_MEMORY = ("total", "free")
 
 _WAIT, _PREFILL, _DECODE, _DONE, _SWAPPED = 1, 2, 3, 4, 5
 _MACRO_MAX = 4096  # most decode steps run as one block
@@ -49,7 +50,11 @@ _MACRO_MIN = 4  # fewer run one by one (a block's NumPy set-up costs more)
 class Scheduler:
     """How the engine batches. Defaults are vLLM's: 256 sequences (`max_num_seqs`), 8192 tokens an iteration
     (`max_num_batched_tokens` of the V1 OpenAI server on GPUs of 70 GiB and more), blocks of 16 tokens, 90 % of device
-    memory for weights, activations and KV cache (`gpu_memory_utilization`)."""
+    memory for weights, activations and KV cache (`gpu_memory_utilization`).
+    `kv_memory` says what `memory_utilization` is a share of: "total", all of device memory, weights and activations
+    included (vLLM's gpu_memory_utilization, SGLang's mem_fraction_static), or "free", what the weights and the
+    largest iteration's activations leave, all of it for the KV cache (TensorRT-LLM's
+    KvCacheConfig.free_gpu_memory_fraction, default 0.9: the engine sizes its cache from the free memory it finds)."""
 
     policy: Literal["vllm", "prefill-first", "static", "disaggregated"] = "vllm"
     max_num_seqs: int = 256
@@ -57,6 +62,7 @@ class Scheduler:
     block_size: int = 16
     memory_utilization: float = 0.9
     preemption: Literal["recompute", "swap"] = "recompute"
+    kv_memory: Literal["total", "free"] = "total"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -66,6 +72,10 @@ class Scheduler:
                                  f"{did_you_mean(self.policy, list(POLICIES))}")
         if self.preemption not in PREEMPTION:
             raise PerfmodelError(f"preemption must be recompute or swap; got {self.preemption!r}")
+        if self.kv_memory not in KV_MEMORY:
+            raise PerfmodelError(f"kv-memory must be total (a share of all device memory, vLLM's rule) or free (a "
+                                 f"share of what the weights and activations leave, TensorRT-LLM's); got "
+                                 f"{self.kv_memory!r}")
         for name in ("max_num_seqs", "max_batched_tokens", "block_size"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
