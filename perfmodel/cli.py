@@ -187,7 +187,8 @@ def _technique_flags(p: Any) -> None:
     p.add_argument("--host", default=None, help="the host CPU (catalog id) for --gpu-layers / --offload-experts "
                                                 "(default: a desktop or server CPU, stated in the result)")
     p.add_argument("--draft-model", default=None, help="speculative decoding: the drafter, a catalog model sharing "
-                                                       "the tokenizer, or eagle (EAGLE's one-layer draft head)")
+                                                       "the tokenizer, eagle (EAGLE's one-layer draft head) or medusa "
+                                                       "(--draft-tokens Medusa heads, all run in one pass a step)")
     p.add_argument("--draft-tokens", default=None, help="tokens drafted a step (default 4)")
     p.add_argument("--acceptance", default=None, help="probability a drafted token is accepted (default 0.7, "
                                                       "assumed)")

@@ -8,10 +8,18 @@ sequence (perfmodel.iteration: a chunk of k + 1 tokens after the context), so
 
     TPOT = (k x drafter step + target verification pass) / E.
 
-Drafters: another catalog model (`draft` = its id; it runs on the same device, in the same formats), or `eagle`:
+Drafters: another catalog model (`draft` = its id; it runs on the same device, in the same formats), `eagle`:
 EAGLE's draft head, one decoder layer of the target's width feeding the target's LM head (Li et al., "EAGLE:
 Speculative Sampling Requires Rethinking Feature Uncertainty", ICML 2024, https://arxiv.org/abs/2401.15077), costed as
-the target with one layer.
+the target with one layer, or `medusa`: k Medusa heads on the target's last hidden state (Cai et al., "Medusa: Simple
+LLM Inference Acceleration Framework with Multiple Decoding Heads", ICML 2024, https://arxiv.org/abs/2401.10774,
+eq. 1: head i = W2_i (SiLU(W1_i h) + h), W1_i of d x d, W2_i of d x V, each head its own copy of the LM head), all k
+run in ONE pass a step, so
+
+    TPOT = (Medusa pass + target verification pass) / E.
+
+The verification is costed as a chain of k + 1 tokens a sequence; engines that verify a tree of candidates (Medusa's
+and EAGLE-2's trees, tens of tokens) run more tokens through a pass that, at small batches, reads the same weights.
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ from .workload import Workload
 # report across model pairs and tasks; an assumption, said so in the result
 DEFAULT_ACCEPTANCE = 0.7
 DEFAULT_DRAFT_TOKENS = 4
+MEDUSA = "medusa"
+# vocabularies of one tokenizer differ only by the padding of the embedding table (rounded up to a multiple of 64 to
+# 256 rows for the matrix units): a drafter whose vocabulary is within this share of the target's is taken to share it
+VOCAB_PADDING = 0.01
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -60,10 +72,11 @@ class Speculative:
     acceptance: float
     acceptance_assumed: bool
     expected_tokens_per_step: float
-    draft_step_s: float
+    draft_step_s: float  # one drafter pass
     verify_step_s: float
     tpot_s: float
     plain_tpot_s: float
+    draft_passes: int = 0  # drafter passes a step: draft_tokens, or 1 for Medusa's heads (0: draft_tokens)
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -77,6 +90,7 @@ class Speculative:
         return {"drafter": self.drafter, "draft_tokens": self.draft_tokens, "acceptance": self.acceptance,
                 "acceptance_assumed": self.acceptance_assumed,
                 "expected_tokens_per_step": self.expected_tokens_per_step, "draft_step_s": self.draft_step_s,
+                "draft_passes": self.draft_passes or self.draft_tokens,
                 "verify_step_s": self.verify_step_s, "tpot_s": self.tpot_s,
                 "decode_tokens_per_s": self.decode_tokens_per_s, "speedup": self.speedup}
 
@@ -91,14 +105,19 @@ def check_spec(target: ModelSpec, drafter: ModelSpec, k: Any, acceptance: float)
     if target.arch != "decoder":
         raise PerfmodelError(f"speculative decoding drafts tokens for a decoder-only model; {target.id} is "
                              f"{target.arch.replace('_', '-')}")
-    if drafter.vocab_size != target.vocab_size:
+    # one tokenizer, embedding tables padded differently: Qwen2.5 0.5B-3B have 151,936 rows, 7B and up 152,064
+    if abs(drafter.vocab_size - target.vocab_size) > VOCAB_PADDING * target.vocab_size:
         raise PerfmodelError(f"the drafter {drafter.id} has a vocabulary of {drafter.vocab_size} tokens, the target "
                              f"{target.id} {target.vocab_size}: a drafter must share the target's tokenizer")
 
 
 def drafter_spec(target: ModelSpec, draft: str | ModelSpec) -> ModelSpec:
+    """The drafter's model: a catalog model, EAGLE's one-layer head, or (Medusa's heads, costed by medusa_heads_s)
+    the target itself."""
     if isinstance(draft, ModelSpec):
         return draft
+    if draft.lower() == MEDUSA:
+        return target
     if draft.lower() == "eagle":
         data = target.model_dump(exclude_none=True)
         data.update(id=f"{target.id}-eagle-head", name=f"EAGLE head of {target.name or target.id}", n_layers=1)
@@ -118,6 +137,16 @@ class Drafting:
     acceptance: float
     acceptance_assumed: bool
     tokens_per_step: float
+    medusa: bool = False  # k Medusa heads on the target (drafter is the target): one pass a step, medusa_heads_s
+
+    @property
+    def name(self) -> str:
+        return f"{self.drafter.id}-medusa-heads" if self.medusa else self.drafter.id
+
+    @property
+    def draft_passes(self) -> int:
+        """Drafter passes a step: k autoregressive steps, or one pass of all the Medusa heads."""
+        return 1 if self.medusa else self.draft_tokens
 
 
 def drafting(target: ModelSpec, draft: str | ModelSpec | None, draft_tokens: int | None = None,
@@ -128,7 +157,7 @@ def drafting(target: ModelSpec, draft: str | ModelSpec | None, draft_tokens: int
     if draft is None:
         if draft_tokens is not None or acceptance is not None:
             raise PerfmodelError("--draft-tokens and --acceptance set speculative decoding: name the drafter with "
-                                 "--draft-model (a catalog model, or eagle)")
+                                 "--draft-model (a catalog model, eagle or medusa)")
         return None
     k = DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens
     assumed = acceptance is None and accept_length is None
@@ -144,7 +173,52 @@ def drafting(target: ModelSpec, draft: str | ModelSpec | None, draft_tokens: int
     dspec = drafter_spec(target, draft)
     check_spec(target, dspec, k, 0.5 if acceptance is None else a)
     e = expected_tokens(a, k) if accept_length is None else float(accept_length)
-    return Drafting(dspec, int(k), a, assumed, e)
+    return Drafting(dspec, int(k), a, assumed, e, medusa=isinstance(draft, str) and draft.lower() == MEDUSA)
+
+
+def medusa_heads_s(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, heads: int,
+                   rows: Any) -> np.ndarray:
+    """Time of one pass of `heads` Medusa heads over `rows` sequences (scalar or array), on one device in the
+    target's formats: per head a d x d matmul (the residual block; its SiLU and add are elementwise on d values a row,
+    left out) and a d x V matmul (the head's own LM head, read at the LM head's format, logits out in FP32), each a
+    kernel of its own."""
+    from .cost import op_cost
+    from .evaluate import workload_machine
+    from .graph import Op, OpKind
+
+    rows = np.asarray(rows, dtype=float)
+    d, v = float(target.d_model), float(target.vocab_size)
+    w = wl.head_weights or wl.weights
+    act = wl.act
+    mach = workload_machine(device, eff, drafter_workload(wl))
+    ops = (Op("medusa_resblock", OpKind.MATMUL, act, flops=2.0 * rows * d * d, weight_bytes=d * d * w.bytes,
+              act_in_bytes=rows * d * act.bytes, act_out_bytes=rows * d * act.bytes, rows=rows),
+           Op("medusa_lm_head", OpKind.MATMUL, act, flops=2.0 * rows * d * v, weight_bytes=d * v * w.bytes,
+              act_in_bytes=rows * d * act.bytes, act_out_bytes=rows * v * 4.0, rows=rows))
+    t = 0.0
+    for o in ops:
+        bw = mach.bandwidth_for(o.bytes)
+        t = t + op_cost(o, mach, bw, bw)["time_s"]
+    return heads * np.asarray(t, dtype=float)
+
+
+@dataclass(frozen=True, eq=False)
+class MedusaCost:
+    """The Medusa heads' pass as the serving simulator asks a drafter's cost (StepCost.iteration_s's signature), for
+    1 to `max_rows` sequences, tabulated once."""
+
+    times_s: np.ndarray  # index: sequences
+
+    @classmethod
+    def table(cls, target: ModelSpec, device: Device, wl: Workload, eff: Efficiency | None, heads: int,
+              max_rows: int) -> "MedusaCost":
+        rows = np.arange(max_rows + 1, dtype=float)
+        times = medusa_heads_s(target, device, wl, eff, heads, np.maximum(rows, 1.0))
+        times[0] = 0.0
+        return cls(times)
+
+    def iteration_s(self, n_dec: int, sum_ctx: float, chunks: list, emitting: int) -> float:
+        return float(self.times_s[min(int(n_dec), len(self.times_s) - 1)])
 
 
 def drafter_workload(wl: Workload) -> Workload:
@@ -167,9 +241,12 @@ def speculative(target: ModelSpec, device: Device, wl: Workload, eff: Efficiency
     sc = step_cost(target, device, wl, eff, b * (k + 1), b, int(ctx + k + 2))
     verify = sc.iteration_s(0, 0.0, [(k + 1.0, ctx)] * b, b)
     plain = sc.iteration_s(b, b * (ctx + 1.0), [], b)
-    one = np.ones(1)
-    dev = evaluate(dr.drafter, device, drafter_workload(wl), eff, one * b, one * ctx, one * 2.0)
-    draft_step = float(dev.metrics["tpot_s"][0])
+    if dr.medusa:  # all k heads in one pass
+        draft_step = float(medusa_heads_s(target, device, wl, eff, k, float(b)))
+    else:
+        one = np.ones(1)
+        dev = evaluate(dr.drafter, device, drafter_workload(wl), eff, one * b, one * ctx, one * 2.0)
+        draft_step = float(dev.metrics["tpot_s"][0])
     e = dr.tokens_per_step
-    return Speculative(dr.drafter.id, k, dr.acceptance, dr.acceptance_assumed, e, draft_step, verify,
-                       (k * draft_step + verify) / e, plain)
+    return Speculative(dr.name, k, dr.acceptance, dr.acceptance_assumed, e, draft_step, verify,
+                       (dr.draft_passes * draft_step + verify) / e, plain, dr.draft_passes)

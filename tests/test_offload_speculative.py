@@ -45,9 +45,29 @@ def test_speculative_time_is_drafts_plus_verify_over_tokens():
     assert speculative(m, d, wl, None, "llama-3.2-1b", 4, 0.0).speedup < 1.0  # all drafts wasted
 
 
+def test_medusa_heads_golden_and_one_pass_a_step():
+    # 4 heads of Llama-2-7B (d 4,096, V 32,000) in FP16: 4 x (4,096^2 + 4,096 x 32,000) x 2 B = 1,182,793,728 B read
+    # a pass; at batch 1 on an H100 SXM at its datasheet 3.35 TB/s (ideal: no fraction, no overheads) 0.35307 ms
+    from perfmodel.engines import load_engine
+    from perfmodel.speculative import medusa_heads_s
+
+    m, d = pm.load_model("llama-2-7b"), pm.load_device("h100-sxm")
+    wl = pm.Workload(weights="fp16", act="fp16")
+    t = medusa_heads_s(m, d, wl, load_engine("ideal").efficiency(d), 4, 1.0)
+    assert t == pytest.approx(1_182_793_728 / 3.35e12, rel=2e-3)  # the activations add 0.05 %
+    s = speculative(m, d, wl, None, "medusa", 4, 0.7)
+    assert s.draft_passes == 1 and s.drafter == "llama-2-7b-medusa-heads"
+    assert s.tpot_s == pytest.approx((s.draft_step_s + s.verify_step_s) / s.expected_tokens_per_step)
+    e = speculative(m, d, wl, None, "eagle", 4, 0.7)  # EAGLE's head drafts autoregressively: k passes
+    assert e.draft_passes == 4
+    assert e.tpot_s == pytest.approx((4 * e.draft_step_s + e.verify_step_s) / e.expected_tokens_per_step)
+
+
 def test_speculative_drafter_must_share_tokenizer_and_estimate_reports_it():
     with pytest.raises(PerfmodelError, match="tokenizer"):
         pm.estimate("llama-3-8b", "h100-sxm", draft="qwen2.5-0.5b")
+    # one tokenizer, tables padded differently (151,936 and 152,064 rows: 0.08 % apart): Qwen2.5-0.5B drafts for 32B
+    assert pm.estimate("qwen2.5-32b", "h100-sxm", draft="qwen2.5-0.5b").speculative.drafter == "qwen2.5-0.5b"
     est = pm.estimate("llama-3-8b", "h100-sxm", draft="eagle")
     sp = est.to_dict()["speculative"]
     assert sp["acceptance_assumed"] and sp["drafter"] == "llama-3-8b-eagle-head"

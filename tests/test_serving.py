@@ -434,6 +434,12 @@ def test_speculative_decoding_in_the_simulator():
     _check_invariants(req, res, sch)
     plain = simulate(MODEL, HW, requests=req, scheduler=sch)
     assert np.median(res.tpot_s) < np.median(plain.tpot_s)
+    # Medusa's heads: one pass of all k heads an iteration, as estimate costs them
+    est = pm.estimate("llama-3.1-8b", HW, prompt_len=512, gen_len=256, draft="medusa", acceptance=0.8)
+    one = simulate("llama-3.1-8b", HW, requests=synthetic(1, 1.0, 512, 256), draft="medusa", acceptance=0.8)
+    assert one.tpot_s[0] == pytest.approx(est.speculative.tpot_s, rel=0.03)
+    res = simulate(MODEL, HW, requests=req, scheduler=sch, draft="medusa", acceptance=0.6, record=True)
+    _check_invariants(req, res, sch)
 
 
 def test_partial_offload_in_the_simulator():

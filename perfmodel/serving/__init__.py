@@ -26,7 +26,7 @@ from ..errors import CapacityError, PerfmodelError
 from ..evaluate import capacity_message, evaluate, layout_error
 from ..model import ModelSpec
 from ..offload import boundaries, check_offload, host_link_bytes_per_s, host_side, offload_memory
-from ..speculative import drafter_workload, drafting
+from ..speculative import MedusaCost, drafter_workload, drafting
 from ..workload import Workload
 from .requests import Requests, parse_dist, read_trace, synthetic
 from .sim import POLICIES, Scheduler, Spec, Trace, replay, run, schedule
@@ -162,7 +162,7 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
             gpu_layers: int | None = None, offload_experts: bool = False, host: str | Device | None = None
             ) -> tuple[ModelSpec, Device, Workload, Engine]:
     """Load, resolve the engine's formats (a compute format left open takes the engine's own, as in `estimate`),
-    check the layout, tabulate the iteration cost and size the KV cache. `draft` (a catalog model or "eagle"),
+    check the layout, tabulate the iteration cost and size the KV cache. `draft` (a catalog model, "eagle" or "medusa"),
     `draft_tokens`, `acceptance`: speculative decoding (perfmodel.speculative), drafter on the same devices.
     `gpu_layers` / `offload_experts` / `host`: part of the model on the host CPU (perfmodel.offload); the KV cache
     of the host's layers in host memory."""
@@ -204,11 +204,13 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
                 f"--max-batched-tokens (llama.cpp's server runs 512-token micro-batches) or --memory-utilization")
         if kv_blocks * scheduler.block_size < longest:
             one = np.ones(1)
-            free = scheduler.kv_memory == "free"  # the cache gets a share of the rest: as if it needed 1/share more
-            mem = replace(evaluate(m, d, wl, eff, one, one * largest, one).memory.at(0),
-                          capacity_bytes=cap if free else cap * scheduler.memory_utilization)
-            kv_need = longest * sc.kv_bytes_per_token / (scheduler.memory_utilization if free else 1.0)
-            msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=kv_need),
+            free = scheduler.kv_memory == "free"
+            mem = evaluate(m, d, wl, eff, one, one * largest, one).memory.at(0)
+            # what the engine may use: all but the share of the rest that it leaves free, or its share of all memory
+            usable = (mem.weights_bytes + mem.activation_bytes + scheduler.memory_utilization * (
+                cap - mem.weights_bytes - mem.activation_bytes)) if free else cap * scheduler.memory_utilization
+            mem = replace(mem, capacity_bytes=usable)
+            msg = capacity_message(m, d, wl, replace(mem, kv_cache_bytes=longest * sc.kv_bytes_per_token),
                                    requests.prompt_tokens.max(), requests.output_tokens.max(), ignorable=False)
             use = (f"gives its KV cache {scheduler.memory_utilization:.0%} of the memory the weights and activations "
                    f"leave, --memory-utilization; the cache" if free else
@@ -217,8 +219,12 @@ def prepare(model: str | ModelSpec, hardware: str | Device, wl: Workload, schedu
             raise CapacityError(f"{msg} (the engine {use} must hold at least the longest request, {int(longest)} "
                                 f"tokens)")
     dr = drafting(m, draft, draft_tokens, acceptance)
-    spec = None if dr is None else Spec(dr.draft_tokens, dr.tokens_per_step, step_cost(
-        dr.drafter, d, drafter_workload(wl), eff, scheduler.max_num_seqs, scheduler.max_num_seqs, int(longest) + 1))
+    spec = None
+    if dr is not None:
+        draft_cost = (MedusaCost.table(m, d, wl, eff, dr.draft_tokens, scheduler.max_num_seqs) if dr.medusa else
+                      step_cost(dr.drafter, d, drafter_workload(wl), eff, scheduler.max_num_seqs,
+                                scheduler.max_num_seqs, int(longest) + 1))
+        spec = Spec(dr.draft_tokens, dr.tokens_per_step, draft_cost, dr.draft_passes)
     return m, d, wl, Engine(sc, kv_blocks, host_link_bytes_per_s(d)[0], wl.parallel.devices, spec)
 
 
