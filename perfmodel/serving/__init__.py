@@ -240,12 +240,12 @@ def kv_memory_rule(engine: str | None) -> str:
     return "free" if engine in FREE_MEMORY_ENGINES else "total"
 
 
-def _share(sch: Scheduler, cap: float | None = None) -> str:
-    """What the engine's memory share is of, in words."""
-    of = "device memory" if cap is None else f"{cap / 1e9:.1f} GB"
+def _share(sch: Scheduler, cap: float) -> str:
+    """What of `cap` bytes the engine uses, in words."""
     if sch.kv_memory == "free":
-        return f"{of}, the KV cache getting {sch.memory_utilization:.0%} of what the weights and activations leave"
-    return f"{sch.memory_utilization:.0%} of {of}"
+        return (f"{cap / 1e9:.1f} GB, the KV cache getting {sch.memory_utilization:.0%} of what the weights and "
+                f"activations leave")
+    return f"{sch.memory_utilization:.0%} of {cap / 1e9:.1f} GB"
 
 
 def _kv_blocks(cap: float | None, sch: Scheduler, weights_bytes: float, act_bytes: float, kv_bytes_per_token: float,
@@ -443,14 +443,14 @@ BENCH_LENGTHS = ("fixed", "uniform")
 
 @dataclass(frozen=True)
 class Bench:
-    """A benchmark of requests every one sent at time 0: `prompt` + `gen` tokens each (`lengths` "fixed"), or spread
-    evenly from 1 to twice those less one, means `prompt` and `gen` ("uniform": a benchmark client's random dataset
-    with no lower bound, e.g. sglang.bench_serving --dataset-name random at its --random-range-ratio 0, which draws
-    from 1 to the nominal length; here the n quantiles of that uniform distribution in a seeded random order, so the
-    means are the row's whatever n, and the run the same every time), under
-    `scheduler`; `requests` of them, or `waves` x the sequences the engine can run at once (max_num_seqs, or fewer
-    where the KV cache holds fewer whole requests of the mean lengths); all at once, or `clients` kept in flight (a
-    closed loop, each client sending its next request when one finishes)."""
+    """A benchmark of requests every one sent at time 0, under `scheduler`: `prompt` + `gen` tokens each (`lengths`
+    "fixed"), or spread evenly from 1 to twice those less one, means `prompt` and `gen` ("uniform": a benchmark
+    client's random dataset with no lower bound, e.g. sglang.bench_serving --dataset-name random at its
+    --random-range-ratio 0, which draws from 1 to the nominal length; here the n quantiles of that uniform
+    distribution in a seeded random order, so the means are the row's whatever n, and every run the same).
+    `requests` of them, or `waves` x the sequences the engine can run at once (max_num_seqs, or fewer where the KV
+    cache holds fewer whole requests of the mean lengths); all at once, or `clients` kept in flight (a closed loop,
+    each client sending its next request when one finishes)."""
 
     prompt: int
     gen: int
