@@ -120,6 +120,33 @@ def _parser() -> argparse.ArgumentParser:
                                                  "and with --find-rate throughput against latency) to this .png/.svg")
     sv.add_argument("--json", action="store_true")
 
+    tn = sub.add_parser("train", help="training or fine-tuning: step time, tokens/s, MFU / HFU and memory per device, "
+                                      "and what would fit when it does not")
+    tn.add_argument("--model", required=True, help="catalog model id")
+    tn.add_argument("--hardware", required=True, help="catalog device id")
+    tn.add_argument("--devices", default=None, help="devices in all (default tp x pp x cp x dp; sets dp when not given)")
+    tn.add_argument("--seq", default="4096", help="tokens a sequence (default 4096)")
+    tn.add_argument("--global-batch", required=True, help="sequences a step, over all data-parallel ranks")
+    tn.add_argument("--micro-batch", default="1", help="sequences a device runs at once (default 1; the rest by "
+                                                       "gradient accumulation)")
+    for flag, what in (("--tp", "tensor-parallel"), ("--pp", "pipeline-parallel"), ("--cp", "context-parallel"),
+                       ("--ep", "expert-parallel (MoE)"), ("--dp", "data-parallel")):
+        tn.add_argument(flag, default=None, help=f"{what} degree (default 1{'; devices / (tp pp cp)' if flag == '--dp' else ''})")
+    tn.add_argument("--zero", default="0", help="ZeRO stage 0-3 (FSDP's full sharding is 3; default 0)")
+    tn.add_argument("--recompute", default="none", help="activation recomputation: none (default), selective, full")
+    tn.add_argument("--sequence-parallel", default=None, help="on or off (default: on with --tp > 1)")
+    tn.add_argument("--interleave", default="1", help="model chunks a device, interleaved 1F1B (default 1)")
+    tn.add_argument("--precision", default="bf16", help="bf16 (default), fp16, fp8 (FP8 GEMMs), fp32")
+    tn.add_argument("--optimizer", default="adamw", help="adamw (default), adam, sgd, adafactor, adam8bit")
+    tn.add_argument("--lora", default="0", help="LoRA rank: adapters on every projection, the base frozen (default 0: "
+                                                "full training)")
+    tn.add_argument("--quantize-base", default=None, help="the frozen base's format under --lora (QLoRA: q4_0)")
+    tn.add_argument("--dropout", action="store_true", help="keep dropout masks for the backward (GPT-style runs)")
+    tn.add_argument("--tokens", default=None, help="tokens to train on: adds the time to train them")
+    tn.add_argument("--engine", default=None, help="efficiency profile of the kernels (default: the device's default)")
+    tn.add_argument("--ignore-capacity", action="store_true", help="estimate even if it does not fit in memory")
+    tn.add_argument("--json", action="store_true", help="print one JSON object")
+
     tr = sub.add_parser("trends", help="CPU and GPU design trends from the catalog, and LLM demands against them")
     tr.add_argument("--target", type=float, default=20.0, help="decode tokens/s to project (default 20)")
     tr.add_argument("-o", "--output", default=None, help="the four-panel figure, .png or .svg")
@@ -237,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_output_path(getattr(args, attr), flag)
         return {"estimate": _estimate, "list": _list, "show": _show, "sweep": _sweep, "calibrate": _calibrate,
                 "validate": _validate, "report": _report, "plot": _plot, "whatif": _whatif,
-                "trends": _trends, "plan": _plan, "serve": _serve}[args.command](args)
+                "trends": _trends, "plan": _plan, "serve": _serve, "train": _train}[args.command](args)
     except PerfmodelError as e:
         print(f"perfmodel: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -878,6 +905,46 @@ def _serve(a: argparse.Namespace) -> int:
         from .serving.report import summary
 
         print(summary(a.model, a.hardware, out, res))
+    return 0
+
+
+def _train(a: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    def whole(text: Any, flag: str, lo: float = 1.0) -> int:
+        return int(_flag_number(text, flag, lo=lo, integer=True, above=False))
+
+    par = {k: whole(getattr(a, k), f"--{k}") if getattr(a, k) is not None else None
+           for k in ("tp", "pp", "cp", "ep", "dp")}
+    tp, pp, cp = par["tp"] or 1, par["pp"] or 1, par["cp"] or 1
+    devices = whole(a.devices, "--devices") if a.devices is not None else None
+    dp = par["dp"]
+    if dp is None:
+        if devices is not None and devices % (tp * pp * cp):
+            raise PerfmodelError(f"--devices ({devices}) must be a multiple of tp x pp x cp ({tp * pp * cp})")
+        dp = devices // (tp * pp * cp) if devices is not None else 1
+    elif devices is not None and devices != tp * pp * cp * dp:
+        raise PerfmodelError(f"--devices ({devices}) must equal tp x pp x cp x dp ({tp * pp * cp * dp})")
+    sp = None
+    if a.sequence_parallel is not None:
+        if a.sequence_parallel not in ("on", "off"):
+            raise PerfmodelError(f"--sequence-parallel must be on or off; got {a.sequence_parallel!r}")
+        sp = a.sequence_parallel == "on"
+    cfg = TrainConfig(seq_len=whole(a.seq, "--seq"), global_batch=whole(a.global_batch, "--global-batch"),
+                      micro_batch=whole(a.micro_batch, "--micro-batch"), tp=tp, pp=pp, cp=cp, ep=par["ep"] or 1,
+                      dp=dp, zero=whole(a.zero, "--zero", lo=0), recompute=a.recompute, sequence_parallel=sp,
+                      precision=a.precision, optimizer=a.optimizer, interleave=whole(a.interleave, "--interleave"),
+                      lora_rank=whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout)
+    tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
+    est = train(a.model, a.hardware, cfg, engine=a.engine, tokens=tokens)
+    if not est.fits and not a.ignore_capacity:
+        from .errors import CapacityError
+
+        raise CapacityError(est.capacity_message())
+    if a.json:
+        print(json.dumps(_clean(est.to_dict()), indent=2))
+        return 0
+    print(est.summary())
     return 0
 
 

@@ -1,0 +1,471 @@
+"""Training and fine-tuning: memory per device, time per step, MFU and HFU.
+
+Memory (per device, by kind):
+- Mixed-precision model states (Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion Parameter
+  Models", SC 2020, https://arxiv.org/abs/1910.02054, sec. 3.1 and 5): 16-bit weights (2 bytes a parameter) and
+  gradients (2), and the optimizer's K bytes (Adam: an FP32 master copy, momentum and variance, K = 12), so 16 bytes a
+  parameter. ZeRO stage 1 divides the optimizer states over the data-parallel ranks, stage 2 the gradients too,
+  stage 3 the weights too (FSDP's full sharding is stage 3). Tensor and pipeline parallelism divide all of them.
+- Activations per layer (Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models", MLSys
+  2023, https://arxiv.org/abs/2205.05198, sec. 4): s b h (34 + 5 a s / h) bytes for a GPT layer at 16 bits with
+  dropout, of which 10 s b h stay whole under tensor parallelism without sequence parallelism and the rest divide by
+  t; with sequence parallelism everything divides by t; selective recomputation (and FlashAttention, which never
+  stores the scores) drops the 5 a s^2 b of the attention scores; full recomputation keeps only each layer's input,
+  2 s b h. Counted here tensor by tensor so that gated MLPs of any width, grouped-query attention and no dropout
+  follow (the paper's GPT layer gives its 34 exactly: tested). The first pipeline stage holds its layers' activations
+  for p micro-batches under 1F1B (the paper's sec. 4.2.3): L x a layer's, whatever p.
+- The last stage also holds the logits of a micro-batch in FP32 for the loss (s b V / t x 4 bytes).
+
+Time per step, on the cost model of inference (perfmodel.evaluate) at the engine's efficiencies:
+- Forward of a micro-batch: the prompt pass of its sequences with every position's logits (`logits = all`), at the
+  layout's tp / cp / ep, divided over the pp stages.
+- Backward: each op again, with the work the backward pass does: matmuls 2x (input and weight gradients), attention
+  2.5x (FlashAttention-2's backward recomputes the scores: five matmuls against the forward's two; Dao 2023,
+  https://arxiv.org/abs/2307.08691, sec. 3.1.2), elementwise and norms 2x, collectives 1x (Megatron's f and g
+  operators: as many all-reduces backward as forward). LoRA's frozen weights need no weight gradient: 1x.
+- Recomputation: full reruns the forward, selective the attention (its scores).
+- Pipeline: 1F1B runs m + p - 1 slots of (forward + backward) per step, m = global batch / (dp x micro-batch)
+  micro-batches; the interleaved schedule with v chunks a device shrinks the bubble to (p - 1) / v slots
+  (Narayanan et al. 2021, https://arxiv.org/abs/2104.04473, sec. 2.2).
+- Data-parallel gradients: a ring all-reduce (ZeRO 1/2: reduce-scatter + all-gather, the same bytes) of the stage's
+  gradients, 2 (dp - 1) / dp x bytes over the slowest link the group crosses (the node's fabric when the whole job
+  fits in a node, else each device's share of its node's network), overlapped with the backward of the last
+  micro-batch but for the last bucket (PyTorch DDP's 25 MB, bucket_cap_mb); ZeRO-3 also all-gathers the weights in
+  the forward and the backward (1.5 x the all-reduce's bytes in all; ZeRO paper sec. 7.2.2).
+- Optimizer: elementwise over the device's parameters, memory-bound: it reads the gradient and the states and writes
+  the states and the 16-bit weights (OPTIMIZER_TRAFFIC bytes a parameter).
+
+MFU counts the model's FLOPs (6 N per token for the weight matmuls, N the parameters a token passes through, LM head
+included, embedding lookups not, plus 12 L H Q T for attention: PaLM, Chowdhery et al. 2022,
+https://arxiv.org/abs/2204.02311, appendix B) against the devices' peak at the training precision; HFU adds the
+recomputed forward (Korthikanti et al. sec. 6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .catalog import load_device, load_model
+from .device import Device
+from .dtypes import DType
+from .efficiency import Efficiency
+from .engines import efficiency_for
+from .errors import PerfmodelError, did_you_mean
+from .evaluate import evaluate
+from .graph import OpKind
+from .model import ModelSpec
+from .workload import Workload
+
+PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adam8bit")
+RECOMPUTE = ("none", "selective", "full")
+# Optimizer-state bytes a parameter past the 16-bit weights and gradients (the ZeRO paper's K), mixed precision:
+# Adam/AdamW an FP32 master copy, momentum and variance (4 + 4 + 4: the paper's K = 12); SGD with momentum the master
+# copy and the momentum (4 + 4); Adafactor (Shazeer and Stern 2018, https://arxiv.org/abs/1804.04235) the master copy
+# and a factored second moment of rows + columns a matrix, no first moment (beta1 = 0, its default): 4; 8-bit Adam
+# (Dettmers et al. 2022, https://arxiv.org/abs/2110.02861) the master copy and both moments in 8 bits: 4 + 1 + 1
+OPTIMIZER_BYTES = {"adamw": 12.0, "adam": 12.0, "sgd": 8.0, "adafactor": 4.0, "adam8bit": 6.0}
+# bytes an optimizer step moves a parameter: the gradient read (2), the states read and written, the 16-bit weights
+# written (2)
+OPTIMIZER_TRAFFIC = {k: 2.0 + 2.0 * v + 2.0 for k, v in OPTIMIZER_BYTES.items()}
+DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DistributedDataParallel's bucket_cap_mb default (25 MiB)
+# backward work over forward, by op kind (module docstring)
+BACKWARD = {OpKind.MATMUL: 2.0, OpKind.ATTENTION: 2.5, OpKind.ELEMENTWISE: 2.0, OpKind.NORM: 2.0,
+            OpKind.EMBEDDING: 1.0, OpKind.COMM: 1.0}
+# LoRA adapters on the projections of attention and MLP (QLoRA's "all linear layers", Dettmers et al. 2023,
+# https://arxiv.org/abs/2305.14314, sec. 4)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training job: the layout (tp x pp x cp x dp devices, ep within them), the batch (global, and micro-batch a
+    device), the precision recipe, the optimizer and ZeRO stage, recomputation, and LoRA (rank, quantised base)."""
+
+    seq_len: int
+    global_batch: int
+    micro_batch: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    ep: int = 1
+    dp: int = 1
+    zero: int = 0
+    recompute: str = "none"
+    sequence_parallel: bool | None = None  # default: on with tp > 1 (Megatron's --sequence-parallel)
+    precision: str = "bf16"
+    optimizer: str = "adamw"
+    interleave: int = 1  # model chunks a device (the interleaved 1F1B schedule)
+    lora_rank: int = 0
+    quantize_base: str | None = None  # the frozen base's format under LoRA (QLoRA: e.g. q4_0, nf4 ~ q4_0)
+    dropout: bool = False  # dropout masks kept for the backward (GPT-style runs with dropout > 0)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "global_batch", "micro_batch", "tp", "pp", "cp", "ep", "dp", "interleave"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise PerfmodelError(f"--{name.replace('_', '-')} must be a whole number >= 1; got {v!r}")
+        if self.zero not in (0, 1, 2, 3):
+            raise PerfmodelError(f"--zero must be 0, 1, 2 or 3; got {self.zero!r}")
+        for name, allowed in (("recompute", RECOMPUTE), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS)):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise PerfmodelError(f"--{name} must be one of {', '.join(allowed)}; got {v!r}."
+                                     f"{did_you_mean(str(v), list(allowed))}")
+        if not isinstance(self.lora_rank, (int, np.integer)) or self.lora_rank < 0:
+            raise PerfmodelError(f"--lora must be a whole number >= 0 (the adapters' rank); got {self.lora_rank!r}")
+        if self.quantize_base is not None and not self.lora_rank:
+            raise PerfmodelError("--quantize-base quantises the frozen base of a LoRA run: give --lora R with it")
+        if self.global_batch % (self.dp * self.micro_batch):
+            raise PerfmodelError(f"--global-batch ({self.global_batch}) must be a multiple of dp x micro-batch "
+                                 f"({self.dp} x {self.micro_batch}): each data-parallel rank runs whole "
+                                 f"micro-batches")
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp * self.cp * self.dp
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches a pipeline runs a step (gradient accumulation steps)."""
+        return self.global_batch // (self.dp * self.micro_batch)
+
+    @property
+    def sp(self) -> bool:
+        return self.tp > 1 if self.sequence_parallel is None else bool(self.sequence_parallel)
+
+
+# Memory --------------------------------------------------------------------------------------------------------------
+
+def state_bytes_per_param(precision: str, optimizer: str) -> dict[str, float]:
+    """Weights, gradients and optimizer states a parameter, bytes (mixed precision; FP32 training keeps no master
+    copy: 4 + 4 + the optimizer's states less its master copy; FP8 keeps BF16 weights and an FP8 copy of the GEMM
+    weights, 1 byte more, an estimate of Transformer Engine's recipe)."""
+    k = OPTIMIZER_BYTES[optimizer]
+    if precision == "fp32":
+        return {"weights": 4.0, "gradients": 4.0, "optimizer": k - 4.0}
+    return {"weights": 3.0 if precision == "fp8" else 2.0, "gradients": 2.0, "optimizer": k}
+
+
+def zero_shard(states: dict[str, float], params: float, zero: int, dp: int) -> dict[str, float]:
+    """Bytes a device holds of `params` parameters' states under ZeRO `zero` over `dp` ranks (ZeRO paper, sec. 5:
+    stage 1 the optimizer states, 2 and the gradients, 3 and the weights)."""
+    div = {"optimizer": dp if zero >= 1 else 1, "gradients": dp if zero >= 2 else 1, "weights": dp if zero >= 3 else 1}
+    return {k: params * v / div[k] for k, v in states.items()}
+
+
+def layer_activation_bytes(model: ModelSpec, seq: int, batch: int, tp: int = 1, sp: bool = False,
+                           recompute: str = "none", flash: bool = True, dropout: bool = False,
+                           act_bytes: float = 2.0) -> float:
+    """Bytes of activations one transformer layer keeps for the backward (Korthikanti et al. 2022, sec. 4.1, tensor
+    by tensor; module docstring). With a GPT layer (MHA, 4h GELU MLP), dropout and no flash attention, at 16 bits:
+    s b h (34 + 5 a s / h)."""
+    s, b, h, a = float(seq), float(batch), float(model.d_model), float(model.n_heads)
+    if recompute == "full":  # only the layer's input, for the rerun
+        return 2.0 * s * b * h / (tp if sp else 1) * act_bytes / 2.0
+    shape = model.attention_shape()
+    hq = float(model.n_heads * model.dim_head)
+    hkv = float(shape.n_kv_heads * model.dim_head) if not model.is_mla else hq
+    unit = act_bytes / 2.0  # the paper's counts are at 2 bytes
+    mask = 1.0 if dropout else 0.0
+    # attention block: the QKV input (2sbh, whole without SP), Q and K for the scores, V, the projection's input
+    # (the attention output), a dropout mask after the projection (whole without SP)
+    attn_whole = 2.0 * s * b * h + mask * s * b * h
+    attn_split = 2.0 * s * b * hq + 2.0 * s * b * hkv + 2.0 * s * b * hkv + 2.0 * s * b * hq
+    scores = 0.0
+    if not flash and recompute == "none":  # the softmax output (2), with dropout its mask (1) and output (2)
+        scores = (5.0 if dropout else 2.0) * a * s * s * b
+    # MLP: its input (2sbh, whole without SP), the up projections' outputs (gated: gate and up), the activation's
+    # output (the down projection's input), a dropout mask (whole without SP)
+    f = float(model.d_ff if not model.is_moe else (model.expert_d_ff or model.d_ff))
+    active = 1.0 if not model.is_moe else float(model.experts_per_token) + (1.0 if model.shared_d_ff else 0.0)
+    up = (4.0 if model.gated_mlp else 2.0) * s * b * f * active
+    mlp_whole = 2.0 * s * b * h + mask * s * b * h
+    mlp_split = up + 2.0 * s * b * f * active
+    norms = 4.0 * s * b * h  # the two norms' inputs (whole without SP)
+    whole, split = attn_whole + mlp_whole + norms, attn_split + mlp_split + scores
+    if sp:
+        return (whole + split) / tp * unit
+    return (whole + split / tp) * unit
+
+
+# Time ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainEstimate:
+    model: ModelSpec
+    device: Device
+    config: TrainConfig
+    step_time_s: float
+    tokens_per_s: float
+    mfu: float
+    hfu: float
+    memory: dict[str, float]  # per device, bytes, by kind, and total
+    capacity_bytes: float | None
+    breakdown: dict[str, float]  # seconds of a step: compute, bubble, exposed communication, optimizer
+    model_flops_per_token: float
+    time_to_train_s: float | None = None
+    suggestions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.capacity_bytes is None or self.memory["total"] <= self.capacity_bytes
+
+    def capacity_message(self) -> str:
+        """Why it does not fit, and what would."""
+        mem = self.memory
+        parts = ", ".join(f"{k} {v / 1e9:.1f} GB" for k, v in mem.items() if k != "total")
+        what = f"LoRA rank {self.config.lora_rank}" if self.config.lora_rank else "full training"
+        would = ("; ".join(self.suggestions) if self.suggestions else
+                 "none of a higher ZeRO stage, recomputation, LoRA or up to 512x the devices")
+        return (f"{self.model.id} ({what}) does not fit on {self.device.id}: it needs {mem['total'] / 1e9:.1f} GB per "
+                f"device ({parts}) but has {(self.capacity_bytes or 0) / 1e9:.1f} GB. Would fit: {would}. "
+                f"(--ignore-capacity prints the estimate anyway)")
+
+    def summary(self) -> str:
+        c, b = self.config, self.breakdown
+        what = f"LoRA rank {c.lora_rank}" + (f" on a {c.quantize_base} base" if c.quantize_base else "") \
+            if c.lora_rank else "full training"
+        lines = [f"{self.model.name or self.model.id}, {what}, on {c.devices} x {self.device.name or self.device.id}",
+                 f"  tp {c.tp}, pp {c.pp}, cp {c.cp}, ep {c.ep}, dp {c.dp}, ZeRO {c.zero}"
+                 f"{', sequence parallel' if c.sp and c.tp > 1 else ''}; seq {c.seq_len}, global batch "
+                 f"{c.global_batch} ({c.micro_batches} micro-batches of {c.micro_batch}); {c.precision}, "
+                 f"{c.optimizer}, recompute {c.recompute}",
+                 "",
+                 f"  step time          {self.step_time_s:12.3f} s   (compute {b['compute']:.3f} s, pipeline bubble "
+                 f"{b['bubble']:.3f} s, exposed communication {b['communication']:.3f} s, optimizer "
+                 f"{b['optimizer']:.3f} s)",
+                 f"  tokens/s           {self.tokens_per_s:12,.0f}     ({self.tokens_per_s / c.devices:,.0f} a device)",
+                 f"  MFU / HFU          {self.mfu:11.1%} / {self.hfu:.1%}"]
+        if self.time_to_train_s is not None:
+            lines.append(f"  time to train      {self.time_to_train_s / 86400:12.2f} days")
+        mem = self.memory
+        cap = "" if self.capacity_bytes is None else f" of {self.capacity_bytes / 1e9:.1f} GB"
+        lines += ["", "  memory per device: " + " + ".join(f"{k} {v / 1e9:.2f} GB" for k, v in mem.items()
+                                                        if k != "total")
+                  + f" = {mem['total'] / 1e9:.2f} GB{cap} ({'fits' if self.fits else 'does not fit'})"]
+        if not self.fits:
+            lines.append("  would fit: " + ("; ".join(self.suggestions) if self.suggestions else
+                                           "nothing tried (more devices with --tp, --pp or a smaller --seq)"))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.config
+        out = {"model": self.model.id, "hardware": self.device.id, "devices": c.devices,
+               "layout": {"tp": c.tp, "pp": c.pp, "cp": c.cp, "ep": c.ep, "dp": c.dp, "zero": c.zero,
+                          "sequence_parallel": c.sp, "interleave": c.interleave},
+               "seq_len": c.seq_len, "global_batch": c.global_batch, "micro_batch": c.micro_batch,
+               "micro_batches": c.micro_batches, "precision": c.precision, "optimizer": c.optimizer,
+               "recompute": c.recompute, "lora_rank": c.lora_rank, "quantize_base": c.quantize_base,
+               "step_time_s": self.step_time_s, "tokens_per_s": self.tokens_per_s, "mfu": self.mfu, "hfu": self.hfu,
+               "model_flops_per_token": self.model_flops_per_token,
+               "memory": {**{f"{k}_bytes": v for k, v in self.memory.items() if k != "total"},
+                          "total_bytes": self.memory["total"], "capacity_bytes": self.capacity_bytes,
+                          "fits": self.fits},
+               "breakdown": {f"{k}_s": v for k, v in self.breakdown.items()},
+               "notes": self.notes}
+        if self.time_to_train_s is not None:
+            out["time_to_train_s"] = self.time_to_train_s
+        if self.suggestions:
+            out["would_fit"] = self.suggestions
+        return out
+
+
+def model_flops_per_token(model: ModelSpec, seq: int, weight_gradients: bool = True) -> float:
+    """6 N + 12 L H Q T (PaLM appendix B): N the parameters a token's matmuls use (active experts only, the LM head
+    included, the embedding table and norms not), attention over the whole sequence T (no causal halving, as PaLM).
+    Without weight gradients (LoRA's frozen base): 4 N, the forward and the input gradients."""
+    br = model.param_breakdown()
+    n = model.params_active() - br.get("embedding", 0) - br.get("norms", 0)
+    if model.tie_embeddings:
+        n += model.vocab_size * model.d_model  # the tied table is the LM head's matrix too
+    return (6.0 if weight_gradients else 4.0) * n + 12.0 * model.n_layers * model.n_heads * model.dim_head * seq
+
+
+def lora_params(model: ModelSpec, rank: int) -> float:
+    """Adapter parameters: rank x (d_in + d_out) on each projection of attention (q, k, v, o) and MLP (gate, up,
+    down; each routed expert's too), every layer."""
+    d, hq = model.d_model, model.n_heads * model.dim_head
+    hkv = model.attention_shape().n_kv_heads * model.dim_head
+    attn = (d + hq) + 2 * (d + hkv) + (hq + d)
+    f = (model.expert_d_ff or model.d_ff) if model.is_moe else model.d_ff
+    mats = 3 if model.gated_mlp else 2
+    mlp = mats * (d + f) * (model.n_experts if model.is_moe else 1)
+    return float(rank * model.n_layers * (attn + mlp))
+
+
+def _fabric_bandwidth(device: Device, group: int, job_devices: int, eff: Efficiency) -> float:
+    """Bytes/s a rank of a data-parallel ring gets: the node's fabric when the whole job fits in a node, else each
+    device's share of its node's network (the slowest hop of a ring that leaves the node)."""
+    from .collectives import fabric_of
+
+    fab = fabric_of(device)
+    if job_devices <= fab.devices_per_node or group <= 1:
+        bw = fab.intra_for(min(group, fab.devices_per_node))
+    else:
+        net = fab.net_bytes_per_s if fab.net_bytes_per_s else fab.intra_bytes_per_s
+        bw = net / fab.devices_per_node
+    return max(bw, 1.0) * eff.interconnect
+
+
+def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, engine: str | None = None,
+          efficiency: Efficiency | None = None, tokens: float | None = None) -> TrainEstimate:
+    """Step time, throughput, MFU / HFU and memory per device of `config` (module docstring)."""
+    m, d = load_model(model), load_device(hardware)
+    if m.arch != "decoder":
+        raise PerfmodelError(f"training is modelled for decoder-only models; {m.id} is {m.arch.replace('_', '-')}")
+    c = config
+    if c.ep > 1 and not m.is_moe:
+        raise PerfmodelError(f"--ep spreads an MoE model's experts; {m.id} has none")
+    if c.pp > m.n_layers:
+        raise PerfmodelError(f"--pp ({c.pp}) exceeds {m.id}'s {m.n_layers} layers")
+    eff = efficiency or efficiency_for(d, engine)[0]
+    prec = c.precision
+    act = DType.parse("bf16" if prec in ("bf16", "fp8") else prec)
+    gemm = DType.parse("fp8") if prec == "fp8" else None
+    base = _base_format(c.quantize_base) if c.quantize_base else act
+    notes: list[str] = []
+    if c.quantize_base and c.quantize_base.lower() == "nf4":
+        notes.append("nf4 (QLoRA's 4-bit NormalFloat) is counted as int4: 4 bits a weight, its block constants "
+                     "(0.127 bits with double quantisation) left out")
+    if gemm is not None and d.peak_flops_per_s("matrix", gemm.compute) is None:
+        raise PerfmodelError(f"--precision fp8 needs FP8 matrix units; {d.id} has none stated")
+    wl = Workload(batch=c.micro_batch, prompt_len=c.seq_len, gen_len=1, weights=base, kv=act, act=act, gemm=gemm,
+                  tp=c.tp, cp=c.cp, ep=c.ep, logits="all", devices=None)
+    one = np.ones(1)
+    ev = evaluate(m, d, wl, eff, one * c.micro_batch, one * c.seq_len, one, detail=False)
+    pre = ev.prefill
+    times = np.asarray(pre.values["time_s"])[:, 0]
+    kinds = [op.kind for op in pre.ops]
+    host = float(eff.step_overhead_s + c.micro_batch * eff.token_overhead_s)
+    fwd = float(times.sum()) + host
+    frozen = c.lora_rank > 0  # no weight gradients for the frozen base
+    bwd_factor = {k: (1.0 if (k == OpKind.MATMUL and frozen) else v) for k, v in BACKWARD.items()}
+    bwd = float(sum(t * bwd_factor.get(k, 2.0) for t, k in zip(times, kinds))) + host
+    attn = float(sum(t for t, k in zip(times, kinds) if k == OpKind.ATTENTION))
+    rc = {"none": 0.0, "selective": attn, "full": fwd}[c.recompute]
+    stage = 1.0 / c.pp
+    t_f, t_b, t_rc = fwd * stage, bwd * stage, rc * stage
+    mb = c.micro_batches
+    slot = t_f + t_b + t_rc
+    compute = mb * slot
+    bubble = (c.pp - 1) / c.interleave * slot
+    # pipeline sends: a micro-batch's activations forward and their gradients back, at each stage boundary
+    if c.pp > 1:
+        xfer = 2.0 * c.seq_len * c.micro_batch * m.d_model * act.bytes / (c.tp if c.sp else 1) / c.cp
+        p2p = mb * 2.0 * xfer / _fabric_bandwidth(d, 2, c.devices, eff)
+    else:
+        p2p = 0.0
+    # parameters and their states on a device
+    br = m.param_breakdown()
+    total = float(m.params_total())
+    expert = float(br.get("experts", 0))
+    per_dev = (total - expert) / (c.tp * c.pp) + expert / (max(c.ep, 1) * c.pp)
+    states = state_bytes_per_param(prec, c.optimizer)
+    if frozen:
+        base_bytes = base.bytes if c.quantize_base else states["weights"]
+        adapters = lora_params(m, c.lora_rank) / (c.tp * c.pp)
+        mem = {"weights": per_dev * base_bytes + adapters * 2.0,
+               **{k: v for k, v in zero_shard({"gradients": 2.0, "optimizer": OPTIMIZER_BYTES[c.optimizer]},
+                                                adapters, c.zero, c.dp).items()}}
+        if c.zero >= 3:
+            mem["weights"] = per_dev * base_bytes / c.dp + adapters * 2.0 / c.dp
+        trained = adapters
+    else:
+        mem = zero_shard(states, per_dev, c.zero, c.dp)
+        trained = per_dev
+    layers_first_stage = math.ceil(m.n_layers / c.pp)
+    per_layer = layer_activation_bytes(m, c.seq_len // c.cp, c.micro_batch, c.tp, c.sp, c.recompute,
+                                       flash=True, dropout=c.dropout, act_bytes=act.bytes)
+    in_flight = float(min(c.pp, mb))  # 1F1B: the first stage holds p micro-batches' activations
+    if c.interleave > 1:  # the interleaved schedule holds (1 + (p - 1) / (p v)) times as much (Korthikanti 4.2.3)
+        in_flight *= 1.0 + (c.pp - 1) / (c.pp * c.interleave)
+    activations = per_layer * layers_first_stage * in_flight
+    logits = c.seq_len / c.cp * c.micro_batch * m.vocab_size / c.tp * 4.0
+    mem["activations"] = activations + (logits if c.pp == 1 else 0.0)
+    if c.pp > 1:  # the last stage: fewer micro-batches in flight, the logits besides
+        mem["activations"] = max(mem["activations"], per_layer * layers_first_stage + logits)
+    mem["total"] = float(sum(v for k, v in mem.items() if k != "total"))
+    # data-parallel gradient synchronisation (and ZeRO-3's weight gathers), overlapped with the last backward
+    grad_bytes = trained * 2.0
+    exposed = 0.0
+    if c.dp > 1:
+        bw = _fabric_bandwidth(d, c.dp, c.devices, eff)
+        ring = 2.0 * (c.dp - 1) / c.dp
+        bucket = min(ring * grad_bytes, ring * DDP_BUCKET_BYTES) / bw
+        if c.zero >= 3:
+            # FSDP / ZeRO-3 gathers the weights for every micro-batch's forward and backward and reduce-scatters
+            # its gradients: 3 x (dp - 1) / dp x the 16-bit weights a micro-batch, prefetched under its compute
+            per_mb = 1.5 * ring * per_dev * 2.0 / bw if not frozen else 1.5 * ring * grad_bytes / bw
+            exposed = mb * max(per_mb - slot, 0.0) + bucket
+        else:
+            comm = ring * grad_bytes / bw
+            exposed = max(comm - t_b, bucket)
+    # optimizer step: memory-bound over the device's share of the trained parameters
+    opt_params = trained / (c.dp if c.zero >= 1 else 1)
+    from .cost import Machine
+    from .graph import Parallel
+
+    mach = Machine(d, eff, Parallel())
+    opt_bytes = opt_params * OPTIMIZER_TRAFFIC[c.optimizer]
+    optimizer_s = opt_bytes / float(mach.bandwidth_for(opt_bytes)) if opt_bytes else 0.0
+    step = compute + bubble + p2p + exposed + optimizer_s
+    tokens_step = float(c.global_batch * c.seq_len)
+    flops_tok = model_flops_per_token(m, c.seq_len, weight_gradients=not frozen)
+    attn_fwd = 4.0 * m.n_layers * m.n_heads * m.dim_head * c.seq_len  # QK^T and AV a token: a third of 12 L H Q T
+    peak = d.peak_flops_per_s("matrix", (gemm or act).compute)
+    if peak is None:
+        raise PerfmodelError(f"{d.id} states no matrix peak at {(gemm or act).value}: MFU needs one")
+    recomputed = {"none": 0.0, "selective": attn_fwd,
+                  "full": model_flops_per_token(m, c.seq_len) / 3.0}[c.recompute]  # the forward's FLOPs again
+    mfu = tokens_step * flops_tok / (step * c.devices * peak)
+    hfu = tokens_step * (flops_tok + recomputed) / (step * c.devices * peak)
+    cap = d.main_memory.capacity_bytes
+    est = TrainEstimate(m, d, c, step, tokens_step / step, mfu, hfu, mem, cap,
+                        {"compute": compute, "bubble": bubble, "communication": exposed + p2p,
+                         "optimizer": optimizer_s}, flops_tok,
+                        None if tokens is None else tokens / (tokens_step / step), notes=notes)
+    if not est.fits:
+        est.suggestions = would_fit(m, d, c, engine, eff)
+    return est
+
+
+def _base_format(name: str) -> DType:
+    """A frozen base's format: a DType, or nf4 (QLoRA's NormalFloat, 4 bits a weight) as int4."""
+    return DType.INT4 if name.lower() == "nf4" else DType.parse(name, "--quantize-base")
+
+
+def would_fit(m: ModelSpec, d: Device, c: TrainConfig, engine: str | None, eff: Efficiency) -> list[str]:
+    """Changes that make `c` fit, cheapest first: a higher ZeRO stage, recomputation, LoRA (and QLoRA), more
+    devices (data-parallel with ZeRO-3, then tensor-parallel within a node)."""
+    from dataclasses import replace
+
+    tries: list[tuple[str, TrainConfig]] = []
+    for z in range(c.zero + 1, 4):
+        if c.dp > 1:
+            tries.append((f"--zero {z}", replace(c, zero=z)))
+    for r in ("selective", "full"):
+        if RECOMPUTE.index(r) > RECOMPUTE.index(c.recompute):
+            tries.append((f"--recompute {r}", replace(c, recompute=r)))
+    if not c.lora_rank:
+        tries.append(("--lora 16", replace(c, lora_rank=16)))
+        tries.append(("--lora 16 --quantize-base q4_0", replace(c, lora_rank=16, quantize_base="q4_0")))
+    for n in (2, 4, 8, 16, 32, 64, 128, 256, 512):
+        if c.global_batch % (c.dp * n * c.micro_batch) == 0:
+            tries.append((f"--devices {c.devices * n} (--dp {c.dp * n} --zero 3)", replace(c, dp=c.dp * n, zero=3)))
+    out = []
+    for label, cfg in tries:
+        try:
+            est = train(m, d, cfg, engine, eff)
+        except PerfmodelError:
+            continue
+        if est.fits:
+            out.append(f"{label}: {est.memory['total'] / 1e9:.1f} GB a device, {est.tokens_per_s:,.0f} tokens/s")
+            if len(out) >= 3:
+                break
+    return out
