@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import data_roots, load_device, load_model, read_toml
+from .catalog import data_roots, load_device, load_model
 from .errors import PerfmodelError, did_you_mean
 
 TRAIN_FIELDS = {
@@ -59,28 +59,11 @@ def load_train_rows(paths: list[Path] | None = None) -> "Any":
     whether the row counts in the error (not kept out, not derived from another row of the same run)."""
     import pandas as pd
 
+    from .validation import source_records
+
     records = []
     for path in paths or train_files():
-        data = read_toml(path)
-        src = data.get("source", {})
-        missing = [k for k in ("title", "url") if not src.get(k)]
-        if missing:
-            raise PerfmodelError(f"{path}: [source] needs {', '.join(missing)}")
-        defaults = data.get("defaults", {})
-        rows = data.get("rows", [])
-        if not rows:
-            raise PerfmodelError(f"{path}: no [[rows]]")
-        for i, row in enumerate(rows, 1):
-            rec = {**defaults, **row}
-            where = f"{path.name} row {i}"
-            for key, value in rec.items():
-                if key not in TRAIN_FIELDS:
-                    raise PerfmodelError(f"{where}: unknown field {key!r}.{did_you_mean(key, list(TRAIN_FIELDS))}")
-                want = TRAIN_FIELDS[key]
-                ok = isinstance(value, want) or (want is float and isinstance(value, int)) and not isinstance(
-                    value, bool)
-                if not ok:
-                    raise PerfmodelError(f"{where}: {key} = {value!r} should be a {want.__name__}")
+        for i, rec, where, src in source_records(path, TRAIN_FIELDS):
             for key in ("metric", "value", "where", "hardware", "seq_len", "n_devices"):
                 if key not in rec:
                     raise PerfmodelError(f"{where}: missing {key!r}")

@@ -70,33 +70,40 @@ def validation_files() -> list[Path]:
     return out
 
 
+def source_records(path: Path, fields: dict[str, type]):
+    """(row number, the row with the file's defaults, 'FILE row N', [source]) for each row of one source file, its
+    [source] and every field checked against `fields` (name: type)."""
+    data = read_toml(path)
+    src = data.get("source", {})
+    missing = [k for k in SOURCE_REQUIRED if not src.get(k)]
+    if missing:
+        raise PerfmodelError(f"{path}: [source] needs {', '.join(missing)}")
+    defaults = data.get("defaults", {})
+    rows = data.get("rows", [])
+    if not rows:
+        raise PerfmodelError(f"{path}: no [[rows]]")
+    for i, row in enumerate(rows, 1):
+        rec = {**defaults, **row}
+        where = f"{path.name} row {i}"
+        for key, value in rec.items():
+            if key not in fields:
+                raise PerfmodelError(f"{where}: unknown field {key!r}.{did_you_mean(key, list(fields))} "
+                                     f"Fields: {', '.join(fields)}")
+            want = fields[key]
+            ok = isinstance(value, want) or (want is float and isinstance(value, int)) and not isinstance(
+                value, bool)
+            if not ok:
+                raise PerfmodelError(f"{where}: {key} = {value!r} should be a {want.__name__}")
+        yield i, rec, where, src
+
+
 def load_rows(paths: list[Path] | None = None) -> "pd.DataFrame":
     """Every measurement of the validation files as one DataFrame row (defaults applied, source attached)."""
     import pandas as pd
 
     records = []
     for path in paths or validation_files():
-        data = read_toml(path)
-        src = data.get("source", {})
-        missing = [k for k in SOURCE_REQUIRED if not src.get(k)]
-        if missing:
-            raise PerfmodelError(f"{path}: [source] needs {', '.join(missing)}")
-        defaults = data.get("defaults", {})
-        rows = data.get("rows", [])
-        if not rows:
-            raise PerfmodelError(f"{path}: no [[rows]]")
-        for i, row in enumerate(rows, 1):
-            rec = {**defaults, **row}
-            where = f"{path.name} row {i}"
-            for key, value in rec.items():
-                if key not in ROW_FIELDS:
-                    raise PerfmodelError(f"{where}: unknown field {key!r}.{did_you_mean(key, list(ROW_FIELDS))} "
-                                         f"Fields: {', '.join(ROW_FIELDS)}")
-                want = ROW_FIELDS[key]
-                ok = isinstance(value, want) or (want is float and isinstance(value, int)) and not isinstance(
-                    value, bool)
-                if not ok:
-                    raise PerfmodelError(f"{where}: {key} = {value!r} should be a {want.__name__}")
+        for i, rec, where, src in source_records(path, ROW_FIELDS):
             for key in REQUIRED:
                 if key not in rec:
                     raise PerfmodelError(f"{where}: missing {key!r}")
