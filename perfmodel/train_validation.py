@@ -8,7 +8,7 @@ MPT's GPT models). Throughput a GPU is compared in the source's own FLOP count (
   counted; Megatron-DeepSpeed's "TFLOPs" with activation checkpointing: BLOOM's logs);
 - megatron72: 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) (Korthikanti et al. 2022, eq. 7: model FLOPs; Megatron-Core's
   counter for dense GPT models);
-- palm: 6 N + 12 L H Q T a token (perfmodel.training.model_flops_per_token, PaLM appendix B).
+- palm: 6 N + 12 L H Q T a token (perfmodel.training.model_flops_per_token, causal=False: PaLM appendix B).
 A run reported in several metrics (a step time and the TFLOP/s or MFU computed from it) is scored once, by the
 first of SCORE_ORDER it gives; the others are derived from the same measurement and are listed, not scored.
 Nothing here is fitted (the kernels' efficiencies are the inference profiles'), so the error is a plain held-out
@@ -165,7 +165,7 @@ def source_flops(model, cfg, convention: str) -> float:
         return 96.0 * b * s * l * h * h * (1 + s / (6.0 * h) + v / (16.0 * l * h))
     if convention == "megatron72":
         return 72.0 * b * s * l * h * h * (1 + s / (6.0 * h) + v / (12.0 * l * h))
-    return model_flops_per_token(model, s, weight_gradients=not cfg.lora_rank) * b * s
+    return model_flops_per_token(model, s, weight_gradients=not cfg.lora_rank, causal=False) * b * s
 
 
 def predict_train(df: "Any", engine: str | None = None) -> tuple[np.ndarray, np.ndarray]:

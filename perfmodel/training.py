@@ -36,9 +36,10 @@ Time per step, on the cost model of inference (perfmodel.evaluate) at the engine
   the states and the 16-bit weights (OPTIMIZER_TRAFFIC bytes a parameter).
 
 MFU counts the model's FLOPs (6 N per token for the weight matmuls, N the parameters a token passes through, LM head
-included, embedding lookups not, plus 12 L H Q T for attention: PaLM, Chowdhery et al. 2022,
-https://arxiv.org/abs/2204.02311, appendix B) against the devices' peak at the training precision; HFU adds the
-recomputed forward (Korthikanti et al. sec. 6).
+included, embedding lookups not, plus attention: PaLM, Chowdhery et al. 2022, https://arxiv.org/abs/2204.02311,
+appendix B, whose 12 L H Q T counts every query-key pair; here the causal half, 6 L H Q T, so that MFU stays a share
+of what the hardware could do) against the devices' peak at the training precision; HFU adds the recomputed forward
+(Korthikanti et al. sec. 6).
 """
 
 from __future__ import annotations
@@ -276,15 +277,18 @@ class TrainEstimate:
         return out
 
 
-def model_flops_per_token(model: ModelSpec, seq: int, weight_gradients: bool = True) -> float:
+def model_flops_per_token(model: ModelSpec, seq: int, weight_gradients: bool = True, causal: bool = True) -> float:
     """6 N + 12 L H Q T (PaLM appendix B): N the parameters a token's matmuls use (active experts only, the LM head
-    included, the embedding table and norms not), attention over the whole sequence T (no causal halving, as PaLM).
-    Without weight gradients (LoRA's frozen base): 4 N, the forward and the input gradients."""
+    included, the embedding table and norms not), attention over the sequence T; `causal` (the default) halves the
+    attention term to the pairs a causal model computes (6 L H Q T), PaLM's count keeps all T^2 (and so its MFU of a
+    long-sequence causal run can pass 1). Without weight gradients (LoRA's frozen base): 4 N, the forward and the
+    input gradients."""
     br = model.param_breakdown()
     n = model.params_active() - br.get("embedding", 0) - br.get("norms", 0)
     if model.tie_embeddings:
         n += model.vocab_size * model.d_model  # the tied table is the LM head's matrix too
-    return (6.0 if weight_gradients else 4.0) * n + 12.0 * model.n_layers * model.n_heads * model.dim_head * seq
+    attention = (6.0 if causal else 12.0) * model.n_layers * model.n_heads * model.dim_head * seq
+    return (6.0 if weight_gradients else 4.0) * n + attention
 
 
 def lora_params(model: ModelSpec, rank: int) -> float:
@@ -417,7 +421,7 @@ def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, e
     step = compute + bubble + p2p + exposed + optimizer_s
     tokens_step = float(c.global_batch * c.seq_len)
     flops_tok = model_flops_per_token(m, c.seq_len, weight_gradients=not frozen)
-    attn_fwd = 4.0 * m.n_layers * m.n_heads * m.dim_head * c.seq_len  # QK^T and AV a token: a third of 12 L H Q T
+    attn_fwd = 2.0 * m.n_layers * m.n_heads * m.dim_head * c.seq_len  # causal QK^T and AV a token: a third of 6LHQT
     peak = d.peak_flops_per_s("matrix", (gemm or act).compute)
     if peak is None:
         raise PerfmodelError(f"{d.id} states no matrix peak at {(gemm or act).value}: MFU needs one")
