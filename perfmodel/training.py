@@ -32,6 +32,8 @@ Time per step, on the cost model of inference (perfmodel.evaluate) at the engine
   fits in a node, else each device's share of its node's network), overlapped with the backward of the last
   micro-batch but for the last bucket (PyTorch DDP's 25 MB, bucket_cap_mb); ZeRO-3 also all-gathers the weights in
   the forward and the backward (1.5 x the all-reduce's bytes in all; ZeRO paper sec. 7.2.2).
+- The loss: softmax cross-entropy over the FP32 logits of every position, memory-bound passes (8 bytes a logit
+  forward: read, write the probabilities; 4 + 2 backward).
 - Optimizer: elementwise over the device's parameters, memory-bound: it reads the gradient and the states and writes
   the states and the 16-bit weights (OPTIMIZER_TRAFFIC bytes a parameter).
 
@@ -347,10 +349,21 @@ def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, e
     times = np.asarray(pre.values["time_s"])[:, 0]
     kinds = [op.kind for op in pre.ops]
     host = float(eff.step_overhead_s + c.micro_batch * eff.token_overhead_s)
-    fwd = float(times.sum()) + host
+    # the loss: softmax cross-entropy over the vocabulary of every position, on the FP32 logits (vocabulary-
+    # parallel over tp): the forward reads them and writes the probabilities, the backward reads those and writes
+    # the logits' gradient at 16 bits; memory-bound elementwise passes the prompt pass of inference does not have
+    from .cost import Machine
+    from .graph import Parallel
+
+    mach = Machine(d, eff, Parallel())
+    logit_elems = c.seq_len / c.cp * c.micro_batch * m.vocab_size / c.tp
+    loss_fwd, loss_bwd = logit_elems * 8.0, logit_elems * (4.0 + act.bytes)
+    loss_fwd_s = loss_fwd / float(mach.bandwidth_for(loss_fwd))
+    loss_bwd_s = loss_bwd / float(mach.bandwidth_for(loss_bwd))
+    fwd = float(times.sum()) + host + loss_fwd_s
     frozen = c.lora_rank > 0  # no weight gradients for the frozen base
     bwd_factor = {k: (1.0 if (k == OpKind.MATMUL and frozen) else v) for k, v in BACKWARD.items()}
-    bwd = float(sum(t * bwd_factor.get(k, 2.0) for t, k in zip(times, kinds))) + host
+    bwd = float(sum(t * bwd_factor.get(k, 2.0) for t, k in zip(times, kinds))) + host + loss_bwd_s
     attn = float(sum(t for t, k in zip(times, kinds) if k == OpKind.ATTENTION))
     rc = {"none": 0.0, "selective": attn, "full": fwd}[c.recompute]
     stage = 1.0 / c.pp
@@ -412,10 +425,6 @@ def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, e
             exposed = max(comm - t_b, bucket)
     # optimizer step: memory-bound over the device's share of the trained parameters
     opt_params = trained / (c.dp if c.zero >= 1 else 1)
-    from .cost import Machine
-    from .graph import Parallel
-
-    mach = Machine(d, eff, Parallel())
     opt_bytes = opt_params * OPTIMIZER_TRAFFIC[c.optimizer]
     optimizer_s = opt_bytes / float(mach.bandwidth_for(opt_bytes)) if opt_bytes else 0.0
     step = compute + bubble + p2p + exposed + optimizer_s
