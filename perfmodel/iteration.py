@@ -47,6 +47,7 @@ _PER_DOUBLING = 12  # grid points per doubling of a tabulated size (interpolatio
 # docs/serving.md's Poisson example by 0.04 % (its percentiles by about 1 %: any change of an iteration's time
 # reorders arrivals against iterations), while tabulating 2-3x faster
 CHUNK_PER_DOUBLING = 4
+_DENSE_MAX = 65536  # whole token counts looked up directly (StepCost._dense); larger ones interpolated
 
 
 def _locate(xs: list[float], x: float) -> tuple[int, float]:
@@ -106,6 +107,14 @@ class StepCost:
                 self.ctx.tolist(), self.dec_fixed_s.tolist(), self.dec_per_seq_s.tolist(), self.chunk_q.tolist(),
                 self.chunk_o.tolist(), self.chunk_s.tolist())
 
+    @cached_property
+    def _dense(self) -> tuple[list[float], list[float]]:
+        """token_s and emit_s at every whole count up to their grids' ends (at most _DENSE_MAX), by the same
+        interpolation: the simulator's loop looks them up instead of searching the grid each iteration."""
+        tg, ts, eg, es, *_ = self._lists
+        return ([_interp(tg, ts, float(x)) for x in range(min(int(tg[-1]), _DENSE_MAX) + 1)],
+                [_interp(eg, es, float(x)) for x in range(min(int(eg[-1]), _DENSE_MAX) + 1)])
+
     def chunk_s_at(self, q: float, o: float) -> float:
         """Attention time of a prefill chunk of q tokens after o cached ones: bilinear on the (q, o) grid."""
         *_, qs, os_, s = self._lists
@@ -150,7 +159,13 @@ class StepCost:
         """One pass: the token ops over `tokens`, the LM head over `emit_rows`, the decode attention given, each
         prefill chunk's attention, and the host overheads (per pass, per sequence)."""
         tg, ts, eg, es, *_ = self._lists
-        s = _interp(tg, ts, tokens) + (_interp(eg, es, emit_rows) if emit_rows else 0.0) + attention_s
+        dt, de = self._dense
+        ti = int(tokens)
+        s = dt[ti] if ti == tokens and ti < len(dt) else _interp(tg, ts, tokens)
+        if emit_rows:
+            ei = int(emit_rows)
+            s += de[ei] if ei == emit_rows and ei < len(de) else _interp(eg, es, emit_rows)
+        s += attention_s
         for q, o in chunks:
             s += self.chunk_s_at(q, o)
         return s + self.step_overhead_s + seqs * self.token_overhead_s
@@ -165,7 +180,11 @@ class StepCost:
         if n_dec:
             _, _, _, _, cg, cf, cp, *_ = self._lists
             c = sum_ctx / n_dec
-            attention = _interp(cg, cf, c) + n_dec * _interp(cg, cp, c)
+            if len(cg) == 1:
+                attention = cf[0] + n_dec * cp[0]
+            else:  # one search of the context grid for both tables (as _interp would make it twice)
+                i, u = _locate(cg, c)
+                attention = (cf[i] + u * (cf[i + 1] - cf[i])) + n_dec * (cp[i] + u * (cp[i + 1] - cp[i]))
         return self._pass_s(t, emitting, attention, chunks, n_dec + len(chunks))
 
     def spec_iteration_s(self, n_dec: int, sum_ctx: float, chunks: list[tuple[float, float]], emitting: int,
