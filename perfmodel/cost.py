@@ -643,6 +643,16 @@ def op_cost(op: Op, mach: Machine, resident_bw: Num, act_bw: Num) -> dict[str, A
     return out
 
 
+def ops_time_s(ops: "tuple[Op, ...] | list[Op]", mach: Machine) -> Num:
+    """Ops run one after another, each at the bandwidth of its own working set (op_cost): their time summed (a
+    scalar, or an array where the ops' sizes are arrays)."""
+    t: Num = 0.0
+    for o in ops:
+        bw = mach.bandwidth_for(o.bytes)
+        t = t + op_cost(o, mach, bw, bw)["time_s"]
+    return t
+
+
 def series(m: Num, n: Num, p: Num, q: Num) -> Num:
     """sum_{c=m..n} (p + q c); zero when n < m."""
     cnt = np.maximum(np.asarray(n, dtype=float) - m + 1, 0.0)

@@ -188,9 +188,9 @@ class StepCost:
         return self._pass_s(t, emitting, attention, chunks, n_dec + len(chunks))
 
     def spec_iteration_s(self, n_dec: int, sum_ctx: float, chunks: list[tuple[float, float]], emitting: int,
-                         k: int, draft: "StepCost", passes: int | None = None) -> float:
-        """An iteration of speculative decoding (perfmodel.speculative): k drafter decode steps of the n_dec
-        sequences (`passes` of them where it is not k: 1 for Medusa's heads), then one target pass where each
+                         k: int, draft: "StepCost", passes: int) -> float:
+        """An iteration of speculative decoding (perfmodel.speculative): `passes` drafter passes over the n_dec
+        sequences (k decode steps of a drafting model, one of Medusa's heads), then one target pass where each
         verifies k + 1 tokens (a chunk of k + 1 queries after its context) beside the prefill chunks; the LM head runs
         on every verified position."""
         if not n_dec:
@@ -198,7 +198,7 @@ class StepCost:
         verify = n_dec * self.chunk_s_at(k + 1.0, max(sum_ctx / n_dec - 1.0, 0.0))
         return (self._pass_s(n_dec * (k + 1) + sum(q for q, _ in chunks), emitting + n_dec * k, verify, chunks,
                              n_dec + len(chunks))
-                + (k if passes is None else passes) * draft.iteration_s(n_dec, sum_ctx, [], n_dec))
+                + passes * draft.iteration_s(n_dec, sum_ctx, [], n_dec))
 
     def decode_run_s(self, n_dec: int, sum_ctx0: float, steps: int) -> np.ndarray:
         """Times of `steps` decode-only iterations of the same n_dec sequences, the first at contexts summing to

@@ -76,7 +76,7 @@ class Speculative:
     verify_step_s: float
     tpot_s: float
     plain_tpot_s: float
-    draft_passes: int = 0  # drafter passes a step: draft_tokens, or 1 for Medusa's heads (0: draft_tokens)
+    draft_passes: int  # drafter passes a step: draft_tokens, or 1 for Medusa's heads
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -90,7 +90,7 @@ class Speculative:
         return {"drafter": self.drafter, "draft_tokens": self.draft_tokens, "acceptance": self.acceptance,
                 "acceptance_assumed": self.acceptance_assumed,
                 "expected_tokens_per_step": self.expected_tokens_per_step, "draft_step_s": self.draft_step_s,
-                "draft_passes": self.draft_passes or self.draft_tokens,
+                "draft_passes": self.draft_passes,
                 "verify_step_s": self.verify_step_s, "tpot_s": self.tpot_s,
                 "decode_tokens_per_s": self.decode_tokens_per_s, "speedup": self.speedup}
 
@@ -182,7 +182,7 @@ def medusa_heads_s(target: ModelSpec, device: Device, wl: Workload, eff: Efficie
     target's formats: per head a d x d matmul (the residual block; its SiLU and add are elementwise on d values a row,
     left out) and a d x V matmul (the head's own LM head, read at the LM head's format, logits out in FP32), each a
     kernel of its own."""
-    from .cost import op_cost
+    from .cost import ops_time_s
     from .evaluate import workload_machine
     from .graph import Op, OpKind
 
@@ -195,11 +195,7 @@ def medusa_heads_s(target: ModelSpec, device: Device, wl: Workload, eff: Efficie
               act_in_bytes=rows * d * act.bytes, act_out_bytes=rows * d * act.bytes, rows=rows),
            Op("medusa_lm_head", OpKind.MATMUL, act, flops=2.0 * rows * d * v, weight_bytes=d * v * w.bytes,
               act_in_bytes=rows * d * act.bytes, act_out_bytes=rows * v * 4.0, rows=rows))
-    t = 0.0
-    for o in ops:
-        bw = mach.bandwidth_for(o.bytes)
-        t = t + op_cost(o, mach, bw, bw)["time_s"]
-    return heads * np.asarray(t, dtype=float)
+    return heads * np.asarray(ops_time_s(ops, mach), dtype=float)
 
 
 @dataclass(frozen=True, eq=False)

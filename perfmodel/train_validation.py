@@ -17,7 +17,6 @@ error per source.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 from .catalog import data_roots, load_device, load_model
 from .errors import PerfmodelError, did_you_mean
+from .validation import _n, _s, source_records
 
 TRAIN_FIELDS = {
     "framework": str, "software": str, "hardware": str, "hardware_name": str, "model": str, "model_name": str,
@@ -59,8 +59,6 @@ def load_train_rows(paths: list[Path] | None = None) -> "Any":
     whether the row counts in the error (not kept out, not derived from another row of the same run)."""
     import pandas as pd
 
-    from .validation import source_records
-
     records = []
     for path in paths or train_files():
         for i, rec, where, src in source_records(path, TRAIN_FIELDS):
@@ -83,7 +81,7 @@ def load_train_rows(paths: list[Path] | None = None) -> "Any":
     runs: dict[tuple, list[int]] = {}
     for j, r in enumerate(df.to_dict("records")):
         if r["metric"] in SCORE_ORDER and not _s(r.get("kept_out")):
-            runs.setdefault(tuple(_plain(r.get(k)) for k in _RUN_KEYS), []).append(j)
+            runs.setdefault(tuple(_s(r.get(k)) for k in _RUN_KEYS), []).append(j)
     for members in runs.values():
         first = min(members, key=lambda j: SCORE_ORDER.index(df.at[j, "metric"]))
         for j in members:
@@ -92,19 +90,6 @@ def load_train_rows(paths: list[Path] | None = None) -> "Any":
     kept = df["kept_out"].fillna("") if "kept_out" in df else pd.Series("", index=df.index)
     df["scored"] = (kept == "") & (df.derived_from == "")
     return df
-
-
-def _s(v: Any) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-
-
-def _plain(v: Any) -> Any:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-
-
-def _n(v: Any, default: float) -> float:
-    v = _plain(v)
-    return float(default if v is None else v)
 
 
 def row_model(r: dict[str, Any]):
@@ -139,7 +124,7 @@ def row_config(r: dict[str, Any]):
     sp = r.get("sequence_parallel")
     return TrainConfig(seq_len=int(r["seq_len"]), global_batch=gb, micro_batch=mb, tp=tp, pp=pp, cp=cp,
                        ep=int(_n(r.get("ep"), 1)), dp=dp, zero=zero, recompute=_s(r.get("recompute")) or "none",
-                       sequence_parallel=None if _plain(sp) is None else bool(sp),
+                       sequence_parallel=None if _s(sp) == "" else bool(sp),
                        precision=_s(r.get("precision")) or "bf16", optimizer=_optimizer(r.get("optimizer")),
                        interleave=int(_n(r.get("interleave"), 1)), lora_rank=rank,
                        quantize_base=(_s(r.get("quantize_base")) or ("q4_0" if method == "qlora" else None))
@@ -199,13 +184,7 @@ def predict_train(df: "Any", engine: str | None = None) -> tuple[np.ndarray, np.
             elif metric in ("tflops_per_gpu", "mfu"):
                 conv = _s(r.get("flops")) or "palm"
                 per_gpu = source_flops(est.model, cfg, conv) / (est.step_time_s * n)
-                if metric == "tflops_per_gpu":
-                    out[i] = per_gpu / 1e12
-                else:
-                    from .dtypes import DType
-
-                    prec = "fp8" if cfg.precision == "fp8" else ("fp16" if cfg.precision == "fp16" else "bf16")
-                    out[i] = per_gpu / est.device.peak_flops_per_s("matrix", DType.parse(prec).compute)
+                out[i] = per_gpu / 1e12 if metric == "tflops_per_gpu" else per_gpu / est.peak_flops_per_s
             else:
                 skip[i] = f"{metric} is not predicted yet"
         except PerfmodelError as e:

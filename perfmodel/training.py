@@ -210,6 +210,7 @@ class TrainEstimate:
     capacity_bytes: float | None
     breakdown: dict[str, float]  # seconds of a step: compute, bubble, exposed communication, optimizer
     model_flops_per_token: float
+    peak_flops_per_s: float  # a device's matrix peak at the training precision (what MFU divides by)
     time_to_train_s: float | None = None
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -441,7 +442,7 @@ def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, e
     cap = d.main_memory.capacity_bytes
     est = TrainEstimate(m, d, c, step, tokens_step / step, mfu, hfu, mem, cap,
                         {"compute": compute, "bubble": bubble, "communication": exposed + p2p,
-                         "optimizer": optimizer_s}, flops_tok,
+                         "optimizer": optimizer_s}, flops_tok, peak,
                         None if tokens is None else tokens / (tokens_step / step), notes=notes)
     if not est.fits:
         est.suggestions = would_fit(m, d, c, engine, eff)

@@ -469,7 +469,7 @@ def _predict_collective(r: dict[str, Any], device, eff) -> float:
 
 
 def _predict_kernel(r: dict[str, Any], device, eff) -> float:
-    from .cost import Machine, op_cost
+    from .cost import Machine, ops_time_s
     from .graph import Op, OpKind, Parallel, block_scale_work, tiled_causal_pairs
 
     metric = r["metric"]
@@ -505,10 +505,7 @@ def _predict_kernel(r: dict[str, Any], device, eff) -> float:
         op = Op("attention", OpKind.ATTENTION, dt, flops=4.0 * pairs * d * h * b, act_in_bytes=3 * b * h * s * d * it,
                 act_out_bytes=b * h * s * d * it, rows=s, exp_ops=pairs * h * b,  # one exp per pair and head
                 keys=pairs / s)
-    t = 0.0
-    for o in (*before, op):
-        bw = float(mach.bandwidth_for(o.bytes))
-        t += float(op_cost(o, mach, bw, bw)["time_s"])
+    t = float(ops_time_s((*before, op), mach))
     return flops / t / 1e12  # the row's FLOP convention, not the work the kernel does (attention's masked tiles)
 
 

@@ -113,7 +113,7 @@ class Spec:
     draft_tokens: int
     tokens_per_step: float
     draft: StepCost  # or anything with its iteration_s (speculative.MedusaCost)
-    draft_passes: int = 0  # drafter passes an iteration: draft_tokens (0), or 1 for Medusa's heads
+    draft_passes: int  # drafter passes an iteration: draft_tokens, or 1 for Medusa's heads
 
 
 def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_per_s: float = 0.0,
@@ -394,7 +394,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
         ctx = s_eh + n_dec * it + n_dec if dec_now else 0.0
         if spec is not None and dec_now:
             dt = sc.spec_iteration_s(dec_now, ctx, [(q, done[i]) for i, q in chunks], emitting, k_spec,
-                                     spec.draft, spec.draft_passes or k_spec) + extra_s
+                                     spec.draft, spec.draft_passes) + extra_s
         else:
             dt = sc.iteration_s(dec_now, ctx, [(q, done[i]) for i, q in chunks], emitting) + extra_s
         if dec_now:
