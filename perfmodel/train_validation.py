@@ -61,7 +61,7 @@ def load_train_rows(paths: list[Path] | None = None) -> "Any":
 
     records = []
     for path in paths or train_files():
-        for i, rec, where, src in source_records(path, TRAIN_FIELDS):
+        for rec, where in source_records(path, TRAIN_FIELDS):
             for key in ("metric", "value", "where", "hardware", "seq_len", "n_devices"):
                 if key not in rec:
                     raise PerfmodelError(f"{where}: missing {key!r}")
@@ -72,9 +72,6 @@ def load_train_rows(paths: list[Path] | None = None) -> "Any":
                 raise PerfmodelError(f"{where}: flops must be one of {', '.join(FLOPS)}; got {rec['flops']!r}")
             if not rec.get("model") and not all(k in rec for k in ("layers", "hidden", "heads", "vocab")):
                 raise PerfmodelError(f"{where}: give a catalog `model` or the shape (layers, hidden, heads, vocab)")
-            if not rec["value"] > 0:
-                raise PerfmodelError(f"{where}: value must be > 0, got {rec['value']!r}")
-            rec.update(file=path.name, row=i, source=src["title"], url=src["url"])
             records.append(rec)
     df = pd.DataFrame.from_records(records)
     df["derived_from"] = ""

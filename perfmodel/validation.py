@@ -71,8 +71,9 @@ def validation_files() -> list[Path]:
 
 
 def source_records(path: Path, fields: dict[str, type]):
-    """(row number, the row with the file's defaults, 'FILE row N', [source]) for each row of one source file, its
-    [source] and every field checked against `fields` (name: type)."""
+    """(the row with the file's defaults, 'FILE row N') for each row of one source file: its [source] and every
+    field checked against `fields` (name: type), the value > 0; the row carries its file, row number, source title
+    and url."""
     data = read_toml(path)
     src = data.get("source", {})
     missing = [k for k in SOURCE_REQUIRED if not src.get(k)]
@@ -94,7 +95,10 @@ def source_records(path: Path, fields: dict[str, type]):
                 value, bool)
             if not ok:
                 raise PerfmodelError(f"{where}: {key} = {value!r} should be a {want.__name__}")
-        yield i, rec, where, src
+        if "value" in rec and not rec["value"] > 0:  # a missing value is the caller's to name
+            raise PerfmodelError(f"{where}: value must be > 0, got {rec['value']!r}")
+        rec.update(file=path.name, row=i, source=src["title"], url=src["url"])
+        yield rec, where
 
 
 def load_rows(paths: list[Path] | None = None) -> "pd.DataFrame":
@@ -103,7 +107,7 @@ def load_rows(paths: list[Path] | None = None) -> "pd.DataFrame":
 
     records = []
     for path in paths or validation_files():
-        for i, rec, where, src in source_records(path, ROW_FIELDS):
+        for rec, where in source_records(path, ROW_FIELDS):
             for key in REQUIRED:
                 if key not in rec:
                     raise PerfmodelError(f"{where}: missing {key!r}")
@@ -128,9 +132,6 @@ def load_rows(paths: list[Path] | None = None) -> "pd.DataFrame":
                 raise PerfmodelError(f"{where}: library {rec['library']!r} is not one of: {', '.join(LIBRARIES)}")
             if rec["metric"] in ("bus_bandwidth_gb_per_s", "collective_time_s") and not rec.get("message_bytes"):
                 raise PerfmodelError(f"{where}: {rec['metric']} needs message_bytes (the collective's size)")
-            if not rec["value"] > 0:
-                raise PerfmodelError(f"{where}: value must be > 0, got {rec['value']!r}")
-            rec.update(file=path.name, row=i, source=src["title"], url=src["url"])
             records.append(rec)
     df = pd.DataFrame.from_records(records)
     df["category"] = df.metric.map(CATEGORY)
