@@ -150,12 +150,8 @@ def split_of(row: dict[str, Any]) -> str:
     added elsewhere and no fitting can choose it."""
     keys = ("file", "hardware", "hardware_name", "model", "model_name", "weights", "metric", "batch", "prompt_len",
             "gen_len", "tp", "m", "n", "k", "seq_len", "head_dim", "where")
-    text = "|".join(f"{k}={_plain(row.get(k))}" for k in keys)
+    text = "|".join(f"{k}={_s(row.get(k))}" for k in keys)
     return "test" if hashlib.sha256(text.encode()).digest()[0] % 3 == 0 else "train"
-
-
-def _plain(v: Any) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
 # Stacks costed with another's profile: SGLang's kernels are vLLM's. An MLPerf submission runs its submitter's stack,
@@ -587,7 +583,7 @@ def rows_digest(rows: "pd.DataFrame") -> str:
     """A checksum of what the validation rows measured (file, row, metric, value, engine, hardware, model): a stored
     LOSO table is used only for the rows it was computed on."""
     cols = [c for c in ("file", "row", "metric", "value", "engine", "hardware", "model") if c in rows]
-    text = "\n".join("|".join(_plain(v) for v in r) for r in rows[cols].itertuples(index=False))
+    text = "\n".join("|".join(_s(v) for v in r) for r in rows[cols].itertuples(index=False))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
