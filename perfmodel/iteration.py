@@ -48,6 +48,7 @@ _PER_DOUBLING = 12  # grid points per doubling of a tabulated size (interpolatio
 # reorders arrivals against iterations), while tabulating 2-3x faster
 CHUNK_PER_DOUBLING = 4
 _DENSE_MAX = 65536  # whole token counts looked up directly (StepCost._dense); larger ones interpolated
+_STEPS = np.arange(4096)  # step numbers of a decode run (sliced: np.arange costs microseconds a call)
 
 
 def _locate(xs: list[float], x: float) -> tuple[int, float]:
@@ -200,11 +201,33 @@ class StepCost:
                              n_dec + len(chunks))
                 + passes * draft.iteration_s(n_dec, sum_ctx, [], n_dec))
 
+    @cached_property
+    def _decode_fixed(self) -> dict[int, float]:
+        return {}
+
+    def decode_fixed_s(self, n_dec: int) -> float:
+        """What a decode-only iteration of n_dec sequences costs besides attention: the token ops over n_dec tokens,
+        the LM head over n_dec rows, the host overheads (kept per n_dec)."""
+        s = self._decode_fixed.get(n_dec)
+        if s is None:
+            s = self._decode_fixed[n_dec] = self._pass_s(n_dec, n_dec, 0.0, [], n_dec)
+        return s
+
+    def decode_step_s(self, n_dec: int, sum_ctx: float) -> float:
+        """A decode-only iteration of n_dec sequences whose contexts sum to sum_ctx: iteration_s(n_dec, sum_ctx, [],
+        n_dec) as decode_run_s adds it up (equal to the last bits of rounding)."""
+        _, _, _, _, cg, cf, cp, *_ = self._lists
+        if len(cg) == 1:
+            return cf[0] + n_dec * cp[0] + self.decode_fixed_s(n_dec)
+        i, u = _locate(cg, sum_ctx / n_dec)
+        attention = (cf[i] + u * (cf[i + 1] - cf[i])) + n_dec * (cp[i] + u * (cp[i + 1] - cp[i]))
+        return attention + self.decode_fixed_s(n_dec)
+
     def decode_run_s(self, n_dec: int, sum_ctx0: float, steps: int) -> np.ndarray:
         """Times of `steps` decode-only iterations of the same n_dec sequences, the first at contexts summing to
         sum_ctx0, each step adding one token to every context (vectorised)."""
-        mean = (sum_ctx0 + n_dec * np.arange(steps)) / n_dec
-        return self.decode_attention_s(n_dec, mean) + self._pass_s(n_dec, n_dec, 0.0, [], n_dec)
+        mean = (sum_ctx0 + n_dec * (_STEPS[:steps] if steps <= len(_STEPS) else np.arange(steps))) / n_dec
+        return self.decode_attention_s(n_dec, mean) + self.decode_fixed_s(n_dec)
 
 
 _KEPT: dict[tuple, tuple] = {}  # tabulations of this process, while the same model, device and efficiency are used

@@ -366,11 +366,12 @@ def _siblings(device: "Device") -> list[tuple[Any, dict[str, Figure]]]:
 # Where the estimation rules find a device's siblings. The catalog registers its device list when it is imported
 # (perfmodel.catalog calls set_catalog); with none registered (a device built alone), a device gets its own figures
 # and the rules that need no siblings.
-_CATALOG: Callable[[], Sequence[Any]] = tuple
+_CATALOG: Callable[..., Sequence[Any]] = lambda family=None: ()
 
 
-def set_catalog(devices: Callable[[], Sequence[Any]]) -> None:
-    """Register the function that lists the catalog's devices, whose figures the family and kind rules use."""
+def set_catalog(devices: Callable[..., Sequence[Any]]) -> None:
+    """Register the function that lists the catalog's devices (`devices()`, or one family's: `devices(family)`), whose
+    figures the family and kind rules use."""
     global _CATALOG
     _CATALOG = devices
     _family_members.cache_clear()
@@ -379,7 +380,7 @@ def set_catalog(devices: Callable[[], Sequence[Any]]) -> None:
 
 @lru_cache(maxsize=None)
 def _family_members(family: str) -> tuple[tuple[Any, dict[str, Figure]], ...]:
-    return tuple((d, _trusted(own_figures(d))) for d in _CATALOG() if d.family == family)
+    return tuple((d, _trusted(own_figures(d))) for d in _CATALOG(family) if d.family == family)
 
 
 @lru_cache(maxsize=None)

@@ -32,6 +32,7 @@ covers = "memory bandwidth, peaks"
 def _clear_caches():
     catalog._index.cache_clear()
     catalog._catalog_devices.cache_clear()
+    catalog._family_devices.cache_clear()
     provenance._family_members.cache_clear()
     provenance._kind_ratios.cache_clear()
 
@@ -256,6 +257,23 @@ def test_variant_with_an_unknown_key_is_named(tmp_path):
     f.write_text(VARIANT_FILE.format(extra="colour = 'red'"))
     with pytest.raises(pm.PerfmodelError, match="unknown key.*colour"):
         pm.device_from_file(f, "chip-cut")
+
+
+def test_a_family_read_alone_is_the_catalogs_family():
+    """catalog_devices(family) parses only the files that name the family: it must find what filtering the whole
+    catalog finds (bins included), for every family."""
+    _clear_caches()
+    everything = catalog.catalog_devices()
+    families = sorted({d.family for d in everything if d.family})
+    assert len(families) > 20
+    alone = {}
+    for fam in families:
+        _clear_caches()  # each family read alone, not filtered from a catalog already parsed
+        alone[fam] = [d.id for d in catalog.catalog_devices(fam)]
+    for fam in families:
+        assert alone[fam] == [d.id for d in everything if d.family == fam], fam
+    assert any(d.variant_of and d.id in alone[d.family] for d in everything if d.family)
+    _clear_caches()
 
 
 def test_catalog_variants_resolve_by_id_and_alias(tmp_path, monkeypatch):

@@ -38,6 +38,17 @@ def test_decode_iteration_is_estimates_decode_step(sc, batch, ctx):
     assert sc.iteration_s(batch, batch * ctx, [], batch) == pytest.approx(ev.metrics["tpot_s"][0], rel=2e-3)
 
 
+@pytest.mark.parametrize("batch,ctx", [(1, 5.5), (3, 700.25), (256, 8000.0), (17, 20000.0)])
+def test_a_decode_run_is_its_iterations(sc, batch, ctx):
+    # the simulator's decode blocks (decode_run_s, decode_step_s) cost each step as iteration_s does, contexts
+    # growing a token a step, beyond the grid's end included (clamped)
+    run = sc.decode_run_s(batch, batch * ctx, 5)
+    one = [sc.iteration_s(batch, batch * (ctx + s), [], batch) for s in range(5)]
+    assert run == pytest.approx(one, rel=1e-12)
+    assert sc.decode_step_s(batch, batch * ctx) == pytest.approx(one[0], rel=1e-12)
+    assert np.all(np.diff(run) >= 0)  # longer contexts never cost less
+
+
 @pytest.mark.parametrize("prompt", [128, 1000, 4096])
 def test_prefill_iteration_is_estimates_ttft(sc, prompt):
     m, d = pm.load_model(MODEL), pm.load_device(HW)

@@ -161,6 +161,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
     finish = [math.nan] * n
     pref_tokens = [0] * n
 
+    phase_at = _phases(bs)
     waiting: deque[int] = deque()
     running: dict[int, None] = {}  # admission order: the last is preempted first
     prefilling: dict[int, None] = {}
@@ -276,23 +277,25 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             while heap and heap[0][1] != version[heap[0][2]]:
                 heapq.heappop(heap)
             k = max(1, min(heap[0][0] - it + 1, _MACRO_MAX))
+            ctx0 = s_eh + n_dec * it + n_dec
             watch = nxt < known and not waiting and len(running) < sch.max_num_seqs  # an arrival could be admitted
             if watch:  # steps get longer as contexts grow: the first step's time bounds how many fit before it
-                dt0 = sc.iteration_s(n_dec, s_eh + n_dec * it + n_dec, [], n_dec)
-                k = min(k, int((sent[nxt] - now) / dt0) + 2)
-            phase = np.asarray(cnt)
-            needs = phase[(-(it + np.arange(k))) % bs]
-            cum_need = np.cumsum(needs)
-            fit = int(np.searchsorted(cum_need, free, side="right"))  # steps whose blocks are free
+                k = min(k, int((sent[nxt] - now) / sc.decode_step_s(n_dec, ctx0)) + 2)
+            phase = np.asarray(cnt)[phase_at[(-it) % bs]]  # blocks opened at each step from now on (period bs)
+            cum_need = None
+            if free >= n_dec * -(-k // bs):  # each request opens at most ceil(k / bs) blocks in k steps
+                fit = k
+            else:
+                cum_need = phase[:k].cumsum()
+                fit = int(cum_need.searchsorted(free, side="right"))  # steps whose blocks are free
             if min(fit, k) >= _MACRO_MIN:
                 k = min(k, fit)
-                dts = sc.decode_run_s(n_dec, s_eh + n_dec * it + n_dec, k)
-                cum = np.cumsum(dts)
+                dts = sc.decode_run_s(n_dec, ctx0, k)
+                cum = dts.cumsum()
                 if watch:
-                    j = int(np.searchsorted(cum, sent[nxt] - now, side="left"))
-                    k = min(k, j + 1)
-                levels = used + cum_need[:k]
-                block_s += float(np.dot(levels, dts[:k]))
+                    k = min(k, int(cum.searchsorted(sent[nxt] - now, side="left")) + 1)
+                levels = used + (phase[:k].cumsum() if cum_need is None else cum_need[:k])
+                block_s += float(levels.dot(dts[:k]))
                 used = int(levels[-1])
                 peak = max(peak, used)
                 now += float(cum[k - 1])
@@ -441,6 +444,17 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
                  np.array(sent))
 
 
+_PHASES: dict[int, np.ndarray] = {}
+
+
+def _phases(bs: int) -> np.ndarray:
+    """Row r: the phase class (index into run()'s cnt) that opens a block at each of _MACRO_MAX steps from an iteration
+    `it` with (-it) % bs == r: (r - step) % bs."""
+    if bs not in _PHASES:
+        _PHASES[bs] = (np.arange(bs)[:, None] - np.arange(_MACRO_MAX)[None, :]) % bs
+    return _PHASES[bs]
+
+
 def _run_static(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, record: bool) -> Trace:
     """Static batching: when the engine is free, the waiting requests (up to max_num_seqs, and as many as the KV cache
     holds at their full length) are prefilled together and decoded until the longest ends, every sequence costed to
@@ -499,6 +513,9 @@ class _Ticks:
         self.one.append((self.ticks, n_dec, float(sum_ctx), emitting))
         self.chunks += [(self.ticks, float(q), float(o)) for q, o in chunks]
         self.ticks += 1
+        return 1.0
+
+    def decode_step_s(self, n_dec: int, sum_ctx: float) -> float:
         return 1.0
 
     def decode_run_s(self, n_dec: int, sum_ctx0: float, steps: int) -> np.ndarray:
