@@ -72,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     pn.add_argument("--slo-ttft", type=float, default=None, help="time to first token to meet, seconds")
     pn.add_argument("--slo-tpot", type=float, default=None, help="time per output token to meet, seconds")
     pn.add_argument("--engine", default=None, help="software-stack profile (vllm, trtllm, sglang, ...)")
+    pn.add_argument("--train", action="store_true", help="search training layouts instead (tp x pp x cp x ep x dp, "
+                                                         "ZeRO stage, recomputation, micro-batch) for --seq and "
+                                                         "--global-batch: the fastest that fit")
+    pn.add_argument("--seq", default="4096", help="with --train: tokens a sequence (default 4096)")
+    pn.add_argument("--global-batch", default=None, help="with --train: sequences a step (required)")
+    pn.add_argument("--precision", default="bf16", help="with --train: bf16 (default), fp16, fp8, fp32")
+    pn.add_argument("--optimizer", default="adamw", help="with --train: adamw (default), adam, sgd, adafactor, "
+                                                         "adam8bit")
+    pn.add_argument("--lora", default="0", help="with --train: LoRA rank (default 0: full training)")
+    pn.add_argument("--quantize-base", default=None, help="with --train --lora: the frozen base's format (q4_0)")
+    pn.add_argument("--tokens", default=None, help="with --train: tokens to train on (adds the time to train them)")
     pn.add_argument("--json", action="store_true")
 
     sv = sub.add_parser("serve", help="simulate a server under load: requests arriving at a rate (or from a trace), "
@@ -385,6 +396,8 @@ def _positive_number(x: float, what: str) -> float:
 def _plan(a: argparse.Namespace) -> int:
     from .plan import plan
 
+    if a.train:
+        return _plan_train(a)
     res = plan(a.model, a.hardware, devices=a.devices, nodes=a.nodes, prompt_len=a.prompt, gen_len=a.gen,
                slo_ttft_s=a.slo_ttft, slo_tpot_s=a.slo_tpot, engine=a.engine, weights=a.weights, kv=a.kv)
     if a.json:
@@ -412,6 +425,54 @@ def _plan(a: argparse.Namespace) -> int:
     else:
         print(f"Best with {what}:")
         print(line(res["best"]))
+    return 0
+
+
+def _whole(text: Any, flag: str, lo: float = 1.0) -> int:
+    """A whole-number flag of at least `lo` (one clear error otherwise)."""
+    return int(_flag_number(text, flag, lo=lo, integer=True, above=False))
+
+
+def _plan_train(a: argparse.Namespace) -> int:
+    from .errors import CapacityError
+    from .plan import plan_train
+
+    whole = _whole
+    if a.global_batch is None:
+        raise PerfmodelError("plan --train needs --global-batch (sequences a step, over all data-parallel ranks)")
+    tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
+    res = plan_train(a.model, a.hardware, seq_len=whole(a.seq, "--seq"),
+                     global_batch=whole(a.global_batch, "--global-batch"), devices=a.devices, nodes=a.nodes,
+                     precision=a.precision, optimizer=a.optimizer, lora_rank=whole(a.lora, "--lora", lo=0),
+                     quantize_base=a.quantize_base, engine=a.engine, tokens=tokens)
+    def layout(p: dict) -> str:
+        return (f"tp {p['tp']} pp {p['pp']}" + (f" cp {p['cp']}" if p["cp"] > 1 else "")
+                + (f" ep {p['ep']}" if p["ep"] > 1 else "") + f" dp {p['dp']} ZeRO {p['zero']}")
+
+    if res["best"] is None:
+        small = res.get("smallest_memory")
+        more = (f"; the least memory a layout needs is {small['memory_per_device_bytes'] / 1e9:.1f} GB a device "
+                f"({layout(small)}, micro-batch {small['micro_batch']}, recompute {small['recompute']})"
+                if small else f" ({res['layouts']} layouts use all {res['devices']} devices and divide the batch)")
+        raise CapacityError(f"no training layout of {a.model} fits on {res['devices']} x {a.hardware}{more}: use "
+                            f"more devices (--nodes), LoRA (--lora 16), a shorter --seq or a smaller --global-batch")
+    if a.json:
+        print(json.dumps(_clean(res), indent=2))
+        return 0
+    print(f"{a.model} training on {a.hardware}: {res['devices']} devices, seq {a.seq}, global batch "
+          f"{a.global_batch}; {res['layouts']:,} layouts costed, {res['fit']:,} fit")
+
+    def line(p: dict) -> str:
+        ttt = f"  {p['time_to_train_s'] / 86400:,.1f} days" if "time_to_train_s" in p else ""
+        return (f"  {layout(p):<34} mb {p['micro_batch']:>3} rc {p['recompute']:<9} {p['tokens_per_s']:>12,.0f} "
+                f"tok/s  MFU {p['mfu']:5.1%}  {p['memory_per_device_bytes'] / 1e9:6.1f} GB{ttt}")
+
+    print("Fastest that fit:")
+    for p in res["top"]:
+        print(line(p))
+    print("Least memory for the speed (each has more tokens/s than every layout needing less memory):")
+    for p in res["front"]:
+        print(line(p))
     return 0
 
 
@@ -911,9 +972,7 @@ def _serve(a: argparse.Namespace) -> int:
 def _train(a: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
-    def whole(text: Any, flag: str, lo: float = 1.0) -> int:
-        return int(_flag_number(text, flag, lo=lo, integer=True, above=False))
-
+    whole = _whole
     par = {k: whole(getattr(a, k), f"--{k}") if getattr(a, k) is not None else None
            for k in ("tp", "pp", "cp", "ep", "dp")}
     tp, pp, cp = par["tp"] or 1, par["pp"] or 1, par["cp"] or 1

@@ -122,3 +122,106 @@ def _result(points: list[dict[str, Any]], tried: int, total: int, slo_ttft_s: fl
     best = points[int(np.flatnonzero(ok)[np.argmax(thr[ok])])] if ok.any() else None
     return {"devices": total, "layouts": tried, "evaluated": tried * n_batches, "front": front, "best": best,
             "slo": {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s}}
+
+
+TRAIN_TOP = 10  # layouts `plan_train` lists besides the best and the front
+
+
+def train_layouts(model: Any, devices: int, global_batch: int, seq_len: int) -> dict[str, np.ndarray]:
+    """Every training layout that uses all `devices`, as arrays: tp (a power of two within a node's 8 that divides the
+    heads), pp (a power of two, at most the layers), cp (powers of two for sequences of LONG_PROMPT tokens and more),
+    ep (MoE: powers of two dividing the experts, within the data x tensor ranks), dp the rest; ZeRO 0-3 (0 alone
+    without data parallelism); recomputation none, selective or full; micro-batches of powers of two that divide the
+    global batch's share of a rank; sequence parallelism with tp > 1; one model chunk a device."""
+    rows = []
+    cps = _powers(devices) if seq_len >= LONG_PROMPT else [1]
+    eps = [e for e in _powers(devices) if not model.n_experts or model.n_experts % e == 0] if model.n_experts else [1]
+    for pp in _powers(min(devices, model.n_layers)):
+        for tp in _powers(min(devices // pp, 8)):
+            if model.n_heads % tp:
+                continue
+            for cp in cps:
+                if devices % (tp * pp * cp):
+                    continue
+                dp = devices // (tp * pp * cp)
+                if global_batch % dp:
+                    continue
+                for ep in eps:
+                    if ep > dp * tp or max(tp, ep) % min(tp, ep):
+                        continue
+                    for mb in _powers(global_batch // dp):
+                        if (global_batch // dp) % mb == 0:
+                            rows.append((tp, pp, cp, ep, dp, mb))
+    if not rows:
+        return {}
+    base = np.array(rows, dtype=np.int64)
+    # every layout with each ZeRO stage and recomputation (ZeRO > 0 needs data-parallel ranks to shard over)
+    zero = np.repeat(np.arange(4), 3)
+    rc = np.tile(np.array(["none", "selective", "full"]), 4)
+    i, j = np.meshgrid(np.arange(len(base)), np.arange(len(zero)), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    keep = (base[i, 4] > 1) | (zero[j] == 0)
+    i, j = i[keep], j[keep]
+    out = {k: base[i, c] for c, k in enumerate(("tp", "pp", "cp", "ep", "dp", "micro_batch"))}
+    out.update(zero=zero[j], recompute=rc[j], interleave=np.ones(len(i), dtype=np.int64), sp=out["tp"] > 1)
+    return out
+
+
+def plan_train(model: Any, hardware: Any, *, seq_len: int, global_batch: int, devices: int | None = None,
+               nodes: int | None = None, precision: str = "bf16", optimizer: str = "adamw", lora_rank: int = 0,
+               quantize_base: str | None = None, engine: str | None = None, tokens: float | None = None,
+               top: int = TRAIN_TOP) -> dict[str, Any]:
+    """Search the training layouts of `model` on `hardware` (a system, or a device with `devices` a node and `nodes`
+    nodes) for a run of `global_batch` sequences of `seq_len` tokens a step: every layout of train_layouts costed at
+    once (perfmodel.training.steps: one forward evaluation per (tp, cp, ep), array arithmetic for the rest). Returns
+    {"devices", "layouts", "fit", "best" (the most tokens/s that fits), "front" (no other fitting layout has more
+    tokens/s and less memory a device), "top" (the `top` fastest that fit)}; a point is the layout, step_time_s,
+    tokens_per_s, mfu, hfu, memory_per_device_bytes, and time_to_train_s with `tokens`."""
+    from .catalog import load_device, load_model
+    from .collectives import fabric_of
+    from .engines import efficiency_for
+    from .training import TrainConfig, _check, _Job, steps
+    from .workload import Workload
+
+    m, d = load_model(model), load_device(hardware)
+    base = Workload(devices=devices, nodes=nodes)
+    per_node = base.devices or fabric_of(d).devices_per_node
+    total = per_node * (base.nodes or 1)
+    # the fixed part of the job, checked as a one-device run would be (names, ranges, LoRA)
+    job_cfg = TrainConfig(seq_len=seq_len, global_batch=global_batch, precision=precision, optimizer=optimizer,
+                          lora_rank=lora_rank, quantize_base=quantize_base)
+    _check(m, 1, 1)
+    eff = efficiency_for(d, engine)[0]
+    job = _Job.of(m, d, job_cfg)
+    lay = train_layouts(m, total, global_batch, seq_len)
+    n = len(lay.get("tp", ()))
+    empty = {"devices": total, "layouts": n, "fit": 0, "best": None, "front": [], "top": []}
+    if not n:
+        return empty
+    r = steps(m, d, eff, job, lay)
+    cap = d.main_memory.capacity_bytes
+    fits = np.ones(n, dtype=bool) if cap is None else r["total_bytes"] <= cap
+    thr, mem = r["tokens_per_s"], r["total_bytes"]
+
+    def point(i: int) -> dict[str, Any]:
+        p = {k: (bool(lay[k][i]) if k == "sp" else str(lay[k][i]) if k == "recompute" else int(lay[k][i]))
+             for k in ("tp", "pp", "cp", "ep", "dp", "zero", "micro_batch", "recompute", "sp")}
+        p.update(micro_batches=int(r["micro_batches"][i]), step_time_s=float(r["step_time_s"][i]),
+                 tokens_per_s=float(thr[i]), mfu=float(r["mfu"][i]), hfu=float(r["hfu"][i]),
+                 memory_per_device_bytes=float(mem[i]))
+        if tokens is not None:
+            p["time_to_train_s"] = float(tokens / thr[i])
+        return p
+
+    ok = np.flatnonzero(fits)
+    if not len(ok):
+        return {**empty, "smallest_memory": point(int(np.argmin(mem)))}
+    fastest = ok[np.lexsort((mem[ok], -thr[ok]))]  # most tokens/s first, then the least memory
+    by_mem = ok[np.lexsort((-thr[ok], mem[ok]))]  # least memory first, then the most tokens/s
+    front, best_thr = [], -np.inf
+    for i in by_mem:  # a layout is on the front when it beats every layout of less memory on tokens/s
+        if thr[i] > best_thr:
+            front.append(point(int(i)))
+            best_thr = thr[i]
+    return {"devices": total, "layouts": n, "fit": int(len(ok)), "best": point(int(fastest[0])), "front": front,
+            "top": [point(int(i)) for i in fastest[:top]]}

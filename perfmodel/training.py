@@ -5,7 +5,9 @@ Memory (per device, by kind):
   Models", SC 2020, https://arxiv.org/abs/1910.02054, sec. 3.1 and 5): 16-bit weights (2 bytes a parameter) and
   gradients (2), and the optimizer's K bytes (Adam: an FP32 master copy, momentum and variance, K = 12), so 16 bytes a
   parameter. ZeRO stage 1 divides the optimizer states over the data-parallel ranks, stage 2 the gradients too,
-  stage 3 the weights too (FSDP's full sharding is stage 3). Tensor and pipeline parallelism divide all of them.
+  stage 3 the weights too (FSDP's full sharding is stage 3). Tensor and pipeline parallelism divide all of them;
+  an MoE layer's experts are divided over max(tp, ep) ranks, and ZeRO shards their states over the data-parallel
+  ranks that hold the same experts (dp x tp / max(tp, ep)).
 - Activations per layer (Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models", MLSys
   2023, https://arxiv.org/abs/2205.05198, sec. 4): s b h (34 + 5 a s / h) bytes for a GPT layer at 16 bits with
   dropout, of which 10 s b h stay whole under tensor parallelism without sequence parallelism and the rest divide by
@@ -18,11 +20,16 @@ Memory (per device, by kind):
 
 Time per step, on the cost model of inference (perfmodel.evaluate) at the engine's efficiencies:
 - Forward of a micro-batch: the prompt pass of its sequences with every position's logits (`logits = all`), at the
-  layout's tp / cp / ep, divided over the pp stages.
+  layout's tp / cp / ep, divided over the pp stages. Expert parallelism: the ep ranks holding an MoE layer's experts
+  are tensor ranks (ep <= tp: each expert split further over tp / ep) or span ep / tp data-parallel ranks, whose
+  micro-batches the layer's experts see together (each rank attends its own; inference's data-parallel attention),
+  the tokens sent to their experts' ranks and back by two all-to-alls (perfmodel.graph._expert_parallel).
 - Backward: each op again, with the work the backward pass does: matmuls 2x (input and weight gradients), attention
   2.5x (FlashAttention-2's backward recomputes the scores: five matmuls against the forward's two; Dao 2023,
   https://arxiv.org/abs/2307.08691, sec. 3.1.2), elementwise and norms 2x, collectives 1x (Megatron's f and g
-  operators: as many all-reduces backward as forward). LoRA's frozen weights need no weight gradient: 1x.
+  operators: as many all-reduces backward as forward; an MoE layer's dispatch and combine all-to-alls run again in
+  reverse, the gradients of the combined outputs out to the experts' ranks and those of their inputs back). LoRA's
+  frozen weights need no weight gradient: 1x.
 - Recomputation: full reruns the forward, selective the attention (its scores).
 - Pipeline: 1F1B runs m + p - 1 slots of (forward + backward) per step, m = global batch / (dp x micro-batch)
   micro-batches; the interleaved schedule with v chunks a device shrinks the bubble to (p - 1) / v slots
@@ -46,7 +53,6 @@ of what the hardware could do) against the devices' peak at the training precisi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +65,8 @@ from .efficiency import Efficiency
 from .engines import efficiency_for
 from .errors import PerfmodelError, did_you_mean
 from .evaluate import evaluate
-from .graph import OpKind
+from .cost import Machine
+from .graph import OpKind, Parallel
 from .model import ModelSpec
 from .workload import Workload
 
@@ -156,31 +163,36 @@ def state_bytes_per_param(precision: str, optimizer: str) -> dict[str, float]:
 def zero_shard(states: dict[str, float], params: float, zero: int, dp: int) -> dict[str, float]:
     """Bytes a device holds of `params` parameters' states under ZeRO `zero` over `dp` ranks (ZeRO paper, sec. 5:
     stage 1 the optimizer states, 2 and the gradients, 3 and the weights)."""
-    div = {"optimizer": dp if zero >= 1 else 1, "gradients": dp if zero >= 2 else 1, "weights": dp if zero >= 3 else 1}
+    if np.ndim(zero) or np.ndim(dp):  # arrays of layouts
+        div = {k: np.where(np.asarray(zero) >= z, dp, 1) for k, z in (("optimizer", 1), ("gradients", 2),
+                                                                         ("weights", 3))}
+    else:
+        div = {"optimizer": dp if zero >= 1 else 1, "gradients": dp if zero >= 2 else 1,
+               "weights": dp if zero >= 3 else 1}
     return {k: params * v / div[k] for k, v in states.items()}
 
 
-def layer_activation_bytes(model: ModelSpec, seq: int, batch: int, tp: int = 1, sp: bool = False,
-                           recompute: str = "none", flash: bool = True, dropout: bool = False,
-                           act_bytes: float = 2.0) -> float:
+def layer_activation_bytes(model: ModelSpec, seq: Any, batch: Any, tp: Any = 1, sp: Any = False,
+                           recompute: Any = "none", flash: bool = True, dropout: bool = False,
+                           act_bytes: float = 2.0) -> Any:
     """Bytes of activations one transformer layer keeps for the backward (Korthikanti et al. 2022, sec. 4.1, tensor
     by tensor; module docstring). With a GPT layer (MHA, 4h GELU MLP), dropout and no flash attention, at 16 bits:
-    s b h (34 + 5 a s / h)."""
-    s, b, h, a = float(seq), float(batch), float(model.d_model), float(model.n_heads)
-    if recompute == "full":  # only the layer's input, for the rerun
-        return 2.0 * s * b * h / (tp if sp else 1) * act_bytes / 2.0
+    s b h (34 + 5 a s / h). `seq`, `batch`, `tp`, `sp` and `recompute` may be arrays (one value a layout)."""
+    s, h, a = np.asarray(seq, dtype=float), float(model.d_model), float(model.n_heads)
+    b = np.asarray(batch, dtype=float)
+    tp, sp, rc = np.asarray(tp), np.asarray(sp, dtype=bool), np.asarray(recompute)
+    unit = act_bytes / 2.0  # the paper's counts are at 2 bytes
+    inputs_only = 2.0 * s * b * h / np.where(sp, tp, 1) * unit  # full recomputation: the layer's input, for the rerun
     shape = model.attention_shape()
     hq = float(model.n_heads * model.dim_head)
     hkv = float(shape.n_kv_heads * model.dim_head) if not model.is_mla else hq
-    unit = act_bytes / 2.0  # the paper's counts are at 2 bytes
     mask = 1.0 if dropout else 0.0
     # attention block: the QKV input (2sbh, whole without SP), Q and K for the scores, V, the projection's input
     # (the attention output), a dropout mask after the projection (whole without SP)
     attn_whole = 2.0 * s * b * h + mask * s * b * h
     attn_split = 2.0 * s * b * hq + 2.0 * s * b * hkv + 2.0 * s * b * hkv + 2.0 * s * b * hq
-    scores = 0.0
-    if not flash and recompute == "none":  # the softmax output (2), with dropout its mask (1) and output (2)
-        scores = (5.0 if dropout else 2.0) * a * s * s * b
+    # without flash attention and recomputation: the softmax output (2), with dropout its mask (1) and output (2)
+    scores = 0.0 if flash else np.where(rc == "none", (5.0 if dropout else 2.0) * a * s * s * b, 0.0)
     # MLP: its input (2sbh, whole without SP), the up projections' outputs (gated: gate and up), the activation's
     # output (the down projection's input), a dropout mask (whole without SP)
     f = float(model.d_ff if not model.is_moe else (model.expert_d_ff or model.d_ff))
@@ -190,9 +202,9 @@ def layer_activation_bytes(model: ModelSpec, seq: int, batch: int, tp: int = 1, 
     mlp_split = up + 2.0 * s * b * f * active
     norms = 4.0 * s * b * h  # the two norms' inputs (whole without SP)
     whole, split = attn_whole + mlp_whole + norms, attn_split + mlp_split + scores
-    if sp:
-        return (whole + split) / tp * unit
-    return (whole + split / tp) * unit
+    kept = np.where(sp, (whole + split) / tp, whole + split / tp) * unit
+    out = np.where(rc == "full", inputs_only, kept)
+    return float(out) if out.ndim == 0 else out
 
 
 # Time ----------------------------------------------------------------------------------------------------------------
@@ -320,133 +332,202 @@ def _fabric_bandwidth(device: Device, group: int, job_devices: int, eff: Efficie
     return max(bw, 1.0) * eff.interconnect
 
 
+def _fabric_bandwidths(device: Device, group: np.ndarray, job_devices: np.ndarray, eff: Efficiency) -> np.ndarray:
+    """_fabric_bandwidth over arrays (each distinct (group, job size) pair looked up once)."""
+    pairs, back = np.unique(np.stack([group, job_devices]), axis=1, return_inverse=True)
+    return np.array([_fabric_bandwidth(device, int(g), int(j), eff) for g, j in pairs.T])[back.ravel()]
+
+
 def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, engine: str | None = None,
           efficiency: Efficiency | None = None, tokens: float | None = None) -> TrainEstimate:
     """Step time, throughput, MFU / HFU and memory per device of `config` (module docstring)."""
     m, d = load_model(model), load_device(hardware)
-    if m.arch != "decoder":
-        raise PerfmodelError(f"training is modelled for decoder-only models; {m.id} is {m.arch.replace('_', '-')}")
     c = config
-    if c.ep > 1 and not m.is_moe:
-        raise PerfmodelError(f"--ep spreads an MoE model's experts; {m.id} has none")
-    if c.pp > m.n_layers:
-        raise PerfmodelError(f"--pp ({c.pp}) exceeds {m.id}'s {m.n_layers} layers")
+    _check(m, c.ep, c.pp, c.tp, c.dp)
     eff = efficiency or efficiency_for(d, engine)[0]
-    prec = c.precision
-    act = DType.parse("bf16" if prec in ("bf16", "fp8") else prec)
-    gemm = DType.parse("fp8") if prec == "fp8" else None
-    base = _base_format(c.quantize_base) if c.quantize_base else act
+    job = _Job.of(m, d, c)
     notes: list[str] = []
     if c.quantize_base and c.quantize_base.lower() == "nf4":
         notes.append("nf4 (QLoRA's 4-bit NormalFloat) is counted as int4: 4 bits a weight, its block constants "
                      "(0.127 bits with double quantisation) left out")
-    if gemm is not None and d.peak_flops_per_s("matrix", gemm.compute) is None:
-        raise PerfmodelError(f"--precision fp8 needs FP8 matrix units; {d.id} has none stated")
-    wl = Workload(batch=c.micro_batch, prompt_len=c.seq_len, gen_len=1, weights=base, kv=act, act=act, gemm=gemm,
-                  tp=c.tp, cp=c.cp, ep=c.ep, logits="all", devices=None)
-    one = np.ones(1)
-    ev = evaluate(m, d, wl, eff, one * c.micro_batch, one * c.seq_len, one, detail=False)
+    lay = {k: np.array([v]) for k, v in (("tp", c.tp), ("pp", c.pp), ("cp", c.cp), ("ep", c.ep), ("dp", c.dp),
+                                         ("zero", c.zero), ("micro_batch", c.micro_batch),
+                                         ("interleave", c.interleave))}
+    lay["sp"] = np.array([c.sp])
+    lay["recompute"] = np.array([c.recompute])
+    r = steps(m, d, eff, job, lay)
+    mem = {k: float(r[f"{k}_bytes"][0]) for k in ("weights", "gradients", "optimizer", "activations", "total")}
+    est = TrainEstimate(m, d, c, float(r["step_time_s"][0]), float(r["tokens_per_s"][0]), float(r["mfu"][0]),
+                        float(r["hfu"][0]), mem, d.main_memory.capacity_bytes,
+                        {k: float(r[f"{k}_s"][0]) for k in ("compute", "bubble", "communication", "optimizer")},
+                        job.flops_per_token, job.peak,
+                        None if tokens is None else tokens / float(r["tokens_per_s"][0]), notes=notes)
+    if not est.fits:
+        est.suggestions = would_fit(m, d, c, engine, eff)
+    return est
+
+
+def _check(m: ModelSpec, ep: int, pp: int, tp: int = 1, dp: int = 1) -> None:
+    if m.arch != "decoder":
+        raise PerfmodelError(f"training is modelled for decoder-only models; {m.id} is {m.arch.replace('_', '-')}")
+    if ep > 1 and not m.is_moe:
+        raise PerfmodelError(f"--ep spreads an MoE model's experts; {m.id} has none")
+    if ep > 1 and (max(tp, ep) % min(tp, ep) or ep > tp * dp):
+        raise PerfmodelError(f"--ep ({ep}) must divide or be divided by --tp ({tp}) and be at most tp x dp "
+                             f"({tp * dp}): expert ranks are tensor or data-parallel ranks")
+    if pp > m.n_layers:
+        raise PerfmodelError(f"--pp ({pp}) exceeds {m.id}'s {m.n_layers} layers")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a search keeps fixed: the sequence, the global batch, the precision recipe, the optimizer, LoRA, dropout;
+    and what follows from them (formats, the model FLOPs a token, the peak MFU divides by)."""
+
+    seq_len: int
+    global_batch: int
+    precision: str
+    optimizer: str
+    lora_rank: int
+    quantize_base: str | None
+    dropout: bool
+    act: DType
+    gemm: DType | None
+    base: DType
+    flops_per_token: float
+    peak: float
+
+    @classmethod
+    def of(cls, m: ModelSpec, d: Device, c: Any) -> "_Job":
+        prec = c.precision
+        act = DType.parse("bf16" if prec in ("bf16", "fp8") else prec)
+        gemm = DType.parse("fp8") if prec == "fp8" else None
+        if gemm is not None and d.peak_flops_per_s("matrix", gemm.compute) is None:
+            raise PerfmodelError(f"--precision fp8 needs FP8 matrix units; {d.id} has none stated")
+        peak = d.peak_flops_per_s("matrix", (gemm or act).compute)
+        if peak is None:
+            raise PerfmodelError(f"{d.id} states no matrix peak at {(gemm or act).value}: MFU needs one")
+        base = _base_format(c.quantize_base) if c.quantize_base else act
+        return cls(c.seq_len, c.global_batch, prec, c.optimizer, c.lora_rank, c.quantize_base, c.dropout, act, gemm,
+                   base, model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
+
+
+def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: int, ep: int,
+            micro: np.ndarray) -> dict[str, np.ndarray]:
+    """Forward, backward and attention seconds of one micro-batch of each size in `micro`, at one (tp, cp, ep): the
+    prompt pass of inference with every position's logits (one vectorised evaluation), the backward by op kind, the
+    loss's passes and the host's overheads."""
+    # with ep > tp an MoE layer's expert ranks span ep / tp data-parallel ranks: the pass is theirs together, each
+    # rank attending its own micro-batch (inference's data-parallel attention replicas), the experts seeing all
+    # their tokens, each rank's sent to them and back by the all-to-alls
+    replicas = max(tp, ep) // tp
+    wl = Workload(batch=int(micro[0]) * replicas, prompt_len=job.seq_len, gen_len=1, weights=job.base, kv=job.act,
+                  act=job.act, gemm=job.gemm, tp=tp, cp=cp, ep=ep, logits="all", devices=None)
+    b = micro.astype(float)
+    ev = evaluate(m, d, wl, eff, b * replicas, np.full(len(b), float(job.seq_len)), np.ones(len(b)), detail=False)
     pre = ev.prefill
-    times = np.asarray(pre.values["time_s"])[:, 0]
+    times = np.asarray(pre.values["time_s"], dtype=float).reshape(len(pre.ops), len(b))
     kinds = [op.kind for op in pre.ops]
-    host = float(eff.step_overhead_s + c.micro_batch * eff.token_overhead_s)
+    host = eff.step_overhead_s + b * eff.token_overhead_s
     # the loss: softmax cross-entropy over the vocabulary of every position, on the FP32 logits (vocabulary-
     # parallel over tp): the forward reads them and writes the probabilities, the backward reads those and writes
     # the logits' gradient at 16 bits; memory-bound elementwise passes the prompt pass of inference does not have
-    from .cost import Machine
-    from .graph import Parallel
-
     mach = Machine(d, eff, Parallel())
-    logit_elems = c.seq_len / c.cp * c.micro_batch * m.vocab_size / c.tp
-    loss_fwd, loss_bwd = logit_elems * 8.0, logit_elems * (4.0 + act.bytes)
-    loss_fwd_s = loss_fwd / float(mach.bandwidth_for(loss_fwd))
-    loss_bwd_s = loss_bwd / float(mach.bandwidth_for(loss_bwd))
-    fwd = float(times.sum()) + host + loss_fwd_s
-    frozen = c.lora_rank > 0  # no weight gradients for the frozen base
-    bwd_factor = {k: (1.0 if (k == OpKind.MATMUL and frozen) else v) for k, v in BACKWARD.items()}
-    bwd = float(sum(t * bwd_factor.get(k, 2.0) for t, k in zip(times, kinds))) + host + loss_bwd_s
-    attn = float(sum(t for t, k in zip(times, kinds) if k == OpKind.ATTENTION))
-    rc = {"none": 0.0, "selective": attn, "full": fwd}[c.recompute]
-    stage = 1.0 / c.pp
-    t_f, t_b, t_rc = fwd * stage, bwd * stage, rc * stage
-    mb = c.micro_batches
+    logit_elems = job.seq_len / cp * b * m.vocab_size / tp
+    loss_fwd, loss_bwd = logit_elems * 8.0, logit_elems * (4.0 + job.act.bytes)
+    frozen = job.lora_rank > 0  # no weight gradients for the frozen base
+    factor = np.array([1.0 if (k == OpKind.MATMUL and frozen) else BACKWARD.get(k, 2.0) for k in kinds])
+    attn = np.array([k == OpKind.ATTENTION for k in kinds])
+    return {"fwd": times.sum(axis=0) + host + loss_fwd / mach.bandwidth_for(loss_fwd),
+            "bwd": factor @ times + host + loss_bwd / mach.bandwidth_for(loss_bwd),
+            "attn": times[attn].sum(axis=0)}
+
+
+def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Step time, its parts, memory by kind, MFU and HFU of every layout in `lay` (arrays of one length: tp, pp, cp,
+    ep, dp, zero, micro_batch, interleave, sp, recompute), vectorised: the forward is evaluated once per (tp, cp, ep)
+    for all its micro-batch sizes, everything else is array arithmetic over the layouts (module docstring)."""
+    tp, pp, cp, ep, dp = (np.asarray(lay[k], dtype=np.int64) for k in ("tp", "pp", "cp", "ep", "dp"))
+    zero, mb, v = (np.asarray(lay[k], dtype=np.int64) for k in ("zero", "micro_batch", "interleave"))
+    sp, rc = np.asarray(lay["sp"], dtype=bool), np.asarray(lay["recompute"])
+    n = len(tp)
+    fwd, bwd, attn = np.empty(n), np.empty(n), np.empty(n)
+    keys = np.stack([tp, cp, ep])
+    for key in np.unique(keys, axis=1).T:  # one lowering a (tp, cp, ep)
+        sel = np.flatnonzero((keys == key[:, None]).all(axis=0))
+        sizes, back = np.unique(mb[sel], return_inverse=True)
+        t = _passes(m, d, eff, job, int(key[0]), int(key[1]), int(key[2]), sizes)
+        fwd[sel], bwd[sel], attn[sel] = t["fwd"][back], t["bwd"][back], t["attn"][back]
+    devices = tp * pp * cp * dp
+    micro_batches = job.global_batch // (dp * mb)
+    t_f, t_b = fwd / pp, bwd / pp
+    t_rc = np.where(rc == "full", fwd, np.where(rc == "selective", attn, 0.0)) / pp
     slot = t_f + t_b + t_rc
-    compute = mb * slot
-    bubble = (c.pp - 1) / c.interleave * slot
+    compute = micro_batches * slot
+    bubble = (pp - 1) / v * slot
     # pipeline sends: a micro-batch's activations forward and their gradients back, at each stage boundary
-    if c.pp > 1:
-        xfer = 2.0 * c.seq_len * c.micro_batch * m.d_model * act.bytes / (c.tp if c.sp else 1) / c.cp
-        p2p = mb * 2.0 * xfer / _fabric_bandwidth(d, 2, c.devices, eff)
-    else:
-        p2p = 0.0
+    xfer = 2.0 * job.seq_len * mb * m.d_model * job.act.bytes / np.where(sp, tp, 1) / cp
+    p2p = np.where(pp > 1, micro_batches * 2.0 * xfer / _fabric_bandwidths(d, np.full(n, 2), devices, eff), 0.0)
     # parameters and their states on a device
     br = m.param_breakdown()
     total = float(m.params_total())
     expert = float(br.get("experts", 0))
-    per_dev = (total - expert) / (c.tp * c.pp) + expert / (max(c.ep, 1) * c.pp)
-    states = state_bytes_per_param(prec, c.optimizer)
+    dense = (total - expert) / (tp * pp)
+    experts = expert / (np.maximum(tp, ep) * pp)  # ep ranks, each expert split over the tp / ep left
+    per_dev = dense + experts
+    # an expert's replicas: the data-parallel ranks over the ep / tp of them that share one copy of the experts
+    dp_experts = dp * tp // np.maximum(tp, ep)
+    states = state_bytes_per_param(job.precision, job.optimizer)
+    frozen = job.lora_rank > 0
     if frozen:
-        base_bytes = base.bytes if c.quantize_base else states["weights"]
-        adapters = lora_params(m, c.lora_rank) / (c.tp * c.pp)
-        mem = {"weights": per_dev * base_bytes + adapters * 2.0,
-               **{k: v for k, v in zero_shard({"gradients": 2.0, "optimizer": OPTIMIZER_BYTES[c.optimizer]},
-                                                adapters, c.zero, c.dp).items()}}
-        if c.zero >= 3:
-            mem["weights"] = per_dev * base_bytes / c.dp + adapters * 2.0 / c.dp
+        base_bytes = job.base.bytes if job.quantize_base else states["weights"]
+        adapters = lora_params(m, job.lora_rank) / (tp * pp)
+        mem = zero_shard({"gradients": 2.0, "optimizer": OPTIMIZER_BYTES[job.optimizer]}, adapters, zero, dp)
+        mem = {"weights": (per_dev * base_bytes + adapters * 2.0) / np.where(zero >= 3, dp, 1), **mem}
         trained = adapters
-    else:
-        mem = zero_shard(states, per_dev, c.zero, c.dp)
+    else:  # ZeRO shards each parameter's states over its replicas
+        mem = zero_shard(states, dense, zero, dp)
+        mem = {k: v + w for (k, v), w in zip(mem.items(), zero_shard(states, experts, zero, dp_experts).values())}
         trained = per_dev
-    layers_first_stage = math.ceil(m.n_layers / c.pp)
-    per_layer = layer_activation_bytes(m, c.seq_len // c.cp, c.micro_batch, c.tp, c.sp, c.recompute,
-                                       flash=True, dropout=c.dropout, act_bytes=act.bytes)
-    in_flight = float(min(c.pp, mb))  # 1F1B: the first stage holds p micro-batches' activations
-    if c.interleave > 1:  # the interleaved schedule holds (1 + (p - 1) / (p v)) times as much (Korthikanti 4.2.3)
-        in_flight *= 1.0 + (c.pp - 1) / (c.pp * c.interleave)
-    activations = per_layer * layers_first_stage * in_flight
-    logits = c.seq_len / c.cp * c.micro_batch * m.vocab_size / c.tp * 4.0
-    mem["activations"] = activations + (logits if c.pp == 1 else 0.0)
-    if c.pp > 1:  # the last stage: fewer micro-batches in flight, the logits besides
-        mem["activations"] = max(mem["activations"], per_layer * layers_first_stage + logits)
-    mem["total"] = float(sum(v for k, v in mem.items() if k != "total"))
+    first_stage_layers = np.ceil(m.n_layers / pp)
+    per_layer = layer_activation_bytes(m, job.seq_len // cp, mb, tp, sp, rc, flash=True, dropout=job.dropout,
+                                       act_bytes=job.act.bytes)
+    in_flight = np.minimum(pp, micro_batches).astype(float)  # 1F1B: the first stage holds p micro-batches'
+    # the interleaved schedule holds (1 + (p - 1) / (p v)) times as much (Korthikanti 4.2.3)
+    in_flight = np.where(v > 1, in_flight * (1.0 + (pp - 1) / (pp * v)), in_flight)
+    logits = job.seq_len / cp * mb * m.vocab_size / tp * 4.0
+    held = per_layer * first_stage_layers * in_flight
+    # the last stage: fewer micro-batches in flight, the logits besides
+    mem["activations"] = np.where(pp == 1, held + logits, np.maximum(held, per_layer * first_stage_layers + logits))
+    mem["total"] = mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["activations"]
     # data-parallel gradient synchronisation (and ZeRO-3's weight gathers), overlapped with the last backward
     grad_bytes = trained * 2.0
-    exposed = 0.0
-    if c.dp > 1:
-        bw = _fabric_bandwidth(d, c.dp, c.devices, eff)
-        ring = 2.0 * (c.dp - 1) / c.dp
-        bucket = min(ring * grad_bytes, ring * DDP_BUCKET_BYTES) / bw
-        if c.zero >= 3:
-            # FSDP / ZeRO-3 gathers the weights for every micro-batch's forward and backward and reduce-scatters
-            # its gradients: 3 x (dp - 1) / dp x the 16-bit weights a micro-batch, prefetched under its compute
-            per_mb = 1.5 * ring * per_dev * 2.0 / bw if not frozen else 1.5 * ring * grad_bytes / bw
-            exposed = mb * max(per_mb - slot, 0.0) + bucket
-        else:
-            comm = ring * grad_bytes / bw
-            exposed = max(comm - t_b, bucket)
+    bw = _fabric_bandwidths(d, dp, devices, eff)
+    ring = 2.0 * (dp - 1) / dp
+    bucket = np.minimum(ring * grad_bytes, ring * DDP_BUCKET_BYTES) / bw
+    # FSDP / ZeRO-3 gathers the weights for every micro-batch's forward and backward and reduce-scatters its
+    # gradients: 3 x (dp - 1) / dp x the 16-bit weights a micro-batch, prefetched under its compute
+    per_mb = 1.5 * ring * (grad_bytes if frozen else per_dev * 2.0) / bw
+    sharded = micro_batches * np.maximum(per_mb - slot, 0.0) + bucket
+    ddp = np.maximum(ring * grad_bytes / bw - t_b, bucket)
+    exposed = np.where(dp > 1, np.where(zero >= 3, sharded, ddp), 0.0)
     # optimizer step: memory-bound over the device's share of the trained parameters
-    opt_params = trained / (c.dp if c.zero >= 1 else 1)
-    opt_bytes = opt_params * OPTIMIZER_TRAFFIC[c.optimizer]
-    optimizer_s = opt_bytes / float(mach.bandwidth_for(opt_bytes)) if opt_bytes else 0.0
+    shard = trained / np.where(zero >= 1, dp, 1) if frozen else (
+        dense / np.where(zero >= 1, dp, 1) + experts / np.where(zero >= 1, dp_experts, 1))
+    opt_bytes = shard * OPTIMIZER_TRAFFIC[job.optimizer]
+    mach = Machine(d, eff, Parallel())
+    optimizer_s = np.where(opt_bytes > 0, opt_bytes / mach.bandwidth_for(np.maximum(opt_bytes, 1.0)), 0.0)
     step = compute + bubble + p2p + exposed + optimizer_s
-    tokens_step = float(c.global_batch * c.seq_len)
-    flops_tok = model_flops_per_token(m, c.seq_len, weight_gradients=not frozen)
-    attn_fwd = 2.0 * m.n_layers * m.n_heads * m.dim_head * c.seq_len  # causal QK^T and AV a token: a third of 6LHQT
-    peak = d.peak_flops_per_s("matrix", (gemm or act).compute)
-    if peak is None:
-        raise PerfmodelError(f"{d.id} states no matrix peak at {(gemm or act).value}: MFU needs one")
-    recomputed = {"none": 0.0, "selective": attn_fwd,
-                  "full": model_flops_per_token(m, c.seq_len) / 3.0}[c.recompute]  # the forward's FLOPs again
-    mfu = tokens_step * flops_tok / (step * c.devices * peak)
-    hfu = tokens_step * (flops_tok + recomputed) / (step * c.devices * peak)
-    cap = d.main_memory.capacity_bytes
-    est = TrainEstimate(m, d, c, step, tokens_step / step, mfu, hfu, mem, cap,
-                        {"compute": compute, "bubble": bubble, "communication": exposed + p2p,
-                         "optimizer": optimizer_s}, flops_tok, peak,
-                        None if tokens is None else tokens / (tokens_step / step), notes=notes)
-    if not est.fits:
-        est.suggestions = would_fit(m, d, c, engine, eff)
-    return est
+    tokens_step = float(job.global_batch * job.seq_len)
+    attn_fwd = 2.0 * m.n_layers * m.n_heads * m.dim_head * job.seq_len  # causal QK^T and AV a token: 6LHQT / 3
+    recomputed = np.where(rc == "full", model_flops_per_token(m, job.seq_len) / 3.0,  # the forward's FLOPs again
+                          np.where(rc == "selective", attn_fwd, 0.0))
+    flops = tokens_step / (step * devices * job.peak)
+    return {"step_time_s": step, "tokens_per_s": tokens_step / step, "mfu": flops * job.flops_per_token,
+            "hfu": flops * (job.flops_per_token + recomputed), "compute_s": compute, "bubble_s": bubble,
+            "communication_s": exposed + p2p, "optimizer_s": optimizer_s, "devices": devices,
+            "micro_batches": micro_batches, **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float)
+                                                 for k, val in mem.items()}}
 
 
 def _base_format(name: str) -> DType:

@@ -179,3 +179,87 @@ def test_megatron_flop_count_by_hand():
     assert f == pytest.approx(96 * 512 * 2048 * 24 * 2304**2 * (1 + 2048 / 13824 + 51200 / 884736), rel=1e-12)
     assert f == pytest.approx(1.54668e16, rel=1e-4)
     assert source_flops(m, cfg, "megatron72") < f
+
+
+# Expert parallelism and the layout search ---------------------------------------------------------------------------
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([(1, 1), (1, 2), (1, 8), (2, 2), (2, 8), (8, 2), (8, 8)]), st.integers(0, 3),
+       st.sampled_from(["none", "full"]), st.sampled_from(["mixtral-8x7b", "qwen3-30b-a3b"]))
+def test_expert_parallel_invariants(tp_ep, zero, rc, model):
+    tp, ep = tp_ep
+    dp = 8 // tp
+    cfg = TrainConfig(4096, dp * 4, tp=tp, ep=ep, dp=dp, zero=zero, recompute=rc)
+    e = train(model, "h100-sxm", cfg)
+    states = e.memory["weights"] + e.memory["gradients"] + e.memory["optimizer"]
+    assert states * cfg.devices >= 16.0 * e.model.params_total() * (1 - 1e-9)
+    assert 0.0 < e.mfu <= e.hfu <= 1.0
+    # the experts' work a device does is its own micro-batch's share, however the experts are spread: not less than
+    # with the experts tensor-parallel (ep 1; counting the micro-batch alone against ep ranks' experts made it up to
+    # half), and the all-to-alls at most double it
+    plain = train(model, "h100-sxm", replace(cfg, ep=1))
+    assert 0.85 * plain.breakdown["compute"] <= e.breakdown["compute"] <= 2.0 * plain.breakdown["compute"]
+
+
+def test_all_to_alls_run_again_in_the_backward(monkeypatch):
+    from perfmodel import training
+    from perfmodel.training import _Job, _passes
+
+    from perfmodel.engines import efficiency_for
+    from perfmodel.evaluate import evaluate
+
+    m, d = pm.load_model("mixtral-8x7b"), pm.load_device("h100-sxm")
+    eff = efficiency_for(d, None)[0]
+    job = _Job.of(m, d, TrainConfig(4096, 64))
+    mb = np.array([1, 2])
+    with_comm = _passes(m, d, eff, job, 1, 1, 8, mb)
+    monkeypatch.setitem(training.BACKWARD, training.OpKind.COMM, 0.0)
+    without = _passes(m, d, eff, job, 1, 1, 8, mb)
+    # what the backward charges for collectives is the forward's dispatch and combine all-to-alls, once more
+    wl = pm.Workload(batch=8, prompt_len=4096, gen_len=1, ep=8, logits="all", devices=None)
+    ev = evaluate(m, d, wl, eff, mb * 8.0, np.full(2, 4096.0), np.ones(2), detail=False)
+    t = np.asarray(ev.prefill.values["time_s"], dtype=float)
+    comm = sum(t[i] for i, op in enumerate(ev.prefill.ops) if op.kind == training.OpKind.COMM)
+    assert {op.name.split(".")[-1] for op in ev.prefill.ops if op.kind == training.OpKind.COMM} == {"dispatch",
+                                                                                                     "combine"}
+    assert with_comm["bwd"] - without["bwd"] == pytest.approx(comm, rel=1e-9)
+    assert (comm > 0).all()
+
+
+def test_training_plan_is_train_at_each_layout():
+    from perfmodel.plan import plan_train
+
+    res = plan_train("llama-3-8b", "h100-sxm", seq_len=2048, global_batch=64, devices=8)
+    assert res["devices"] == 8 and res["fit"] > 10 and res["best"] == res["top"][0]
+    assert res["best"]["memory_per_device_bytes"] <= 80e9
+    assert [p["tokens_per_s"] for p in res["top"]] == sorted((p["tokens_per_s"] for p in res["top"]), reverse=True)
+    # the front: less memory, then more speed, strictly
+    mem = [p["memory_per_device_bytes"] for p in res["front"]]
+    thr = [p["tokens_per_s"] for p in res["front"]]
+    assert mem == sorted(mem) and thr == sorted(thr) and len(set(thr)) == len(thr)
+    # the vectorised search costs each layout as train() does alone
+    for p in res["top"][:3] + res["front"][:3]:
+        cfg = TrainConfig(2048, 64, micro_batch=p["micro_batch"], tp=p["tp"], pp=p["pp"], cp=p["cp"], ep=p["ep"],
+                          dp=p["dp"], zero=p["zero"], recompute=p["recompute"])
+        e = train("llama-3-8b", "h100-sxm", cfg)
+        assert e.tokens_per_s == pytest.approx(p["tokens_per_s"], rel=1e-12)
+        assert e.memory["total"] == pytest.approx(p["memory_per_device_bytes"], rel=1e-12)
+        assert e.mfu == pytest.approx(p["mfu"], rel=1e-12)
+
+
+def test_cli_plan_train(capsys):
+    args = ["plan", "--train", "--model", "llama-3-8b", "--hardware", "h100-sxm", "--devices", "8", "--seq", "2048",
+            "--global-batch", "64"]
+    assert main(args + ["--json", "--tokens", "1e10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"devices", "layouts", "fit", "best", "front", "top"} <= set(out)
+    assert out["best"]["time_to_train_s"] == pytest.approx(1e10 / out["best"]["tokens_per_s"])
+    assert main(args) == 0
+    assert "Fastest that fit:" in capsys.readouterr().out
+    # 70 B with Adam on one 80 GB device: no layout fits (16 bytes a parameter alone is 1.1 TB)
+    assert main(["plan", "--train", "--model", "llama-3-70b", "--hardware", "h100-sxm", "--devices", "1",
+                 "--global-batch", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "no training layout" in err and "Traceback" not in err
+    assert main(["plan", "--train", "--model", "llama-3-8b", "--hardware", "h100-sxm"]) == 2
+    assert "--global-batch" in capsys.readouterr().err
