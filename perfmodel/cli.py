@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
                                                        "requests of --prompt / --gen tokens at this rate (requests/s, "
                                                        "Poisson; perfmodel serve's defaults)")
     rp.add_argument("--serve-requests", default="1000", help="requests the serving section simulates (default 1000)")
+    rp.add_argument("--train-batch", default=None, help="add a 'Training' section: the fastest layout that fits for "
+                                                        "training the model with this global batch (sequences a "
+                                                        "step; perfmodel plan --train)")
+    rp.add_argument("--train-seq", default="4096", help="tokens a training sequence (default 4096)")
+    rp.add_argument("--train-devices", default=None, help="devices the training section uses (default: the "
+                                                          "workload's --devices, else its tp x pp x cp)")
 
     pl = sub.add_parser("plot", help="one figure of a workload: roofline, breakdown, memory or batch")
     pl.add_argument("figure", help="roofline | breakdown | memory | batch")
@@ -353,7 +359,25 @@ def _report(a: argparse.Namespace) -> int:
         kw = dict(engine=a.engine, efficiency=a.profile)
         serving = simulate(est.model, est.device, wl, requests=req, record=True, **kw)
         curve = rate_curve(est.model, est.device, wl, requests=req.scaled(1.0 / rate), **kw)
-    path = write_report(est, a.output, title=a.title, serving=serving, serving_curve=curve)
+    run = search = None
+    if a.train_batch is not None:
+        from .plan import plan_train
+        from .training import TrainConfig, train
+
+        wl = est.workload
+        devices = (_whole(a.train_devices, "--train-devices") if a.train_devices is not None
+                   else wl.devices or wl.tp * wl.pp * wl.cp)
+        search = plan_train(est.model, est.device, seq_len=_whole(a.train_seq, "--train-seq"),
+                            global_batch=_whole(a.train_batch, "--train-batch"), devices=devices, nodes=wl.nodes,
+                            engine=a.engine)
+        if search["best"] is not None:
+            p = search["best"]
+            run = train(est.model, est.device, TrainConfig(
+                seq_len=_whole(a.train_seq, "--train-seq"), global_batch=_whole(a.train_batch, "--train-batch"),
+                micro_batch=p["micro_batch"], tp=p["tp"], pp=p["pp"], cp=p["cp"], ep=p["ep"], dp=p["dp"],
+                zero=p["zero"], recompute=p["recompute"]), engine=a.engine)
+    path = write_report(est, a.output, title=a.title, serving=serving, serving_curve=curve, training=run,
+                        training_search=search)
     print(f"wrote {path}")
     return 0
 

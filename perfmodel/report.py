@@ -140,11 +140,69 @@ def _serving(res: Any, curve: Any) -> tuple[list[str], bytes]:
     return lines(res.metrics()), plots.to_bytes(serving_figure(res, None, curve), dpi=110)
 
 
+def _training(run: Any, search: dict[str, Any] | None) -> tuple[list[str], bytes]:
+    """The training section's lines and figure: a run (perfmodel.training.TrainEstimate), and the layout search it
+    was the best of (perfmodel.plan.plan_train), if any. Left, a step's time and a device's memory by kind; right,
+    every fitting layout on the search's memory-speed front."""
+    from . import plots
+
+    if run is None:  # nothing fits: the search's count and the least memory a layout needs
+        small = (search or {}).get("smallest_memory")
+        return [f"no training layout fits ({(search or {}).get('layouts', 0):,} costed)"
+                + (f"; the least memory a layout needs is {small['memory_per_device_bytes'] / 1e9:.1f} GB a device"
+                   if small else "")], b""
+    c, b, mem = run.config, run.breakdown, run.memory
+    lines = [f"{c.devices} x {run.device.id}: tp {c.tp}, pp {c.pp}, cp {c.cp}, ep {c.ep}, dp {c.dp}, ZeRO {c.zero}; "
+             f"seq {c.seq_len}, global batch {c.global_batch} ({c.micro_batches} micro-batches of {c.micro_batch}), "
+             f"{c.precision}, {c.optimizer}, recompute {c.recompute}"
+             + (f", LoRA rank {c.lora_rank}" if c.lora_rank else ""),
+             f"step {run.step_time_s:.3f} s: {run.tokens_per_s:,.0f} tokens/s, MFU {run.mfu:.1%}, HFU {run.hfu:.1%}",
+             "memory a device: " + ", ".join(f"{k} {v / 1e9:.1f} GB" for k, v in mem.items() if k != "total")
+             + f" = {mem['total'] / 1e9:.1f} GB ({'fits' if run.fits else 'does not fit'})"]
+    if search is not None:
+        lines.insert(0, f"the fastest of {search['fit']:,} layouts that fit ({search['layouts']:,} costed: tp x pp x "
+                        f"cp x ep x dp, ZeRO stage, recomputation, micro-batch; perfmodel plan --train)")
+    if run.time_to_train_s is not None:
+        lines.append(f"time to train: {run.time_to_train_s / 86400:,.1f} days")
+    fig = plots._figure(11, 3.8)
+    ax = fig.subplots(1, 2)
+    a = ax[0]
+    left = 0.0
+    for k in ("compute", "bubble", "communication", "optimizer"):
+        a.barh(["step (s)"], [b[k]], left=[left], label=k)
+        left += b[k]
+    a2 = a.twiny()
+    left = 0.0
+    for k in ("weights", "gradients", "optimizer", "activations"):
+        a2.barh(["memory (GB)"], [mem[k] / 1e9], left=[left], label=k, hatch="//", alpha=0.6)
+        left += mem[k] / 1e9
+    if run.capacity_bytes:
+        a2.axvline(run.capacity_bytes / 1e9, color="k", ls="--", lw=1)
+    a.set_title("A step's time (bottom axis) and a device's memory (top axis)")
+    a.legend(loc="lower right", fontsize=7)
+    a2.legend(loc="upper right", fontsize=7)
+    a = ax[1]
+    if search is not None and search["front"]:
+        fr = search["front"]
+        a.plot([p["memory_per_device_bytes"] / 1e9 for p in fr], [p["tokens_per_s"] for p in fr], "o-")
+        for p in fr[::max(1, len(fr) // 6)] + fr[-1:]:  # a few labels: the rest would overlap
+            a.annotate(f"tp{p['tp']} pp{p['pp']} dp{p['dp']} z{p['zero']} {p['recompute'][0]}",
+                       (p["memory_per_device_bytes"] / 1e9, p["tokens_per_s"]), fontsize=6)
+    a.set_xlabel("memory a device (GB)")
+    a.set_ylabel("tokens/s")
+    a.set_title("Layouts: the most tokens/s for the memory")
+    a.grid(True, alpha=0.3)
+    return lines, plots.to_bytes(fig, dpi=110)
+
+
 def write_report(est: "Estimate", path: str | Path, title: str | None = None, serving: Any = None,
-                 serving_curve: Any = None) -> Path:
+                 serving_curve: Any = None, training: Any = None, training_search: dict[str, Any] | None = None
+                 ) -> Path:
     """Write the report as .html (one self-contained file) or .md (PNGs beside it as <stem>.<figure>.png).
     `serving`: a simulated run of the same engine under load (perfmodel.serving.simulate, record=True), shown as a
-    "Serving under load" section with its figure (`serving_curve`: rate_curve's points for its throughput panel)."""
+    "Serving under load" section with its figure (`serving_curve`: rate_curve's points for its throughput panel).
+    `training`: a training run of the model (perfmodel.training.train), shown as a "Training" section with its
+    figure (`training_search`: the plan_train result it was chosen from)."""
     path = Path(path)
     fmt = path.suffix.lower()
     if fmt not in (".html", ".htm", ".md"):
@@ -152,19 +210,21 @@ def write_report(est: "Estimate", path: str | Path, title: str | None = None, se
     title = title or f"{est.model.name} on {est.device.name}"
     figs = _figures(est)
     serve = _serving(serving, serving_curve) if serving is not None else None
+    trained = _training(training, training_search) if training is not None or training_search else None
     if fmt == ".md":
         names = {}
-        if serve is not None:
-            png = path.with_name(f"{path.stem}.serving.png")
-            atomic_write_bytes(png, serve[1])
-            names["serving"] = png.name
+        for key, part in (("serving", serve), ("training", trained)):
+            if part is not None and part[1]:
+                png = path.with_name(f"{path.stem}.{key}.png")
+                atomic_write_bytes(png, part[1])
+                names[key] = png.name
         for key, _, data in figs:
             if data:
                 png = path.with_name(f"{path.stem}.{key}.png")
                 atomic_write_bytes(png, data)
                 names[key] = png.name
-        return atomic_write_text(path, _markdown(est, title, figs, names, serve))
-    return atomic_write_text(path, _html(est, title, figs, serve))
+        return atomic_write_text(path, _markdown(est, title, figs, names, serve, trained))
+    return atomic_write_text(path, _html(est, title, figs, serve, trained))
 
 
 def _stamp() -> str:
@@ -173,7 +233,8 @@ def _stamp() -> str:
     return f"perfmodel {__version__}, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
 
 
-def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str], serve: Any = None) -> str:
+def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str], serve: Any = None,
+              trained: Any = None) -> str:
     r = _rows(est)
 
     def table(head: list[str], body: list[list[str]]) -> str:
@@ -189,6 +250,9 @@ def _markdown(est: "Estimate", title: str, figs: list, names: dict[str, str], se
     if serve is not None:
         parts += ["## Serving under load", "", *(f"- {line.strip()}" for line in serve[0]), "",
                   f"![Serving under load]({names['serving']})", ""]
+    if trained is not None:
+        parts += ["## Training", "", *(f"- {line}" for line in trained[0]), ""]
+        parts += [f"![Training]({names['training']})", ""] if "training" in names else []
     comm = _comm_table(est)
     parts += ["## Heaviest ops", "", table(*_ops_table(est)), ""]
     parts += ["## Communication", "", table(*comm), ""] if comm else []
@@ -211,7 +275,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;hei
 @media(max-width:800px){.grid{grid-template-columns:1fr}}li{margin:.2em 0}"""
 
 
-def _html(est: "Estimate", title: str, figs: list, serve: Any = None) -> str:
+def _html(est: "Estimate", title: str, figs: list, serve: Any = None, trained: Any = None) -> str:
     r = _rows(est)
     e = html.escape
 
@@ -234,6 +298,10 @@ def _html(est: "Estimate", title: str, figs: list, serve: Any = None) -> str:
         b64 = base64.b64encode(serve[1]).decode()
         out += ["<h2>Serving under load</h2><ul>", *(f"<li>{e(line.strip())}</li>" for line in serve[0]), "</ul>",
                 f"<img alt=\"Serving under load\" src=\"data:image/png;base64,{b64}\">"]
+    if trained is not None:
+        b64 = base64.b64encode(trained[1]).decode()
+        out += ["<h2>Training</h2><ul>", *(f"<li>{e(line)}</li>" for line in trained[0]), "</ul>",
+                *([f"<img alt=\"Training\" src=\"data:image/png;base64,{b64}\">"] if trained[1] else [])]
     comm = _comm_table(est)
     out += ["<h2>Heaviest ops</h2>", table(*_ops_table(est)),
             *(["<h2>Communication</h2>", table(*comm)] if comm else []),

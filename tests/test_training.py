@@ -263,3 +263,24 @@ def test_cli_plan_train(capsys):
     assert "no training layout" in err and "Traceback" not in err
     assert main(["plan", "--train", "--model", "llama-3-8b", "--hardware", "h100-sxm"]) == 2
     assert "--global-batch" in capsys.readouterr().err
+
+
+def test_report_gains_a_training_section(tmp_path, capsys):
+    out = tmp_path / "r.html"
+    args = ["report", "--model", "llama-3-8b", "--hardware", "h100-sxm", "--train-batch", "64", "--train-devices", "8",
+            "--train-seq", "2048"]
+    assert main(args + ["-o", str(out)]) == 0
+    text = out.read_text()
+    best = __import__("perfmodel.plan", fromlist=["plan_train"]).plan_train(
+        "llama-3-8b", "h100-sxm", seq_len=2048, global_batch=64, devices=8)["best"]
+    # the section shows the search's best layout at its tokens/s
+    assert "<h2>Training</h2>" in text and f"{best['tokens_per_s']:,.0f} tokens/s" in text
+    assert f"dp {best['dp']}, ZeRO {best['zero']}" in text and 'alt="Training" src="data:image/png;base64,' in text
+    md = tmp_path / "r.md"
+    assert main(args + ["-o", str(md)]) == 0
+    assert "## Training" in md.read_text() and (tmp_path / "r.training.png").read_bytes()[:4] == b"\x89PNG"
+    # nothing fits: the section says so, the report is still written
+    big = tmp_path / "big.md"
+    assert main(["report", "--model", "llama-3-70b", "--hardware", "h100-sxm", "--weights", "fp8", "--train-batch", "8",
+                 "--train-devices", "1", "-o", str(big)]) == 0
+    assert "no training layout fits" in big.read_text() and not (tmp_path / "big.training.png").exists()
