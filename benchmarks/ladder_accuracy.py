@@ -1,10 +1,10 @@
 """How far the ladder's estimation rules land from figures that are sourced: leave one figure out, estimate it.
 
-For every catalog device (base entries) and every compute figure and clock it gives itself (sourced or derived), the
-figure is removed from the device's data, the ladder resolves it again by its estimation rules, and the estimate is
-compared with the removed figure. Prints per rule the count and the median and 80th-percentile of
-|estimate / figure - 1|, and the uncertainty perfmodel.provenance.RULE_UNCERTAINTY holds for it (the 80th
-percentile rounded up to the next 0.05, where the rule has 5 or more cases).
+For every catalog device (base entries) and every compute figure, clock and CPU cache size it gives itself (sourced or
+derived), the figure is removed from the device's data, the ladder resolves it again by its estimation rules, and the
+estimate is compared with the removed figure. Prints per rule the count and the median and 80th-percentile of
+|estimate / figure - 1|, and the uncertainty perfmodel.provenance.RULE_UNCERTAINTY holds for it (the 80th percentile
+rounded up to the next 0.05, where the rule has 5 or more cases).
 
     python benchmarks/ladder_accuracy.py
 """
@@ -27,6 +27,11 @@ from perfmodel.provenance import RULE_UNCERTAINTY  # noqa: E402
 def _without(data: dict, key: str) -> dict:
     """The device data with one figure removed (a compute peak and its parts, or the clocks)."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if key.startswith("memory.") and key.endswith(".capacity"):  # a cache's size
+        name = key.split(".")[1]
+        data["memory"] = [{k: v for k, v in m.items() if not k.startswith("capacity_")} if m.get("name") == name
+                          else m for m in data.get("memory", [])]
+        return data
     if key == "processor.clock":
         data["processor"] = {k: v for k, v in data["processor"].items()
                              if k not in ("clock_ghz", "all_core_clock_ghz", "base_clock_ghz", "max_clock_ghz")}
@@ -48,7 +53,9 @@ def main() -> None:
         data = device_data(path)
         full = Device(**data)
         for key, fig in full.figures.items():
-            if not (key.startswith("compute.") or key == "processor.clock") or fig.rung == "estimated":
+            cache = key.startswith("memory.") and key.endswith(".capacity") and full.kind == "cpu" and \
+                key.split(".")[1] != full.levels[-1].name
+            if not (key.startswith("compute.") or key == "processor.clock" or cache) or fig.rung == "estimated":
                 continue
             try:
                 est = Device(**_without(data, key)).figure(key)

@@ -94,7 +94,10 @@ class Machine:
                 else:
                     bw = measured.get(lv.name, spec * self.eff.memory if spec is not None else None)
                 if bw is not None:
-                    cap = lv.capacity_bytes if lv.capacity_bytes is not None else np.inf
+                    # a cache's size: stated, else the ladder's estimate (rule 9), else it holds nothing; main
+                    # memory (the last level) serves whatever does not fit above
+                    size = self.device.figure(f"memory.{lv.name}.capacity")
+                    cap = lv.capacity_bytes if lv.capacity_bytes is not None else size.value if size else 0.0
                     out.append((cap, bw, lv.name))
             cap_bw, name = out[-1][1], out[-1][2]
             proc, per_unit = self.device.processor, self.eff.unit_bytes_per_s

@@ -17,7 +17,10 @@
      there, a lower bound, said as such;
   7. host link: a device that states no interconnect is given the PCIe generation current at its launch, x16;
   8. CPU caches: a cache level with no bandwidth gets its family's bytes per cycle per core at that tier, else a
-     stated number of SIMD registers per cycle per core (CACHE_REGISTERS_PER_CYCLE).
+     stated number of SIMD registers per cycle per core (CACHE_REGISTERS_PER_CYCLE);
+  9. CPU cache size: a cache level with no capacity (a bin whose L3 no source gives) gets its family's median
+     capacity per core at that tier, at its own cores; with no sibling to ask, the level holds nothing (the cost
+     model never places data in a cache of unknown size).
 Only when no rule applies is a figure missing, and the estimate that needs it stops with a message naming it and
 the keys that would supply it.
 
@@ -60,7 +63,7 @@ FMA_ISAS = ("avx2", "avx-512", "avx512", "avx10", "neon", "asimd", "sve")
 # off by 2x or more, so u = 1.
 RULE_UNCERTAINTY = {"family-ratio": 0.05, "family-rate": 0.05, "family-clock": 0.2, "max-turbo-clock": 0.3,
                     "cpu-fma": 1.0, "kind-ratio": 1.0, "matrix-lower-bound": 1.0, "host-link": 1.0,
-                    "cpu-cache": 1.0}
+                    "cpu-cache": 1.0, "family-cache-size": 0.2}
 # SIMD registers a core's cache tier moves per cycle, for a CPU whose family states no cache bandwidth (rule 8):
 # L1 two loads of a full register (two load ports of the SIMD width), L2 one register, L3 three quarters of one:
 # the medians, per tier, of bytes per cycle per core over SIMD register bytes of the 18 catalog families whose guides
@@ -91,6 +94,7 @@ def resolve(device: "Device") -> dict[str, Figure]:
     figs = own_figures(device, use_family=True)
     _family_rules(device, figs)
     _cache_rules(device, figs)
+    _cache_size_rule(device, figs)
     _kind_vector_rule(device, figs)
     _matrix_lower_bound(device, figs)
     _interconnect_rule(device, figs)
@@ -268,6 +272,27 @@ def cache_tier(name: str) -> int | None:
     if n.startswith(("l3", "llc", "slc")):
         return 3
     return None
+
+
+def _cache_size_rule(device: "Device", figs: dict[str, Figure]) -> None:
+    """Rule 9, a CPU cache level with no capacity: the family's median capacity per core at the same tier (L1, L2,
+    L3), at this device's cores."""
+    proc = device.processor
+    if device.kind != "cpu" or proc is None or not proc.units:
+        return
+    sib = _siblings(device)
+    for lv in device.levels[:-1]:
+        key, tier = f"memory.{lv.name}.capacity", cache_tier(lv.name)
+        if key in figs or tier is None:
+            continue
+        sizes = [f[k].value / d.processor.units for d, f in sib if d.processor is not None and d.processor.units
+                 for k in f if k.startswith("memory.") and k.endswith(".capacity")
+                 and cache_tier(k[len("memory."):-len(".capacity")]) == tier]
+        if sizes:
+            per_core = statistics.median(sizes)
+            figs[key] = Figure(key, per_core * proc.units, "estimated",
+                               f"{per_core / 2**20:.4g} MiB a core (median of {len(sizes)} {device.family} sibling "
+                               f"L{tier} figure(s)) x {proc.units} cores", "family-cache-size")
 
 
 def _cache_rules(device: "Device", figs: dict[str, Figure]) -> None:

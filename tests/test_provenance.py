@@ -2,6 +2,7 @@
 warnings an estimate gives instead of refusing."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -395,3 +396,22 @@ def test_the_roofline_shows_each_cache_level_of_a_cpu():
     # L1d 128 B, L2 64 B, L3 16 B per cycle per core x 56 cores x 2.0 GHz (the clock this file derives at)
     assert [lab.split()[0] for lab in labels] == ["L1d", "L2", "L3", "DDR5"]
     assert labels[2] == f"L3 {16 * 56 * pm.load_device('xeon-8480plus').processor.peak_clock_hz / 1e9:,.0f} GB/s"
+
+
+def test_a_cache_of_unknown_size_is_the_familys_per_core_or_holds_nothing():
+    # the EPYC 9845 bin states no L3 (its file unsets the 9965's): rule 9 gives the family's 384 MiB / 192 cores
+    # = 2 MiB a core x 160 cores = 320 MiB, estimated; its 16 GB of weights then stream from DDR5 as the 9965's do
+    d = pm.load_device("epyc-9845")
+    fig = d.figure("memory.L3.capacity")
+    assert fig.rung == "estimated" and fig.rule == "family-cache-size" and fig.value == 320 * 2**20
+    a = pm.estimate("llama-3-8b", "epyc-9845").tpot_s
+    b = pm.estimate("llama-3-8b", "epyc-9965").tpot_s
+    assert a == pytest.approx(b, rel=0.02)
+    # with no sibling to ask, the level holds nothing: main memory serves the weights
+    from perfmodel.cost import Machine
+    from perfmodel.graph import Parallel
+
+    lone = Device(**{**d.model_dump(exclude_none=True), "family": None})
+    assert lone.figure("memory.L3.capacity") is None
+    caps = {name: cap for cap, _, name in Machine(lone, pm.Efficiency(), Parallel()).levels}
+    assert caps["L3"] == 0.0 and caps[lone.levels[-1].name] == math.inf
