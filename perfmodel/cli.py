@@ -594,6 +594,15 @@ def _trends(a: argparse.Namespace) -> int:
               f"tok/s in {p['year']:.0f}. Of that trend bandwidth explains {p['bandwidth_share'] * 100:.0f} %, "
               f"compute {p['compute_share'] * 100:.0f} % (of prefill's: bandwidth "
               f"{p['prefill']['bandwidth_share'] * 100:.0f} %, compute {p['prefill']['compute_share'] * 100:.0f} %)")
+    tg = h["training_growth"]
+    print(f"Training demand (a socket's peak against the FLOPs of a run; {tg['metric']} x{tg['per_2y']:.1f} per 2 "
+          f"years, {tg['years']}: {tg['source'].split(',')[0]}):")
+    for r in h["training_demand"]:
+        b, g = r["best"], r["peak_growth"]
+        print(f"  {r['model']} on {r['tokens']:.3g} tokens: {r['train_flops']:.2e} FLOPs; the best socket, "
+              f"{b['hardware']} ({b['year']}, {b['unit']} {b['peak_flops_per_s'] / 1e12:.1f} TFLOP/s), would take "
+              f"{b['socket_years']:,.0f} years at peak; socket peaks grow x{g['per_2y']:.2f} per 2 years, so one "
+              f"socket trains it in a year around {r['year_one_socket_year']:.0f}")
     return 0
 
 

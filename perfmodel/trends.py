@@ -35,6 +35,19 @@ PUBLISHED = (
      "source": "Gholami et al., 'AI and Memory Wall', IEEE Micro 2024, abstract",
      "url": "https://arxiv.org/abs/2403.14123"},
 )
+# Training compute of AI models, for comparison with a socket's peak (factor per 2 years: 4.6 x a year squared)
+TRAINING_GROWTH = {"metric": "training compute of notable AI models", "per_2y": 4.6 ** 2, "years": "2010-2024",
+                   "source": "Epoch AI, 'The training compute of notable AI models is doubling roughly every five "
+                             "months' (data insight): 'Since 2010 ... growing at a rate of 4.6x per year'",
+                   "url": "https://epoch.ai/data-insights/compute-trend-post-2010"}
+# Reference training runs: (model id, tokens, sequence length, where the token count and sequence are stated)
+TRAIN_REFERENCE = (
+    ("llama-3-8b", 15e12, 8192, "Meta Llama 3 model card: 'pretrained on over 15 trillion tokens', context 8k",
+     "https://github.com/meta-llama/llama3/blob/main/MODEL_CARD.md"),
+    ("gpt-3-175b", 300e9, 2048, "Brown et al. 2020, sec. 2.2: 'All models were trained for a total of 300 billion "
+                                "tokens', context window 2048", "https://arxiv.org/abs/2005.14165"),
+)
+YEAR_S = 365.25 * 86400.0
 RUPP = "Karl Rupp, microprocessor-trend-data (50yrs, CC BY 4.0), https://github.com/karlrupp/microprocessor-trend-data"
 TREND_METRICS = {
     "clock_ghz": "clock (GHz)",
@@ -320,6 +333,50 @@ def gap_attribution(model: str, weights: str, hardware: str,
     return out
 
 
+def training_demand(table: "pd.DataFrame | None" = None,
+                    runs: Sequence[tuple] = TRAIN_REFERENCE) -> "pd.DataFrame":
+    """FLOPs to train each reference model (perfmodel.training.model_flops_per_token x its tokens: 6 N + 6 L H Q T a
+    token) against each catalog CPU socket's peak (its bf16 matrix units where it has them, else its fp32 vector
+    units): the socket-years the run would take at that peak, one row per CPU and run (array arithmetic over the
+    table)."""
+    import pandas as pd
+
+    from .catalog import load_model
+    from .training import model_flops_per_token
+
+    t = cpu_table() if table is None else table
+    peak = np.fmax(t.matrix_bf16_flops_per_s.to_numpy(float), t.vector_fp32_flops_per_s.to_numpy(float))
+    unit = np.where(t.matrix_bf16_flops_per_s.to_numpy(float) >= t.vector_fp32_flops_per_s.to_numpy(float),
+                    "matrix bf16", "vector fp32")
+    parts = []
+    for model, tokens, seq, *_ in runs:
+        flops = model_flops_per_token(load_model(model), seq) * tokens
+        parts.append(pd.DataFrame({"model": model, "tokens": tokens, "train_flops": flops, "hardware": t.id,
+                                   "vendor": t.vendor, "year": t.year, "train_peak_flops_per_s": peak, "unit": unit,
+                                   "socket_years": flops / peak / YEAR_S}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def training_headline(table: "pd.DataFrame | None" = None, runs: Sequence[tuple] = TRAIN_REFERENCE
+                      ) -> list[dict[str, Any]]:
+    """Per reference run: its FLOPs, the best socket so far and the socket-years it would take at peak, the growth of
+    the best socket's training peak per year, and the year that trend would let one socket train it within a year
+    (against training compute's own growth, TRAINING_GROWTH)."""
+    d = training_demand(table, runs)
+    out = []
+    for model, tokens, seq, note, url in runs:
+        sub = d[d.model == model]
+        g = envelope_growth(sub, "train_peak_flops_per_s")
+        best = sub.loc[sub.train_peak_flops_per_s.idxmax()]
+        flops = float(sub.train_flops.iloc[0])
+        out.append({"model": model, "tokens": tokens, "seq_len": seq, "train_flops": flops, "source": note,
+                    "url": url, "best": {"hardware": best.hardware, "year": int(best.year), "unit": best.unit,
+                                         "peak_flops_per_s": float(best.train_peak_flops_per_s),
+                                         "socket_years": float(best.socket_years)},
+                    "peak_growth": g.as_dict(), "year_one_socket_year": g.year_reaching(flops / YEAR_S)})
+    return out
+
+
 # Headline and figure --------------------------------------------------------------------------------------------------
 
 def headline(target: float = 20.0, table: "pd.DataFrame | None" = None,
@@ -336,7 +393,8 @@ def headline(target: float = 20.0, table: "pd.DataFrame | None" = None,
            "gpu_growth": [{"label": label, **envelope_growth(gpus, c).as_dict()} for c, label in GPU_METRICS.items()],
            "published": list(PUBLISHED),
            "clock_break": {"year": brk, "before": before.as_dict(), "after": after.as_dict(), "source": RUPP},
-           "projections": [], "cpus": len(t), "gpus": len(gpus)}
+           "projections": [], "cpus": len(t), "gpus": len(gpus), "training_demand": training_headline(t),
+           "training_growth": TRAINING_GROWTH}
     for m, w in REFERENCE:
         sub = tok[(tok.model == m) & (tok.weights == w)]
         p = projection(sub, target)

@@ -70,6 +70,13 @@ def scaled(device: "Device | str", name: str | None = None, **changes: Any) -> "
 
     def scale_peaks(unit: str, f: float, quoted_only: bool = False) -> None:
         c = comp.setdefault(unit, {})
+        if not quoted_only and not (c.get("dense_tflops") or c.get("flops_per_cycle_per_unit")):
+            # the file gives no peak of this unit (the ladder estimates them: e.g. a CPU's FMA pipes x SIMD width):
+            # the copy holds the estimates, scaled, as its peaks
+            from .provenance import COMPUTE_KEYS
+
+            figs = {p: dev.figure(f"compute.{unit}.{p}") for p in COMPUTE_KEYS}
+            c["dense_tflops"] = {p: fig.value / 1e12 for p, fig in figs.items() if fig is not None}
         keys = ("dense_tflops",) if quoted_only else ("dense_tflops", "flops_per_cycle_per_unit")
         for key in keys:
             c[key] = {p: v * f for p, v in (c.get(key) or {}).items()}

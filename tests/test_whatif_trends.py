@@ -212,3 +212,38 @@ def test_whatif_and_trends_cli(capsys, tmp_path):
     assert h["published"][0]["per_2y"] == 3.0 and 2002 <= h["clock_break"]["year"] <= 2008
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert pd.DataFrame(h["projections"]).bandwidth_share.between(0, 1).all()
+    # training demand: a reference run's FLOPs against the best socket's peak
+    run = h["training_demand"][0]
+    assert run["model"] == "llama-3-8b" and run["url"].startswith("https://")
+    assert run["best"]["socket_years"] == pytest.approx(run["train_flops"] / run["best"]["peak_flops_per_s"]
+                                                        / trends.YEAR_S)
+    assert h["training_growth"]["per_2y"] == pytest.approx(4.6 ** 2)
+
+
+def test_training_demand_by_hand():
+    from perfmodel.training import model_flops_per_token
+
+    t = trends.cpu_table()
+    d = trends.training_demand(t)
+    assert len(d) == len(t) * len(trends.TRAIN_REFERENCE)
+    # Llama 3 8B on 15 T tokens of 8,192: (6 N + 6 L H Q T) x 15e12 = 7.72e23 FLOPs (model_flops_per_token's
+    # golden values are in tests/test_training.py)
+    flops = model_flops_per_token(pm.load_model("llama-3-8b"), 8192) * 15e12
+    assert flops == pytest.approx(7.72e23, rel=1e-3)
+    spr = d[(d.model == "llama-3-8b") & (d.hardware == "xeon-8480plus")].iloc[0]
+    # Sapphire Rapids' AMX bf16 peak beats its fp32 vectors: the run's FLOPs over it, in years
+    dev = pm.load_device("xeon-8480plus")
+    assert spr.unit == "matrix bf16"
+    assert spr.socket_years == pytest.approx(flops / dev.peak_flops_per_s("matrix", "bf16") / (365.25 * 86400))
+    old = d[(d.model == "llama-3-8b") & (d.unit == "vector fp32")]
+    assert len(old) and (old.socket_years > spr.socket_years).all()  # no socket without matrix units does better
+
+
+def test_compute_scales_estimated_peaks_too():
+    # the EPYC 9965's vector peak is estimated (FMA pipes x SIMD width, not in its file): a what-if x2 of compute
+    # must still double it, and prefill then follows compute
+    base, fast = whatif.scaled("epyc-9965"), whatif.scaled("epyc-9965", compute=2)
+    assert fast.peak_flops_per_s("vector", "fp32") == pytest.approx(2 * base.peak_flops_per_s("vector", "fp32"))
+    s = whatif.sensitivity("llama-3-8b", "epyc-9965", pm.Workload(batch=1, prompt_len=512, gen_len=128),
+                           params=("compute",)).set_index("parameter")
+    assert s.loc["compute", "prefill_tokens_per_s"] > 0.9
