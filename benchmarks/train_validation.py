@@ -31,7 +31,10 @@ def main() -> None:
     print(f"{len(rows)} training rows in {rows.file.nunique()} sources; {int(scored.sum())} scored and predicted "
           f"({int((rows.derived_from != '').sum())} derived from another metric of the same run); {took:.1f} s")
     with pd.option_context("display.width", 200):
+        print("step time / throughput (one metric a run):")
         print(train_accuracy(rows, pred).round(1).to_string(index=False))
+        print("\nmemory a device:")
+        print(train_accuracy(rows, pred, "memory").round(1).to_string(index=False))
     d = rows.assign(predicted=pred)[scored]
     d = d.assign(err=(d.predicted / d.value - 1) * 100)
     print()

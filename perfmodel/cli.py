@@ -159,6 +159,17 @@ def _parser() -> argparse.ArgumentParser:
                                                 "full training)")
     tn.add_argument("--quantize-base", default=None, help="the frozen base's format under --lora (QLoRA: q4_0)")
     tn.add_argument("--dropout", action="store_true", help="keep dropout masks for the backward (GPT-style runs)")
+    tn.add_argument("--no-master-weights", action="store_true", help="pure 16-bit training: no FP32 master copy, "
+                                                                     "the optimizer's states in the weights' format "
+                                                                     "(torchtune's bf16 recipes)")
+    tn.add_argument("--optimizer-in-backward", action="store_true", help="step each parameter as its gradient "
+                                                                         "arrives and free the gradient (no "
+                                                                         "gradient accumulation)")
+    tn.add_argument("--loss-chunks", default="1", help="the loss over this many chunks of positions (torchtune's "
+                                                       "chunked cross-entropy: 8): the FP32 logits held / chunks")
+    tn.add_argument("--paged-optimizer", action="store_true", help="optimizer states in unified memory "
+                                                                   "(bitsandbytes' paged optimizers): on the host, "
+                                                                   "paged in each step, when they do not fit")
     tn.add_argument("--tokens", default=None, help="tokens to train on: adds the time to train them")
     tn.add_argument("--engine", default=None, help="efficiency profile of the kernels (default: the device's default)")
     tn.add_argument("--ignore-capacity", action="store_true", help="estimate even if it does not fit in memory")
@@ -1026,7 +1037,9 @@ def _train(a: argparse.Namespace) -> int:
                       micro_batch=whole(a.micro_batch, "--micro-batch"), tp=tp, pp=pp, cp=cp, ep=par["ep"] or 1,
                       dp=dp, zero=whole(a.zero, "--zero", lo=0), recompute=a.recompute, sequence_parallel=sp,
                       precision=a.precision, optimizer=a.optimizer, interleave=whole(a.interleave, "--interleave"),
-                      lora_rank=whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout)
+                      lora_rank=whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout,
+                      master_weights=not a.no_master_weights, optimizer_in_backward=a.optimizer_in_backward,
+                      paged_optimizer=a.paged_optimizer, loss_chunks=whole(a.loss_chunks, "--loss-chunks"))
     tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
     est = train(a.model, a.hardware, cfg, engine=a.engine, tokens=tokens)
     if not est.fits and not a.ignore_capacity:

@@ -3,7 +3,9 @@
 One file per source, as validation/README.md describes the inference files; the row fields are TRAIN_FIELDS. A
 model outside the catalog is given by its shape (`layers`, `hidden`, `heads`, `vocab`, `ffn`): a GPT-style decoder
 (LayerNorm, GELU MLP of ffn = 4 x hidden unless stated, learned positions, biases, tied embeddings: Megatron's and
-MPT's GPT models). Throughput a GPU is compared in the source's own FLOP count (`flops`):
+MPT's GPT models). A fine-tuning recipe's settings: `master_weights = false` (pure 16-bit), `optimizer_in_backward`,
+`loss_chunks`; an optimizer named paged (bitsandbytes' paged_adamw8bit) keeps its states in unified memory.
+Throughput a GPU is compared in the source's own FLOP count (`flops`):
 - megatron96: 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) an iteration (Narayanan et al. 2021, eq. 3, recomputation
   counted; Megatron-DeepSpeed's "TFLOPs" with activation checkpointing: BLOOM's logs);
 - megatron72: 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) (Korthikanti et al. 2022, eq. 7: model FLOPs; Megatron-Core's
@@ -33,7 +35,8 @@ TRAIN_FIELDS = {
     "global_batch": int, "n_devices": int, "tp": int, "pp": int, "dp": int, "cp": int, "ep": int, "interleave": int,
     "recompute": str, "sequence_parallel": bool, "zero": int, "fsdp": bool, "optimizer": str, "method": str,
     "lora_rank": int, "quantize_base": str, "precision": str, "flops": str, "metric": str, "value": float,
-    "where": str, "note": str, "kept_out": str,
+    "where": str, "note": str, "kept_out": str, "master_weights": bool, "optimizer_in_backward": bool,
+    "loss_chunks": int,
 }
 TRAIN_METRICS = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "hfu",
                  "memory_bytes_per_gpu", "activation_bytes_per_layer")
@@ -42,7 +45,8 @@ SCORE_ORDER = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_pe
 FLOPS = ("megatron96", "megatron72", "palm")
 _RUN_KEYS = ("file", "framework", "hardware", "model", "model_name", "layers", "hidden", "seq_len", "micro_batch",
              "global_batch", "n_devices", "tp", "pp", "dp", "cp", "interleave", "recompute", "zero", "method",
-             "lora_rank", "quantize_base", "precision", "optimizer", "sequence_parallel")
+             "lora_rank", "quantize_base", "precision", "optimizer", "sequence_parallel", "master_weights",
+             "optimizer_in_backward", "loss_chunks")
 
 
 def train_files() -> list[Path]:
@@ -119,13 +123,16 @@ def row_config(r: dict[str, Any]):
     mb = int(_n(r.get("micro_batch"), 1))
     gb = int(_n(r.get("global_batch"), dp * mb))
     sp = r.get("sequence_parallel")
+    flag = {k: (r.get(k) if isinstance(r.get(k), bool) else d) for k, d in (("master_weights", True),
+                                                                            ("optimizer_in_backward", False))}
     return TrainConfig(seq_len=int(r["seq_len"]), global_batch=gb, micro_batch=mb, tp=tp, pp=pp, cp=cp,
                        ep=int(_n(r.get("ep"), 1)), dp=dp, zero=zero, recompute=_s(r.get("recompute")) or "none",
                        sequence_parallel=None if _s(sp) == "" else bool(sp),
                        precision=_s(r.get("precision")) or "bf16", optimizer=_optimizer(r.get("optimizer")),
                        interleave=int(_n(r.get("interleave"), 1)), lora_rank=rank,
                        quantize_base=(_s(r.get("quantize_base")) or ("q4_0" if method == "qlora" else None))
-                       if rank else None)
+                       if rank else None, paged_optimizer="paged" in _s(r.get("optimizer")).lower(),
+                       loss_chunks=int(_n(r.get("loss_chunks"), 1)), **flag)
 
 
 def _optimizer(v: Any) -> str:
@@ -189,12 +196,17 @@ def predict_train(df: "Any", engine: str | None = None) -> tuple[np.ndarray, np.
     return out, skip
 
 
-def train_accuracy(df: "Any", pred: np.ndarray) -> "Any":
-    """|error| per source and overall, on the scored rows."""
+MEMORY_METRICS = ("memory_bytes_per_gpu", "activation_bytes_per_layer")
+
+
+def train_accuracy(df: "Any", pred: np.ndarray, kind: str = "speed") -> "Any":
+    """|error| per source and overall, on the scored rows of one kind: "speed" (step time, throughput, TFLOP/s, MFU:
+    one per run) or "memory" (bytes a device, bytes a layer)."""
     import pandas as pd
 
     d = df.assign(predicted=pred)
-    d = d[d.scored & np.isfinite(d.predicted)]
+    memory = d.metric.isin(MEMORY_METRICS)
+    d = d[d.scored & np.isfinite(d.predicted) & (memory if kind == "memory" else ~memory)]
     d = d.assign(err=(d.predicted / d.value - 1.0) * 100.0)
     rows = [dict(source=f, rows=len(g), median_abs_err_pct=g.err.abs().median(), mean_abs_err_pct=g.err.abs().mean(),
                  bias_pct=g.err.median()) for f, g in d.groupby("file")]

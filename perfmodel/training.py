@@ -16,7 +16,13 @@ Memory (per device, by kind):
   2 s b h. Counted here tensor by tensor so that gated MLPs of any width, grouped-query attention and no dropout
   follow (the paper's GPT layer gives its 34 exactly: tested). The first pipeline stage holds its layers' activations
   for p micro-batches under 1F1B (the paper's sec. 4.2.3): L x a layer's, whatever p.
-- The last stage also holds the logits of a micro-batch in FP32 for the loss (s b V / t x 4 bytes).
+- The last stage also holds the logits of a micro-batch in FP32 for the loss (s b V / t x 4 bytes; a loss computed
+  over c chunks of positions, torchtune's CEWithChunkedOutputLoss, 1 / c of them).
+- Pure 16-bit training (no FP32 master copy; torchtune's bf16 recipes) keeps 2 + 2 bytes a parameter and the
+  optimizer's states in 16 bits (PURE_OPTIMIZER_BYTES); an optimizer run in the backward (torchtune's
+  optimizer_in_bwd) frees each gradient once its parameter is stepped, so one tensor's gradient is held at a time;
+  paged optimizer states (bitsandbytes) stay on the device while everything fits, else live on the host and cross
+  the host link every step.
 
 Time per step, on the cost model of inference (perfmodel.evaluate) at the engine's efficiencies:
 - Forward of a micro-batch: the prompt pass of its sequences with every position's logits (`logits = all`), at the
@@ -79,9 +85,14 @@ RECOMPUTE = ("none", "selective", "full")
 # and a factored second moment of rows + columns a matrix, no first moment (beta1 = 0, its default): 4; 8-bit Adam
 # (Dettmers et al. 2022, https://arxiv.org/abs/2110.02861) the master copy and both moments in 8 bits: 4 + 1 + 1
 OPTIMIZER_BYTES = {"adamw": 12.0, "adam": 12.0, "sgd": 8.0, "adafactor": 4.0, "adam8bit": 6.0}
+# Pure 16-bit training (no FP32 master copy: torchtune's full fine-tuning in bf16, whose optimizer keeps its states in
+# the parameters' dtype): Adam's momentum and variance at 2 bytes each, SGD's momentum 2, Adafactor's factored second
+# moment ~0, 8-bit Adam's two 8-bit moments 2
+PURE_OPTIMIZER_BYTES = {"adamw": 4.0, "adam": 4.0, "sgd": 2.0, "adafactor": 0.0, "adam8bit": 2.0}
 # bytes an optimizer step moves a parameter: the gradient read (2), the states read and written, the 16-bit weights
-# written (2)
+# written (2); in pure 16-bit, the weights read too (no master copy among the states)
 OPTIMIZER_TRAFFIC = {k: 2.0 + 2.0 * v + 2.0 for k, v in OPTIMIZER_BYTES.items()}
+PURE_OPTIMIZER_TRAFFIC = {k: 2.0 + 2.0 * v + 4.0 for k, v in PURE_OPTIMIZER_BYTES.items()}
 DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DistributedDataParallel's bucket_cap_mb default (25 MiB)
 # backward work over forward, by op kind (module docstring)
 BACKWARD = {OpKind.MATMUL: 2.0, OpKind.ATTENTION: 2.5, OpKind.ELEMENTWISE: 2.0, OpKind.NORM: 2.0,
@@ -112,9 +123,14 @@ class TrainConfig:
     lora_rank: int = 0
     quantize_base: str | None = None  # the frozen base's format under LoRA (QLoRA: e.g. q4_0, nf4 ~ q4_0)
     dropout: bool = False  # dropout masks kept for the backward (GPT-style runs with dropout > 0)
+    master_weights: bool = True  # False: pure 16-bit training, the optimizer's states in the weights' format
+    optimizer_in_backward: bool = False  # each parameter stepped and its gradient freed as the backward reaches it
+    paged_optimizer: bool = False  # states in unified memory (bitsandbytes' paged optimizers): on the host if short
+    loss_chunks: int = 1  # the loss computed over this many chunks of positions: 1 / chunks of the FP32 logits held
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "global_batch", "micro_batch", "tp", "pp", "cp", "ep", "dp", "interleave"):
+        for name in ("seq_len", "global_batch", "micro_batch", "tp", "pp", "cp", "ep", "dp", "interleave",
+                     "loss_chunks"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise PerfmodelError(f"--{name.replace('_', '-')} must be a whole number >= 1; got {v!r}")
@@ -129,6 +145,12 @@ class TrainConfig:
             raise PerfmodelError(f"--lora must be a whole number >= 0 (the adapters' rank); got {self.lora_rank!r}")
         if self.quantize_base is not None and not self.lora_rank:
             raise PerfmodelError("--quantize-base quantises the frozen base of a LoRA run: give --lora R with it")
+        if self.optimizer_in_backward and self.global_batch != self.dp * self.micro_batch:
+            raise PerfmodelError("--optimizer-in-backward steps each parameter as its gradient arrives, so it cannot "
+                                 "accumulate gradients: --global-batch must be dp x --micro-batch")
+        if not self.master_weights and self.precision not in ("bf16", "fp16"):
+            raise PerfmodelError(f"--no-master-weights is pure 16-bit training: --precision bf16 or fp16; got "
+                                 f"{self.precision!r}")
         if self.global_batch % (self.dp * self.micro_batch):
             raise PerfmodelError(f"--global-batch ({self.global_batch}) must be a multiple of dp x micro-batch "
                                  f"({self.dp} x {self.micro_batch}): each data-parallel rank runs whole "
@@ -150,10 +172,13 @@ class TrainConfig:
 
 # Memory --------------------------------------------------------------------------------------------------------------
 
-def state_bytes_per_param(precision: str, optimizer: str) -> dict[str, float]:
+def state_bytes_per_param(precision: str, optimizer: str, master_weights: bool = True) -> dict[str, float]:
     """Weights, gradients and optimizer states a parameter, bytes (mixed precision; FP32 training keeps no master
     copy: 4 + 4 + the optimizer's states less its master copy; FP8 keeps BF16 weights and an FP8 copy of the GEMM
-    weights, 1 byte more, an estimate of Transformer Engine's recipe)."""
+    weights, 1 byte more, an estimate of Transformer Engine's recipe; pure 16-bit training, `master_weights` False,
+    2 + 2 + PURE_OPTIMIZER_BYTES)."""
+    if not master_weights:
+        return {"weights": 2.0, "gradients": 2.0, "optimizer": PURE_OPTIMIZER_BYTES[optimizer]}
     k = OPTIMIZER_BYTES[optimizer]
     if precision == "fp32":
         return {"weights": 4.0, "gradients": 4.0, "optimizer": k - 4.0}
@@ -332,6 +357,12 @@ def _fabric_bandwidth(device: Device, group: int, job_devices: int, eff: Efficie
     return max(bw, 1.0) * eff.interconnect
 
 
+def _host_link(device: Device) -> float:
+    from .offload import host_link_bytes_per_s
+
+    return host_link_bytes_per_s(device)[0]
+
+
 def _fabric_bandwidths(device: Device, group: np.ndarray, job_devices: np.ndarray, eff: Efficiency) -> np.ndarray:
     """_fabric_bandwidth over arrays (each distinct (group, job size) pair looked up once)."""
     pairs, back = np.unique(np.stack([group, job_devices]), axis=1, return_inverse=True)
@@ -356,6 +387,9 @@ def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, e
     lay["sp"] = np.array([c.sp])
     lay["recompute"] = np.array([c.recompute])
     r = steps(m, d, eff, job, lay)
+    if r["optimizer_on_host"][0]:
+        notes.append("the paged optimizer's states do not fit beside the rest: they live on the host and are paged "
+                     "in and out over the host link every step (in the optimizer time)")
     mem = {k: float(r[f"{k}_bytes"][0]) for k in ("weights", "gradients", "optimizer", "activations", "total")}
     est = TrainEstimate(m, d, c, float(r["step_time_s"][0]), float(r["tokens_per_s"][0]), float(r["mfu"][0]),
                         float(r["hfu"][0]), mem, d.main_memory.capacity_bytes,
@@ -391,6 +425,10 @@ class _Job:
     lora_rank: int
     quantize_base: str | None
     dropout: bool
+    master_weights: bool
+    optimizer_in_backward: bool
+    paged_optimizer: bool
+    loss_chunks: int
     act: DType
     gemm: DType | None
     base: DType
@@ -408,8 +446,10 @@ class _Job:
         if peak is None:
             raise PerfmodelError(f"{d.id} states no matrix peak at {(gemm or act).value}: MFU needs one")
         base = _base_format(c.quantize_base) if c.quantize_base else act
-        return cls(c.seq_len, c.global_batch, prec, c.optimizer, c.lora_rank, c.quantize_base, c.dropout, act, gemm,
-                   base, model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
+        return cls(c.seq_len, c.global_batch, prec, c.optimizer, c.lora_rank, c.quantize_base, c.dropout,
+                   getattr(c, "master_weights", True), getattr(c, "optimizer_in_backward", False),
+                   getattr(c, "paged_optimizer", False), getattr(c, "loss_chunks", 1), act, gemm, base,
+                   model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
 
 
 def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: int, ep: int,
@@ -477,12 +517,13 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     per_dev = dense + experts
     # an expert's replicas: the data-parallel ranks over the ep / tp of them that share one copy of the experts
     dp_experts = dp * tp // np.maximum(tp, ep)
-    states = state_bytes_per_param(job.precision, job.optimizer)
+    states = state_bytes_per_param(job.precision, job.optimizer, job.master_weights)
+    opt_table = OPTIMIZER_BYTES if job.master_weights else PURE_OPTIMIZER_BYTES
     frozen = job.lora_rank > 0
     if frozen:
         base_bytes = job.base.bytes if job.quantize_base else states["weights"]
         adapters = lora_params(m, job.lora_rank) / (tp * pp)
-        mem = zero_shard({"gradients": 2.0, "optimizer": OPTIMIZER_BYTES[job.optimizer]}, adapters, zero, dp)
+        mem = zero_shard({"gradients": 2.0, "optimizer": opt_table[job.optimizer]}, adapters, zero, dp)
         mem = {"weights": (per_dev * base_bytes + adapters * 2.0) / np.where(zero >= 3, dp, 1), **mem}
         trained = adapters
     else:  # ZeRO shards each parameter's states over its replicas
@@ -495,11 +536,29 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     in_flight = np.minimum(pp, micro_batches).astype(float)  # 1F1B: the first stage holds p micro-batches'
     # the interleaved schedule holds (1 + (p - 1) / (p v)) times as much (Korthikanti 4.2.3)
     in_flight = np.where(v > 1, in_flight * (1.0 + (pp - 1) / (pp * v)), in_flight)
-    logits = job.seq_len / cp * mb * m.vocab_size / tp * 4.0
+    logits = job.seq_len / cp * mb * m.vocab_size / tp * 4.0 / job.loss_chunks
     held = per_layer * first_stage_layers * in_flight
     # the last stage: fewer micro-batches in flight, the logits besides
     mem["activations"] = np.where(pp == 1, held + logits, np.maximum(held, per_layer * first_stage_layers + logits))
+    if job.optimizer_in_backward and not frozen:
+        # each parameter is stepped as its gradient arrives and the gradient freed: one tensor's gradient at a time,
+        # at most the largest (the embedding or LM head, an MLP matrix)
+        f = m.expert_d_ff or m.d_ff if m.is_moe else m.d_ff
+        largest = max(m.vocab_size, f, m.n_heads * m.dim_head) * m.d_model / tp
+        mem["gradients"] = np.minimum(mem["gradients"], largest * states["gradients"])
     mem["total"] = mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["activations"]
+    paged_out = np.zeros(n, dtype=bool)
+    cap = d.main_memory.capacity_bytes
+    if job.paged_optimizer and cap is not None:
+        # paged states (unified memory) stay on the device while everything fits; past that the driver keeps them
+        # on the host and pages them in for the step and out again over the host link every step (both directions
+        # at once: PCIe is full duplex)
+        paged_out = mem["total"] > cap
+        page_s = np.where(paged_out, mem["optimizer"] / _host_link(d), 0.0)
+        mem["total"] = np.where(paged_out, mem["total"] - mem["optimizer"], mem["total"])
+        mem["optimizer"] = np.where(paged_out, 0.0, mem["optimizer"])
+    else:
+        page_s = np.zeros(n)
     # data-parallel gradient synchronisation (and ZeRO-3's weight gathers), overlapped with the last backward
     grad_bytes = trained * 2.0
     bw = _fabric_bandwidths(d, dp, devices, eff)
@@ -514,9 +573,9 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     # optimizer step: memory-bound over the device's share of the trained parameters
     shard = trained / np.where(zero >= 1, dp, 1) if frozen else (
         dense / np.where(zero >= 1, dp, 1) + experts / np.where(zero >= 1, dp_experts, 1))
-    opt_bytes = shard * OPTIMIZER_TRAFFIC[job.optimizer]
+    opt_bytes = shard * (OPTIMIZER_TRAFFIC if job.master_weights else PURE_OPTIMIZER_TRAFFIC)[job.optimizer]
     mach = Machine(d, eff, Parallel())
-    optimizer_s = np.where(opt_bytes > 0, opt_bytes / mach.bandwidth_for(np.maximum(opt_bytes, 1.0)), 0.0)
+    optimizer_s = np.where(opt_bytes > 0, opt_bytes / mach.bandwidth_for(np.maximum(opt_bytes, 1.0)), 0.0) + page_s
     step = compute + bubble + p2p + exposed + optimizer_s
     tokens_step = float(job.global_batch * job.seq_len)
     attn_fwd = 2.0 * m.n_layers * m.n_heads * m.dim_head * job.seq_len  # causal QK^T and AV a token: 6LHQT / 3
@@ -526,7 +585,7 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     return {"step_time_s": step, "tokens_per_s": tokens_step / step, "mfu": flops * job.flops_per_token,
             "hfu": flops * (job.flops_per_token + recomputed), "compute_s": compute, "bubble_s": bubble,
             "communication_s": exposed + p2p, "optimizer_s": optimizer_s, "devices": devices,
-            "micro_batches": micro_batches, **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float)
+            "micro_batches": micro_batches, "optimizer_on_host": paged_out, **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float)
                                                  for k, val in mem.items()}}
 
 

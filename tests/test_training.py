@@ -284,3 +284,51 @@ def test_report_gains_a_training_section(tmp_path, capsys):
     assert main(["report", "--model", "llama-3-70b", "--hardware", "h100-sxm", "--weights", "fp8", "--train-batch", "8",
                  "--train-devices", "1", "-o", str(big)]) == 0
     assert "no training layout fits" in big.read_text() and not (tmp_path / "big.training.png").exists()
+
+
+# Fine-tuning recipes (torchtune): pure 16-bit, optimizer in the backward, paged states, chunked loss -------------------
+
+def test_torchtune_full_finetune_on_a_4090_by_hand():
+    # Llama 3.1 8B (8,030,261,248 parameters), pure bf16, paged 8-bit AdamW run in the backward, full recomputation,
+    # 2 sequences of 2,048 on a 24 GB RTX 4090:
+    #   weights 2 x 8,030,261,248 = 16,060,522,496
+    #   gradients: one tensor at a time, the largest: the 128,256 x 4,096 embedding x 2 = 1,050,673,152
+    #   activations: each layer's input 2 s b h = 2 x 2,048 x 2 x 4,096 x (2 B / 2) = 33,554,432, x 32 = 1,073,741,824,
+    #     and the FP32 logits 2,048 x 2 x 128,256 x 4 = 2,101,346,304
+    #   the 8-bit states (2 x 8.03e9 = 16.1 GB) do not fit beside the 20.3 GB: paged out to the host
+    cfg = TrainConfig(2048, 2, micro_batch=2, master_weights=False, optimizer="adam8bit", paged_optimizer=True,
+                      optimizer_in_backward=True, recompute="full")
+    e = train("llama-3.1-8b", "rtx-4090", cfg)
+    assert e.memory["weights"] == 16_060_522_496 and e.memory["gradients"] == 1_050_673_152
+    assert e.memory["activations"] == 1_073_741_824 + 2_101_346_304 and e.memory["optimizer"] == 0.0
+    assert e.memory["total"] == pytest.approx(20.29e9, rel=1e-3)  # torchtune's README: 18.9 GiB = 20.29e9
+    assert any("paged" in n for n in e.notes)
+    # the states cross the host link each step: the optimizer's time is at least their bytes over PCIe 4.0 x16
+    assert e.breakdown["optimizer"] >= 2 * 8_030_261_248 / 32e9
+    # with room for them (an 80 GB H100) they stay on the device and no note is made
+    h = train("llama-3.1-8b", "h100-sxm", cfg)
+    assert h.memory["optimizer"] == 2 * 8_030_261_248 and not any("paged" in n for n in h.notes)
+
+
+def test_pure_16_bit_states_and_the_chunked_loss():
+    assert state_bytes_per_param("bf16", "adamw", master_weights=False) == {"weights": 2.0, "gradients": 2.0,
+                                                                            "optimizer": 4.0}
+    assert state_bytes_per_param("bf16", "adam8bit", master_weights=False)["optimizer"] == 2.0
+    base = TrainConfig(4096, 2, micro_batch=2, master_weights=False)
+    one, eight = train("llama-3.2-3b", "a100-80gb-sxm", base), train("llama-3.2-3b", "a100-80gb-sxm",
+                                                                     replace(base, loss_chunks=8))
+    logits = 4096 * 2 * 128256 * 4  # FP32 logits of the micro-batch
+    assert one.memory["activations"] - eight.memory["activations"] == pytest.approx(logits * 7 / 8, rel=1e-12)
+    with pytest.raises(PerfmodelError, match="cannot accumulate"):
+        TrainConfig(4096, 8, micro_batch=2, optimizer_in_backward=True)
+    with pytest.raises(PerfmodelError, match="pure 16-bit"):
+        TrainConfig(4096, 2, precision="fp8", master_weights=False)
+
+
+def test_cli_train_recipe_flags(capsys):
+    args = ["train", "--model", "llama-3.1-8b", "--hardware", "rtx-4090", "--seq", "2048", "--global-batch", "2",
+            "--micro-batch", "2", "--no-master-weights", "--optimizer", "adam8bit", "--paged-optimizer",
+            "--optimizer-in-backward", "--recompute", "full", "--loss-chunks", "1", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["memory"]["fits"] and out["memory"]["optimizer_bytes"] == 0.0
