@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     pn.add_argument("--lora", default="0", help="with --train: LoRA rank (default 0: full training)")
     pn.add_argument("--quantize-base", default=None, help="with --train --lora: the frozen base's format (q4_0)")
     pn.add_argument("--tokens", default=None, help="with --train: tokens to train on (adds the time to train them)")
+    pn.add_argument("--attention-kernel", default="engine", help="with --train: engine (default), fa2, fa1, triton")
     pn.add_argument("--json", action="store_true")
 
     sv = sub.add_parser("serve", help="simulate a server under load: requests arriving at a rate (or from a trace), "
@@ -167,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
                                                                          "gradient accumulation)")
     tn.add_argument("--loss-chunks", default="1", help="the loss over this many chunks of positions (torchtune's "
                                                        "chunked cross-entropy: 8): the FP32 logits held / chunks")
+    tn.add_argument("--attention-kernel", default="engine", help="engine (default: the profile's fused attention), "
+                                                                 "fa2, fa1 (FlashAttention v1) or triton "
+                                                                 "(FlashAttention in Triton): their published speeds")
     tn.add_argument("--paged-optimizer", action="store_true", help="optimizer states in unified memory "
                                                                    "(bitsandbytes' paged optimizers): on the host, "
                                                                    "paged in each step, when they do not fit")
@@ -479,7 +483,8 @@ def _plan_train(a: argparse.Namespace) -> int:
     res = plan_train(a.model, a.hardware, seq_len=whole(a.seq, "--seq"),
                      global_batch=whole(a.global_batch, "--global-batch"), devices=a.devices, nodes=a.nodes,
                      precision=a.precision, optimizer=a.optimizer, lora_rank=whole(a.lora, "--lora", lo=0),
-                     quantize_base=a.quantize_base, engine=a.engine, tokens=tokens)
+                     quantize_base=a.quantize_base, engine=a.engine, tokens=tokens,
+                     attention_kernel=a.attention_kernel)
     def layout(p: dict) -> str:
         return (f"tp {p['tp']} pp {p['pp']}" + (f" cp {p['cp']}" if p["cp"] > 1 else "")
                 + (f" ep {p['ep']}" if p["ep"] > 1 else "") + f" dp {p['dp']} ZeRO {p['zero']}")
@@ -1039,7 +1044,8 @@ def _train(a: argparse.Namespace) -> int:
                       precision=a.precision, optimizer=a.optimizer, interleave=whole(a.interleave, "--interleave"),
                       lora_rank=whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout,
                       master_weights=not a.no_master_weights, optimizer_in_backward=a.optimizer_in_backward,
-                      paged_optimizer=a.paged_optimizer, loss_chunks=whole(a.loss_chunks, "--loss-chunks"))
+                      paged_optimizer=a.paged_optimizer, loss_chunks=whole(a.loss_chunks, "--loss-chunks"),
+                      attention_kernel=a.attention_kernel)
     tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
     est = train(a.model, a.hardware, cfg, engine=a.engine, tokens=tokens)
     if not est.fits and not a.ignore_capacity:

@@ -170,7 +170,7 @@ def train_layouts(model: Any, devices: int, global_batch: int, seq_len: int) -> 
 def plan_train(model: Any, hardware: Any, *, seq_len: int, global_batch: int, devices: int | None = None,
                nodes: int | None = None, precision: str = "bf16", optimizer: str = "adamw", lora_rank: int = 0,
                quantize_base: str | None = None, engine: str | None = None, tokens: float | None = None,
-               top: int = TRAIN_TOP) -> dict[str, Any]:
+               top: int = TRAIN_TOP, attention_kernel: str = "engine") -> dict[str, Any]:
     """Search the training layouts of `model` on `hardware` (a system, or a device with `devices` a node and `nodes`
     nodes) for a run of `global_batch` sequences of `seq_len` tokens a step: every layout of train_layouts costed at
     once (perfmodel.training.steps: one forward evaluation per (tp, cp, ep), array arithmetic for the rest). Returns
@@ -189,7 +189,7 @@ def plan_train(model: Any, hardware: Any, *, seq_len: int, global_batch: int, de
     total = per_node * (base.nodes or 1)
     # the fixed part of the job, checked as a one-device run would be (names, ranges, LoRA)
     job_cfg = TrainConfig(seq_len=seq_len, global_batch=global_batch, precision=precision, optimizer=optimizer,
-                          lora_rank=lora_rank, quantize_base=quantize_base)
+                          lora_rank=lora_rank, quantize_base=quantize_base, attention_kernel=attention_kernel)
     _check(m, 1, 1)
     eff = efficiency_for(d, engine)[0]
     job = _Job.of(m, d, job_cfg)

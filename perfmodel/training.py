@@ -36,6 +36,9 @@ Time per step, on the cost model of inference (perfmodel.evaluate) at the engine
   operators: as many all-reduces backward as forward; an MoE layer's dispatch and combine all-to-alls run again in
   reverse, the gradients of the combined outputs out to the experts' ranks and those of their inputs back). LoRA's
   frozen weights need no weight gradient: 1x.
+- The attention kernel (ATTENTION_KERNELS): the engine profile's by default; FlashAttention-2, FlashAttention (v1)
+  or FlashAttention in Triton at their published speeds relative to FlashAttention-2, and on Hopper and later at the
+  synchronous-MMA fraction of a kernel written for Ampere.
 - Recomputation: full reruns the forward, selective the attention (its scores).
 - Pipeline: 1F1B runs m + p - 1 slots of (forward + backward) per step, m = global batch / (dp x micro-batch)
   micro-batches; the interleaved schedule with v chunks a device shrinks the bubble to (p - 1) / v slots
@@ -97,6 +100,15 @@ DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DistributedDataParallel's bucket_cap_mb
 # backward work over forward, by op kind (module docstring)
 BACKWARD = {OpKind.MATMUL: 2.0, OpKind.ATTENTION: 2.5, OpKind.ELEMENTWISE: 2.0, OpKind.NORM: 2.0,
             OpKind.EMBEDDING: 1.0, OpKind.COMM: 1.0}
+# The attention kernel a run uses, against the engine profile's (modern fused attention): (forward, backward) time
+# over FlashAttention-2's, and whether it issues Ampere's synchronous MMA (on a device whose matrix peak needs
+# asynchronous MMA, Hopper and later, it then runs at the `fa2` engine profile's sync_mma_fraction: the FlashAttention-3
+# paper's "FlashAttention-2 achieving only 35% utilization on the H100", arXiv:2407.08608). Dao, "FlashAttention-2",
+# 2023 (https://arxiv.org/abs/2307.08691), sec. 4.1, on an A100: FlashAttention-2 is "around 2x faster than
+# FlashAttention", "around 1.3-1.5x faster than FlashAttention in Triton in the forward pass and around 2x faster in
+# the backward pass" (midpoints taken). `engine`: the profile's own attention, as inference costs it.
+ATTENTION_KERNELS = {"engine": (1.0, 1.0, False), "fa2": (1.0, 1.0, True), "fa1": (2.0, 2.0, True),
+                     "triton": (1.4, 2.0, True)}
 # LoRA adapters on the projections of attention and MLP (QLoRA's "all linear layers", Dettmers et al. 2023,
 # https://arxiv.org/abs/2305.14314, sec. 4)
 
@@ -127,6 +139,7 @@ class TrainConfig:
     optimizer_in_backward: bool = False  # each parameter stepped and its gradient freed as the backward reaches it
     paged_optimizer: bool = False  # states in unified memory (bitsandbytes' paged optimizers): on the host if short
     loss_chunks: int = 1  # the loss computed over this many chunks of positions: 1 / chunks of the FP32 logits held
+    attention_kernel: str = "engine"  # ATTENTION_KERNELS: fa2, fa1, triton (FlashAttention in Triton), engine
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "global_batch", "micro_batch", "tp", "pp", "cp", "ep", "dp", "interleave",
@@ -136,7 +149,8 @@ class TrainConfig:
                 raise PerfmodelError(f"--{name.replace('_', '-')} must be a whole number >= 1; got {v!r}")
         if self.zero not in (0, 1, 2, 3):
             raise PerfmodelError(f"--zero must be 0, 1, 2 or 3; got {self.zero!r}")
-        for name, allowed in (("recompute", RECOMPUTE), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (("recompute", RECOMPUTE), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
+                              ("attention_kernel", tuple(ATTENTION_KERNELS))):
             v = getattr(self, name)
             if v not in allowed:
                 raise PerfmodelError(f"--{name} must be one of {', '.join(allowed)}; got {v!r}."
@@ -429,6 +443,7 @@ class _Job:
     optimizer_in_backward: bool
     paged_optimizer: bool
     loss_chunks: int
+    attention_kernel: str
     act: DType
     gemm: DType | None
     base: DType
@@ -448,7 +463,8 @@ class _Job:
         base = _base_format(c.quantize_base) if c.quantize_base else act
         return cls(c.seq_len, c.global_batch, prec, c.optimizer, c.lora_rank, c.quantize_base, c.dropout,
                    getattr(c, "master_weights", True), getattr(c, "optimizer_in_backward", False),
-                   getattr(c, "paged_optimizer", False), getattr(c, "loss_chunks", 1), act, gemm, base,
+                   getattr(c, "paged_optimizer", False), getattr(c, "loss_chunks", 1),
+                   getattr(c, "attention_kernel", "engine"), act, gemm, base,
                    model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
 
 
@@ -468,6 +484,16 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
     pre = ev.prefill
     times = np.asarray(pre.values["time_s"], dtype=float).reshape(len(pre.ops), len(b))
     kinds = [op.kind for op in pre.ops]
+    attn = np.array([k == OpKind.ATTENTION for k in kinds])
+    fwd_x, bwd_x, sync = ATTENTION_KERNELS[job.attention_kernel]
+    if sync and d.compute.async_mma:  # a kernel of Ampere's MMA on a part whose peak needs asynchronous MMA
+        from .engines import efficiency_for
+
+        slow = eff.model_copy(update={"sync_mma_fraction": efficiency_for(d, "fa2")[0].sync_mma_fraction})
+        again = evaluate(m, d, wl, slow, b * replicas, np.full(len(b), float(job.seq_len)), np.ones(len(b)),
+                         detail=False).prefill
+        times[attn] = np.asarray(again.values["time_s"], dtype=float).reshape(len(again.ops), len(b))[attn]
+    times[attn] *= fwd_x
     host = eff.step_overhead_s + b * eff.token_overhead_s
     # the loss: softmax cross-entropy over the vocabulary of every position, on the FP32 logits (vocabulary-
     # parallel over tp): the forward reads them and writes the probabilities, the backward reads those and writes
@@ -477,7 +503,7 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
     loss_fwd, loss_bwd = logit_elems * 8.0, logit_elems * (4.0 + job.act.bytes)
     frozen = job.lora_rank > 0  # no weight gradients for the frozen base
     factor = np.array([1.0 if (k == OpKind.MATMUL and frozen) else BACKWARD.get(k, 2.0) for k in kinds])
-    attn = np.array([k == OpKind.ATTENTION for k in kinds])
+    factor[attn] *= bwd_x / fwd_x  # the backward's slowdown over FlashAttention-2's, on the forward's time
     return {"fwd": times.sum(axis=0) + host + loss_fwd / mach.bandwidth_for(loss_fwd),
             "bwd": factor @ times + host + loss_bwd / mach.bandwidth_for(loss_bwd),
             "attn": times[attn].sum(axis=0)}

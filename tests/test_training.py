@@ -332,3 +332,30 @@ def test_cli_train_recipe_flags(capsys):
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["memory"]["fits"] and out["memory"]["optimizer_bytes"] == 0.0
+
+
+def test_attention_kernels_at_their_published_speeds():
+    from perfmodel.engines import efficiency_for
+    from perfmodel.training import _Job, _passes
+
+    m = pm.load_model("llama-3-8b")
+    mb = np.array([1, 4])
+    out = {}
+    for hw in ("a100-80gb-sxm", "h100-sxm"):
+        d = pm.load_device(hw)
+        eff = efficiency_for(d, None)[0]
+        for k in ("engine", "fa2", "triton"):
+            job = _Job.of(m, d, TrainConfig(8192, 4, attention_kernel=k))
+            out[hw, k] = _passes(m, d, eff, job, 1, 1, 1, mb)
+    a100, h100 = "a100-80gb-sxm", "h100-sxm"
+    # on an A100 (synchronous MMA is its native path) FlashAttention-2 is the engine's attention; FlashAttention in
+    # Triton's forward is 1.4x its time (FA2 paper sec. 4.1: 1.3-1.5x) and its backward 2x: the backward's extra is
+    # 2.5 x (2.0 - 1.0) x the FA2 forward attention time
+    assert out[a100, "fa2"]["attn"] == pytest.approx(out[a100, "engine"]["attn"], rel=1e-12)
+    assert out[a100, "triton"]["attn"] == pytest.approx(1.4 * out[a100, "fa2"]["attn"], rel=1e-12)
+    extra_bwd = out[a100, "triton"]["bwd"] - out[a100, "fa2"]["bwd"]
+    assert extra_bwd == pytest.approx(2.5 * (2.0 - 1.0) * out[a100, "fa2"]["attn"], rel=1e-9)
+    # on an H100 a kernel of Ampere's MMA instructions runs slower than the engine's (FA3 paper: FA2 at 35 %)
+    assert (out[h100, "fa2"]["attn"] > 1.2 * out[h100, "engine"]["attn"]).all()
+    with pytest.raises(PerfmodelError, match="Did you mean 'triton'"):
+        TrainConfig(2048, 8, attention_kernel="trition")
