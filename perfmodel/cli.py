@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     pn.add_argument("--lora", default="0", help="with --train: LoRA rank (default 0: full training)")
     pn.add_argument("--quantize-base", default=None, help="with --train --lora: the frozen base's format (q4_0)")
     pn.add_argument("--tokens", default=None, help="with --train: tokens to train on (adds the time to train them)")
-    pn.add_argument("--attention-kernel", default="engine", help="with --train: engine (default), fa2, fa1, triton")
+    pn.add_argument("--attention-kernel", default="engine", help="with --train: engine (default), unfused, fa2, fa1, "
+                                                                      "triton")
     pn.add_argument("--json", action="store_true")
 
     sv = sub.add_parser("serve", help="simulate a server under load: requests arriving at a rate (or from a trace), "
@@ -169,8 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     tn.add_argument("--loss-chunks", default="1", help="the loss over this many chunks of positions (torchtune's "
                                                        "chunked cross-entropy: 8): the FP32 logits held / chunks")
     tn.add_argument("--attention-kernel", default="engine", help="engine (default: the profile's fused attention), "
-                                                                 "fa2, fa1 (FlashAttention v1) or triton "
-                                                                 "(FlashAttention in Triton): their published speeds")
+                                                                 "unfused (scores written out), fa2, fa1 "
+                                                                 "(FlashAttention v1) or triton (FlashAttention in "
+                                                                 "Triton): their published speeds")
     tn.add_argument("--paged-optimizer", action="store_true", help="optimizer states in unified memory "
                                                                    "(bitsandbytes' paged optimizers): on the host, "
                                                                    "paged in each step, when they do not fit")

@@ -108,7 +108,12 @@ BACKWARD = {OpKind.MATMUL: 2.0, OpKind.ATTENTION: 2.5, OpKind.ELEMENTWISE: 2.0, 
 # FlashAttention", "around 1.3-1.5x faster than FlashAttention in Triton in the forward pass and around 2x faster in
 # the backward pass" (midpoints taken). `engine`: the profile's own attention, as inference costs it.
 ATTENTION_KERNELS = {"engine": (1.0, 1.0, False), "fa2": (1.0, 1.0, True), "fa1": (2.0, 2.0, True),
-                     "triton": (1.4, 2.0, True)}
+                     "triton": (1.4, 2.0, True), "unfused": (1.0, 1.0, False)}
+# `unfused`: standard attention, the scores written out: a GEMM over every query-key pair, the (masked) softmax as a
+# memory-bound pass, the context GEMM; the backward reruns each by its kind, and the activations keep the softmax
+# output (Korthikanti et al.'s 5 a s^2 b term) unless recomputed. Training before FlashAttention (2022) ran it
+# (Megatron-LM's fused scale-mask-softmax kernel).
+UNFUSED_OPS = (".scores", ".softmax", ".context")
 # LoRA adapters on the projections of attention and MLP (QLoRA's "all linear layers", Dettmers et al. 2023,
 # https://arxiv.org/abs/2305.14314, sec. 4)
 
@@ -478,13 +483,14 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
     # their tokens, each rank's sent to them and back by the all-to-alls
     replicas = max(tp, ep) // tp
     wl = Workload(batch=int(micro[0]) * replicas, prompt_len=job.seq_len, gen_len=1, weights=job.base, kv=job.act,
-                  act=job.act, gemm=job.gemm, tp=tp, cp=cp, ep=ep, logits="all", devices=None)
+                  act=job.act, gemm=job.gemm, tp=tp, cp=cp, ep=ep, logits="all", devices=None,
+                  attention="unfused" if job.attention_kernel == "unfused" else "flash")
     b = micro.astype(float)
     ev = evaluate(m, d, wl, eff, b * replicas, np.full(len(b), float(job.seq_len)), np.ones(len(b)), detail=False)
     pre = ev.prefill
     times = np.asarray(pre.values["time_s"], dtype=float).reshape(len(pre.ops), len(b))
     kinds = [op.kind for op in pre.ops]
-    attn = np.array([k == OpKind.ATTENTION for k in kinds])
+    attn = np.array([k == OpKind.ATTENTION or op.name.endswith(UNFUSED_OPS) for k, op in zip(kinds, pre.ops)])
     fwd_x, bwd_x, sync = ATTENTION_KERNELS[job.attention_kernel]
     if sync and d.compute.async_mma:  # a kernel of Ampere's MMA on a part whose peak needs asynchronous MMA
         from .engines import efficiency_for
@@ -502,7 +508,9 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
     logit_elems = job.seq_len / cp * b * m.vocab_size / tp
     loss_fwd, loss_bwd = logit_elems * 8.0, logit_elems * (4.0 + job.act.bytes)
     frozen = job.lora_rank > 0  # no weight gradients for the frozen base
-    factor = np.array([1.0 if (k == OpKind.MATMUL and frozen) else BACKWARD.get(k, 2.0) for k in kinds])
+    # (attention's own GEMMs, unfused, multiply activations: their gradients are needed whatever is frozen)
+    factor = np.array([1.0 if (k == OpKind.MATMUL and frozen and not a) else BACKWARD.get(k, 2.0)
+                       for k, a in zip(kinds, attn)])
     factor[attn] *= bwd_x / fwd_x  # the backward's slowdown over FlashAttention-2's, on the forward's time
     return {"fwd": times.sum(axis=0) + host + loss_fwd / mach.bandwidth_for(loss_fwd),
             "bwd": factor @ times + host + loss_bwd / mach.bandwidth_for(loss_bwd),
@@ -557,8 +565,8 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
         mem = {k: v + w for (k, v), w in zip(mem.items(), zero_shard(states, experts, zero, dp_experts).values())}
         trained = per_dev
     first_stage_layers = np.ceil(m.n_layers / pp)
-    per_layer = layer_activation_bytes(m, job.seq_len // cp, mb, tp, sp, rc, flash=True, dropout=job.dropout,
-                                       act_bytes=job.act.bytes)
+    per_layer = layer_activation_bytes(m, job.seq_len // cp, mb, tp, sp, rc, flash=job.attention_kernel != "unfused",
+                                       dropout=job.dropout, act_bytes=job.act.bytes)
     in_flight = np.minimum(pp, micro_batches).astype(float)  # 1F1B: the first stage holds p micro-batches'
     # the interleaved schedule holds (1 + (p - 1) / (p v)) times as much (Korthikanti 4.2.3)
     in_flight = np.where(v > 1, in_flight * (1.0 + (pp - 1) / (pp * v)), in_flight)
@@ -611,7 +619,8 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     return {"step_time_s": step, "tokens_per_s": tokens_step / step, "mfu": flops * job.flops_per_token,
             "hfu": flops * (job.flops_per_token + recomputed), "compute_s": compute, "bubble_s": bubble,
             "communication_s": exposed + p2p, "optimizer_s": optimizer_s, "devices": devices,
-            "micro_batches": micro_batches, "optimizer_on_host": paged_out, **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float)
+            "micro_batches": micro_batches, "optimizer_on_host": paged_out,
+            **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float)
                                                  for k, val in mem.items()}}
 
 

@@ -359,3 +359,20 @@ def test_attention_kernels_at_their_published_speeds():
     assert (out[h100, "fa2"]["attn"] > 1.2 * out[h100, "engine"]["attn"]).all()
     with pytest.raises(PerfmodelError, match="Did you mean 'triton'"):
         TrainConfig(2048, 8, attention_kernel="trition")
+
+
+def test_unfused_attention_keeps_and_recomputes_the_scores():
+    # standard attention (before FlashAttention) writes the scores out: with no recomputation a layer keeps the softmax
+    # output, 2 a s^2 b bytes without dropout (Korthikanti et al.'s 5 a s^2 b with dropout's mask and output), which
+    # selective recomputation drops by running the scores, softmax and context again
+    s, b, t = 2048, 1, 8
+    cfg = TrainConfig(s, 64, micro_batch=b, tp=t, pp=8, dp=1, attention_kernel="unfused")
+    none = train("gpt-3-175b", "a100-80gb-sxm", cfg)
+    sel = train("gpt-3-175b", "a100-80gb-sxm", replace(cfg, recompute="selective"))
+    flash = train("gpt-3-175b", "a100-80gb-sxm", replace(cfg, attention_kernel="engine"))
+    layers_first_stage, in_flight = 12, 8  # 96 layers / 8 stages; 1F1B holds p = 8 micro-batches
+    scores = 2 * 96 * s * s * b / t * layers_first_stage * in_flight
+    assert none.memory["activations"] - sel.memory["activations"] == pytest.approx(scores, rel=1e-12)
+    assert sel.memory["activations"] == pytest.approx(flash.memory["activations"], rel=1e-12)
+    assert sel.breakdown["compute"] > none.breakdown["compute"]  # the rerun attention costs time
+    assert none.breakdown["compute"] > flash.breakdown["compute"]  # every query-key pair, the scores through memory
