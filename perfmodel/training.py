@@ -620,8 +620,7 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
             "hfu": flops * (job.flops_per_token + recomputed), "compute_s": compute, "bubble_s": bubble,
             "communication_s": exposed + p2p, "optimizer_s": optimizer_s, "devices": devices,
             "micro_batches": micro_batches, "optimizer_on_host": paged_out,
-            **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float)
-                                                 for k, val in mem.items()}}
+            **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float) for k, val in mem.items()}}
 
 
 def _base_format(name: str) -> DType:
