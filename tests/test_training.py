@@ -194,11 +194,13 @@ def test_expert_parallel_invariants(tp_ep, zero, rc, model):
     states = e.memory["weights"] + e.memory["gradients"] + e.memory["optimizer"]
     assert states * cfg.devices >= 16.0 * e.model.params_total() * (1 - 1e-9)
     assert 0.0 < e.mfu <= e.hfu <= 1.0
-    # the experts' work a device does is its own micro-batch's share, however the experts are spread: not less than
-    # with the experts tensor-parallel (ep 1; counting the micro-batch alone against ep ranks' experts made it up to
-    # half), and the all-to-alls at most double it
-    plain = train(model, "h100-sxm", replace(cfg, ep=1))
-    assert 0.85 * plain.breakdown["compute"] <= e.breakdown["compute"] <= 2.0 * plain.breakdown["compute"]
+    # without tensor parallelism the experts' work a device does is its own micro-batch's, however the experts are
+    # spread over the data-parallel ranks: not less than with every expert on every rank (ep 1; counting the
+    # micro-batch alone against ep ranks' experts made it up to half), and the all-to-alls at most double it. (With
+    # tp > 1, ep 1 splits each expert over the tp ranks, narrower GEMMs: ep may then be faster, rightly.)
+    if tp == 1:
+        plain = train(model, "h100-sxm", replace(cfg, ep=1))
+        assert 0.85 * plain.breakdown["compute"] <= e.breakdown["compute"] <= 2.0 * plain.breakdown["compute"]
 
 
 def test_all_to_alls_run_again_in_the_backward(monkeypatch):
