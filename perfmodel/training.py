@@ -39,6 +39,9 @@ Time per step, on the cost model of inference (perfmodel.evaluate) at the engine
 - The attention kernel (ATTENTION_KERNELS): the engine profile's by default; FlashAttention-2, FlashAttention (v1)
   or FlashAttention in Triton at their published speeds relative to FlashAttention-2, and on Hopper and later at the
   synchronous-MMA fraction of a kernel written for Ampere.
+- FP8 (Transformer Engine's recipe): each weight GEMM's input and weight are cast to FP8 and transposed in the
+  forward, its output gradient in the backward (Hopper's FP8 MMA reads both operands K-major): memory-bound passes of
+  twice the 16-bit bytes, which FP8's faster GEMMs do not shorten.
 - Recomputation: full reruns the forward, selective the attention (its scores).
 - Pipeline: 1F1B runs m + p - 1 slots of (forward + backward) per step, m = global batch / (dp x micro-batch)
   micro-batches; the interleaved schedule with v chunks a device shrinks the bubble to (p - 1) / v slots
@@ -486,7 +489,9 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
                   act=job.act, gemm=job.gemm, tp=tp, cp=cp, ep=ep, logits="all", devices=None,
                   attention="unfused" if job.attention_kernel == "unfused" else "flash")
     b = micro.astype(float)
-    ev = evaluate(m, d, wl, eff, b * replicas, np.full(len(b), float(job.seq_len)), np.ones(len(b)), detail=False)
+    mach = Machine(d, eff, Parallel())
+    fp8 = job.gemm is not None
+    ev = evaluate(m, d, wl, eff, b * replicas, np.full(len(b), float(job.seq_len)), np.ones(len(b)), detail=fp8)
     pre = ev.prefill
     times = np.asarray(pre.values["time_s"], dtype=float).reshape(len(pre.ops), len(b))
     kinds = [op.kind for op in pre.ops]
@@ -500,11 +505,22 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
                          detail=False).prefill
         times[attn] = np.asarray(again.values["time_s"], dtype=float).reshape(len(again.ops), len(b))[attn]
     times[attn] *= fwd_x
+    cast_fwd = cast_bwd = cast_bytes = np.zeros(len(b))
+    if fp8:
+        # FP8 GEMMs (Transformer Engine) take FP8 operands in both layouts (Hopper's FP8 MMA reads them K-major): each
+        # weight GEMM's input and weight are cast from 16 bits and transposed forward (read 2 bytes, write 1 + 1 an
+        # element: twice their 16-bit bytes), and the backward's output gradient likewise; memory-bound passes
+        v = ev.prefill.values
+        gemm = np.array([k == OpKind.MATMUL for k in kinds]) & ~attn
+        fwd_bytes = 2.0 * (v["act_in_bytes"][gemm] + v["weight_bytes"][gemm]).reshape(-1, len(b))
+        bwd_bytes = 2.0 * np.asarray(v["act_out_bytes"][gemm]).reshape(-1, len(b))
+        cast_fwd = (fwd_bytes / mach.bandwidth_for(fwd_bytes)).sum(axis=0)
+        cast_bwd = (bwd_bytes / mach.bandwidth_for(bwd_bytes)).sum(axis=0)
+        cast_bytes = fwd_bytes.sum(axis=0) + bwd_bytes.sum(axis=0)
     host = eff.step_overhead_s + b * eff.token_overhead_s
     # the loss: softmax cross-entropy over the vocabulary of every position, on the FP32 logits (vocabulary-
     # parallel over tp): the forward reads them and writes the probabilities, the backward reads those and writes
     # the logits' gradient at 16 bits; memory-bound elementwise passes the prompt pass of inference does not have
-    mach = Machine(d, eff, Parallel())
     logit_elems = job.seq_len / cp * b * m.vocab_size / tp
     loss_fwd, loss_bwd = logit_elems * 8.0, logit_elems * (4.0 + job.act.bytes)
     frozen = job.lora_rank > 0  # no weight gradients for the frozen base
@@ -512,9 +528,9 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
     factor = np.array([1.0 if (k == OpKind.MATMUL and frozen and not a) else BACKWARD.get(k, 2.0)
                        for k, a in zip(kinds, attn)])
     factor[attn] *= bwd_x / fwd_x  # the backward's slowdown over FlashAttention-2's, on the forward's time
-    return {"fwd": times.sum(axis=0) + host + loss_fwd / mach.bandwidth_for(loss_fwd),
-            "bwd": factor @ times + host + loss_bwd / mach.bandwidth_for(loss_bwd),
-            "attn": times[attn].sum(axis=0)}
+    return {"fwd": times.sum(axis=0) + host + loss_fwd / mach.bandwidth_for(loss_fwd) + cast_fwd,
+            "bwd": factor @ times + host + loss_bwd / mach.bandwidth_for(loss_bwd) + cast_bwd,
+            "attn": times[attn].sum(axis=0), "cast_bytes": cast_bytes}
 
 
 def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -378,3 +378,31 @@ def test_unfused_attention_keeps_and_recomputes_the_scores():
     assert sel.memory["activations"] == pytest.approx(flash.memory["activations"], rel=1e-12)
     assert sel.breakdown["compute"] > none.breakdown["compute"]  # the rerun attention costs time
     assert none.breakdown["compute"] > flash.breakdown["compute"]  # every query-key pair, the scores through memory
+
+
+def test_fp8_casts_by_hand():
+    # Transformer Engine casts and transposes every FP8 GEMM's input and weight (forward) and output gradient
+    # (backward): 2 + 1 + 1 bytes an element moved, twice the 16-bit bytes. Llama 3.2 1B (d 2,048, 16 layers, 8 KV
+    # heads of 64, d_ff 8,192, vocabulary 128,256), a micro-batch of 8 x 2,048 = T = 16,384 tokens; elements of
+    # (input + output + weight) per layer: qkv T(2048 + 3072) + 2048 x 3072, o T(2048 + 2048) + 2048^2,
+    # gate/up T(2048 + 16384) + 2048 x 16384, down T(8192 + 2048) + 8192 x 2048 = 37,888 T + 60,817,408; the LM
+    # head T(2048 + 128,256) + 2048 x 128,256. In all 16 x (37,888 T + 60,817,408) + 130,304 T + 262,668,288
+    # = 13,302,759,424 elements, x 2 bytes x 2 = 53,211,037,696 bytes (attention's own products are not cast)
+    from perfmodel.engines import efficiency_for
+    from perfmodel.training import _Job, _passes
+
+    m, d = pm.load_model("llama-3.2-1b"), pm.load_device("h100-sxm")
+    eff = efficiency_for(d, None)[0]
+    fp8 = _passes(m, d, eff, _Job.of(m, d, TrainConfig(2048, 8, micro_batch=8, precision="fp8")), 1, 1, 1,
+                  np.array([8]))
+    assert fp8["cast_bytes"][0] == 53_211_037_696
+    bf16 = _passes(m, d, eff, _Job.of(m, d, TrainConfig(2048, 8, micro_batch=8)), 1, 1, 1, np.array([8]))
+    assert bf16["cast_bytes"][0] == 0.0
+    # the casts' share shrinks as d grows: FP8's speed-up over BF16 rises with the model, never to the peak's 2x
+
+    def speedup(model: str) -> float:  # one device (what fits does not matter here), no communication
+        cfg = TrainConfig(2048, 8, micro_batch=8)
+        return (train(model, "h100-sxm", cfg).step_time_s
+                / train(model, "h100-sxm", replace(cfg, precision="fp8")).step_time_s)
+
+    assert 1.0 < speedup("llama-3.2-1b") < speedup("llama-3-8b") < speedup("llama-3-70b") < 2.0
