@@ -459,7 +459,7 @@ class _Job:
     peak: float
 
     @classmethod
-    def of(cls, m: ModelSpec, d: Device, c: Any) -> "_Job":
+    def of(cls, m: ModelSpec, d: Device, c: TrainConfig) -> "_Job":
         prec = c.precision
         act = DType.parse("bf16" if prec in ("bf16", "fp8") else prec)
         gemm = DType.parse("fp8") if prec == "fp8" else None
@@ -470,9 +470,8 @@ class _Job:
             raise PerfmodelError(f"{d.id} states no matrix peak at {(gemm or act).value}: MFU needs one")
         base = _base_format(c.quantize_base) if c.quantize_base else act
         return cls(c.seq_len, c.global_batch, prec, c.optimizer, c.lora_rank, c.quantize_base, c.dropout,
-                   getattr(c, "master_weights", True), getattr(c, "optimizer_in_backward", False),
-                   getattr(c, "paged_optimizer", False), getattr(c, "loss_chunks", 1),
-                   getattr(c, "attention_kernel", "engine"), act, gemm, base,
+                   c.master_weights, c.optimizer_in_backward, c.paged_optimizer, c.loss_chunks, c.attention_kernel,
+                   act, gemm, base,
                    model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
 
 
