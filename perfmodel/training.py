@@ -478,8 +478,9 @@ class _Job:
 def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: int, ep: int,
             micro: np.ndarray) -> dict[str, np.ndarray]:
     """Forward, backward and attention seconds of one micro-batch of each size in `micro`, at one (tp, cp, ep): the
-    prompt pass of inference with every position's logits (one vectorised evaluation), the backward by op kind, the
-    loss's passes and the host's overheads."""
+    prompt pass of inference with every position's logits (one vectorised evaluation), the attention at the job's
+    kernel, the backward by op kind, FP8's casts, the loss's passes and the host's overheads; `cast_bytes` the bytes
+    the FP8 casts move."""
     # with ep > tp an MoE layer's expert ranks span ep / tp data-parallel ranks: the pass is theirs together, each
     # rank attending its own micro-batch (inference's data-parallel attention replicas), the experts seeing all
     # their tokens, each rank's sent to them and back by the all-to-alls
