@@ -23,4 +23,5 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
 
 def test_there_are_notebooks():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "roofline_report", "whatif_hardware", "calibration", "cpu_trends"}
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "roofline_report", "whatif_hardware", "calibration", "cpu_trends", "serving",
+                                              "training"}
