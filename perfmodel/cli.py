@@ -173,6 +173,10 @@ def _parser() -> argparse.ArgumentParser:
                                                                  "unfused (scores written out), fa2, fa1 "
                                                                  "(FlashAttention v1) or triton (FlashAttention in "
                                                                  "Triton): their published speeds")
+    tn.add_argument("--loss-kernel", default="fused", help="fused (default: one pass over the FP32 logits each way), "
+                                                          "megatron (Megatron-LM's and GPT-NeoX's unfused "
+                                                          "vocab-parallel cross-entropy) or xentropy (flash-attn's "
+                                                          "fused kernel)")
     tn.add_argument("--paged-optimizer", action="store_true", help="optimizer states in unified memory "
                                                                    "(bitsandbytes' paged optimizers): on the host, "
                                                                    "paged in each step, when they do not fit")
@@ -1047,7 +1051,7 @@ def _train(a: argparse.Namespace) -> int:
                       lora_rank=whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout,
                       master_weights=not a.no_master_weights, optimizer_in_backward=a.optimizer_in_backward,
                       paged_optimizer=a.paged_optimizer, loss_chunks=whole(a.loss_chunks, "--loss-chunks"),
-                      attention_kernel=a.attention_kernel)
+                      attention_kernel=a.attention_kernel, loss_kernel=a.loss_kernel)
     tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
     est = train(a.model, a.hardware, cfg, engine=a.engine, tokens=tokens)
     if not est.fits and not a.ignore_capacity:

@@ -51,8 +51,9 @@ Time per step, on the cost model of inference (perfmodel.evaluate) at the engine
   fits in a node, else each device's share of its node's network), overlapped with the backward of the last
   micro-batch but for the last bucket (PyTorch DDP's 25 MB, bucket_cap_mb); ZeRO-3 also all-gathers the weights in
   the forward and the backward (1.5 x the all-reduce's bytes in all; ZeRO paper sec. 7.2.2).
-- The loss: softmax cross-entropy over the FP32 logits of every position, memory-bound passes (8 bytes a logit
-  forward: read, write the probabilities; 4 + 2 backward).
+- The loss: softmax cross-entropy over the FP32 logits of every position, memory-bound passes (LOSS_KERNELS: fused,
+  8 bytes a logit forward, read them and write the probabilities, 4 + 2 backward; Megatron-LM's and GPT-NeoX's
+  unfused vocab-parallel cross-entropy 38 and 14).
 - Optimizer: elementwise over the device's parameters, memory-bound: it reads the gradient and the states and writes
   the states and the 16-bit weights (OPTIMIZER_TRAFFIC bytes a parameter).
 
@@ -117,6 +118,17 @@ ATTENTION_KERNELS = {"engine": (1.0, 1.0, False), "fa2": (1.0, 1.0, True), "fa1"
 # output (Korthikanti et al.'s 5 a s^2 b term) unless recomputed. Training before FlashAttention (2022) ran it
 # (Megatron-LM's fused scale-mask-softmax kernel).
 UNFUSED_OPS = (".scores", ".softmax", ".context")
+# The loss's memory passes, bytes a logit (forward, backward) beyond the logits' 16-bit GEMM output:
+# - fused: one pass over the FP32 logits forward (read them, write the probabilities: 4 + 4), one backward (read the
+#   probabilities, write the 16-bit gradient: 4 + 2);
+# - megatron: Megatron-LM's and GPT-NeoX's vocab-parallel cross-entropy (megatron/mpu/cross_entropy.py) over
+#   `output.float()` (megatron/model/gpt_model.py; fp16_lm_cross_entropy off, the default): the cast (read 2, write
+#   4), max (read 4), sub_ (4 + 4), exp (4 + 4), sum (4), div_ (4 + 4) forward, 38; mul_ (4 + 4) and the cast's
+#   gradient back to 16 bits (4 + 2) backward, 14.
+# - xentropy: flash-attn's fused cross-entropy kernel (flash_attn.losses.cross_entropy, llm-foundry's
+#   `fused_crossentropy`) on the 16-bit logits: read them forward (2; the log-sum-exp kept per position), read them
+#   and write their gradient backward (2 + 2).
+LOSS_KERNELS = {"fused": (8.0, 6.0), "megatron": (38.0, 14.0), "xentropy": (2.0, 4.0)}
 # LoRA adapters on the projections of attention and MLP (QLoRA's "all linear layers", Dettmers et al. 2023,
 # https://arxiv.org/abs/2305.14314, sec. 4)
 
@@ -148,6 +160,7 @@ class TrainConfig:
     paged_optimizer: bool = False  # states in unified memory (bitsandbytes' paged optimizers): on the host if short
     loss_chunks: int = 1  # the loss computed over this many chunks of positions: 1 / chunks of the FP32 logits held
     attention_kernel: str = "engine"  # ATTENTION_KERNELS: fa2, fa1, triton (FlashAttention in Triton), engine
+    loss_kernel: str = "fused"  # LOSS_KERNELS: the cross-entropy's passes over the logits
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "global_batch", "micro_batch", "tp", "pp", "cp", "ep", "dp", "interleave",
@@ -158,7 +171,7 @@ class TrainConfig:
         if self.zero not in (0, 1, 2, 3):
             raise PerfmodelError(f"--zero must be 0, 1, 2 or 3; got {self.zero!r}")
         for name, allowed in (("recompute", RECOMPUTE), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
-                              ("attention_kernel", tuple(ATTENTION_KERNELS))):
+                              ("attention_kernel", tuple(ATTENTION_KERNELS)), ("loss_kernel", tuple(LOSS_KERNELS))):
             v = getattr(self, name)
             if v not in allowed:
                 raise PerfmodelError(f"--{name} must be one of {', '.join(allowed)}; got {v!r}."
@@ -452,6 +465,7 @@ class _Job:
     paged_optimizer: bool
     loss_chunks: int
     attention_kernel: str
+    loss_kernel: str
     act: DType
     gemm: DType | None
     base: DType
@@ -471,7 +485,7 @@ class _Job:
         base = _base_format(c.quantize_base) if c.quantize_base else act
         return cls(c.seq_len, c.global_batch, prec, c.optimizer, c.lora_rank, c.quantize_base, c.dropout,
                    c.master_weights, c.optimizer_in_backward, c.paged_optimizer, c.loss_chunks, c.attention_kernel,
-                   act, gemm, base,
+                   c.loss_kernel, act, gemm, base,
                    model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
 
 
@@ -519,10 +533,10 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
         cast_bytes = fwd_bytes.sum(axis=0) + bwd_bytes.sum(axis=0)
     host = eff.step_overhead_s + b * eff.token_overhead_s
     # the loss: softmax cross-entropy over the vocabulary of every position, on the FP32 logits (vocabulary-
-    # parallel over tp): the forward reads them and writes the probabilities, the backward reads those and writes
-    # the logits' gradient at 16 bits; memory-bound elementwise passes the prompt pass of inference does not have
+    # parallel over tp): memory-bound elementwise passes the prompt pass of inference does not have (LOSS_KERNELS)
     logit_elems = job.seq_len / cp * b * m.vocab_size / tp
-    loss_fwd, loss_bwd = logit_elems * 8.0, logit_elems * (4.0 + job.act.bytes)
+    fwd_b, bwd_b = LOSS_KERNELS[job.loss_kernel]
+    loss_fwd, loss_bwd = logit_elems * fwd_b, logit_elems * (bwd_b - 2.0 + job.act.bytes)
     frozen = job.lora_rank > 0  # no weight gradients for the frozen base
     # (attention's own GEMMs, unfused, multiply activations: their gradients are needed whatever is frozen)
     factor = np.array([1.0 if (k == OpKind.MATMUL and frozen and not a) else BACKWARD.get(k, 2.0)

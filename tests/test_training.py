@@ -406,3 +406,25 @@ def test_fp8_casts_by_hand():
                 / train(model, "h100-sxm", replace(cfg, precision="fp8")).step_time_s)
 
     assert 1.0 < speedup("llama-3.2-1b") < speedup("llama-3-8b") < speedup("llama-3-70b") < 2.0
+
+
+def test_loss_kernels_by_hand():
+    # the loss's passes over the logits of a micro-batch: 2 x 2,048 positions x 50,304 logits = 206,045,184 logits;
+    # Megatron-LM's vocab-parallel cross-entropy over output.float() moves 38 bytes a logit forward and 14 backward,
+    # a fused pass 8 and 6, flash-attn's kernel 2 and 4 (LOSS_KERNELS, each pass counted in its comment)
+    from perfmodel.cost import Machine
+    from perfmodel.engines import efficiency_for
+    from perfmodel.graph import Parallel
+    from perfmodel.training import _Job, _passes
+
+    m, d = pm.load_model("gpt-neox-20b"), pm.load_device("a100-80gb-sxm")
+    eff = efficiency_for(d, None)[0]
+    logits = 2 * 2048 * m.vocab_size
+    out = {k: _passes(m, d, eff, _Job.of(m, d, TrainConfig(2048, 2, micro_batch=2, loss_kernel=k)), 1, 1, 1,
+                      np.array([2])) for k in ("fused", "megatron", "xentropy")}
+    bw = float(Machine(d, eff, Parallel()).bandwidth_for(1e12))  # main memory: every pass here is GBs
+    assert out["megatron"]["fwd"] - out["fused"]["fwd"] == pytest.approx((38 - 8) * logits / bw, rel=1e-9)
+    assert out["megatron"]["bwd"] - out["fused"]["bwd"] == pytest.approx((14 - 6) * logits / bw, rel=1e-9)
+    assert out["fused"]["fwd"] - out["xentropy"]["fwd"] == pytest.approx((8 - 2) * logits / bw, rel=1e-9)
+    with pytest.raises(PerfmodelError, match="--loss_kernel must be one of|--loss-kernel must be one of"):
+        TrainConfig(2048, 2, loss_kernel="apex")
