@@ -174,7 +174,7 @@ class TrainConfig:
                               ("attention_kernel", tuple(ATTENTION_KERNELS)), ("loss_kernel", tuple(LOSS_KERNELS))):
             v = getattr(self, name)
             if v not in allowed:
-                raise PerfmodelError(f"--{name} must be one of {', '.join(allowed)}; got {v!r}."
+                raise PerfmodelError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {v!r}."
                                      f"{did_you_mean(str(v), list(allowed))}")
         if not isinstance(self.lora_rank, (int, np.integer)) or self.lora_rank < 0:
             raise PerfmodelError(f"--lora must be a whole number >= 0 (the adapters' rank); got {self.lora_rank!r}")
