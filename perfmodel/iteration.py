@@ -177,16 +177,17 @@ class StepCost:
         t = n_dec + sum(q for q, _ in chunks)
         if t <= 0:
             return 0.0
-        attention = 0.0
-        if n_dec:
-            _, _, _, _, cg, cf, cp, *_ = self._lists
-            c = sum_ctx / n_dec
-            if len(cg) == 1:
-                attention = cf[0] + n_dec * cp[0]
-            else:  # one search of the context grid for both tables (as _interp would make it twice)
-                i, u = _locate(cg, c)
-                attention = (cf[i] + u * (cf[i + 1] - cf[i])) + n_dec * (cp[i] + u * (cp[i + 1] - cp[i]))
+        attention = self._decode_attention_at(n_dec, sum_ctx) if n_dec else 0.0
         return self._pass_s(t, emitting, attention, chunks, n_dec + len(chunks))
+
+    def _decode_attention_at(self, n_dec: int, sum_ctx: float) -> float:
+        """Attention of n_dec decode sequences whose contexts sum to sum_ctx (scalar; decode_attention_s's
+        interpolation, the context grid searched once for both tables)."""
+        _, _, _, _, cg, cf, cp, *_ = self._lists
+        if len(cg) == 1:
+            return cf[0] + n_dec * cp[0]
+        i, u = _locate(cg, sum_ctx / n_dec)
+        return (cf[i] + u * (cf[i + 1] - cf[i])) + n_dec * (cp[i] + u * (cp[i + 1] - cp[i]))
 
     def spec_iteration_s(self, n_dec: int, sum_ctx: float, chunks: list[tuple[float, float]], emitting: int,
                          k: int, draft: "StepCost", passes: int) -> float:
@@ -216,12 +217,7 @@ class StepCost:
     def decode_step_s(self, n_dec: int, sum_ctx: float) -> float:
         """A decode-only iteration of n_dec sequences whose contexts sum to sum_ctx: iteration_s(n_dec, sum_ctx, [],
         n_dec) as decode_run_s adds it up (equal to the last bits of rounding)."""
-        _, _, _, _, cg, cf, cp, *_ = self._lists
-        if len(cg) == 1:
-            return cf[0] + n_dec * cp[0] + self.decode_fixed_s(n_dec)
-        i, u = _locate(cg, sum_ctx / n_dec)
-        attention = (cf[i] + u * (cf[i + 1] - cf[i])) + n_dec * (cp[i] + u * (cp[i + 1] - cp[i]))
-        return attention + self.decode_fixed_s(n_dec)
+        return self._decode_attention_at(n_dec, sum_ctx) + self.decode_fixed_s(n_dec)
 
     def decode_run_s(self, n_dec: int, sum_ctx0: float, steps: int) -> np.ndarray:
         """Times of `steps` decode-only iterations of the same n_dec sequences, the first at contexts summing to

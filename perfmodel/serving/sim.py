@@ -281,7 +281,7 @@ def run(req: Requests, sc: StepCost, sch: Scheduler, kv_blocks: int, swap_bytes_
             watch = nxt < known and not waiting and len(running) < sch.max_num_seqs  # an arrival could be admitted
             if watch:  # steps get longer as contexts grow: the first step's time bounds how many fit before it
                 k = min(k, int((sent[nxt] - now) / sc.decode_step_s(n_dec, ctx0)) + 2)
-            phase = np.asarray(cnt)[phase_at[(-it) % bs]]  # blocks opened at each step from now on (period bs)
+            phase = np.asarray(cnt)[phase_at[(-it) % bs, :k]]  # blocks opened at each of the k steps (period bs)
             cum_need = None
             if free >= n_dec * -(-k // bs):  # each request opens at most ceil(k / bs) blocks in k steps
                 fit = k
