@@ -30,25 +30,28 @@ def data_roots() -> list[Path]:
     return roots[:1] + extra
 
 
-def _files(sub: str) -> list[Path]:
+def data_files(sub: str, recursive: bool = True) -> list[Path]:
+    """The .toml files under `sub` of every data root (the package's, then PERFMODEL_PATH's), sorted per root;
+    `recursive` False: that folder's own files only."""
     out: list[Path] = []
     for root in data_roots():
         base = root / sub
         if base.is_dir():
-            out += sorted(base.rglob("*.toml"))
+            out += sorted(base.rglob("*.toml") if recursive else base.glob("*.toml"))
     return out
 
 
+
 def device_files() -> list[Path]:
-    return [f for f in _files("hardware_specs") if f.parent.name != "systems"]
+    return [f for f in data_files("hardware_specs") if f.parent.name != "systems"]
 
 
 def system_files() -> list[Path]:
-    return _files("hardware_specs/systems")
+    return data_files("hardware_specs/systems")
 
 
 def model_files() -> list[Path]:
-    return _files("workloads/models")
+    return data_files("workloads/models")
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from .calibration.profile import auto_profile, read_profile
-from .catalog import data_roots, read_toml, validation_message
+from .catalog import data_files, read_toml, validation_message
 from .device import Device
 from .dtypes import DType
 from .efficiency import Efficiency, default_for
@@ -61,12 +61,7 @@ def device_class(device: Device) -> str:
 
 
 def engine_files() -> list[Path]:
-    out: list[Path] = []
-    for root in data_roots():
-        base = root / "workloads" / "engines"
-        if base.is_dir():
-            out += sorted(base.glob("*.toml"))
-    return out
+    return data_files("workloads/engines", recursive=False)
 
 
 def load_engine(name: str) -> EngineProfile:

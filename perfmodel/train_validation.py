@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import data_roots, load_device, load_model
+from .catalog import data_files, load_device, load_model
 from .errors import PerfmodelError, did_you_mean
 from .validation import _n, _s, source_records
 
@@ -51,12 +51,7 @@ _RUN_KEYS = ("file", "framework", "hardware", "model", "model_name", "layers", "
 
 
 def train_files() -> list[Path]:
-    out: list[Path] = []
-    for root in data_roots():
-        base = root / "validation" / "train"
-        if base.is_dir():
-            out += sorted(base.glob("*.toml"))
-    return out
+    return data_files("validation/train", recursive=False)
 
 
 def load_train_rows(paths: list[Path] | None = None) -> "Any":

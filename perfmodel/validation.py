@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .bands import BAND_CATEGORIES, Band, fit_table, lookup, rate_ratio
-from .catalog import data_roots, load_device, load_model, read_toml
+from .catalog import data_files, data_roots, load_device, load_model, read_toml
 from .engines import (EngineProfile, checkpoint_formats, default_act, device_class, engine_files,  # noqa: F401
                       engine_ids, load_engine)  # (engine_files, engine_ids re-exported)
 from .efficiency import BACKENDS
@@ -62,12 +62,7 @@ SOURCE_REQUIRED = ("title", "url")
 
 
 def validation_files() -> list[Path]:
-    out: list[Path] = []
-    for root in data_roots():
-        base = root / "validation"
-        if base.is_dir():
-            out += sorted(base.glob("*.toml"))
-    return out
+    return data_files("validation", recursive=False)
 
 
 def source_records(path: Path, fields: dict[str, type]):
