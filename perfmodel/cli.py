@@ -482,13 +482,12 @@ def _plan_train(a: argparse.Namespace) -> int:
     from .errors import CapacityError
     from .plan import plan_train
 
-    whole = _whole
     if a.global_batch is None:
         raise PerfmodelError("plan --train needs --global-batch (sequences a step, over all data-parallel ranks)")
     tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
-    res = plan_train(a.model, a.hardware, seq_len=whole(a.seq, "--seq"),
-                     global_batch=whole(a.global_batch, "--global-batch"), devices=a.devices, nodes=a.nodes,
-                     precision=a.precision, optimizer=a.optimizer, lora_rank=whole(a.lora, "--lora", lo=0),
+    res = plan_train(a.model, a.hardware, seq_len=_whole(a.seq, "--seq"),
+                     global_batch=_whole(a.global_batch, "--global-batch"), devices=a.devices, nodes=a.nodes,
+                     precision=a.precision, optimizer=a.optimizer, lora_rank=_whole(a.lora, "--lora", lo=0),
                      quantize_base=a.quantize_base, engine=a.engine, tokens=tokens,
                      attention_kernel=a.attention_kernel)
     def layout(p: dict) -> str:
@@ -1027,11 +1026,10 @@ def _serve(a: argparse.Namespace) -> int:
 def _train(a: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
-    whole = _whole
-    par = {k: whole(getattr(a, k), f"--{k}") if getattr(a, k) is not None else None
+    par = {k: _whole(getattr(a, k), f"--{k}") if getattr(a, k) is not None else None
            for k in ("tp", "pp", "cp", "ep", "dp")}
     tp, pp, cp = par["tp"] or 1, par["pp"] or 1, par["cp"] or 1
-    devices = whole(a.devices, "--devices") if a.devices is not None else None
+    devices = _whole(a.devices, "--devices") if a.devices is not None else None
     dp = par["dp"]
     if dp is None:
         if devices is not None and devices % (tp * pp * cp):
@@ -1044,13 +1042,13 @@ def _train(a: argparse.Namespace) -> int:
         if a.sequence_parallel not in ("on", "off"):
             raise PerfmodelError(f"--sequence-parallel must be on or off; got {a.sequence_parallel!r}")
         sp = a.sequence_parallel == "on"
-    cfg = TrainConfig(seq_len=whole(a.seq, "--seq"), global_batch=whole(a.global_batch, "--global-batch"),
-                      micro_batch=whole(a.micro_batch, "--micro-batch"), tp=tp, pp=pp, cp=cp, ep=par["ep"] or 1,
-                      dp=dp, zero=whole(a.zero, "--zero", lo=0), recompute=a.recompute, sequence_parallel=sp,
-                      precision=a.precision, optimizer=a.optimizer, interleave=whole(a.interleave, "--interleave"),
-                      lora_rank=whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout,
+    cfg = TrainConfig(seq_len=_whole(a.seq, "--seq"), global_batch=_whole(a.global_batch, "--global-batch"),
+                      micro_batch=_whole(a.micro_batch, "--micro-batch"), tp=tp, pp=pp, cp=cp, ep=par["ep"] or 1,
+                      dp=dp, zero=_whole(a.zero, "--zero", lo=0), recompute=a.recompute, sequence_parallel=sp,
+                      precision=a.precision, optimizer=a.optimizer, interleave=_whole(a.interleave, "--interleave"),
+                      lora_rank=_whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout,
                       master_weights=not a.no_master_weights, optimizer_in_backward=a.optimizer_in_backward,
-                      paged_optimizer=a.paged_optimizer, loss_chunks=whole(a.loss_chunks, "--loss-chunks"),
+                      paged_optimizer=a.paged_optimizer, loss_chunks=_whole(a.loss_chunks, "--loss-chunks"),
                       attention_kernel=a.attention_kernel, loss_kernel=a.loss_kernel)
     tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
     est = train(a.model, a.hardware, cfg, engine=a.engine, tokens=tokens)

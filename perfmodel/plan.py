@@ -11,6 +11,7 @@ device against time per output token, and the best layout under the latency targ
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -133,25 +134,17 @@ def train_layouts(model: Any, devices: int, global_batch: int, seq_len: int) -> 
     ep (MoE: powers of two dividing the experts, within the data x tensor ranks), dp the rest; ZeRO 0-3 (0 alone
     without data parallelism); recomputation none, selective or full; micro-batches of powers of two that divide the
     global batch's share of a rank; sequence parallelism with tp > 1; one model chunk a device."""
-    rows = []
     cps = _powers(devices) if seq_len >= LONG_PROMPT else [1]
     eps = [e for e in _powers(devices) if not model.n_experts or model.n_experts % e == 0] if model.n_experts else [1]
-    for pp in _powers(min(devices, model.n_layers)):
-        for tp in _powers(min(devices // pp, 8)):
-            if model.n_heads % tp:
-                continue
-            for cp in cps:
-                if devices % (tp * pp * cp):
-                    continue
-                dp = devices // (tp * pp * cp)
-                if global_batch % dp:
-                    continue
-                for ep in eps:
-                    if ep > dp * tp or max(tp, ep) % min(tp, ep):
-                        continue
-                    for mb in _powers(global_batch // dp):
-                        if (global_batch // dp) % mb == 0:
-                            rows.append((tp, pp, cp, ep, dp, mb))
+    rows = []
+    for pp, tp, cp, ep in itertools.product(_powers(min(devices, model.n_layers)), _powers(min(devices, 8)), cps, eps):
+        if model.n_heads % tp or devices % (tp * pp * cp):
+            continue
+        dp = devices // (tp * pp * cp)
+        if global_batch % dp or ep > dp * tp or max(tp, ep) % min(tp, ep):
+            continue
+        share = global_batch // dp  # sequences a data-parallel rank runs a step
+        rows += [(tp, pp, cp, ep, dp, mb) for mb in _powers(share) if share % mb == 0]
     if not rows:
         return {}
     base = np.array(rows, dtype=np.int64)

@@ -450,22 +450,11 @@ def _check(m: ModelSpec, ep: int, pp: int, tp: int = 1, dp: int = 1) -> None:
 
 @dataclass(frozen=True)
 class _Job:
-    """What a search keeps fixed: the sequence, the global batch, the precision recipe, the optimizer, LoRA, dropout;
-    and what follows from them (formats, the model FLOPs a token, the peak MFU divides by)."""
+    """What a search keeps fixed: the job's TrainConfig (its sequence, global batch, precision recipe, optimizer,
+    LoRA, kernels; its layout fields are the searched arrays' business, not read here) and what follows from it
+    (formats, the model FLOPs a token, the peak MFU divides by)."""
 
-    seq_len: int
-    global_batch: int
-    precision: str
-    optimizer: str
-    lora_rank: int
-    quantize_base: str | None
-    dropout: bool
-    master_weights: bool
-    optimizer_in_backward: bool
-    paged_optimizer: bool
-    loss_chunks: int
-    attention_kernel: str
-    loss_kernel: str
+    c: TrainConfig
     act: DType
     gemm: DType | None
     base: DType
@@ -483,10 +472,7 @@ class _Job:
         if peak is None:
             raise PerfmodelError(f"{d.id} states no matrix peak at {(gemm or act).value}: MFU needs one")
         base = _base_format(c.quantize_base) if c.quantize_base else act
-        return cls(c.seq_len, c.global_batch, prec, c.optimizer, c.lora_rank, c.quantize_base, c.dropout,
-                   c.master_weights, c.optimizer_in_backward, c.paged_optimizer, c.loss_chunks, c.attention_kernel,
-                   c.loss_kernel, act, gemm, base,
-                   model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
+        return cls(c, act, gemm, base, model_flops_per_token(m, c.seq_len, weight_gradients=not c.lora_rank), peak)
 
 
 def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: int, ep: int,
@@ -499,23 +485,21 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
     # rank attending its own micro-batch (inference's data-parallel attention replicas), the experts seeing all
     # their tokens, each rank's sent to them and back by the all-to-alls
     replicas = max(tp, ep) // tp
-    wl = Workload(batch=int(micro[0]) * replicas, prompt_len=job.seq_len, gen_len=1, weights=job.base, kv=job.act,
+    wl = Workload(batch=int(micro[0]) * replicas, prompt_len=job.c.seq_len, gen_len=1, weights=job.base, kv=job.act,
                   act=job.act, gemm=job.gemm, tp=tp, cp=cp, ep=ep, logits="all", devices=None,
-                  attention="unfused" if job.attention_kernel == "unfused" else "flash")
+                  attention="unfused" if job.c.attention_kernel == "unfused" else "flash")
     b = micro.astype(float)
     mach = Machine(d, eff, Parallel())
     fp8 = job.gemm is not None
-    ev = evaluate(m, d, wl, eff, b * replicas, np.full(len(b), float(job.seq_len)), np.ones(len(b)), detail=fp8)
+    ev = evaluate(m, d, wl, eff, b * replicas, np.full(len(b), float(job.c.seq_len)), np.ones(len(b)), detail=fp8)
     pre = ev.prefill
     times = np.asarray(pre.values["time_s"], dtype=float).reshape(len(pre.ops), len(b))
     kinds = [op.kind for op in pre.ops]
     attn = np.array([k == OpKind.ATTENTION or op.name.endswith(UNFUSED_OPS) for k, op in zip(kinds, pre.ops)])
-    fwd_x, bwd_x, sync = ATTENTION_KERNELS[job.attention_kernel]
+    fwd_x, bwd_x, sync = ATTENTION_KERNELS[job.c.attention_kernel]
     if sync and d.compute.async_mma:  # a kernel of Ampere's MMA on a part whose peak needs asynchronous MMA
-        from .engines import efficiency_for
-
         slow = eff.model_copy(update={"sync_mma_fraction": efficiency_for(d, "fa2")[0].sync_mma_fraction})
-        again = evaluate(m, d, wl, slow, b * replicas, np.full(len(b), float(job.seq_len)), np.ones(len(b)),
+        again = evaluate(m, d, wl, slow, b * replicas, np.full(len(b), float(job.c.seq_len)), np.ones(len(b)),
                          detail=False).prefill
         times[attn] = np.asarray(again.values["time_s"], dtype=float).reshape(len(again.ops), len(b))[attn]
     times[attn] *= fwd_x
@@ -534,10 +518,10 @@ def _passes(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, tp: int, cp: in
     host = eff.step_overhead_s + b * eff.token_overhead_s
     # the loss: softmax cross-entropy over the vocabulary of every position, on the FP32 logits (vocabulary-
     # parallel over tp): memory-bound elementwise passes the prompt pass of inference does not have (LOSS_KERNELS)
-    logit_elems = job.seq_len / cp * b * m.vocab_size / tp
-    fwd_b, bwd_b = LOSS_KERNELS[job.loss_kernel]
+    logit_elems = job.c.seq_len / cp * b * m.vocab_size / tp
+    fwd_b, bwd_b = LOSS_KERNELS[job.c.loss_kernel]
     loss_fwd, loss_bwd = logit_elems * fwd_b, logit_elems * (bwd_b - 2.0 + job.act.bytes)
-    frozen = job.lora_rank > 0  # no weight gradients for the frozen base
+    frozen = job.c.lora_rank > 0  # no weight gradients for the frozen base
     # (attention's own GEMMs, unfused, multiply activations: their gradients are needed whatever is frozen)
     factor = np.array([1.0 if (k == OpKind.MATMUL and frozen and not a) else BACKWARD.get(k, 2.0)
                        for k, a in zip(kinds, attn)])
@@ -563,14 +547,14 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
         t = _passes(m, d, eff, job, int(key[0]), int(key[1]), int(key[2]), sizes)
         fwd[sel], bwd[sel], attn[sel] = t["fwd"][back], t["bwd"][back], t["attn"][back]
     devices = tp * pp * cp * dp
-    micro_batches = job.global_batch // (dp * mb)
+    micro_batches = job.c.global_batch // (dp * mb)
     t_f, t_b = fwd / pp, bwd / pp
     t_rc = np.where(rc == "full", fwd, np.where(rc == "selective", attn, 0.0)) / pp
     slot = t_f + t_b + t_rc
     compute = micro_batches * slot
     bubble = (pp - 1) / v * slot
     # pipeline sends: a micro-batch's activations forward and their gradients back, at each stage boundary
-    xfer = 2.0 * job.seq_len * mb * m.d_model * job.act.bytes / np.where(sp, tp, 1) / cp
+    xfer = 2.0 * job.c.seq_len * mb * m.d_model * job.act.bytes / np.where(sp, tp, 1) / cp
     p2p = np.where(pp > 1, micro_batches * 2.0 * xfer / _fabric_bandwidths(d, np.full(n, 2), devices, eff), 0.0)
     # parameters and their states on a device
     br = m.param_breakdown()
@@ -581,13 +565,13 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     per_dev = dense + experts
     # an expert's replicas: the data-parallel ranks over the ep / tp of them that share one copy of the experts
     dp_experts = dp * tp // np.maximum(tp, ep)
-    states = state_bytes_per_param(job.precision, job.optimizer, job.master_weights)
-    opt_table = OPTIMIZER_BYTES if job.master_weights else PURE_OPTIMIZER_BYTES
-    frozen = job.lora_rank > 0
+    states = state_bytes_per_param(job.c.precision, job.c.optimizer, job.c.master_weights)
+    opt_table = OPTIMIZER_BYTES if job.c.master_weights else PURE_OPTIMIZER_BYTES
+    frozen = job.c.lora_rank > 0
     if frozen:
-        base_bytes = job.base.bytes if job.quantize_base else states["weights"]
-        adapters = lora_params(m, job.lora_rank) / (tp * pp)
-        mem = zero_shard({"gradients": 2.0, "optimizer": opt_table[job.optimizer]}, adapters, zero, dp)
+        base_bytes = job.base.bytes if job.c.quantize_base else states["weights"]
+        adapters = lora_params(m, job.c.lora_rank) / (tp * pp)
+        mem = zero_shard({"gradients": 2.0, "optimizer": opt_table[job.c.optimizer]}, adapters, zero, dp)
         mem = {"weights": (per_dev * base_bytes + adapters * 2.0) / np.where(zero >= 3, dp, 1), **mem}
         trained = adapters
     else:  # ZeRO shards each parameter's states over its replicas
@@ -595,16 +579,17 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
         mem = {k: v + w for (k, v), w in zip(mem.items(), zero_shard(states, experts, zero, dp_experts).values())}
         trained = per_dev
     first_stage_layers = np.ceil(m.n_layers / pp)
-    per_layer = layer_activation_bytes(m, job.seq_len // cp, mb, tp, sp, rc, flash=job.attention_kernel != "unfused",
-                                       dropout=job.dropout, act_bytes=job.act.bytes)
+    per_layer = layer_activation_bytes(m, job.c.seq_len // cp, mb, tp, sp, rc,
+                                       flash=job.c.attention_kernel != "unfused", dropout=job.c.dropout,
+                                       act_bytes=job.act.bytes)
     in_flight = np.minimum(pp, micro_batches).astype(float)  # 1F1B: the first stage holds p micro-batches'
     # the interleaved schedule holds (1 + (p - 1) / (p v)) times as much (Korthikanti 4.2.3)
     in_flight = np.where(v > 1, in_flight * (1.0 + (pp - 1) / (pp * v)), in_flight)
-    logits = job.seq_len / cp * mb * m.vocab_size / tp * 4.0 / job.loss_chunks
+    logits = job.c.seq_len / cp * mb * m.vocab_size / tp * 4.0 / job.c.loss_chunks
     held = per_layer * first_stage_layers * in_flight
     # the last stage: fewer micro-batches in flight, the logits besides
     mem["activations"] = np.where(pp == 1, held + logits, np.maximum(held, per_layer * first_stage_layers + logits))
-    if job.optimizer_in_backward and not frozen:
+    if job.c.optimizer_in_backward and not frozen:
         # each parameter is stepped as its gradient arrives and the gradient freed: one tensor's gradient at a time,
         # at most the largest (the embedding or LM head, an MLP matrix)
         f = m.expert_d_ff or m.d_ff if m.is_moe else m.d_ff
@@ -613,7 +598,7 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     mem["total"] = mem["weights"] + mem["gradients"] + mem["optimizer"] + mem["activations"]
     paged_out = np.zeros(n, dtype=bool)
     cap = d.main_memory.capacity_bytes
-    if job.paged_optimizer and cap is not None:
+    if job.c.paged_optimizer and cap is not None:
         # paged states (unified memory) stay on the device while everything fits; past that the driver keeps them
         # on the host and pages them in for the step and out again over the host link every step (both directions
         # at once: PCIe is full duplex)
@@ -637,13 +622,13 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     # optimizer step: memory-bound over the device's share of the trained parameters
     shard = trained / np.where(zero >= 1, dp, 1) if frozen else (
         dense / np.where(zero >= 1, dp, 1) + experts / np.where(zero >= 1, dp_experts, 1))
-    opt_bytes = shard * (OPTIMIZER_TRAFFIC if job.master_weights else PURE_OPTIMIZER_TRAFFIC)[job.optimizer]
+    opt_bytes = shard * (OPTIMIZER_TRAFFIC if job.c.master_weights else PURE_OPTIMIZER_TRAFFIC)[job.c.optimizer]
     mach = Machine(d, eff, Parallel())
     optimizer_s = np.where(opt_bytes > 0, opt_bytes / mach.bandwidth_for(np.maximum(opt_bytes, 1.0)), 0.0) + page_s
     step = compute + bubble + p2p + exposed + optimizer_s
-    tokens_step = float(job.global_batch * job.seq_len)
-    attn_fwd = 2.0 * m.n_layers * m.n_heads * m.dim_head * job.seq_len  # causal QK^T and AV a token: 6LHQT / 3
-    recomputed = np.where(rc == "full", model_flops_per_token(m, job.seq_len) / 3.0,  # the forward's FLOPs again
+    tokens_step = float(job.c.global_batch * job.c.seq_len)
+    attn_fwd = 2.0 * m.n_layers * m.n_heads * m.dim_head * job.c.seq_len  # causal QK^T and AV a token: 6LHQT / 3
+    recomputed = np.where(rc == "full", model_flops_per_token(m, job.c.seq_len) / 3.0,  # the forward's FLOPs again
                           np.where(rc == "selective", attn_fwd, 0.0))
     flops = tokens_step / (step * devices * job.peak)
     return {"step_time_s": step, "tokens_per_s": tokens_step / step, "mfu": flops * job.flops_per_token,
