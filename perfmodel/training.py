@@ -81,6 +81,7 @@ from .evaluate import evaluate
 from .cost import Machine
 from .graph import OpKind, Parallel
 from .model import ModelSpec
+from .offload import host_link_bytes_per_s
 from .workload import Workload
 
 PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
@@ -392,12 +393,6 @@ def _fabric_bandwidth(device: Device, group: int, job_devices: int, eff: Efficie
     return max(bw, 1.0) * eff.interconnect
 
 
-def _host_link(device: Device) -> float:
-    from .offload import host_link_bytes_per_s
-
-    return host_link_bytes_per_s(device)[0]
-
-
 def _fabric_bandwidths(device: Device, group: np.ndarray, job_devices: np.ndarray, eff: Efficiency) -> np.ndarray:
     """_fabric_bandwidth over arrays (each distinct (group, job size) pair looked up once)."""
     pairs, back = np.unique(np.stack([group, job_devices]), axis=1, return_inverse=True)
@@ -603,7 +598,7 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
         # on the host and pages them in for the step and out again over the host link every step (both directions
         # at once: PCIe is full duplex)
         paged_out = mem["total"] > cap
-        page_s = np.where(paged_out, mem["optimizer"] / _host_link(d), 0.0)
+        page_s = np.where(paged_out, mem["optimizer"] / host_link_bytes_per_s(d)[0], 0.0)
         mem["total"] = np.where(paged_out, mem["total"] - mem["optimizer"], mem["total"])
         mem["optimizer"] = np.where(paged_out, 0.0, mem["optimizer"])
     else:
