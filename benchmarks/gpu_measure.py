@@ -24,6 +24,15 @@ What is measured, and how (every figure is the median of timed repeats after war
   decode step launches and their summed GPU time.
 - hfstep (only when asked, `--only hfstep`): a bare decode step (the model's forward over its cache, argmax on the
   device) against a `generate()` step of the same model: what generate()'s loop adds per step. Not yet run on a GPU.
+- train (only when asked, `--only train`): eager PyTorch training steps of GPT models of MPT's and Megatron's widths
+  (TRAIN_CASES: 4 layers of LayerNorm, biased linears, exact GELU, learned positions, an LM head tied to the
+  embedding; attention by scaled_dot_product_attention, causal, flash backend): FP32 master weights under bf16
+  autocast, F.cross_entropy on the logits, backward, fused AdamW, zero_grad; step time the median of 5 timed steps
+  after 3 warm-up steps (wall time between synchronisations), peak memory allocated, and under the profiler one
+  step's CUDA kernels: their count and summed GPU time by class (GEMM, attention, the rest). The question it answers:
+  how much of a small model's training step the cost model misses (validation/train's llm-foundry MPT-125M to 1B
+  and Pythia rows run 12 to 37 % faster in perfmodel than published), and whether the gap is GPU work or the host's
+  launches. tools/measured_rows.py turns the records into validation/train rows.
 """
 
 from __future__ import annotations
@@ -260,6 +269,118 @@ def attention(rec: Recorder, dev: str, tiny: bool) -> None:
         q = k = v = None
 
 
+# (hidden, heads, seq_len, micro_batch): head size 64 below 2048 wide, 128 from it (as MPT's yamls); 16,384 tokens a
+# step but at seq 8192
+TRAIN_CASES = [(768, 12, 2048, 8), (1024, 16, 2048, 8), (2048, 16, 2048, 8), (4096, 32, 2048, 4),
+               (768, 12, 512, 32), (768, 12, 8192, 2), (2048, 16, 512, 32), (2048, 16, 8192, 2)]
+TRAIN_LAYERS, TRAIN_VOCAB = 4, 50304
+
+
+def gpt(h: int, heads: int, seq: int, layers: int, vocab: int):
+    """A GPT decoder as eager PyTorch builds it (GPT-2 / MPT style): pre-LayerNorm blocks with biased linears,
+    exact GELU, learned positions, an LM head tied to the token embedding."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(h), nn.LayerNorm(h)
+            self.qkv, self.o = nn.Linear(h, 3 * h), nn.Linear(h, h)
+            self.up, self.down = nn.Linear(h, 4 * h), nn.Linear(4 * h, h)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, heads, h // heads).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.o(a.transpose(1, 2).reshape(b, t, h))
+            return x + self.down(F.gelu(self.up(self.ln2(x))))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(vocab, h), nn.Embedding(seq, h)
+            self.blocks = nn.ModuleList(Block() for _ in range(layers))
+            self.ln_f = nn.LayerNorm(h)
+
+        def forward(self, ids):
+            x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1], device=ids.device))
+            for blk in self.blocks:
+                x = blk(x)
+            return F.linear(self.ln_f(x), self.wte.weight)
+
+    return GPT()
+
+
+def _kernel_class(name: str) -> str:
+    n = name.lower()
+    if "flash" in n or "fmha" in n or "attention" in n:
+        return "attention"
+    if any(k in n for k in ("gemm", "cutlass", "xmma", "cublas", "sm80_", "sm90_", "sm100_", "ampere_", "hopper_")):
+        return "gemm"
+    return "other"
+
+
+def train(rec: Recorder, dev: str, tiny: bool) -> None:
+    cases = [(64, 2, 32, 2)] if tiny else TRAIN_CASES
+    layers, vocab = (2, 512) if tiny else (TRAIN_LAYERS, TRAIN_VOCAB)
+    for h, heads, seq, mb in cases:
+        if rec.left_s() < 15:
+            rec.put(kind="train", hidden=h, seq_len=seq, skipped=f"{rec.left_s():.0f} s left")
+            continue
+        case = dict(kind="train", hidden=h, heads=heads, layers=layers, vocab=vocab, seq_len=seq, micro_batch=mb)
+        try:
+            torch.manual_seed(0)
+            model = gpt(h, heads, seq, layers, vocab).to(dev)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
+            ids = torch.randint(0, vocab, (mb, seq), device=dev)
+            tgt = torch.randint(0, vocab, (mb, seq), device=dev)
+
+            def step():
+                with torch.autocast(dev, dtype=torch.bfloat16):
+                    loss = F.cross_entropy(model(ids).view(-1, vocab), tgt.view(-1))
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            for _ in range(3):
+                step()
+            sync(dev)
+            if dev == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            walls = []
+            for _ in range(5):
+                t = time.perf_counter()
+                step()
+                sync(dev)
+                walls.append(time.perf_counter() - t)
+            row = dict(case, params=sum(p.numel() for p in model.parameters()), step_s=statistics.median(walls),
+                       tokens_per_s=mb * seq / statistics.median(walls), steps_timed=len(walls),
+                       attention="scaled_dot_product_attention, flash backend" if dev == "cuda" else "sdpa (cpu)")
+            if dev == "cuda":
+                row.update(peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+                           peak_reserved_bytes=torch.cuda.max_memory_reserved())
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    t = time.perf_counter()
+                    step()
+                    sync(dev)
+                    row["profiled_step_s"] = time.perf_counter() - t
+                by: dict[str, list[float]] = {}
+                for e in prof.events():
+                    if e.device_type.name == "CUDA":
+                        by.setdefault(_kernel_class(e.name), []).append(e.device_time / 1e6)
+                row.update(kernels=sum(len(v) for v in by.values()),
+                           gpu_busy_s={k: sum(v) for k, v in by.items()},
+                           kernels_by_class={k: len(v) for k, v in by.items()})
+            rec.put(**row)
+        except Exception as e:  # noqa: BLE001 - one case out of memory must not stop the others
+            rec.put(**case, error=repr(e)[:300])
+        model = opt = None
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+
+
 HF_CASES = [  # model, [(batch, prompt, gen)], rough seconds needed
     ("llama-3-8b", [(1, 512, 128), (8, 512, 128), (32, 512, 128), (1, 2048, 1), (8, 2048, 1)], 40),
     ("llama-3.2-1b", [(1, 512, 128), (16, 512, 128)], 20),
@@ -422,7 +543,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=330.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--only", default="launch,stream,gemm,attention,hf", help="sections, comma-separated; also hfstep")
+    ap.add_argument("--only", default="launch,stream,gemm,attention,hf", help="sections, comma-separated; also hfstep, train")
     ap.add_argument("--hf-set", type=int, choices=(1, 2), default=1, help="which list of transformers cases to run")
     a = ap.parse_args()
     rec = Recorder(a.out, a.budget_s)
@@ -430,7 +551,8 @@ def main() -> int:
     l2 = info.get("l2_cache_bytes") or 64 * 2**20
     steps = {"launch": lambda: launch(rec, a.device), "stream": lambda: stream(rec, a.device, a.tiny),
              "gemm": lambda: gemm(rec, a.device, a.tiny, l2), "attention": lambda: attention(rec, a.device, a.tiny),
-             "hf": lambda: hf(rec, a.device, a.tiny, a.hf_set), "hfstep": lambda: hf_step(rec, a.device, a.tiny)}
+             "hf": lambda: hf(rec, a.device, a.tiny, a.hf_set), "hfstep": lambda: hf_step(rec, a.device, a.tiny),
+             "train": lambda: train(rec, a.device, a.tiny)}
     for name in a.only.split(","):
         try:
             steps[name]()

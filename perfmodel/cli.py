@@ -175,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
                                                                  "Triton): their published speeds")
     tn.add_argument("--loss-kernel", default="fused", help="fused (default: one pass over the FP32 logits each way), "
                                                           "megatron (Megatron-LM's and GPT-NeoX's unfused "
-                                                          "vocab-parallel cross-entropy) or xentropy (flash-attn's "
-                                                          "fused kernel)")
+                                                          "vocab-parallel cross-entropy), xentropy (flash-attn's "
+                                                          "fused kernel) or torch (F.cross_entropy under autocast)")
     tn.add_argument("--paged-optimizer", action="store_true", help="optimizer states in unified memory "
                                                                    "(bitsandbytes' paged optimizers): on the host, "
                                                                    "paged in each step, when they do not fit")

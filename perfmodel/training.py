@@ -129,7 +129,12 @@ UNFUSED_OPS = (".scores", ".softmax", ".context")
 # - xentropy: flash-attn's fused cross-entropy kernel (flash_attn.losses.cross_entropy, llm-foundry's
 #   `fused_crossentropy`) on the 16-bit logits: read them forward (2; the log-sum-exp kept per position), read them
 #   and write their gradient backward (2 + 2).
-LOSS_KERNELS = {"fused": (8.0, 6.0), "megatron": (38.0, 14.0), "xentropy": (2.0, 4.0)}
+# - torch: PyTorch's F.cross_entropy on 16-bit logits under CUDA autocast, which runs it in FP32 (an eager model's
+#   loss, as benchmarks/gpu_measure.py --only train runs it): the cast (read 2, write 4), log_softmax (4 + 4; its
+#   max and sum passes over a row re-read it from on-chip memory) forward, 14; nll_loss's backward writes the dense
+#   gradient of the log-probabilities (4), log_softmax's backward reads it and the saved output and writes the input
+#   gradient (4 + 4 + 4), the cast's backward (4 + 2), 22.
+LOSS_KERNELS = {"fused": (8.0, 6.0), "megatron": (38.0, 14.0), "xentropy": (2.0, 4.0), "torch": (14.0, 22.0)}
 # LoRA adapters on the projections of attention and MLP (QLoRA's "all linear layers", Dettmers et al. 2023,
 # https://arxiv.org/abs/2305.14314, sec. 4)
 

@@ -411,7 +411,8 @@ def test_fp8_casts_by_hand():
 def test_loss_kernels_by_hand():
     # the loss's passes over the logits of a micro-batch: 2 x 2,048 positions x 50,304 logits = 206,045,184 logits;
     # Megatron-LM's vocab-parallel cross-entropy over output.float() moves 38 bytes a logit forward and 14 backward,
-    # a fused pass 8 and 6, flash-attn's kernel 2 and 4 (LOSS_KERNELS, each pass counted in its comment)
+    # a fused pass 8 and 6, flash-attn's kernel 2 and 4, F.cross_entropy under autocast 14 and 22 (LOSS_KERNELS, each
+    # pass counted in its comment)
     from perfmodel.cost import Machine
     from perfmodel.engines import efficiency_for
     from perfmodel.graph import Parallel
@@ -421,10 +422,12 @@ def test_loss_kernels_by_hand():
     eff = efficiency_for(d, None)[0]
     logits = 2 * 2048 * m.vocab_size
     out = {k: _passes(m, d, eff, _Job.of(m, d, TrainConfig(2048, 2, micro_batch=2, loss_kernel=k)), 1, 1, 1,
-                      np.array([2])) for k in ("fused", "megatron", "xentropy")}
+                      np.array([2])) for k in ("fused", "megatron", "xentropy", "torch")}
     bw = float(Machine(d, eff, Parallel()).bandwidth_for(1e12))  # main memory: every pass here is GBs
     assert out["megatron"]["fwd"] - out["fused"]["fwd"] == pytest.approx((38 - 8) * logits / bw, rel=1e-9)
     assert out["megatron"]["bwd"] - out["fused"]["bwd"] == pytest.approx((14 - 6) * logits / bw, rel=1e-9)
     assert out["fused"]["fwd"] - out["xentropy"]["fwd"] == pytest.approx((8 - 2) * logits / bw, rel=1e-9)
+    assert out["torch"]["fwd"] - out["fused"]["fwd"] == pytest.approx((14 - 8) * logits / bw, rel=1e-9)
+    assert out["torch"]["bwd"] - out["fused"]["bwd"] == pytest.approx((22 - 6) * logits / bw, rel=1e-9)
     with pytest.raises(PerfmodelError, match="--loss_kernel must be one of|--loss-kernel must be one of"):
         TrainConfig(2048, 2, loss_kernel="apex")

@@ -428,3 +428,36 @@ def test_own_measurements_are_the_raw_records_rounded(tmp_path):
     row = load_rows().query("file == @tool.KERNEL_FILE and m == 1 and n == 4096 and dtype == 'bf16'")
     assert row.value.iloc[0] == float(f"{2 * 4096 * 4096 / gemm['seconds'] / 1e12:.4g}")
 
+
+
+def test_own_training_steps_become_training_rows(tmp_path):
+    """`gpu_measure.py --only train` records (one made up here, in the script's own fields) become validation/train
+    rows that the training validation reads and predicts: the value is the record's tokens/s rounded, the memory row
+    its peak allocated bytes, the model the record's GPT shape."""
+    import importlib.util
+    import shutil
+
+    from perfmodel.train_validation import load_train_rows, predict_train
+
+    spec = importlib.util.spec_from_file_location("measured_rows", ROOT / "tools" / "measured_rows.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(ROOT / "validation" / "measured" / "h200-2026-12-04" / "env.json", raw / "env.json")
+    rec = dict(kind="train", hidden=768, heads=12, layers=4, vocab=50304, seq_len=2048, micro_batch=8,
+               params=68_000_000, step_s=0.1234567, tokens_per_s=16384 / 0.1234567, steps_timed=5,
+               peak_allocated_bytes=9_876_543_210, kernels=700, profiled_step_s=0.13,
+               gpu_busy_s={"gemm": 0.08, "attention": 0.01, "other": 0.02})
+    (raw / "run1.jsonl").write_text(json.dumps(rec) + "\n")
+    assert tool.main([str(raw), "--out", str(tmp_path), "--train-hardware", "h200"]) == 0
+    path = tmp_path / "train" / "perfmodel-h200-train-measured.toml"
+    rows = load_train_rows([path])
+    assert sorted(rows.metric) == ["memory_bytes_per_gpu", "tokens_per_s"]
+    speed = rows[rows.metric == "tokens_per_s"].iloc[0]
+    assert speed.value == float(f"{16384 / 0.1234567:.4g}") and speed.hidden == 768 and speed.loss_kernel == "torch"
+    assert rows[rows.metric == "memory_bytes_per_gpu"].value.iloc[0] == 9_876_543_210
+    pred, why = predict_train(rows)
+    assert np.isfinite(pred).all(), why
+    assert tool.main([str(ROOT / "validation" / "measured" / "h200-2026-12-04"), "--out", str(tmp_path),
+                      "--train-hardware", "h200"]) == 2  # no training records there

@@ -4,9 +4,10 @@
 
 Reads DIR/env.json and DIR/run*.jsonl (written by benchmarks/gpu_measure.py on the device machine) and writes
 validation/kernel3-perfmodel-h200-measured.toml (GEMM, STREAM and attention kernels) and
-validation/stacks3-perfmodel-h200-transformers.toml (transformers generate()). Values are the raw medians rounded to
-four significant figures; nothing else is changed. Which raw records become rows, and why the rest do not, is written
-into each file.
+validation/stacks3-perfmodel-h200-transformers.toml (transformers generate()); with --train-hardware ID, the
+training steps of `gpu_measure.py --only train` as validation/train/perfmodel-ID-train-measured.toml. Values are the
+raw medians rounded to four significant figures; nothing else is changed. Which raw records become rows, and why the
+rest do not, is written into each file.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ def load(d: Path) -> tuple[dict, list[tuple[str, dict]]]:
     return env, recs
 
 
-def header(env: dict, d: Path, title: str, setup: str, metrics: str) -> list[str]:
-    rel = d.relative_to(ROOT).as_posix()
+def header(env: dict, d: Path, title: str, setup: str, metrics: str, measured: str = "2026-12-04") -> list[str]:
+    rel = d.relative_to(ROOT).as_posix() if d.is_relative_to(ROOT) else d.as_posix()
     return [
         "# Written by tools/measured_rows.py from the raw records in " + rel + "; do not edit by hand.",
         "", "[source]", f"title = {q(title)}", f"url = {q(rel + '/')}",
-        f"published = {q('2026-12-04 (measured by this project)')}",
+        f"published = {q(measured + ' (measured by this project)')}",
         f"setup = {q(setup)}", f"metrics = {q(metrics)}", ""]
 
 
@@ -151,13 +152,63 @@ def hf_file(env: dict, recs: list, d: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def train_file(env: dict, recs: list, d: Path, hardware: str, measured: str) -> str | None:
+    """validation/train rows of `gpu_measure.py --only train`: tokens/s and peak memory of each GPT case, one GPU."""
+    runs = [(f, r) for f, r in recs if r.get("kind") == "train" and "step_s" in r]
+    if not runs:
+        return None
+    out = header(env, d, f"perfmodel's own eager PyTorch training steps on an {env.get('gpu', hardware)} "
+                 "(benchmarks/gpu_measure.py --only train)",
+                 machine(env) + ". GPT models of 4 layers (pre-LayerNorm, biased linears, exact GELU, learned "
+                 "positions, LM head tied to the embedding, vocabulary 50,304) built in eager PyTorch: FP32 weights "
+                 "under bf16 autocast, scaled_dot_product_attention (causal, flash backend: FlashAttention-2's "
+                 "kernels), F.cross_entropy on the logits (autocast runs it in FP32), fused AdamW; random token ids.",
+                 "tokens_per_s = micro-batch x sequence / step time, the median of 5 timed steps after 3 warm-up "
+                 "steps (wall time between CUDA synchronisations: forward, loss, backward, optimizer step, zero_grad); "
+                 "memory_bytes_per_gpu = torch.cuda.max_memory_allocated over the timed steps (FP32 weights, FP32 "
+                 "gradients, Adam's two FP32 moments: 16 bytes a parameter, plus activations and autocast's bf16 "
+                 "weight copies; the allocator's cache and the CUDA context excluded)", measured)
+    out += ["[defaults]", 'framework = "pytorch-eager"', f"hardware = {q(hardware)}", 'precision = "bf16"',
+            'optimizer = "adamw"', 'method = "full"', "n_devices = 1", "zero = 0", 'recompute = "none"',
+            'attention_kernel = "fa2"', 'loss_kernel = "torch"',
+            f"software = {q('PyTorch ' + env['torch'] + ', CUDA ' + str(env.get('cuda')))}", ""]
+    for f, r in runs:
+        h, seq, mb = r["hidden"], r["seq_len"], r["micro_batch"]
+        name = f"GPT {r['layers']} x {h}"
+        shape = [f"model_name = {q(name)}",
+                 f"layers = {r['layers']}", f"hidden = {h}", f"heads = {r['heads']}", f"vocab = {r['vocab']}",
+                 f"seq_len = {seq}", f"micro_batch = {mb}", f"global_batch = {mb}"]
+        note = f"{r['params'] / 1e6:.1f} M parameters; step {r['step_s'] * 1e3:.2f} ms"
+        if "kernels" in r:
+            busy = r["gpu_busy_s"]
+            note += (f"; one profiled step launched {r['kernels']} CUDA kernels, GPU busy "
+                     + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(busy.items()))
+                     + f" (profiled step {r['profiled_step_s'] * 1e3:.2f} ms wall)")
+        where = f"{f}: train hidden={h} seq_len={seq} micro_batch={mb}"
+        out += ["[[rows]]", *shape, 'metric = "tokens_per_s"', f"value = {sig(r['tokens_per_s'])}",
+                f"where = {q(where + ', tokens_per_s')}", f"note = {q(note)}", ""]
+        if "peak_allocated_bytes" in r:
+            out += ["[[rows]]", *shape, 'metric = "memory_bytes_per_gpu"', f"value = {r['peak_allocated_bytes']}",
+                    f"where = {q(where + ', peak_allocated_bytes')}", ""]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("raw", type=Path, help="folder of env.json and run*.jsonl")
     ap.add_argument("--out", type=Path, default=ROOT / "validation", help="where to write the two files")
+    ap.add_argument("--train-hardware", help="catalog id of the GPU that ran `--only train`: write its training rows")
+    ap.add_argument("--measured", default="2026-12-04", help="date of the measurement (training rows)")
     a = ap.parse_args(argv)
     d = a.raw.resolve()
     env, recs = load(d)
+    if a.train_hardware:
+        text = train_file(env, recs, d, a.train_hardware, a.measured)
+        if text is None:
+            print(f"no training records in {d}", file=sys.stderr)
+            return 2
+        atomic_write_text(a.out / "train" / f"perfmodel-{a.train_hardware}-train-measured.toml", text)
+        return 0
     atomic_write_text(a.out / KERNEL_FILE, kernel_file(env, recs, d))
     atomic_write_text(a.out / HF_FILE, hf_file(env, recs, d))
     return 0
