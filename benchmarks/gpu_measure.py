@@ -24,7 +24,7 @@ What is measured, and how (every figure is the median of timed repeats after war
   decode step launches and their summed GPU time.
 - hfstep (only when asked, `--only hfstep`): a bare decode step (the model's forward over its cache, argmax on the
   device) against a `generate()` step of the same model: what generate()'s loop adds per step. Not yet run on a GPU.
-- train (only when asked, `--only train`): eager PyTorch training steps of GPT models of MPT's and Megatron's widths
+- train, train_moe (only when asked, `--only train,train_moe`): eager PyTorch training steps of GPT models of MPT's and Megatron's widths
   (TRAIN_CASES: 4 layers of LayerNorm, biased linears, exact GELU, learned positions, an LM head tied to the
   embedding; attention by scaled_dot_product_attention, causal, flash backend): FP32 master weights under bf16
   autocast, F.cross_entropy on the logits, backward, fused AdamW, zero_grad; step time the median of 5 timed steps
@@ -32,7 +32,12 @@ What is measured, and how (every figure is the median of timed repeats after war
   step's CUDA kernels: their count and summed GPU time by class (GEMM, attention, the rest). The question it answers:
   how much of a small model's training step the cost model misses (validation/train's llm-foundry MPT-125M to 1B
   and Pythia rows run 12 to 37 % faster in perfmodel than published), and whether the gap is GPU work or the host's
-  launches. tools/measured_rows.py turns the records into validation/train rows.
+  launches. tools/measured_rows.py turns the records into validation/train rows. Then MoE layers (TRAIN_MOE_CASES)
+  as Megatron-Core's SequentialMLP runs them: a router, top-k, the tokens sorted by expert, one loop over the local
+  experts (a SwiGLU MLP each), the outputs weighted back; `dropless`: the experts' token counts read on the host
+  (`.tolist()`, a synchronisation every layer) to split the sorted tokens, as dropless routing must; `padded`: every
+  expert takes a fixed capacity (no synchronisation). Fwd + bwd of 4 such layers, wall time against the kernels' GPU
+  time: how much of a fine-grained MoE layer is the host's, and what the synchronisation adds.
 """
 
 from __future__ import annotations
@@ -381,6 +386,91 @@ def train(rec: Recorder, dev: str, tiny: bool) -> None:
             torch.cuda.empty_cache()
 
 
+# (hidden, experts on the GPU, top-k, expert ffn, tokens): Qwen3-30B-A3B's expert shape with the 16 experts of one
+# rank of EP 8 and with all 128; Mixtral's 8 large experts
+TRAIN_MOE_CASES = [(2048, 16, 8, 768, 4096), (2048, 16, 8, 768, 16384), (2048, 128, 8, 768, 4096),
+                   (4096, 8, 2, 14336, 8192)]
+
+
+def moe_layer(h: int, experts: int, k: int, ffn: int, dropless: bool):
+    """An MoE MLP as Megatron-Core's SequentialMLP runs it (see the module docstring)."""
+    from torch import nn
+
+    class MoE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.router = nn.Linear(h, experts, bias=False)
+            self.w1 = nn.ParameterList(nn.Parameter(torch.randn(2 * ffn, h) * h ** -0.5) for _ in range(experts))
+            self.w2 = nn.ParameterList(nn.Parameter(torch.randn(h, ffn) * ffn ** -0.5) for _ in range(experts))
+
+        def forward(self, x):
+            t = x.shape[0]
+            p, idx = torch.topk(torch.softmax(self.router(x).float(), dim=-1), k, dim=-1)
+            order = idx.flatten().argsort()
+            xs = x[order // k]
+            if dropless:
+                counts = torch.bincount(idx.flatten(), minlength=experts).tolist()  # the host waits here
+            else:
+                counts = [t * k // experts] * experts
+                counts[-1] += t * k - sum(counts)
+            outs = []
+            for e, part in enumerate(torch.split(xs, counts)):
+                g, u = F.linear(part, self.w1[e]).chunk(2, dim=-1)
+                outs.append(F.linear(F.silu(g) * u, self.w2[e]))
+            y = torch.empty_like(xs)
+            y[order] = torch.cat(outs) * p.flatten()[order].unsqueeze(-1).to(xs.dtype)
+            return x + y.view(t, k, h).sum(dim=1)
+
+    return MoE()
+
+
+def train_moe(rec: Recorder, dev: str, tiny: bool) -> None:
+    cases = [(64, 4, 2, 32, 64)] if tiny else TRAIN_MOE_CASES
+    for h, experts, k, ffn, tokens in cases:
+        for dropless in (True, False):
+            if rec.left_s() < 10:
+                rec.put(kind="train_moe", hidden=h, experts=experts, skipped=f"{rec.left_s():.0f} s left")
+                return
+            case = dict(kind="train_moe", hidden=h, experts=experts, top_k=k, expert_ffn=ffn, tokens=tokens,
+                        layers=4, dropless=dropless)
+            try:
+                torch.manual_seed(0)
+                layers = [moe_layer(h, experts, k, ffn, dropless).to(dev) for _ in range(4)]
+                x0 = torch.randn(tokens, h, device=dev, requires_grad=True)
+
+                def step():
+                    with torch.autocast(dev, dtype=torch.bfloat16):
+                        x = x0
+                        for m in layers:
+                            x = m(x)
+                    x.float().square().mean().backward()
+
+                for _ in range(3):
+                    step()
+                sync(dev)
+                walls = []
+                for _ in range(5):
+                    t = time.perf_counter()
+                    step()
+                    sync(dev)
+                    walls.append(time.perf_counter() - t)
+                row = dict(case, step_s=statistics.median(walls))
+                if dev == "cuda":
+                    from torch.profiler import ProfilerActivity, profile
+
+                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                        step()
+                        sync(dev)
+                    ev = [e for e in prof.events() if e.device_type.name == "CUDA"]
+                    row.update(kernels=len(ev), gpu_busy_s=sum(e.device_time for e in ev) / 1e6)
+                rec.put(**row)
+            except Exception as e:  # noqa: BLE001
+                rec.put(**case, error=repr(e)[:300])
+            layers = x0 = None
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+
+
 HF_CASES = [  # model, [(batch, prompt, gen)], rough seconds needed
     ("llama-3-8b", [(1, 512, 128), (8, 512, 128), (32, 512, 128), (1, 2048, 1), (8, 2048, 1)], 40),
     ("llama-3.2-1b", [(1, 512, 128), (16, 512, 128)], 20),
@@ -543,7 +633,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=330.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--only", default="launch,stream,gemm,attention,hf", help="sections, comma-separated; also hfstep, train")
+    ap.add_argument("--only", default="launch,stream,gemm,attention,hf", help="sections, comma-separated; also hfstep, train, train_moe")
     ap.add_argument("--hf-set", type=int, choices=(1, 2), default=1, help="which list of transformers cases to run")
     a = ap.parse_args()
     rec = Recorder(a.out, a.budget_s)
@@ -552,7 +642,7 @@ def main() -> int:
     steps = {"launch": lambda: launch(rec, a.device), "stream": lambda: stream(rec, a.device, a.tiny),
              "gemm": lambda: gemm(rec, a.device, a.tiny, l2), "attention": lambda: attention(rec, a.device, a.tiny),
              "hf": lambda: hf(rec, a.device, a.tiny, a.hf_set), "hfstep": lambda: hf_step(rec, a.device, a.tiny),
-             "train": lambda: train(rec, a.device, a.tiny)}
+             "train": lambda: train(rec, a.device, a.tiny), "train_moe": lambda: train_moe(rec, a.device, a.tiny)}
     for name in a.only.split(","):
         try:
             steps[name]()
