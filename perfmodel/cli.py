@@ -177,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "megatron (Megatron-LM's and GPT-NeoX's unfused "
                                                           "vocab-parallel cross-entropy), xentropy (flash-attn's "
                                                           "fused kernel) or torch (F.cross_entropy under autocast)")
+    tn.add_argument("--gather-unit", default="layer", help="what ZeRO-3 / FSDP gathers at a time: layer (default: "
+                                                           "one collective a layer, FSDP) or tensor (one a parameter "
+                                                           "tensor, DeepSpeed's ZeRO-3 of 2021)")
     tn.add_argument("--paged-optimizer", action="store_true", help="optimizer states in unified memory "
                                                                    "(bitsandbytes' paged optimizers): on the host, "
                                                                    "paged in each step, when they do not fit")
@@ -1049,7 +1052,7 @@ def _train(a: argparse.Namespace) -> int:
                       lora_rank=_whole(a.lora, "--lora", lo=0), quantize_base=a.quantize_base, dropout=a.dropout,
                       master_weights=not a.no_master_weights, optimizer_in_backward=a.optimizer_in_backward,
                       paged_optimizer=a.paged_optimizer, loss_chunks=_whole(a.loss_chunks, "--loss-chunks"),
-                      attention_kernel=a.attention_kernel, loss_kernel=a.loss_kernel)
+                      attention_kernel=a.attention_kernel, loss_kernel=a.loss_kernel, gather_unit=a.gather_unit)
     tokens = _flag_number(a.tokens, "--tokens") if a.tokens is not None else None
     est = train(a.model, a.hardware, cfg, engine=a.engine, tokens=tokens)
     if not est.fits and not a.ignore_capacity:

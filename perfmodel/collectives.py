@@ -281,9 +281,12 @@ def fabric_of(device: "Device") -> Fabric:
     PCIe (or none) -> the host's PCIe, 8 devices a node; an NVLink bridge -> pairs, joined by PCIe; AMD Infinity
     Fabric -> a full mesh of 8 (the Instinct OAM platforms' xGMI); other NVLink -> NVSwitch, 8 devices a node (NVIDIA
     HGX boards since A100), with in-switch reduction from Hopper on (NVSwitch gen 3, NVLink SHARP); 72 a node for
-    GB200 (NVL72); TPU ICI -> a torus of up to 256 chips (a v5e or v6e pod), no network stated. A node's network:
-    one 400 Gb/s NIC per GPU for Hopper and later, 200 Gb/s before (DGX H100 / DGX A100 compute fabrics), as the
-    systems in hardware_specs/systems state them."""
+    GB200 and GB300 (NVL72 racks); TPU ICI -> a torus of up to 256 chips (a v5e or v6e pod), no network stated. A
+    node's network: one 400 Gb/s NIC per GPU for Hopper and Blackwell, 200 Gb/s before (DGX H100 / DGX A100 compute
+    fabrics), as the systems in hardware_specs/systems state them; 800 Gb/s for Blackwell Ultra (B300, GB300: one
+    ConnectX-8 a GPU, "4 ConnectX-8 Host Channel Adapters" a 4-GPU compute tray, NVIDIA's GB300 NVL72 enterprise
+    reference architecture, https://docs.nvidia.com/enterprise-reference-architectures/nvl72-ai-factory/latest/
+    components.html)."""
     sysm = device.system
     if sysm is not None:  # a system's own figures (perfmodel.system)
         net = sysm.network
@@ -296,7 +299,8 @@ def fabric_of(device: "Device") -> Fabric:
     bw = fig.value if fig is not None else 0.0
     name = (link.name if link is not None else "").lower()
     arch = _arch(device.family)
-    per_gpu_nic = 50e9 if arch in ("hopper", "blackwell") else 25e9
+    ultra = device.id.startswith(("b300", "gb300"))  # Blackwell Ultra: ConnectX-8, 800 Gb/s
+    per_gpu_nic = 100e9 if ultra else 50e9 if arch in ("hopper", "blackwell") else 25e9
     if link is None or link.pcie_generation or "pci" in name:
         return Fabric("pcie", bw, "pci", 8, False, arch, per_gpu_nic * 8, "estimated: 400 Gb/s a GPU",
                       link.name if link is not None else "PCIe (estimated)")
@@ -309,7 +313,7 @@ def fabric_of(device: "Device") -> Fabric:
         return Fabric("mesh", bw, "nvlink", 8, False, arch, 8 * 50e9, "estimated: 400 Gb/s a GPU", link.name)
     if "ici" in name:  # one ICI domain: a pod slice of up to 256 chips (v5e, v6e pods)
         return Fabric("torus", bw, "nvlink", 256, False, arch, None, "", link.name)
-    per_node = 72 if device.id.startswith("gb200") else 8
+    per_node = 72 if device.id.startswith(("gb200", "gb300")) else 8  # NVL72 racks
     return Fabric("switch", bw, "nvlink", per_node, arch in ("hopper", "blackwell") and device.year is not None
                   and device.year >= 2022, arch, per_gpu_nic * per_node, "estimated: one NIC a GPU",
                   f"{link.name} (NVSwitch, estimated)")

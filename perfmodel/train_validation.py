@@ -4,7 +4,8 @@ One file per source, as validation/README.md describes the inference files; the 
 model outside the catalog is given by its shape (`layers`, `hidden`, `heads`, `vocab`, `ffn`): a GPT-style decoder
 (LayerNorm, GELU MLP of ffn = 4 x hidden unless stated, learned positions, biases, tied embeddings: Megatron's and
 MPT's GPT models). A fine-tuning recipe's settings: `master_weights = false` (pure 16-bit), `optimizer_in_backward`,
-`loss_chunks`, `attention_kernel` and `loss_kernel` (perfmodel.training.ATTENTION_KERNELS, LOSS_KERNELS); an
+`loss_chunks`, `attention_kernel`, `loss_kernel` and `gather_unit` (perfmodel.training.ATTENTION_KERNELS,
+LOSS_KERNELS, GATHER_UNITS); an
 optimizer named paged (bitsandbytes' paged_adamw8bit) keeps its states in unified memory.
 Throughput a GPU is compared in the source's own FLOP count (`flops`):
 - megatron96: 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) an iteration (Narayanan et al. 2021, eq. 3, recomputation
@@ -37,7 +38,7 @@ TRAIN_FIELDS = {
     "recompute": str, "sequence_parallel": bool, "zero": int, "fsdp": bool, "optimizer": str, "method": str,
     "lora_rank": int, "quantize_base": str, "precision": str, "flops": str, "metric": str, "value": float,
     "where": str, "note": str, "kept_out": str, "master_weights": bool, "optimizer_in_backward": bool,
-    "loss_chunks": int, "attention_kernel": str, "loss_kernel": str,
+    "loss_chunks": int, "attention_kernel": str, "loss_kernel": str, "gather_unit": str,
 }
 TRAIN_METRICS = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_per_gpu", "mfu", "hfu",
                  "memory_bytes_per_gpu", "activation_bytes_per_layer")
@@ -47,7 +48,7 @@ FLOPS = ("megatron96", "megatron72", "palm")
 _RUN_KEYS = ("file", "framework", "hardware", "model", "model_name", "layers", "hidden", "seq_len", "micro_batch",
              "global_batch", "n_devices", "tp", "pp", "dp", "cp", "interleave", "recompute", "zero", "method",
              "lora_rank", "quantize_base", "precision", "optimizer", "sequence_parallel", "master_weights",
-             "optimizer_in_backward", "loss_chunks", "attention_kernel", "loss_kernel")
+             "optimizer_in_backward", "loss_chunks", "attention_kernel", "loss_kernel", "gather_unit")
 
 
 def train_files() -> list[Path]:
@@ -130,7 +131,8 @@ def row_config(r: dict[str, Any]):
                        if rank else None, paged_optimizer="paged" in _s(r.get("optimizer")).lower(),
                        loss_chunks=int(_n(r.get("loss_chunks"), 1)),
                        attention_kernel=_s(r.get("attention_kernel")) or "engine",
-                       loss_kernel=_s(r.get("loss_kernel")) or "fused", **flag)
+                       loss_kernel=_s(r.get("loss_kernel")) or "fused",
+                       gather_unit=_s(r.get("gather_unit")) or "layer", **flag)
 
 
 def _optimizer(v: Any) -> str:

@@ -46,11 +46,18 @@ Time per step, on the cost model of inference (perfmodel.evaluate) at the engine
 - Pipeline: 1F1B runs m + p - 1 slots of (forward + backward) per step, m = global batch / (dp x micro-batch)
   micro-batches; the interleaved schedule with v chunks a device shrinks the bubble to (p - 1) / v slots
   (Narayanan et al. 2021, https://arxiv.org/abs/2104.04473, sec. 2.2).
-- Data-parallel gradients: a ring all-reduce (ZeRO 1/2: reduce-scatter + all-gather, the same bytes) of the stage's
-  gradients, 2 (dp - 1) / dp x bytes over the slowest link the group crosses (the node's fabric when the whole job
-  fits in a node, else each device's share of its node's network), overlapped with the backward of the last
-  micro-batch but for the last bucket (PyTorch DDP's 25 MB, bucket_cap_mb); ZeRO-3 also all-gathers the weights in
-  the forward and the backward (1.5 x the all-reduce's bytes in all; ZeRO paper sec. 7.2.2).
+- Data-parallel gradients: an all-reduce (ZeRO 1/2: reduce-scatter + all-gather, the same bytes) of the stage's
+  16-bit gradients in buckets (PyTorch DDP's 25 MiB, bucket_cap_mb), overlapped with the backward of the last
+  micro-batch but for the last bucket; ZeRO-3 / FSDP instead gathers each layer's weights for every micro-batch's
+  forward and again for its backward and reduce-scatters its gradients (1.5 x the all-reduce's bytes in all; ZeRO
+  paper sec. 7.2.2), prefetched under the compute, one flat collective a layer or, DeepSpeed's ZeRO-3 of 2021, one a
+  parameter tensor (GATHER_UNITS). Every collective (and each pipeline send) is costed by NCCL's own model
+  (perfmodel.collectives, as inference costs its collectives: latency and bandwidth of each algorithm and protocol,
+  the cheapest at the size) on the group's share of the fabric: the ranks of a group that share a node talk over
+  its NVLink, and a ring leaving the node runs a channel over each rank's own NIC, so a data-parallel group that
+  fills its nodes has their whole network (pure FSDP: all eight NICs of a node), one whose ranks are each alone in
+  their node (tensor parallelism 8 within it) one NIC's worth. The experts' gradients synchronise over the ranks
+  that hold the same experts.
 - The loss: softmax cross-entropy over the FP32 logits of every position, memory-bound passes (LOSS_KERNELS: fused,
   8 bytes a logit forward, read them and write the probabilities, 4 + 2 backward; Megatron-LM's and GPT-NeoX's
   unfused vocab-parallel cross-entropy 38 and 14).
@@ -79,7 +86,8 @@ from .engines import efficiency_for
 from .errors import PerfmodelError, did_you_mean
 from .evaluate import evaluate
 from .cost import Machine
-from .graph import OpKind, Parallel
+from .collectives import Fabric
+from .graph import Comm, OpKind, Parallel
 from .model import ModelSpec
 from .offload import host_link_bytes_per_s
 from .workload import Workload
@@ -102,6 +110,12 @@ PURE_OPTIMIZER_BYTES = {"adamw": 4.0, "adam": 4.0, "sgd": 2.0, "adafactor": 0.0,
 OPTIMIZER_TRAFFIC = {k: 2.0 + 2.0 * v + 2.0 for k, v in OPTIMIZER_BYTES.items()}
 PURE_OPTIMIZER_TRAFFIC = {k: 2.0 + 2.0 * v + 4.0 for k, v in PURE_OPTIMIZER_BYTES.items()}
 DDP_BUCKET_BYTES = 25 * 2**20  # PyTorch DistributedDataParallel's bucket_cap_mb default (25 MiB)
+# What ZeRO-3 / FSDP gathers at a time (and reduce-scatters): `layer`, one flat all-gather of a layer's weights (PyTorch
+# FSDP's units, a transformer block each; Megatron-FSDP; torchtune's FSDP2), or `tensor`, one all-gather a parameter
+# tensor (DeepSpeed ZeRO-3 of 2021: partition_parameters.py's _all_gather runs _allgather_param, a
+# torch.distributed.all_gather, for each parameter of a module, and _reduce_scatter_gradients a reduce-scatter for
+# each; microsoft/DeepSpeed at 5ca86ae4, 2021-03-30), whose collectives pay NCCL's per-step latency once a tensor
+GATHER_UNITS = ("layer", "tensor")
 # backward work over forward, by op kind (module docstring)
 BACKWARD = {OpKind.MATMUL: 2.0, OpKind.ATTENTION: 2.5, OpKind.ELEMENTWISE: 2.0, OpKind.NORM: 2.0,
             OpKind.EMBEDDING: 1.0, OpKind.COMM: 1.0}
@@ -167,6 +181,7 @@ class TrainConfig:
     loss_chunks: int = 1  # the loss computed over this many chunks of positions: 1 / chunks of the FP32 logits held
     attention_kernel: str = "engine"  # ATTENTION_KERNELS: fa2, fa1, triton (FlashAttention in Triton), engine
     loss_kernel: str = "fused"  # LOSS_KERNELS: the cross-entropy's passes over the logits
+    gather_unit: str = "layer"  # GATHER_UNITS: what ZeRO-3 / FSDP gathers at a time
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "global_batch", "micro_batch", "tp", "pp", "cp", "ep", "dp", "interleave",
@@ -177,7 +192,8 @@ class TrainConfig:
         if self.zero not in (0, 1, 2, 3):
             raise PerfmodelError(f"--zero must be 0, 1, 2 or 3; got {self.zero!r}")
         for name, allowed in (("recompute", RECOMPUTE), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
-                              ("attention_kernel", tuple(ATTENTION_KERNELS)), ("loss_kernel", tuple(LOSS_KERNELS))):
+                              ("attention_kernel", tuple(ATTENTION_KERNELS)), ("loss_kernel", tuple(LOSS_KERNELS)),
+                              ("gather_unit", GATHER_UNITS)):
             v = getattr(self, name)
             if v not in allowed:
                 raise PerfmodelError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}; got {v!r}."
@@ -384,24 +400,59 @@ def lora_params(model: ModelSpec, rank: int) -> float:
     return float(rank * model.n_layers * (attn + mlp))
 
 
-def _fabric_bandwidth(device: Device, group: int, job_devices: int, eff: Efficiency) -> float:
-    """Bytes/s a rank of a data-parallel ring gets: the node's fabric when the whole job fits in a node, else each
-    device's share of its node's network (the slowest hop of a ring that leaves the node)."""
-    from .collectives import fabric_of
+def _group_fabric(fab: Fabric, ranks: int, stride: int) -> Fabric:
+    """The fabric one collective group sees when its `ranks` ranks sit `stride` apart in a dense placement
+    (Megatron's order, tensor innermost: a data-parallel group's ranks stride tp x cp, the ranks holding the same
+    experts max(tp, ep) x cp, a pipeline pair tp x cp x dp). The g = devices_per_node / stride of them that share a
+    node (1 to ranks) talk over its fabric (on a mesh, over the links among them); a ring that leaves the node runs a
+    channel a NIC, each rank's own (NCCL on rail-optimised nodes), so the group has g / devices_per_node of the
+    node's network: all of it when the group fills the node, one NIC when a rank is alone in its node."""
+    from dataclasses import replace
+
+    g = max(1, min(ranks, fab.devices_per_node // max(stride, 1)))
+    net = fab.net_bytes_per_s or fab.intra_bytes_per_s
+    return replace(fab, kind="switch" if fab.kind == "mesh" else fab.kind, devices_per_node=g,
+                   intra_bytes_per_s=fab.intra_for(g) if g > 1 else fab.intra_bytes_per_s,
+                   net_bytes_per_s=net * g / fab.devices_per_node)
+
+
+def _collective_s(device: Device, eff: Efficiency, comm: Comm, ranks: np.ndarray, stride: np.ndarray,
+                  nbytes: np.ndarray) -> np.ndarray:
+    """Seconds of one collective of `nbytes` (its whole buffer: an all-gather's output, a reduce-scatter's input)
+    over each group, by NCCL's cost model (perfmodel.collectives: every algorithm and protocol, the cheapest at the
+    size, latency and bandwidth as NCCL's tuner has them) on the group's share of the fabric (_group_fabric); each
+    distinct (ranks, stride, bytes) costed once."""
+    from .collectives import choose, fabric_of, nccl_candidates
 
     fab = fabric_of(device)
-    if job_devices <= fab.devices_per_node or group <= 1:
-        bw = fab.intra_for(min(group, fab.devices_per_node))
-    else:
-        net = fab.net_bytes_per_s if fab.net_bytes_per_s else fab.intra_bytes_per_s
-        bw = net / fab.devices_per_node
-    return max(bw, 1.0) * eff.interconnect
+    ranks, stride, nbytes = np.broadcast_arrays(np.asarray(ranks, dtype=np.int64),
+                                                np.asarray(stride, dtype=np.int64), np.asarray(nbytes, dtype=float))
+    out = np.zeros(ranks.shape)
+    keys = np.stack([ranks.ravel().astype(float), stride.ravel().astype(float), nbytes.ravel()])
+    uniq, back = np.unique(keys, axis=1, return_inverse=True)
+    cands: dict[tuple[int, int], list] = {}
+    times = np.zeros(uniq.shape[1])
+    for i, (r, st, b) in enumerate(uniq.T):
+        if r <= 1 or b <= 0:
+            continue
+        key = (int(r), int(st))
+        if key not in cands:
+            cands[key] = nccl_candidates(comm, key[0], _group_fabric(fab, *key), eff.interconnect)
+        times[i] = choose(cands[key], b)[1] if cands[key] else b / max(fab.intra_bytes_per_s * eff.interconnect, 1.0)
+    out.ravel()[:] = times[back.ravel()]
+    return out
 
 
-def _fabric_bandwidths(device: Device, group: np.ndarray, job_devices: np.ndarray, eff: Efficiency) -> np.ndarray:
-    """_fabric_bandwidth over arrays (each distinct (group, job size) pair looked up once)."""
-    pairs, back = np.unique(np.stack([group, job_devices]), axis=1, return_inverse=True)
-    return np.array([_fabric_bandwidth(device, int(g), int(j), eff) for g, j in pairs.T])[back.ravel()]
+def _bucketed_s(device: Device, eff: Efficiency, comm: Comm, ranks: np.ndarray, stride: np.ndarray,
+                nbytes: np.ndarray, bucket: float) -> tuple[np.ndarray, np.ndarray]:
+    """(all buckets', the last bucket's) seconds of `nbytes` synchronised in buckets of `bucket` bytes, one
+    collective each."""
+    nbytes = np.asarray(nbytes, dtype=float)
+    full = np.floor(nbytes / bucket)
+    rest = nbytes - full * bucket
+    one = _collective_s(device, eff, comm, ranks, stride, np.full(nbytes.shape, bucket))
+    tail = _collective_s(device, eff, comm, ranks, stride, rest)
+    return full * one + tail, np.where(rest > 0, tail, np.where(full > 0, one, 0.0))
 
 
 def train(model: str | ModelSpec, hardware: str | Device, config: TrainConfig, engine: str | None = None,
@@ -555,7 +606,8 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
     bubble = (pp - 1) / v * slot
     # pipeline sends: a micro-batch's activations forward and their gradients back, at each stage boundary
     xfer = 2.0 * job.c.seq_len * mb * m.d_model * job.act.bytes / np.where(sp, tp, 1) / cp
-    p2p = np.where(pp > 1, micro_batches * 2.0 * xfer / _fabric_bandwidths(d, np.full(n, 2), devices, eff), 0.0)
+    p2p = np.where(pp > 1, micro_batches * 2.0 * _collective_s(d, eff, Comm.P2P, np.full(n, 2), tp * cp * dp, xfer),
+                   0.0)
     # parameters and their states on a device
     br = m.param_breakdown()
     total = float(m.params_total())
@@ -608,16 +660,31 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
         mem["optimizer"] = np.where(paged_out, 0.0, mem["optimizer"])
     else:
         page_s = np.zeros(n)
-    # data-parallel gradient synchronisation (and ZeRO-3's weight gathers), overlapped with the last backward
-    grad_bytes = trained * 2.0
-    bw = _fabric_bandwidths(d, dp, devices, eff)
-    ring = 2.0 * (dp - 1) / dp
-    bucket = np.minimum(ring * grad_bytes, ring * DDP_BUCKET_BYTES) / bw
-    # FSDP / ZeRO-3 gathers the weights for every micro-batch's forward and backward and reduce-scatters its
-    # gradients: 3 x (dp - 1) / dp x the 16-bit weights a micro-batch, prefetched under its compute
-    per_mb = 1.5 * ring * (grad_bytes if frozen else per_dev * 2.0) / bw
-    sharded = micro_batches * np.maximum(per_mb - slot, 0.0) + bucket
-    ddp = np.maximum(ring * grad_bytes / bw - t_b, bucket)
+    # data-parallel gradient synchronisation (and ZeRO-3's weight gathers) by NCCL's cost model over each group's
+    # share of the fabric: the dense parameters' over the dp ranks (tp x cp apart), the experts' over the ranks that
+    # hold the same experts (dp_experts, max(tp, ep) x cp apart)
+    groups = [(dp, tp * cp, (adapters if frozen else dense) * 2.0,
+               per_dev * base_bytes + adapters * 2.0 if frozen else dense * 2.0)]
+    if not frozen and expert > 0:
+        groups.append((dp_experts, np.maximum(tp, ep) * cp, experts * 2.0, experts * 2.0))
+    # DDP and ZeRO 1/2: the gradients all-reduced (reduce-scatter + all-gather: the same bytes) in buckets (PyTorch
+    # DDP's 25 MiB), overlapped with the last micro-batch's backward but for the last bucket
+    ddp_all = ddp_last = 0.0
+    # FSDP / ZeRO-3: each layer's weights gathered for every micro-batch's forward and again for its backward, its
+    # gradients reduce-scattered: three collectives a layer a micro-batch, prefetched under the compute; the last
+    # layer's reduce-scatter is exposed
+    # (`tensor`: a collective each of a layer's parameter tensors, of their mean size)
+    stage_layers = np.ceil(m.n_layers / pp)
+    calls = stage_layers * (layer_tensors(m) if job.c.gather_unit == "tensor" else 1)
+    per_mb = last_rs = 0.0
+    for ranks, stride, grads, weights in groups:
+        a, last = _bucketed_s(d, eff, Comm.ALL_REDUCE, ranks, stride, grads, DDP_BUCKET_BYTES)
+        ddp_all, ddp_last = ddp_all + a, np.maximum(ddp_last, last)
+        rs = _collective_s(d, eff, Comm.REDUCE_SCATTER, ranks, stride, grads / calls)
+        per_mb = per_mb + calls * (2.0 * _collective_s(d, eff, Comm.ALL_GATHER, ranks, stride, weights / calls) + rs)
+        last_rs = np.maximum(last_rs, rs)
+    sharded = micro_batches * np.maximum(per_mb - slot, 0.0) + last_rs
+    ddp = np.maximum(ddp_all - t_b, ddp_last)
     exposed = np.where(dp > 1, np.where(zero >= 3, sharded, ddp), 0.0)
     # optimizer step: memory-bound over the device's share of the trained parameters
     shard = trained / np.where(zero >= 1, dp, 1) if frozen else (
@@ -636,6 +703,17 @@ def steps(m: ModelSpec, d: Device, eff: Efficiency, job: _Job, lay: dict[str, np
             "communication_s": exposed + p2p, "optimizer_s": optimizer_s, "devices": devices,
             "micro_batches": micro_batches, "optimizer_on_host": paged_out,
             **{f"{k}_bytes": np.broadcast_to(val, (n,)).astype(float) for k, val in mem.items()}}
+
+
+def layer_tensors(m: ModelSpec) -> int:
+    """Parameter tensors of one decoder layer, as a framework that keeps each module's weight and bias apart holds
+    them (Megatron's fused QKV projection; a gated MLP's gate and up projections fused, as Megatron's linear_fc1): the
+    attention's QKV and output projections, the MLP's two (an MoE layer's experts and router counted as the dense
+    MLP's: their tensors are its), their biases, the two norms' scales (and LayerNorm's shifts). A GPT layer: 12."""
+    matrices = 4
+    biases = int(m.qkv_bias) + int(m.out_bias) + 2 * int(m.mlp_bias)  # QKV's, the output's, the MLP's two
+    norms = 2 * (2 if m.norm == "layernorm" else 1)
+    return matrices + biases + norms
 
 
 def _base_format(name: str) -> DType:

@@ -431,3 +431,76 @@ def test_loss_kernels_by_hand():
     assert out["torch"]["bwd"] - out["fused"]["bwd"] == pytest.approx((22 - 6) * logits / bw, rel=1e-9)
     with pytest.raises(PerfmodelError, match="--loss_kernel must be one of|--loss-kernel must be one of"):
         TrainConfig(2048, 2, loss_kernel="apex")
+
+
+# Data-parallel collectives: NCCL's cost model on each group's share of the fabric ----------------------------------
+
+
+def test_a_groups_share_of_the_fabric_by_placement():
+    # an H100 node: 8 GPUs on NVSwitch (450 GB/s each), one 400 Gb/s NIC each (the node's network 8 x 50 = 400 GB/s)
+    from perfmodel.collectives import fabric_of
+    from perfmodel.training import _group_fabric
+
+    fab = fabric_of(pm.load_device("h100-sxm"))
+    assert (fab.devices_per_node, fab.intra_bytes_per_s, fab.net_bytes_per_s) == (8, 450e9, 400e9)
+    whole = _group_fabric(fab, 64, 1)  # pure FSDP over 8 nodes: 8 ranks a node, all 8 NICs
+    assert (whole.devices_per_node, whole.net_bytes_per_s) == (8, 400e9)
+    alone = _group_fabric(fab, 64, 8)  # tensor-parallel 8 within the node: one rank of the group a node, its NIC
+    assert (alone.devices_per_node, alone.net_bytes_per_s) == (1, 50e9)
+    half = _group_fabric(fab, 64, 2)  # tp 2: 4 ranks a node, 4 NICs
+    assert (half.devices_per_node, half.net_bytes_per_s) == (4, 200e9)
+    assert _group_fabric(fab, 2, 1).devices_per_node == 2  # a group smaller than a node stays in it
+    # on a mesh (8 MI300X, each with 7 links) a group of 4 in a node uses the 3 links among them: 3 / 7 of the bandwidth
+    mesh = fabric_of(pm.load_device("mi300x"))
+    assert mesh.kind == "mesh"
+    four = _group_fabric(mesh, 64, 2)
+    assert four.intra_bytes_per_s == pytest.approx(mesh.intra_bytes_per_s * 3 / 7)
+    # GB200 and GB300 racks are NVL72 nodes; Blackwell Ultra has one 800 Gb/s ConnectX-8 a GPU
+    assert fabric_of(pm.load_device("gb200")).devices_per_node == 72
+    gb300 = fabric_of(pm.load_device("gb300"))
+    assert (gb300.devices_per_node, gb300.net_bytes_per_s) == (72, 72 * 100e9)
+
+
+def test_collectives_are_nccls_cheapest_and_buckets_add_up():
+    from perfmodel.collectives import choose, fabric_of, nccl_candidates
+    from perfmodel.engines import efficiency_for
+    from perfmodel.graph import Comm
+    from perfmodel.training import DDP_BUCKET_BYTES, _bucketed_s, _collective_s, _group_fabric
+
+    d = pm.load_device("h100-sxm")
+    eff = efficiency_for(d, None)[0]
+    fab = fabric_of(d)
+    for ranks, stride, nbytes in ((64, 1, 3e8), (64, 8, 3e8), (8, 1, 1e6), (1024, 8, 5e7)):
+        want = choose(nccl_candidates(Comm.ALL_REDUCE, ranks, _group_fabric(fab, ranks, stride), eff.interconnect),
+                      nbytes)[1]
+        got = _collective_s(d, eff, Comm.ALL_REDUCE, np.array([ranks]), np.array([stride]), np.array([nbytes]))
+        assert got[0] == pytest.approx(want, rel=1e-12)
+    # one rank: nothing to do
+    assert _collective_s(d, eff, Comm.ALL_GATHER, np.array([1]), np.array([1]), np.array([1e9]))[0] == 0.0
+    # 2.5 buckets: two full buckets and a half one; the last bucket is the half one
+    one = _collective_s(d, eff, Comm.ALL_REDUCE, np.array([64]), np.array([1]), np.array([DDP_BUCKET_BYTES]))[0]
+    half = _collective_s(d, eff, Comm.ALL_REDUCE, np.array([64]), np.array([1]), np.array([DDP_BUCKET_BYTES / 2]))[0]
+    total, last = _bucketed_s(d, eff, Comm.ALL_REDUCE, np.array([64]), np.array([1]),
+                              np.array([2.5 * DDP_BUCKET_BYTES]), DDP_BUCKET_BYTES)
+    assert total[0] == pytest.approx(2 * one + half, rel=1e-12) and last[0] == pytest.approx(half, rel=1e-12)
+    # the same gradients over a group alone in its nodes (one NIC each) take longer than over one filling them
+    fills, alone = (_collective_s(d, eff, Comm.ALL_REDUCE, np.array([64]), np.array([s]), np.array([1e9]))[0]
+                    for s in (1, 8))
+    assert alone > 4 * fills
+
+
+def test_zero3_gathers_a_tensor_at_a_time_pay_more_latency():
+    # a GPT layer's parameter tensors: QKV, output, MLP up and down (4 matrices), their 4 biases, two LayerNorms'
+    # scales and shifts (4): 12; Llama's: 4 matrices (gate and up fused) and two RMSNorm scales: 6
+    from perfmodel.training import layer_tensors
+
+    assert layer_tensors(GPT) == 12
+    assert layer_tensors(pm.load_model("llama-3-8b")) == 6
+    # GPT-3 175B by ZeRO-3 alone over 1,536 A100s at micro-batch 1 (Narayanan et al.'s Table 2): gathering a tensor
+    # at a time runs 12 x as many collectives, each paying NCCL's ring latency over 1,535 steps
+    cfg = TrainConfig(2048, 1536, micro_batch=1, dp=1536, zero=3)
+    layer = train(GPT, "a100-80gb-sxm", cfg)
+    tensor = train(GPT, "a100-80gb-sxm", replace(cfg, gather_unit="tensor"))
+    assert tensor.breakdown["communication"] > layer.breakdown["communication"] > 0
+    with pytest.raises(PerfmodelError, match="--gather-unit must be one of"):
+        TrainConfig(2048, 8, gather_unit="param")
