@@ -325,6 +325,39 @@ def _kernel_class(name: str) -> str:
     return "other"
 
 
+def _step_s(step, dev: str, warm: int = 3, reps: int = 5) -> tuple[float, int]:
+    """(median seconds, steps timed) of a training step: `warm` steps first, then the peak-memory counters reset (on
+    CUDA) and `reps` steps timed each by wall time between synchronisations."""
+    for _ in range(warm):
+        step()
+    sync(dev)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    walls = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        step()
+        sync(dev)
+        walls.append(time.perf_counter() - t)
+    return statistics.median(walls), reps
+
+
+def _profiled_step(step, dev: str) -> tuple[float, dict[str, list[float]]]:
+    """One step under the torch profiler: its wall time and its CUDA kernels' GPU seconds by class (_kernel_class)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        step()
+        sync(dev)
+        wall = time.perf_counter() - t
+    by: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA":
+            by.setdefault(_kernel_class(e.name), []).append(e.device_time / 1e6)
+    return wall, by
+
+
 def train(rec: Recorder, dev: str, tiny: bool) -> None:
     cases = [(64, 2, 32, 2)] if tiny else TRAIN_CASES
     layers, vocab = (2, 512) if tiny else (TRAIN_LAYERS, TRAIN_VOCAB)
@@ -347,34 +380,14 @@ def train(rec: Recorder, dev: str, tiny: bool) -> None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            for _ in range(3):
-                step()
-            sync(dev)
-            if dev == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            walls = []
-            for _ in range(5):
-                t = time.perf_counter()
-                step()
-                sync(dev)
-                walls.append(time.perf_counter() - t)
-            row = dict(case, params=sum(p.numel() for p in model.parameters()), step_s=statistics.median(walls),
-                       tokens_per_s=mb * seq / statistics.median(walls), steps_timed=len(walls),
+            step_s, timed = _step_s(step, dev)
+            row = dict(case, params=sum(p.numel() for p in model.parameters()), step_s=step_s,
+                       tokens_per_s=mb * seq / step_s, steps_timed=timed,
                        attention="scaled_dot_product_attention, flash backend" if dev == "cuda" else "sdpa (cpu)")
             if dev == "cuda":
                 row.update(peak_allocated_bytes=torch.cuda.max_memory_allocated(),
                            peak_reserved_bytes=torch.cuda.max_memory_reserved())
-                from torch.profiler import ProfilerActivity, profile
-
-                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                    t = time.perf_counter()
-                    step()
-                    sync(dev)
-                    row["profiled_step_s"] = time.perf_counter() - t
-                by: dict[str, list[float]] = {}
-                for e in prof.events():
-                    if e.device_type.name == "CUDA":
-                        by.setdefault(_kernel_class(e.name), []).append(e.device_time / 1e6)
+                row["profiled_step_s"], by = _profiled_step(step, dev)
                 row.update(kernels=sum(len(v) for v in by.values()),
                            gpu_busy_s={k: sum(v) for k, v in by.items()},
                            kernels_by_class={k: len(v) for k, v in by.items()})
@@ -445,24 +458,11 @@ def train_moe(rec: Recorder, dev: str, tiny: bool) -> None:
                             x = m(x)
                     x.float().square().mean().backward()
 
-                for _ in range(3):
-                    step()
-                sync(dev)
-                walls = []
-                for _ in range(5):
-                    t = time.perf_counter()
-                    step()
-                    sync(dev)
-                    walls.append(time.perf_counter() - t)
-                row = dict(case, step_s=statistics.median(walls))
+                row = dict(case, step_s=_step_s(step, dev)[0])
                 if dev == "cuda":
-                    from torch.profiler import ProfilerActivity, profile
-
-                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                        step()
-                        sync(dev)
-                    ev = [e for e in prof.events() if e.device_type.name == "CUDA"]
-                    row.update(kernels=len(ev), gpu_busy_s=sum(e.device_time for e in ev) / 1e6)
+                    by = _profiled_step(step, dev)[1]
+                    row.update(kernels=sum(len(v) for v in by.values()),
+                               gpu_busy_s=sum(sum(v) for v in by.values()))
                 rec.put(**row)
             except Exception as e:  # noqa: BLE001
                 rec.put(**case, error=repr(e)[:300])

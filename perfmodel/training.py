@@ -86,7 +86,7 @@ from .engines import efficiency_for
 from .errors import PerfmodelError, did_you_mean
 from .evaluate import evaluate
 from .cost import Machine
-from .collectives import Fabric
+from .collectives import Fabric, choose, fabric_of, nccl_candidates
 from .graph import Comm, OpKind, Parallel
 from .model import ModelSpec
 from .offload import host_link_bytes_per_s
@@ -422,12 +422,9 @@ def _collective_s(device: Device, eff: Efficiency, comm: Comm, ranks: np.ndarray
     over each group, by NCCL's cost model (perfmodel.collectives: every algorithm and protocol, the cheapest at the
     size, latency and bandwidth as NCCL's tuner has them) on the group's share of the fabric (_group_fabric); each
     distinct (ranks, stride, bytes) costed once."""
-    from .collectives import choose, fabric_of, nccl_candidates
-
     fab = fabric_of(device)
     ranks, stride, nbytes = np.broadcast_arrays(np.asarray(ranks, dtype=np.int64),
                                                 np.asarray(stride, dtype=np.int64), np.asarray(nbytes, dtype=float))
-    out = np.zeros(ranks.shape)
     keys = np.stack([ranks.ravel().astype(float), stride.ravel().astype(float), nbytes.ravel()])
     uniq, back = np.unique(keys, axis=1, return_inverse=True)
     cands: dict[tuple[int, int], list] = {}
@@ -439,8 +436,7 @@ def _collective_s(device: Device, eff: Efficiency, comm: Comm, ranks: np.ndarray
         if key not in cands:
             cands[key] = nccl_candidates(comm, key[0], _group_fabric(fab, *key), eff.interconnect)
         times[i] = choose(cands[key], b)[1] if cands[key] else b / max(fab.intra_bytes_per_s * eff.interconnect, 1.0)
-    out.ravel()[:] = times[back.ravel()]
-    return out
+    return times[back.ravel()].reshape(ranks.shape)
 
 
 def _bucketed_s(device: Device, eff: Efficiency, comm: Comm, ranks: np.ndarray, stride: np.ndarray,
